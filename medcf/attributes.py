@@ -1,0 +1,156 @@
+"""Attribute schema: the named attributes a model or phantom is conditioned on, and strict value parsing.
+
+An attribute is either categorical (a fixed, ordered list of values) or continuous (a closed numeric range).
+Parents give the causal graph: an attribute's parents are the attributes its structural equation reads.
+Values typed by users (command line, configs) go through :meth:`AttributeSchema.parse_value`, which never
+evaluates text and fails with a one-line message naming the attribute, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+AttributeValue = str | float
+
+
+class SchemaError(ValueError):
+    """A bad attribute name or value (unknown attribute, value not allowed, malformed assignment)."""
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """One attribute of the schema.
+
+    Args:
+        name: identifier used everywhere (configs, CSV columns, interventions), e.g. ``"age"``.
+        kind: ``"categorical"`` or ``"continuous"``.
+        values: the allowed values of a categorical attribute, in their coding order.
+        low: smallest allowed value of a continuous attribute.
+        high: largest allowed value of a continuous attribute.
+        parents: names of the attributes this one's structural equation depends on.
+        unit: unit of a continuous attribute, for messages and plots.
+    """
+
+    name: str
+    kind: Literal["categorical", "continuous"]
+    values: tuple[str, ...] = ()
+    low: float = -math.inf
+    high: float = math.inf
+    parents: tuple[str, ...] = ()
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
+            raise SchemaError(f"attribute name {self.name!r} must be lower-case letters, digits and _")
+        if self.kind == "categorical" and len(self.values) < 2:
+            raise SchemaError(f"categorical attribute {self.name!r} needs at least two values")
+        if self.kind == "continuous" and not self.low < self.high:
+            raise SchemaError(f"continuous attribute {self.name!r} needs low < high")
+        if self.kind not in ("categorical", "continuous"):
+            raise SchemaError(f"attribute {self.name!r}: kind must be categorical or continuous")
+
+    def parse(self, text: str | float) -> AttributeValue:
+        """Parse and validate one value of this attribute (text from a user, or a number)."""
+        if self.kind == "categorical":
+            value = str(text).strip()
+            if value not in self.values:
+                folded = {v.lower(): v for v in self.values}
+                if value.lower() in folded:
+                    return folded[value.lower()]
+                raise SchemaError(f"{self.name}: unknown value {value!r}; allowed: {', '.join(self.values)}")
+            return value
+        try:
+            number = float(text)
+        except (TypeError, ValueError):
+            raise SchemaError(f"{self.name}: {text!r} is not a number") from None
+        if not math.isfinite(number) or not self.low <= number <= self.high:
+            raise SchemaError(
+                f"{self.name}: {number:g} is outside the allowed range [{self.low:g}, {self.high:g}]"
+            )
+        return number
+
+    def index(self, value: AttributeValue) -> int:
+        """Position of a categorical value in the coding order."""
+        return self.values.index(str(value))
+
+
+@dataclass(frozen=True)
+class AttributeSchema:
+    """An ordered set of attributes forming a causal DAG (parents must be attributes of the schema)."""
+
+    attributes: tuple[Attribute, ...]
+    _by_name: dict[str, Attribute] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {a.name: a for a in self.attributes}
+        if len(by_name) != len(self.attributes):
+            raise SchemaError("attribute names must be unique")
+        for a in self.attributes:
+            for p in a.parents:
+                if p not in by_name:
+                    raise SchemaError(f"attribute {a.name!r}: parent {p!r} is not in the schema")
+        object.__setattr__(self, "_by_name", by_name)
+        self.topological_order()  # raises on cycles
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes)
+
+    def __getitem__(self, name: str) -> Attribute:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise SchemaError(f"unknown attribute {name!r}; known: {', '.join(self.names)}") from None
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def topological_order(self) -> tuple[str, ...]:
+        """Attribute names ordered so that every parent comes before its children."""
+        order: list[str] = []
+        state: dict[str, int] = {}
+
+        def visit(name: str) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                raise SchemaError(f"the causal graph has a cycle through {name!r}")
+            state[name] = 1
+            for p in self._by_name[name].parents:
+                visit(p)
+            state[name] = 2
+            order.append(name)
+
+        for a in self.attributes:
+            visit(a.name)
+        return tuple(order)
+
+    def children(self, name: str) -> tuple[str, ...]:
+        return tuple(a.name for a in self.attributes if name in a.parents)
+
+    def descendants(self, names: Iterable[str]) -> set[str]:
+        """All attributes causally downstream of ``names`` (not including them)."""
+        found: set[str] = set()
+        stack = [self[n].name for n in names]
+        while stack:
+            for child in self.children(stack.pop()):
+                if child not in found:
+                    found.add(child)
+                    stack.append(child)
+        return found
+
+    def parse_assignment(self, text: str) -> tuple[str, AttributeValue]:
+        """Parse ``"name=value"`` strictly (no evaluation), e.g. ``"sex=F"`` or ``"age=63.5"``."""
+        match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+?)\s*", text)
+        if match is None:
+            raise SchemaError(f"malformed assignment {text!r}; expected name=value, e.g. sex=F")
+        name, raw = match.group(1), match.group(2).strip("\"'")
+        return name, self[name].parse(raw)
+
+    def validate(self, values: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
+        """Check a mapping of attribute values; returns a copy with parsed values."""
+        return {name: self[name].parse(value) for name, value in values.items()}
