@@ -1,0 +1,96 @@
+"""Write a complete phantom data set (DICOM files, label tables, ground truth) in one call."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+import medcf
+from medcf.attributes import AttributeValue, SchemaError
+from medcf.phantoms.cxr import ChestXRayPhantom, CXRPopulation
+from medcf.phantoms.embed_export import plan_embed
+from medcf.phantoms.mammo import MammogramPhantom, MammoPopulation
+from medcf.phantoms.mimic_export import plan_mimic_cxr
+from medcf.phantoms.scm import Phantom, Population
+from medcf.phantoms.writer import TRUTH_FILE, staged_directory, truth_table, write_csv, write_images
+
+PhantomKind = Literal["cxr", "mammo"]
+CONFIG_FILE = "phantom.json"
+MIN_SIZE, MAX_SIZE = 32, 4096
+
+
+@dataclass(frozen=True)
+class PhantomSpec:
+    """What each phantom kind is made of: its model, its population settings and its export planner."""
+
+    phantom: type[Phantom]
+    population: type[Population]
+    planner: object
+
+
+KINDS: dict[str, PhantomSpec] = {
+    "cxr": PhantomSpec(ChestXRayPhantom, CXRPopulation, plan_mimic_cxr),
+    "mammo": PhantomSpec(MammogramPhantom, MammoPopulation, plan_embed),
+}
+
+
+def make_phantom(kind: str, population: Population | Mapping | None = None) -> Phantom:
+    """The phantom of ``kind`` ("cxr" or "mammo"), with default or given population settings."""
+    if kind not in KINDS:
+        raise SchemaError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
+    spec = KINDS[kind]
+    if isinstance(population, Mapping):
+        population = spec.population.from_mapping(population)
+    return spec.phantom(population)  # type: ignore[call-arg]
+
+
+def check_size(size: int) -> None:
+    if size % 16 or not MIN_SIZE <= size <= MAX_SIZE:
+        raise SchemaError(f"size: {size} must be a multiple of 16 between {MIN_SIZE} and {MAX_SIZE}")
+
+
+def write_phantom_dataset(
+    kind: str,
+    out: str | Path,
+    n: int,
+    size: int,
+    seed: int,
+    population: Population | Mapping | None = None,
+    do: Mapping[str, AttributeValue] | None = None,
+    workers: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Write ``n`` phantom images (plus the extra views a real export holds) shaped like MIMIC-CXR
+    (``kind="cxr"``) or EMBED (``kind="mammo"``) into the new folder ``out``.
+
+    ``do`` intervenes on attributes for the whole data set (e.g. ``{"sex": "F"}``). The folder appears only
+    when everything is written; an existing non-empty ``out`` is an error before any work is done.
+    """
+    if n <= 0:
+        raise SchemaError(f"n: {n} must be a positive number of images")
+    check_size(size)
+    phantom = make_phantom(kind, population)
+    interventions = phantom.schema.validate(do or {})
+    with staged_directory(Path(out)) as staging:
+        jobs, tables = KINDS[kind].planner(phantom, n, size, np.random.default_rng(seed), interventions)
+        write_images(phantom, jobs, size, staging, workers=workers, progress=progress)
+        for name, table in tables.items():
+            write_csv(table, staging / name)
+        write_csv(truth_table(phantom, jobs), staging / TRUTH_FILE)
+        config = {
+            "kind": kind,
+            "n": n,
+            "size": size,
+            "seed": seed,
+            "files": len(jobs),
+            "interventions": interventions,
+            "population": phantom.population.to_dict(),
+            "medcf_version": medcf.__version__,
+        }
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, default=str) + "\n")
+    return Path(out)

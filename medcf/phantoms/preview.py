@@ -1,0 +1,73 @@
+"""Preview grids: factual phantom images beside their exact counterfactuals, one per attribute."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from medcf.attributes import Attribute, AttributeValue  # noqa: E402
+from medcf.phantoms.scm import Phantom, Subject  # noqa: E402
+
+
+def showcase_intervention(attribute: Attribute, value: AttributeValue) -> AttributeValue:
+    """A telling counterfactual value: the other end of a continuous range, the next category, or the
+    far category of an ordered one (density A/B -> D, C/D -> A)."""
+    if attribute.kind == "continuous":
+        middle = (attribute.low + attribute.high) / 2
+        return round(attribute.high - 10 if float(value) < middle else attribute.low + 7, 1)
+    values = attribute.values
+    index = values.index(str(value))
+    if len(values) > 3:
+        return values[-1] if index < len(values) / 2 else values[0]
+    return values[(index + 1) % len(values)]
+
+
+def _describe(subject: Subject) -> str:
+    return ", ".join(f"{v:.0f}" if isinstance(v, float) else str(v) for v in subject.attributes.values())
+
+
+def _changes(factual: Subject, counterfactual: Subject) -> str:
+    changed = [
+        f"{k}={v:.0f}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in counterfactual.attributes.items()
+        if v != factual.attributes[k]
+    ]
+    return "do(" + ", ".join(changed) + ")"
+
+
+def preview_grid(phantom: Phantom, subjects: list[Subject], size: int, path: str | Path) -> Path:
+    """Save a grid: one row per subject, the factual image then one exact counterfactual per attribute.
+
+    Each counterfactual's title lists every attribute that changed, descendants included; the image
+    under it is the phantom's true counterfactual (same exogenous noise).
+    """
+    names = phantom.schema.names
+    fig, axes = plt.subplots(
+        len(subjects), len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.45 * len(subjects)), squeeze=False
+    )
+    for row, subject in zip(axes, subjects, strict=True):
+        cells = [("factual\n" + _describe(subject), phantom.render(subject, size))]
+        for name in names:
+            target = showcase_intervention(phantom.schema[name], subject.attributes[name])
+            counterfactual, image = phantom.true_counterfactual(subject, {name: target}, size)
+            cells.append((_changes(subject, counterfactual), image))
+        for ax, (title, image) in zip(row, cells, strict=True):
+            ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="lanczos")
+            ax.set_title(title, fontsize=7)
+            ax.set_axis_off()
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def preview_subjects(phantom: Phantom, rows: int, seed: int) -> list[Subject]:
+    """``rows`` subjects drawn from the phantom's population."""
+    return phantom.sample(rows, np.random.default_rng(seed))

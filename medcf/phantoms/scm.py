@@ -1,0 +1,257 @@
+"""Structural causal models that render radiographs: the machinery shared by the chest and breast phantoms.
+
+A phantom subject is its exogenous noise U plus the attribute values the structural equations give for it:
+
+* attribute noise ``u_<attribute>`` in (0, 1): the input of that attribute's structural equation. Roots
+  are pure functions of their own noise; a child (e.g. disease) reads its parents AND its own noise.
+* image factors (anatomy, positioning, exposure, texture) in (0, 1), plus integer texture seeds: the
+  rendering's exogenous inputs. No attribute reads them, and they read no attribute.
+
+Population associations between attributes that have no causal edge (e.g. race and breast density) are
+made with correlated attribute noise (a Gaussian copula over ``u_*``): hidden confounding, never a causal
+edge. So the declared graph is exactly what interventions see: ``do(race)`` with U held fixed changes race
+and nothing else, although race and density are associated in the population.
+
+A counterfactual holds U fixed, sets the intervened attributes, recomputes their descendants from their
+structural equations (in topological order) and renders again: :meth:`Phantom.true_counterfactual`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from scipy.special import ndtr
+
+from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
+
+FactorLevel = Literal["patient", "study", "image"]
+_EPS = 1e-6
+
+
+@dataclass(frozen=True)
+class Factor:
+    """One exogenous image factor: uniform on (0, 1), mapped to a physical range by the renderer."""
+
+    name: str
+    level: FactorLevel
+    doc: str
+
+
+@dataclass(frozen=True)
+class Subject:
+    """A phantom subject: exogenous noise, texture seeds and the attribute values it has."""
+
+    noise: Mapping[str, float]
+    seeds: Mapping[str, int]
+    attributes: Mapping[str, AttributeValue]
+
+    def replace(self, **changes: Any) -> Subject:
+        return dataclasses.replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Population:
+    """Population settings common to every phantom.
+
+    Args:
+        noise_correlations: ``{"a~b": rho}`` correlations between the latent normals of attribute noises
+            ``u_a`` and ``u_b`` (a Gaussian copula). They make attributes associated in the population
+            without a causal edge between them.
+    """
+
+    noise_correlations: Mapping[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], source: str = "population") -> Population:
+        """Build from a mapping (e.g. parsed JSON), rejecting unknown fields with a clear message."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise SchemaError(
+                f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+            )
+        converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        try:
+            return cls(**converted)
+        except TypeError as error:
+            raise SchemaError(f"{source}: {error}") from None
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Population:
+        try:
+            values = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise SchemaError(f"{path}: cannot read population settings ({error})") from None
+        if not isinstance(values, dict):
+            raise SchemaError(f"{path}: population settings must be a JSON object")
+        return cls.from_mapping(values, source=str(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def check_probabilities(name: str, probabilities: tuple[float, ...], count: int) -> None:
+    """Raise unless ``probabilities`` has ``count`` non-negative entries summing to 1."""
+    if len(probabilities) != count:
+        raise SchemaError(f"{name}: expected {count} probabilities, got {len(probabilities)}")
+    if min(probabilities) < 0 or abs(sum(probabilities) - 1.0) > 1e-6:
+        raise SchemaError(f"{name}: probabilities must be >= 0 and sum to 1, got {probabilities}")
+
+
+def check_fraction(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise SchemaError(f"{name}: {value!r} must lie in [0, 1]")
+
+
+def categorical_from_noise(u: float, values: tuple[str, ...], probabilities: tuple[float, ...]) -> str:
+    """Inverse-CDF draw: the value whose cumulative-probability interval holds ``u``."""
+    index = int(np.searchsorted(np.cumsum(probabilities), u, side="right"))
+    return values[min(index, len(values) - 1)]
+
+
+class Phantom(ABC):
+    """A structural causal model over :attr:`schema` with a renderer.
+
+    Subclasses define the schema, the image factors, the population and the structural equations
+    (:meth:`mechanism`), and render a subject to a display image in [0, 1] (bright = attenuating).
+    """
+
+    schema: AttributeSchema
+    factors: tuple[Factor, ...]
+    seed_names: tuple[str, ...] = ("anatomy", "noise")
+    #: attributes whose noise is drawn anew for each study of a patient (the rest are the patient's)
+    study_level_attributes: tuple[str, ...] = ()
+
+    def __init__(self, population: Population) -> None:
+        self.population = population
+        self._noise_names = tuple(f"u_{name}" for name in self.schema.names)
+        self._cholesky = self._copula_cholesky(population.noise_correlations)
+
+    # -- structural equations -------------------------------------------------------------------------
+    @abstractmethod
+    def mechanism(
+        self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]
+    ) -> AttributeValue:
+        """Structural equation of attribute ``name`` from its own noise ``u_name`` and its parents."""
+
+    @abstractmethod
+    def render(self, subject: Subject, size: int) -> np.ndarray:
+        """Render ``subject`` as a ``size`` x ``size`` float32 display image in [0, 1]."""
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def _copula_cholesky(self, correlations: Mapping[str, float]) -> np.ndarray:
+        names = self.schema.names
+        matrix = np.eye(len(names))
+        for key, rho in correlations.items():
+            pair = key.split("~")
+            if len(pair) != 2 or not all(p in self.schema for p in pair) or pair[0] == pair[1]:
+                raise SchemaError(
+                    f"noise_correlations: key {key!r} must be 'a~b' with two different attributes of "
+                    f"{', '.join(names)}"
+                )
+            if not -1.0 < float(rho) < 1.0:
+                raise SchemaError(f"noise_correlations[{key!r}]: {rho!r} must lie strictly between -1 and 1")
+            i, j = names.index(pair[0]), names.index(pair[1])
+            matrix[i, j] = matrix[j, i] = float(rho)
+        try:
+            return np.linalg.cholesky(matrix)
+        except np.linalg.LinAlgError:
+            raise SchemaError(
+                "noise_correlations: the correlations are not jointly possible "
+                "(the matrix is not positive definite)"
+            ) from None
+
+    def sample(
+        self, n: int, rng: np.random.Generator, do: Mapping[str, AttributeValue] | None = None
+    ) -> list[Subject]:
+        """Draw ``n`` subjects from the population; ``do`` intervenes on attributes at sampling time."""
+        interventions = self.schema.validate(do or {})
+        latent = rng.standard_normal((n, len(self._noise_names))) @ self._cholesky.T
+        attribute_noise = np.clip(ndtr(latent), _EPS, 1 - _EPS)
+        image_noise = rng.uniform(_EPS, 1 - _EPS, size=(n, len(self.factors)))
+        seeds = rng.integers(0, 2**31 - 1, size=(n, len(self.seed_names)))
+        subjects = []
+        for k in range(n):
+            noise = dict(zip(self._noise_names, attribute_noise[k].tolist(), strict=True))
+            noise.update(zip((f.name for f in self.factors), image_noise[k].tolist(), strict=True))
+            attributes = self.solve(noise, interventions)
+            subjects.append(
+                Subject(noise, dict(zip(self.seed_names, seeds[k].tolist(), strict=True)), attributes)
+            )
+        return subjects
+
+    def solve(
+        self,
+        noise: Mapping[str, float],
+        do: Mapping[str, AttributeValue] | None = None,
+        keep: Mapping[str, AttributeValue] | None = None,
+    ) -> dict[str, AttributeValue]:
+        """Attribute values for ``noise``: intervened ones from ``do``, kept ones from ``keep``, others from
+        their structural equations, in topological order."""
+        do, keep = do or {}, keep or {}
+        values: dict[str, AttributeValue] = {}
+        for name in self.schema.topological_order():
+            if name in do:
+                values[name] = do[name]
+            elif name in keep:
+                values[name] = keep[name]
+            else:
+                parents = {p: values[p] for p in self.schema[name].parents}
+                values[name] = self.mechanism(name, noise, parents)
+        return values
+
+    def follow_up(
+        self,
+        subject: Subject,
+        rng: np.random.Generator,
+        levels: tuple[FactorLevel, ...],
+        do: Mapping[str, AttributeValue] | None = None,
+    ) -> Subject:
+        """Another image of the same patient: the image factors of ``levels`` and the ``noise`` seed are drawn
+        anew, and, when "study" is in ``levels``, the noise of :attr:`study_level_attributes` too.
+        Patient anatomy is kept; attributes change only under ``do`` or through redrawn noise."""
+        noise = dict(subject.noise)
+        for factor in self.factors:
+            if factor.level in levels:
+                noise[factor.name] = float(rng.uniform(_EPS, 1 - _EPS))
+        redrawn = self.study_level_attributes if "study" in levels else ()
+        for name in redrawn:
+            noise[f"u_{name}"] = float(rng.uniform(_EPS, 1 - _EPS))
+        seeds = {**subject.seeds, "noise": int(rng.integers(0, 2**31 - 1))}
+        return self._update(subject.attributes, noise, seeds, do or {}, redrawn)
+
+    # -- counterfactuals ------------------------------------------------------------------------------
+    def counterfactual(self, subject: Subject, do: Mapping[str, AttributeValue]) -> Subject:
+        """The same subject (same U) under ``do``: descendants of intervened attributes are recomputed,
+        every other attribute keeps its factual value."""
+        return self._update(subject.attributes, subject.noise, subject.seeds, do)
+
+    def _update(
+        self,
+        attributes: Mapping[str, AttributeValue],
+        noise: Mapping[str, float],
+        seeds: Mapping[str, int],
+        do: Mapping[str, AttributeValue],
+        redrawn: tuple[str, ...] = (),
+    ) -> Subject:
+        """Solve again: intervened attributes take their ``do`` value; attributes whose noise was redrawn and
+        all descendants of those and of the intervened ones follow their equations; the rest are kept."""
+        interventions = self.schema.validate(do)
+        changed = set(interventions) | set(redrawn)
+        recomputed = (self.schema.descendants(changed) | set(redrawn)) - set(interventions)
+        keep = {k: v for k, v in attributes.items() if k not in recomputed}
+        return Subject(noise, seeds, self.solve(noise, interventions, keep))
+
+    def true_counterfactual(
+        self, subject: Subject, do: Mapping[str, AttributeValue], size: int
+    ) -> tuple[Subject, np.ndarray]:
+        """Exact counterfactual attributes AND image of ``subject`` under ``do``."""
+        counterfactual = self.counterfactual(subject, do)
+        return counterfactual, self.render(counterfactual, size)
