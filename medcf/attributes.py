@@ -48,6 +48,8 @@ class Attribute:
             raise SchemaError(f"attribute name {self.name!r} must be lower-case letters, digits and _")
         if self.kind == "categorical" and len(self.values) < 2:
             raise SchemaError(f"categorical attribute {self.name!r} needs at least two values")
+        if len({v.lower() for v in self.values}) != len(self.values):
+            raise SchemaError(f"categorical attribute {self.name!r} has repeated values {self.values}")
         if self.kind == "continuous" and not self.low < self.high:
             raise SchemaError(f"continuous attribute {self.name!r} needs low < high")
         if self.kind not in ("categorical", "continuous"):
@@ -69,7 +71,7 @@ class Attribute:
             raise SchemaError(f"{self.name}: {text!r} is not a number") from None
         if not math.isfinite(number) or not self.low <= number <= self.high:
             raise SchemaError(
-                f"{self.name}: {number:g} is outside the allowed range [{self.low:g}, {self.high:g}]"
+                f"{self.name}: {number:.12g} is outside the allowed range [{self.low:g}, {self.high:g}]"
             )
         return number
 

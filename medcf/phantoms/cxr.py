@@ -4,7 +4,7 @@
 Causal graph: ``age -> disease``; ``sex`` and ``race`` are roots.
 
 Structural equations (U_* uniform noise, correlated through the population's copula):
-    age     = 18 + truncated-normal quantile(U_age)      (mean ``age_mean``, sd ``age_sd``, on [18, 95])
+    age     = truncated-normal quantile(U_age)      (mean ``age_mean``, sd ``age_sd``, on [18, 95])
     sex     = F if U_sex < female_fraction else M
     race    = inverse-CDF(U_race) over White, Asian, Black
     disease = Pleural Effusion if U_disease < sigmoid(logit_at_60 + logit_per_decade * (age - 60) / 10)
@@ -30,7 +30,7 @@ import numpy as np
 from scipy.special import expit
 from scipy.stats import truncnorm
 
-from medcf.attributes import Attribute, AttributeSchema, AttributeValue
+from medcf.attributes import Attribute, AttributeSchema, AttributeValue, SchemaError
 from medcf.phantoms.scm import (
     Factor,
     Phantom,
@@ -110,8 +110,10 @@ class CXRPopulation(Population):
     def __post_init__(self) -> None:
         check_fraction("female_fraction", self.female_fraction)
         check_probabilities("race_probabilities", tuple(self.race_probabilities), len(RACES))
-        if not AGE_RANGE[0] <= self.age_mean <= AGE_RANGE[1] or self.age_sd <= 0:
-            raise ValueError("age_mean must lie in [18, 95] and age_sd must be > 0")
+        if not AGE_RANGE[0] <= self.age_mean <= AGE_RANGE[1]:
+            raise SchemaError(f"age_mean: {self.age_mean!r} must lie in [18, 95]")
+        if not 0 < self.age_sd < math.inf:
+            raise SchemaError(f"age_sd: {self.age_sd!r} must be a positive finite number")
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,7 @@ from scipy import ndimage
 from scipy.special import expit, ndtri
 from scipy.stats import truncnorm
 
-from medcf.attributes import Attribute, AttributeSchema, AttributeValue
+from medcf.attributes import Attribute, AttributeSchema, AttributeValue, SchemaError
 from medcf.phantoms.scm import (
     Factor,
     Phantom,
@@ -106,8 +106,10 @@ class MammoPopulation(Population):
         check_probabilities("density_probabilities", tuple(self.density_probabilities), len(DENSITIES))
         check_fraction("mlo_fraction", self.mlo_fraction)
         check_fraction("marker_fraction", self.marker_fraction)
-        if not AGE_RANGE[0] <= self.age_mean <= AGE_RANGE[1] or self.age_sd <= 0:
-            raise ValueError("age_mean must lie in [30, 95] and age_sd must be > 0")
+        if not AGE_RANGE[0] <= self.age_mean <= AGE_RANGE[1]:
+            raise SchemaError(f"age_mean: {self.age_mean!r} must lie in [30, 95]")
+        if not 0 < self.age_sd < math.inf:
+            raise SchemaError(f"age_sd: {self.age_sd!r} must be a positive finite number")
 
 
 class MammogramPhantom(Phantom):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 
 from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
 
@@ -87,7 +88,7 @@ class Population:
     def from_json(cls, path: str | Path) -> Population:
         try:
             values = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError) as error:  # ValueError: bad JSON or undecodable bytes
             raise SchemaError(f"{path}: cannot read population settings ({error})") from None
         if not isinstance(values, dict):
             raise SchemaError(f"{path}: population settings must be a JSON object")
@@ -101,7 +102,7 @@ def check_probabilities(name: str, probabilities: tuple[float, ...], count: int)
     """Raise unless ``probabilities`` has ``count`` non-negative entries summing to 1."""
     if len(probabilities) != count:
         raise SchemaError(f"{name}: expected {count} probabilities, got {len(probabilities)}")
-    if min(probabilities) < 0 or abs(sum(probabilities) - 1.0) > 1e-6:
+    if not all(math.isfinite(p) and p >= 0 for p in probabilities) or abs(sum(probabilities) - 1.0) > 1e-6:
         raise SchemaError(f"{name}: probabilities must be >= 0 and sum to 1, got {probabilities}")
 
 
@@ -132,7 +133,8 @@ class Phantom(ABC):
     def __init__(self, population: Population) -> None:
         self.population = population
         self._noise_names = tuple(f"u_{name}" for name in self.schema.names)
-        self._cholesky = self._copula_cholesky(population.noise_correlations)
+        self._correlation = self._copula_correlation(population.noise_correlations)
+        self._cholesky = np.linalg.cholesky(self._correlation)
 
     # -- structural equations -------------------------------------------------------------------------
     @abstractmethod
@@ -146,7 +148,7 @@ class Phantom(ABC):
         """Render ``subject`` as a ``size`` x ``size`` float32 display image in [0, 1]."""
 
     # -- sampling -------------------------------------------------------------------------------------
-    def _copula_cholesky(self, correlations: Mapping[str, float]) -> np.ndarray:
+    def _copula_correlation(self, correlations: Mapping[str, float]) -> np.ndarray:
         names = self.schema.names
         matrix = np.eye(len(names))
         for key, rho in correlations.items():
@@ -156,17 +158,20 @@ class Phantom(ABC):
                     f"noise_correlations: key {key!r} must be 'a~b' with two different attributes of "
                     f"{', '.join(names)}"
                 )
-            if not -1.0 < float(rho) < 1.0:
+            if not -1.0 < float(rho) < 1.0:  # also rejects NaN
                 raise SchemaError(f"noise_correlations[{key!r}]: {rho!r} must lie strictly between -1 and 1")
             i, j = names.index(pair[0]), names.index(pair[1])
+            if matrix[i, j] != 0.0:
+                raise SchemaError(f"noise_correlations: the pair {key!r} is given twice")
             matrix[i, j] = matrix[j, i] = float(rho)
         try:
-            return np.linalg.cholesky(matrix)
+            np.linalg.cholesky(matrix)
         except np.linalg.LinAlgError:
             raise SchemaError(
                 "noise_correlations: the correlations are not jointly possible "
                 "(the matrix is not positive definite)"
             ) from None
+        return matrix
 
     def sample(
         self, n: int, rng: np.random.Generator, do: Mapping[str, AttributeValue] | None = None
@@ -222,10 +227,26 @@ class Phantom(ABC):
             if factor.level in levels:
                 noise[factor.name] = float(rng.uniform(_EPS, 1 - _EPS))
         redrawn = self.study_level_attributes if "study" in levels else ()
-        for name in redrawn:
-            noise[f"u_{name}"] = float(rng.uniform(_EPS, 1 - _EPS))
+        noise.update(self._redraw_attribute_noise(noise, redrawn, rng))
         seeds = {**subject.seeds, "noise": int(rng.integers(0, 2**31 - 1))}
         return self._update(subject.attributes, noise, seeds, do or {}, redrawn)
+
+    def _redraw_attribute_noise(
+        self, noise: Mapping[str, float], names: tuple[str, ...], rng: np.random.Generator
+    ) -> dict[str, float]:
+        """New noise for attributes ``names`` drawn from the copula conditioned on every other attribute's
+        noise, so that follow-up studies keep the population's associations."""
+        if not names:
+            return {}
+        redrawn = [self.schema.names.index(n) for n in names]
+        kept = [k for k in range(len(self.schema.names)) if k not in redrawn]
+        latent_kept = ndtri(np.array([noise[self._noise_names[k]] for k in kept]))
+        sigma = self._correlation
+        gain = sigma[np.ix_(redrawn, kept)] @ np.linalg.inv(sigma[np.ix_(kept, kept)])
+        covariance = sigma[np.ix_(redrawn, redrawn)] - gain @ sigma[np.ix_(kept, redrawn)]
+        latent = rng.multivariate_normal(gain @ latent_kept, covariance, method="cholesky")
+        values = np.clip(ndtr(latent), _EPS, 1 - _EPS)
+        return {self._noise_names[k]: float(v) for k, v in zip(redrawn, values, strict=True)}
 
     # -- counterfactuals ------------------------------------------------------------------------------
     def counterfactual(self, subject: Subject, do: Mapping[str, AttributeValue]) -> Subject:
