@@ -31,9 +31,9 @@ class UsageError(Exception):
 
 
 def _phantom_command(args: argparse.Namespace) -> None:
-    population = KINDS[args.kind].population.from_json(args.population) if args.population else None
-    phantom = make_phantom(args.kind, population)
-    do = dict(phantom.schema.parse_assignment(text) for text in args.set)
+    spec = KINDS[args.kind]
+    population = spec.population.from_json(args.population) if args.population else None
+    do = dict(spec.phantom.schema.parse_assignment(text) for text in args.set)
     started = time.perf_counter()
     out = write_phantom_dataset(
         args.kind,

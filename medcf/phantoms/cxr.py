@@ -28,15 +28,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.special import expit
-from scipy.stats import truncnorm
 
-from medcf.attributes import Attribute, AttributeSchema, AttributeValue, SchemaError
+from medcf.attributes import Attribute, AttributeSchema, AttributeValue
 from medcf.phantoms.scm import (
     Factor,
     Phantom,
     Population,
     Subject,
+    age_from_noise,
     categorical_from_noise,
+    check_age_distribution,
     check_fraction,
     check_probabilities,
 )
@@ -110,10 +111,7 @@ class CXRPopulation(Population):
     def __post_init__(self) -> None:
         check_fraction("female_fraction", self.female_fraction)
         check_probabilities("race_probabilities", tuple(self.race_probabilities), len(RACES))
-        if not AGE_RANGE[0] <= self.age_mean <= AGE_RANGE[1]:
-            raise SchemaError(f"age_mean: {self.age_mean!r} must lie in [18, 95]")
-        if not 0 < self.age_sd < math.inf:
-            raise SchemaError(f"age_sd: {self.age_sd!r} must be a positive finite number")
+        check_age_distribution(self.age_mean, self.age_sd, AGE_RANGE)
 
 
 @dataclass(frozen=True)
@@ -149,8 +147,7 @@ class ChestXRayPhantom(Phantom):
         pop: CXRPopulation = self.population  # type: ignore[assignment]
         u = noise[f"u_{name}"]
         if name == "age":
-            low, high = ((b - pop.age_mean) / pop.age_sd for b in AGE_RANGE)
-            return float(truncnorm.ppf(u, low, high, loc=pop.age_mean, scale=pop.age_sd))
+            return age_from_noise(u, pop.age_mean, pop.age_sd, AGE_RANGE)
         if name == "sex":
             return "F" if u < pop.female_fraction else "M"
         if name == "race":

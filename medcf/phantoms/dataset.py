@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+import pandas as pd
 
 import medcf
 from medcf.attributes import AttributeValue, SchemaError
@@ -17,7 +18,14 @@ from medcf.phantoms.embed_export import plan_embed
 from medcf.phantoms.mammo import MammogramPhantom, MammoPopulation
 from medcf.phantoms.mimic_export import plan_mimic_cxr
 from medcf.phantoms.scm import Phantom, Population
-from medcf.phantoms.writer import TRUTH_FILE, staged_directory, truth_table, write_csv, write_images
+from medcf.phantoms.writer import (
+    TRUTH_FILE,
+    ImageJob,
+    staged_directory,
+    truth_table,
+    write_csv,
+    write_images,
+)
 
 PhantomKind = Literal["cxr", "mammo"]
 CONFIG_FILE = "phantom.json"
@@ -30,7 +38,7 @@ class PhantomSpec:
 
     phantom: type[Phantom]
     population: type[Population]
-    planner: object
+    planner: Callable[..., tuple[list[ImageJob], dict[str, pd.DataFrame]]]
 
 
 KINDS: dict[str, PhantomSpec] = {

@@ -34,15 +34,16 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 from scipy.special import expit, ndtri
-from scipy.stats import truncnorm
 
-from medcf.attributes import Attribute, AttributeSchema, AttributeValue, SchemaError
+from medcf.attributes import Attribute, AttributeSchema, AttributeValue
 from medcf.phantoms.scm import (
     Factor,
     Phantom,
     Population,
     Subject,
+    age_from_noise,
     categorical_from_noise,
+    check_age_distribution,
     check_fraction,
     check_probabilities,
 )
@@ -106,10 +107,7 @@ class MammoPopulation(Population):
         check_probabilities("density_probabilities", tuple(self.density_probabilities), len(DENSITIES))
         check_fraction("mlo_fraction", self.mlo_fraction)
         check_fraction("marker_fraction", self.marker_fraction)
-        if not AGE_RANGE[0] <= self.age_mean <= AGE_RANGE[1]:
-            raise SchemaError(f"age_mean: {self.age_mean!r} must lie in [30, 95]")
-        if not 0 < self.age_sd < math.inf:
-            raise SchemaError(f"age_sd: {self.age_sd!r} must be a positive finite number")
+        check_age_distribution(self.age_mean, self.age_sd, AGE_RANGE)
 
 
 class MammogramPhantom(Phantom):
@@ -131,8 +129,7 @@ class MammogramPhantom(Phantom):
         pop: MammoPopulation = self.population  # type: ignore[assignment]
         u = noise[f"u_{name}"]
         if name == "age":
-            low, high = ((b - pop.age_mean) / pop.age_sd for b in AGE_RANGE)
-            return float(truncnorm.ppf(u, low, high, loc=pop.age_mean, scale=pop.age_sd))
+            return age_from_noise(u, pop.age_mean, pop.age_sd, AGE_RANGE)
         if name == "race":
             return categorical_from_noise(u, RACES, tuple(pop.race_probabilities))
         if name == "density":

@@ -29,6 +29,7 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy.special import ndtr, ndtri
+from scipy.stats import truncnorm
 
 from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
 
@@ -109,6 +110,20 @@ def check_probabilities(name: str, probabilities: tuple[float, ...], count: int)
 def check_fraction(name: str, value: float) -> None:
     if not 0.0 <= value <= 1.0:
         raise SchemaError(f"{name}: {value!r} must lie in [0, 1]")
+
+
+def check_age_distribution(mean: float, sd: float, bounds: tuple[float, float]) -> None:
+    """Raise unless ``mean`` lies within ``bounds`` and ``sd`` is positive and finite."""
+    if not bounds[0] <= mean <= bounds[1]:
+        raise SchemaError(f"age_mean: {mean!r} must lie in [{bounds[0]:g}, {bounds[1]:g}]")
+    if not 0 < sd < math.inf:
+        raise SchemaError(f"age_sd: {sd!r} must be a positive finite number")
+
+
+def age_from_noise(u: float, mean: float, sd: float, bounds: tuple[float, float]) -> float:
+    """Age structural equation: the ``u`` quantile of a normal(mean, sd) truncated to ``bounds``."""
+    low, high = ((b - mean) / sd for b in bounds)
+    return float(truncnorm.ppf(u, low, high, loc=mean, scale=sd))
 
 
 def categorical_from_noise(u: float, values: tuple[str, ...], probabilities: tuple[float, ...]) -> str:
