@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/medcf demo --out $(DEMO_OUT)
+	$(BIN)/medcf demo --out $(DEMO_OUT) --overwrite
 
 test: venv
 	$(BIN)/ruff check medcf data_prep tests benchmarks
