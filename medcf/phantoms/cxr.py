@@ -72,6 +72,7 @@ CXR_FACTORS = (
     Factor("thorax_height", "patient", "height of the lung apices"),
     Factor("heart_size", "patient", "cardiac silhouette size (cardiothoracic ratio 0.40-0.52)"),
     Factor("heart_shift", "patient", "leftward offset of the heart"),
+    Factor("heart_shape", "patient", "individual bending of the cardiac outline"),
     Factor("mediastinum_width", "patient", "width of the upper mediastinum"),
     Factor("rib_spacing", "patient", "vertical spacing of the ribs"),
     Factor("rib_slope", "patient", "downward slope of the posterior ribs"),
@@ -192,7 +193,10 @@ class ChestXRayPhantom(Phantom):
             bottom = dome + p["recess_depth"]
             t = np.clip((y - p["apex_y"]) / (bottom - p["apex_y"]), 0.0, 1.0)
             lateral = p["apex_x"] + (p["half_width"] - p["apex_x"]) * t**0.3
-            medial = p["apex_x"] - (p["apex_x"] - p["med_half"]) * t**0.22
+            # the mediastinal border widens below the aortic knob: pulmonary trunk and left atrial
+            # appendage on the left, right atrium on the right, running into the heart borders
+            widening = (0.11 if sign > 0 else 0.04) * smoothstep(-0.42, p["dome_y"] - 0.4, y)
+            medial = p["apex_x"] - (p["apex_x"] - p["med_half"] - widening) * t**0.22
             dome_x = 0.38 * p["half_width"]
             lateral_part = np.clip((xs - dome_x) / (p["half_width"] - dome_x), 0.0, None)
             diaphragm_y = (
@@ -205,11 +209,16 @@ class ChestXRayPhantom(Phantom):
             diaphragm.append(diaphragm_y)
             depth_total += depth
 
-        # cardiac silhouette: an ellipse tilted along the heart's long axis, lower part under the diaphragm
+        # cardiac silhouette: a tilted ellipse along the heart's long axis whose outline is bent by two
+        # harmonics (an individual shape), the lower part hidden under the diaphragm
         cy, cx, tilt = p["dome_y"] - 0.14, p["heart_cx"] + 0.08, math.radians(-35.0)
         along = (x - cx) * math.cos(tilt) - (y - cy) * math.sin(tilt)
         across = (x - cx) * math.sin(tilt) + (y - cy) * math.cos(tilt)
-        heart = blob(across, along, 0.0, 0.0, 0.25, p["heart_rx"] + 0.08)
+        angle = np.arctan2(across, along)
+        phase = 2 * math.pi * u["heart_shape"]
+        outline = 1.0 + 0.08 * np.cos(2 * angle + phase) + 0.05 * np.cos(3 * angle - 3 * phase)
+        radius = np.hypot(along / (p["heart_rx"] + 0.08), across / 0.25) / outline
+        heart = np.sqrt(np.clip(1.0 - radius**2, 0.0, None))
         heart_mask = smoothstep(0.0, 0.12, heart)
         right, left = (side * (1.0 - heart_mask) for side in sides)
         lungs = right + left
@@ -264,7 +273,7 @@ class ChestXRayPhantom(Phantom):
         endplates = np.cos(math.pi * (y + 1.0) / 0.085) ** 8
         spine = bone * 0.14 * soft_inside(0.065 - ax, 0.012) * (0.8 + 0.4 * endplates) * upper
         trachea = -0.25 * np.exp(-((x / 0.03) ** 2)) * soft_inside(-0.34 - y, 0.04) * upper
-        heart = 0.18 * g.heart**0.5 * (1.0 - below_diaphragm)
+        heart = 0.07 * g.heart**0.5 * (1.0 - below_diaphragm)
         knob_r = 0.045 + 0.035 * age01
         knob_shape = blob(y, x, -0.44, p["med_half"] + 0.03, knob_r, knob_r)
         knob = 0.25 * np.sqrt(knob_shape)

@@ -87,6 +87,8 @@ def build_dataset(job: ImageJob, stored: np.ndarray, pixel_attributes: Mapping[s
     ds = Dataset()
     for keyword, value in job.header.items():
         setattr(ds, keyword, value)
+    if ds.get("Modality") in ("DX", "MG"):  # required by the DX and mammography image modules
+        ds.PresentationLUTShape = "INVERSE" if job.encoding.photometric == "MONOCHROME1" else "IDENTITY"
     attach_pixels(ds, stored, pixel_attributes, job.encoding.transfer_syntax)
     return ds
 
