@@ -10,7 +10,8 @@ Layout written under the output folder::
 As in the real export, ``anon_dicom_path`` is an absolute path on the source system
 (``/mnt/NAS2/mammo/anon_dicom/cohort_1/...``): the part from ``cohort_1/`` on is relative to the output
 folder. What the cohort builder and the preparation must cope with is all there: laterality sometimes only
-in the series-level Laterality tag, some FOR PROCESSING images, burned-in view labels, XCCL views,
+in the series-level Laterality tag, some FOR PROCESSING images (files only: EMBED's tables list
+presentation images), burned-in view labels, XCCL views,
 spot-magnification and C-view rows, a few male patients (tissueden 5) and unreported ethnicity.
 Right breasts are stored mirrored (chest wall on the image's right), with PatientOrientation to match.
 """
@@ -116,6 +117,7 @@ def plan_embed(
                         acc,
                         date,
                         exam_age=float(exam.attributes["age"]),
+                        male=male,
                         side=side,
                         view=view,
                         image_type=image_type,
@@ -127,7 +129,8 @@ def plan_embed(
                         mix=mix,
                     )
                     jobs.append(job)
-                    metadata.append(row)
+                    if presentation == "FOR PRESENTATION":  # EMBED's tables list presentation images only
+                        metadata.append(row)
                     screening += image_type == "2D" and not spot and presentation == "FOR PRESENTATION"
     tables = {
         "EMBED_OpenData_metadata.csv": pd.DataFrame(metadata),
@@ -180,6 +183,7 @@ def _image(
     date: dt.date,
     *,
     exam_age: float,
+    male: bool,
     side: str,
     view: str,
     image_type: str,
@@ -210,7 +214,7 @@ def _image(
         "SeriesInstanceUID": new_uid("series", sop_uid),
         "PatientName": f"PHANTOM^MG{empi}",
         "PatientID": str(empi),
-        "PatientSex": "F",
+        "PatientSex": "M" if male else "F",
         "PatientAge": f"{int(exam_age):03d}Y",
         "StudyDate": date.strftime("%Y%m%d"),
         "StudyTime": "093000",

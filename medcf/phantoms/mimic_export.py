@@ -73,7 +73,7 @@ def _dicom_id(rng: np.random.Generator) -> str:
 
 
 def _unique_ids(rng: np.random.Generator, count: int, low: int, high: int) -> list[int]:
-    return [int(v) for v in rng.choice(np.arange(low, high), size=count, replace=False)]
+    return [low + int(v) for v in rng.choice(high - low, size=count, replace=False)]
 
 
 def plan_mimic_cxr(
@@ -117,9 +117,10 @@ def plan_mimic_cxr(
         date, subject = first_date, first
         for visit in range(count):
             if visit:
-                days = int(rng.integers(60, 900))
+                years_left = 95.0 - float(subject.attributes["age"])  # the schema's age range ends at 95
+                days = min(int(rng.integers(60, 900)), int(years_left * 365.25))
                 date = date + dt.timedelta(days=days)
-                age = min(float(subject.attributes["age"]) + days / 365.25, 95.0)
+                age = float(subject.attributes["age"]) + days / 365.25
                 subject = phantom.follow_up(subject, rng, ("study", "image"), {"age": age, **do})
             study_id = next(study_ids)
             recorded_age = anchor_age + date.year - anchor_year
@@ -128,6 +129,7 @@ def plan_mimic_cxr(
             if rng.uniform() < label_noise.lateral_study:
                 views.append("LL")
             study_uid = new_uid("study", subject_id, study_id)
+            procedure = _procedure(views)
             time = _study_time(rng)
             for number, view in enumerate(views, start=1):
                 dicom_id = _dicom_id(rng)
@@ -154,15 +156,13 @@ def plan_mimic_cxr(
                         "dicom_id": dicom_id,
                         "subject_id": subject_id,
                         "study_id": study_id,
-                        "PerformedProcedureStepDescription": "CHEST (PA AND LAT)"
-                        if len(views) > 1
-                        else "CHEST (PORTABLE AP)",
+                        "PerformedProcedureStepDescription": procedure,
                         "ViewPosition": "LATERAL" if view == "LL" and rng.uniform() < 0.7 else view,
                         "Rows": size,
                         "Columns": size,
                         "StudyDate": int(date.strftime("%Y%m%d")),
                         "StudyTime": float(time),
-                        "ProcedureCodeSequence_CodeMeaning": "CHEST (PA AND LAT)",
+                        "ProcedureCodeSequence_CodeMeaning": procedure,
                         "ViewCodeSequence_CodeMeaning": VIEW_MEANING[view],
                         "PatientOrientationCodeSequence_CodeMeaning": "Erect"
                         if view != "AP"
@@ -190,6 +190,13 @@ def plan_mimic_cxr(
     return jobs, tables
 
 
+def _procedure(views: list[str]) -> str:
+    """The procedure description MIMIC records for a study with these views."""
+    if "LL" in views:
+        return "CHEST (PA AND LAT)"
+    return "CHEST (PORTABLE AP)" if views[0] == "AP" else "CHEST (PA)"
+
+
 def _study_time(rng: np.random.Generator) -> str:
     hour, minute, second, millis = (int(rng.integers(0, k)) for k in (24, 60, 60, 1000))
     return f"{hour:02d}{minute:02d}{second:02d}.{millis:03d}"
@@ -214,14 +221,14 @@ def _admissions(
         ]
         recorded = recorded + [str(rng.choice(others))]
     rows = []
-    for k, label in enumerate(recorded):
+    for label in recorded:
         admit = dt.datetime.combine(
             first_date, dt.time(int(rng.integers(0, 24)), int(rng.integers(0, 60)))
         ) + dt.timedelta(days=int(rng.integers(-400, 400)))
         rows.append(
             {
                 "subject_id": subject_id,
-                "hadm_id": 20_000_000 + subject_id % 10_000_000 * 10 + k,
+                "hadm_id": int(rng.integers(20_000_000, 30_000_000)),
                 "admittime": admit.strftime("%Y-%m-%d %H:%M:%S"),
                 "dischtime": (admit + dt.timedelta(days=int(rng.integers(1, 12)))).strftime(
                     "%Y-%m-%d %H:%M:%S"
@@ -255,6 +262,8 @@ def _chexpert_row(
         row[str(rng.choice(["Atelectasis", "Cardiomegaly", "Lung Opacity"]))] = 1.0
     else:
         row["No Finding"] = 1.0
+        if rng.uniform() < 0.3:
+            row["Pleural Effusion"] = 0.0  # a negated mention ("no effusion"), common in the real labels
     if rng.uniform() < 0.1:
         row["Support Devices"] = 1.0
     return row
