@@ -1,4 +1,10 @@
-"""DICOM output: store synthetic display images as realistic DICOM files and read them back."""
+"""DICOM output: store synthetic display images as realistic DICOM files and read them back.
+
+DICOM input: :mod:`medcf.dicom.reader` reads real-world radiographs. Its names are exported lazily, because
+the reader imports MONAI (several seconds), which the writers do not need.
+"""
+
+from typing import Any
 
 from medcf.dicom.encode import (
     PixelEncoding,
@@ -9,6 +15,16 @@ from medcf.dicom.encode import (
     write_dataset_atomic,
 )
 
+_READER_NAMES = (
+    "DicomReadError",
+    "RadiographHeader",
+    "RadiographReader",
+    "parse_patient_age",
+    "radiograph_loader",
+    "read_header",
+    "read_radiograph",
+)
+
 __all__ = [
     "PixelEncoding",
     "attach_pixels",
@@ -16,4 +32,14 @@ __all__ = [
     "encode_pixels",
     "new_uid",
     "write_dataset_atomic",
+    *_READER_NAMES,
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the reader's names on first use (PEP 562)."""
+    if name in _READER_NAMES:
+        from medcf.dicom import reader
+
+        return getattr(reader, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
