@@ -1,0 +1,70 @@
+"""Chest X-ray preparation: frontal CR/DX chest radiographs -> square, intensity-normalised arrays.
+
+Accepted: Modality CR, DX or DR; BodyPartExamined CHEST (or absent); ViewPosition AP or PA (a cohort
+row may supply the view when the header has none). Steps: optional centre crop to a square, area
+resize to ``image_size`` (aspect ratio not kept unless ``square_crop``, as in the published cohorts),
+robust percentile normalisation, values in [-1, 1].
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from medcf.dicom.reader import RadiographHeader
+from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range
+
+CHEST_MODALITIES = ("CR", "DX", "DR")
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "")
+FRONTAL_VIEWS = ("AP", "PA")
+
+
+class ChestPreparer(Preparer):
+    """Frontal chest radiographs to ``image_size`` x ``image_size`` arrays in [-1, 1].
+
+    Args:
+        image_size: output side in pixels (192 for real data as in the literature; the phantom demo uses 64).
+        square_crop: crop the centre square before resizing instead of squeezing the aspect ratio.
+    """
+
+    kind = "cxr"
+    required_labels = ("age", "sex", "race", "disease")
+
+    def __init__(self, image_size: int = 192, square_crop: bool = False) -> None:
+        if not isinstance(image_size, int) or image_size < 16:
+            raise ValueError(f"image_size: {image_size!r} must be an integer >= 16")
+        self.image_size = image_size
+        self.square_crop = bool(square_crop)
+
+    def settings(self) -> dict[str, Any]:
+        return {"kind": self.kind, "image_size": self.image_size, "square_crop": self.square_crop}
+
+    def check_header(self, header: RadiographHeader) -> None:
+        if header.modality not in CHEST_MODALITIES:
+            raise Rejected(f"wrong modality {header.modality or 'missing'}: chest preparation takes CR/DX")
+        if (header.body_part or "") not in CHEST_BODY_PARTS:
+            raise Rejected(f"body part {header.body_part} is not chest")
+        if header.view_position is not None and header.view_position not in FRONTAL_VIEWS:
+            raise Rejected(f"view {header.view_position} is not frontal (AP/PA)")
+        if min(header.rows, header.columns) < self.image_size:
+            raise Rejected(f"image too small to resize: {header.rows}x{header.columns} < {self.image_size}")
+
+    def header_labels(self, header: RadiographHeader) -> dict[str, Any]:
+        return {"sex": header.patient_sex, "age": header.patient_age_years, "view": header.view_position}
+
+    def check_attributes(self, header: RadiographHeader, attributes: Mapping[str, Any]) -> None:
+        if (header.view_position or attributes.get("view")) not in FRONTAL_VIEWS:
+            raise Rejected("view position unknown: neither the header nor the cohort says AP/PA")
+
+    def prepare_pixels(
+        self, image: np.ndarray, header: RadiographHeader
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        if self.square_crop:
+            side = min(image.shape)
+            top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
+            image = image[top : top + side, left : left + side]
+        small = resize_area(image, (self.image_size, self.image_size))
+        unit = robust_unit_range(small)
+        return (unit * 2.0 - 1.0).astype(np.float32)[None], {}

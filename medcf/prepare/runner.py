@@ -1,0 +1,295 @@
+"""The preparation batch job: every DICOM file under a folder -> a prepared array or a rejection, listed in
+one manifest; parallel, resumable, and never leaving a half-written file.
+
+Output folder layout::
+
+    OUT/images/<source path>.npy    prepared array, float32 (1, H, W) in [-1, 1]
+    OUT/manifest.csv                one row per input file: source, status (ok | rejected), reason, output
+    OUT/prepare.json                the settings and the summary of the last run
+    OUT/preview.png                 a grid of prepared images to look at
+    OUT/.journal.jsonl              one line per finished file (how a killed run resumes)
+
+Every array is written to a temporary name and renamed; the journal line comes after the rename, so a
+run killed at any moment resumes with the finished files skipped and no partial output. The manifest is
+rebuilt from the journal at the end of every run. Only the source path and non-identifying header fields
+reach the manifest and the log: patient names, IDs and birth dates are never read out of the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medcf.prepare.base import Preparer
+from medcf.prepare.cohort import CohortIndex
+
+logger = logging.getLogger("medcf.prepare")
+
+JOURNAL = ".journal.jsonl"
+MANIFEST = "manifest.csv"
+SETTINGS = "prepare.json"
+#: files with these suffixes are never inputs (label tables, notes, pictures next to the DICOM files)
+NOT_DICOM_SUFFIXES = {
+    ".csv",
+    ".gz",
+    ".json",
+    ".txt",
+    ".md",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".npy",
+    ".nii",
+    ".yaml",
+    ".yml",
+    ".log",
+    ".zip",
+    ".xlsx",
+    ".pdf",
+}
+
+
+class NothingPreparedError(RuntimeError):
+    """No input file could be prepared at all."""
+
+
+def discover_inputs(dataset_dir: Path) -> list[str]:
+    """Relative paths (POSIX) of every candidate DICOM file under ``dataset_dir``, recursively, sorted.
+
+    A candidate is any file whose suffix is not a known non-DICOM one (DICOM files often have no suffix,
+    or odd ones); files that turn out not to be DICOM become rejected rows, never silently skipped.
+    """
+    found = []
+    for root, dirs, files in os.walk(dataset_dir):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        for name in files:
+            if name.startswith(".") or Path(name).suffix.lower() in NOT_DICOM_SUFFIXES:
+                continue
+            found.append(Path(root, name).relative_to(dataset_dir).as_posix())
+    return sorted(found)
+
+
+def output_name(source: str) -> str:
+    return f"images/{source}.npy"
+
+
+def save_array_atomic(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    with open(temporary, "wb") as handle:
+        np.save(handle, array)
+    os.replace(temporary, path)
+
+
+_worker: dict[str, Any] = {}
+
+
+def _init_worker(preparer: Preparer, dataset_dir: Path, output_dir: Path, cohort_given: bool) -> None:
+    torch.set_num_threads(1)  # one process per core already
+    _worker.update(
+        preparer=preparer, dataset_dir=dataset_dir, output_dir=output_dir, cohort_given=cohort_given
+    )
+
+
+def _prepare_one(task: tuple[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+    """Prepare one file in a worker; returns its manifest record (the array is already on disk)."""
+    source, labels = task
+    outcome = _worker["preparer"].prepare(
+        str(_worker["dataset_dir"] / source), labels, _worker["cohort_given"]
+    )
+    record: dict[str, Any] = {
+        "source": source,
+        "status": outcome.status,
+        "reason": outcome.reason,
+        "output": "",
+    }
+    if outcome.array is not None:
+        record["output"] = output_name(source)
+        save_array_atomic(outcome.array, _worker["output_dir"] / record["output"])
+    record.update(outcome.details)
+    return record
+
+
+@dataclass
+class PreparationRun:
+    """Prepare every DICOM file under ``dataset_dir`` into ``output_dir``.
+
+    Args:
+        dataset_dir: folder searched recursively for DICOM files.
+        output_dir: where prepared arrays, the manifest and the summary go; an earlier run's folder is
+            resumed (finished files skipped) when its settings match.
+        preparer: what to do with each file (chest or mammogram preparation and its settings).
+        cohort: optional cohort table from ``data_prep`` (path relative to ``dataset_dir`` + attributes).
+            With one, files without a row are rejected; without one, attributes come from the headers.
+        workers: parallel processes (default: one per available core).
+        progress: show a progress bar.
+    """
+
+    dataset_dir: str | Path
+    output_dir: str | Path
+    preparer: Preparer
+    cohort: str | Path | None = None
+    workers: int | None = None
+    progress: bool = True
+
+    def run(self) -> dict[str, Any]:
+        dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
+        if not dataset_dir.is_dir():
+            raise FileNotFoundError(f"dataset_dir {dataset_dir}: no such folder")
+        cohort = CohortIndex.from_csv(self.cohort) if self.cohort else None
+        output_dir.mkdir(parents=True, exist_ok=True)
+        settings = self._check_settings(output_dir)
+        for stale in (output_dir / "images").rglob(".*.tmp") if (output_dir / "images").is_dir() else ():
+            stale.unlink()  # an array a killed run was writing; its file is prepared again
+        sources = discover_inputs(dataset_dir)
+        done = {r["source"]: r for r in read_journal(output_dir) if r["source"] in set(sources)}
+        pending = [(s, cohort.labels_for(s) if cohort else None) for s in sources if s not in done]
+        logger.info(
+            "%d input files, %d finished earlier, %d to prepare", len(sources), len(done), len(pending)
+        )
+
+        workers = self.workers or len(os.sched_getaffinity(0))
+        with open(output_dir / JOURNAL, "a", encoding="utf-8") as journal:
+            for record in self._results(pending, dataset_dir, output_dir, cohort is not None, workers):
+                journal.write(json.dumps(record, default=_plain) + "\n")
+                journal.flush()
+                done[record["source"]] = record
+
+        records = [done[s] for s in sources]
+        write_manifest(records, output_dir / MANIFEST)
+        summary = summarise(records)
+        _write_json({"settings": settings, "summary": summary}, output_dir / SETTINGS)
+        write_preview(records, output_dir)
+        logger.info(format_summary(summary))
+        print(format_summary(summary))
+        if summary["ok"] == 0:
+            raise NothingPreparedError(
+                f"no input could be prepared ({len(records)} files under {dataset_dir}); "
+                f"see {output_dir / MANIFEST}"
+            )
+        return summary
+
+    def _results(
+        self, pending: list, dataset_dir: Path, output_dir: Path, cohort_given: bool, workers: int
+    ) -> Iterator[dict[str, Any]]:
+        initargs = (self.preparer, dataset_dir, output_dir, cohort_given)
+        bar = tqdm(
+            total=len(pending), desc=f"preparing {self.preparer.kind}", unit="file", disable=not self.progress
+        )
+        with bar:
+            if workers == 1 or len(pending) <= 1:
+                _init_worker(*initargs)
+                for task in pending:
+                    yield _prepare_one(task)
+                    bar.update()
+                return
+            with ProcessPoolExecutor(workers, initializer=_init_worker, initargs=initargs) as pool:
+                for record in pool.map(_prepare_one, pending, chunksize=1):
+                    yield record
+                    bar.update()
+
+    def _check_settings(self, output_dir: Path) -> dict[str, Any]:
+        settings = {**self.preparer.settings(), "cohort": str(self.cohort) if self.cohort else None}
+        previous = output_dir / SETTINGS
+        if previous.exists():
+            earlier = json.loads(previous.read_text())["settings"]
+            if earlier != settings:
+                raise ValueError(
+                    f"output_dir {output_dir} holds a preparation with other settings ({earlier}); "
+                    f"use a new output_dir or the same settings ({settings})"
+                )
+        elif any(p.name != JOURNAL for p in output_dir.iterdir()):
+            raise ValueError(f"output_dir {output_dir} is not empty and holds no medcf preparation")
+        _write_json({"settings": settings, "summary": None}, previous)
+        return settings
+
+
+def read_journal(output_dir: Path) -> list[dict[str, Any]]:
+    """Finished records of earlier runs; a torn last line (killed mid-write) is ignored, and an ``ok``
+    record whose array is missing is not trusted."""
+    path = output_dir / JOURNAL
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("status") == "ok" and not (output_dir / record["output"]).is_file():
+            continue
+        records.append(record)
+    return records
+
+
+def write_manifest(records: list[dict[str, Any]], path: Path) -> None:
+    table = pd.DataFrame(records)
+    first = ["source", "status", "reason", "output"]
+    table = table[first + sorted(c for c in table.columns if c not in first)]
+    temporary = path.with_name(f".{path.name}.tmp")
+    table.to_csv(temporary, index=False)
+    os.replace(temporary, path)
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    reasons = Counter(r["reason"].split(":")[0] for r in records if r["status"] != "ok")
+    ok = sum(r["status"] == "ok" for r in records)
+    return {
+        "files": len(records),
+        "ok": ok,
+        "rejected": len(records) - ok,
+        "reasons": dict(reasons.most_common()),
+    }
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"prepared {summary['ok']} of {summary['files']} files; rejected {summary['rejected']}"]
+    lines += [f"  {count:6d}  {reason}" for reason, count in summary["reasons"].items()]
+    return "\n".join(lines)
+
+
+def write_preview(records: list[dict[str, Any]], output_dir: Path, count: int = 16) -> None:
+    """A grid of the first prepared images, to look at."""
+    outputs = [r["output"] for r in records if r["status"] == "ok"][:count]
+    if not outputs:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    columns = min(8, len(outputs))
+    rows = (len(outputs) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, output in zip(axes.flat, outputs, strict=False):
+        ax.imshow(np.load(output_dir / output)[0], cmap="gray", vmin=-1, vmax=1)
+    fig.tight_layout()
+    fig.savefig(output_dir / "preview.png", dpi=90)
+    plt.close(fig)
+
+
+def _write_json(payload: dict[str, Any], path: Path) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
+    os.replace(temporary, path)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for numpy scalars and tuples in records."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return str(value)
