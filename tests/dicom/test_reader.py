@@ -552,3 +552,47 @@ class TestMonai:
     def test_verify_suffix(self, name, ok):
         """.dcm, .dicom and suffix-less names (including UID-like names) are accepted."""
         assert RadiographReader().verify_suffix(name) is ok
+
+
+class TestCompressedGrayscaleDecoding:
+    @pytest.mark.parametrize("name", ["JPEG-LL.dcm", "JPGLosslessP14SV1_1s_1f_8b.dcm"])
+    def test_jpeg_lossless_process_14_decodes(self, name):
+        """Real JPEG Lossless (Process 14 SV1) files decode to a full-contrast image of the stated size."""
+        path = get_testdata_file(name)
+        image, header = read_radiograph(path)
+        ds = pydicom.dcmread(path)
+        assert header.transfer_syntax == pydicom.uid.JPEGLosslessSV1
+        assert image.shape == (ds.Rows, ds.Columns)
+        assert np.isfinite(image).all() and image.min() >= 0.0 and image.max() <= 1.0
+        assert image.std() > 0.05
+
+    def test_jpeg_baseline_grayscale_decodes_close_to_the_source(self, tmp_path):
+        """An 8-bit grayscale JPEG Baseline CR (encoded with Pillow) reads back within JPEG error."""
+        import io
+
+        from PIL import Image
+        from pydicom.dataset import Dataset, FileMetaDataset
+        from pydicom.encaps import encapsulate
+
+        from medcf.phantoms import make_phantom
+
+        phantom = make_phantom("cxr")
+        source = phantom.render(phantom.sample(1, np.random.default_rng(0))[0], 128)
+        pixels = np.round(source * 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+        ds = Dataset()
+        ds.file_meta = FileMetaDataset()
+        ds.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.1", pydicom.uid.generate_uid()
+        ds.Modality, ds.Rows, ds.Columns = "CR", 128, 128
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.WindowCenter, ds.WindowWidth, ds.VOILUTFunction = 127.5, 255, "LINEAR_EXACT"
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].VR = "OB"
+        ds.save_as(tmp_path / "jpeg_baseline.dcm", enforce_file_format=True)
+        image, header = read_radiograph(tmp_path / "jpeg_baseline.dcm")
+        assert header.transfer_syntax == JPEGBaseline8Bit
+        assert np.abs(image - source).mean() < 0.01
+        assert np.abs(image - source).max() < 0.15

@@ -104,3 +104,78 @@ def test_exit_status_is_non_zero_only_when_nothing_was_prepared(tmp_path):
     assert result.returncode != 0
     assert "no input could be prepared" in result.stderr
     assert (tmp_path / "out" / "manifest.csv").is_file()
+
+
+def test_killed_bundle_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL a bundle run half-way; the re-run finishes with the same manifest as an uninterrupted run,
+    every listed array loads, no temporary file is left, and no patient name reaches the log."""
+    import signal
+    import time
+
+    data = write_phantom_dataset("cxr", tmp_path / "mimic", 60, 256, seed=5, workers=1, progress=False)
+    config = REPO / "bundles" / "cxr_counterfactual" / "configs" / "prepare.yaml"
+    out = tmp_path / "killed"
+    command = [
+        sys.executable,
+        "-m",
+        "monai.bundle",
+        "run",
+        "--config_file",
+        str(config),
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--image_size",
+        "64",
+        "--workers",
+        "1",
+        "--progress",
+        "false",
+    ]
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    journal = out / ".journal.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if journal.exists() and len(journal.read_text().splitlines()) >= 10:
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not (out / "manifest.csv").exists()
+
+    resumed = bundle_run(
+        "cxr_counterfactual",
+        tmp_path,
+        "--dataset_dir",
+        str(data),
+        "--output_dir",
+        str(out),
+        "--image_size",
+        "64",
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "PHANTOM^" not in resumed.stdout + resumed.stderr
+    reference = tmp_path / "reference"
+    assert (
+        bundle_run(
+            "cxr_counterfactual",
+            tmp_path,
+            "--dataset_dir",
+            str(data),
+            "--output_dir",
+            str(reference),
+            "--image_size",
+            "64",
+        ).returncode
+        == 0
+    )
+    columns = ["source", "status", "reason", "output"]
+    after_kill = pd.read_csv(out / "manifest.csv", keep_default_na=False)[columns]
+    pd.testing.assert_frame_equal(
+        after_kill, pd.read_csv(reference / "manifest.csv", keep_default_na=False)[columns]
+    )
+    for output in after_kill.loc[after_kill["status"] == "ok", "output"]:
+        assert np.array_equal(np.load(out / output), np.load(reference / output))
+    assert not list(out.rglob("*.tmp"))
