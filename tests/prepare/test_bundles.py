@@ -13,9 +13,10 @@ from medcf.phantoms import write_phantom_dataset
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bundle_run(bundle: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+def bundle_command(bundle: str, *overrides: str) -> list[str]:
+    """`python -m monai.bundle run` of a bundle's prepare.yaml, without a progress bar."""
     config = REPO / "bundles" / bundle / "configs" / "prepare.yaml"
-    command = [
+    return [
         sys.executable,
         "-m",
         "monai.bundle",
@@ -26,7 +27,12 @@ def bundle_run(bundle: str, cwd: Path, *overrides: str) -> subprocess.CompletedP
         "false",
         *overrides,
     ]
-    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+
+
+def bundle_run(bundle: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        bundle_command(bundle, *overrides), cwd=cwd, capture_output=True, text=True, check=False
+    )
 
 
 @pytest.mark.parametrize(
@@ -113,15 +119,9 @@ def test_killed_bundle_run_resumes_to_the_same_result(tmp_path):
     import time
 
     data = write_phantom_dataset("cxr", tmp_path / "mimic", 60, 256, seed=5, workers=1, progress=False)
-    config = REPO / "bundles" / "cxr_counterfactual" / "configs" / "prepare.yaml"
     out = tmp_path / "killed"
-    command = [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(config),
+    command = bundle_command(
+        "cxr_counterfactual",
         "--dataset_dir",
         str(data),
         "--output_dir",
@@ -130,9 +130,7 @@ def test_killed_bundle_run_resumes_to_the_same_result(tmp_path):
         "64",
         "--workers",
         "1",
-        "--progress",
-        "false",
-    ]
+    )
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     journal = out / ".journal.jsonl"
     deadline = time.monotonic() + 120
