@@ -59,9 +59,7 @@ def main() -> None:
     for kind in ("cxr", "mammo"):
         render = statistics.median(time_render(kind, args.n, args.size, r) for r in range(args.repeats))
         single = statistics.median(time_dataset(kind, args.n, args.size, 1, r) for r in range(args.repeats))
-        parallel = statistics.median(
-            time_dataset(kind, args.n, args.size, cores, r) for r in range(args.repeats)
-        )
+        parallel = statistics.median(time_dataset(kind, args.n, args.size, cores, r) for r in range(args.repeats))
         print(f"| {kind} | {render:.1f} | {single:.1f} | {parallel:.1f} |", flush=True)
 
 

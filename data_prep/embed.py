@@ -118,9 +118,7 @@ def screening_views(metadata: pd.DataFrame, flow: Flow) -> pd.DataFrame:
         view=clean_text(metadata["ViewPosition"]).map(VIEWS),
         side=clean_text(metadata["ImageLateralityFinal"]),
     )
-    images = flow.keep(
-        images, clean_text(images["FinalImageType"]) == "2D", "not a 2D image (C-view or other)"
-    )
+    images = flow.keep(images, clean_text(images["FinalImageType"]) == "2D", "not a 2D image (C-view or other)")
     images = flow.keep(images, images["view"].notna(), "view not CC/MLO (XCCL counted as CC)")
     images = flow.keep(images, ~spot_magnification(images), "spot/magnification view")
     return flow.keep(images, images["side"].isin(["L", "R"]), "laterality not L/R")

@@ -47,9 +47,7 @@ def locate_tables(root: Path, names: Sequence[str]) -> dict[str, Path]:
         raise CohortError(f"root folder {root} does not exist")
     found = {}
     for name in names:
-        candidates = [
-            folder / f"{name}{gz}" for folder in (root, root / "hosp", root / "core") for gz in ("", ".gz")
-        ]
+        candidates = [folder / f"{name}{gz}" for folder in (root, root / "hosp", root / "core") for gz in ("", ".gz")]
         path = next((p for p in candidates if p.is_file()), None)
         if path is None:
             raise CohortError(
@@ -252,9 +250,7 @@ class _Parser(argparse.ArgumentParser):
 def make_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The options both builders take."""
     parser = _Parser(prog=prog, description=description)
-    parser.add_argument(
-        "--root", type=Path, required=True, help="folder holding the export's tables and files"
-    )
+    parser.add_argument("--root", type=Path, required=True, help="folder holding the export's tables and files")
     parser.add_argument("--out", type=Path, required=True, help="cohort CSV to write (flow table beside it)")
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the patient-level split")
     parser.add_argument(

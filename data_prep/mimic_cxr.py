@@ -92,9 +92,7 @@ def add_labels(images: pd.DataFrame, chexpert: pd.DataFrame, flow: Flow) -> pd.D
 
 def add_demographics(images: pd.DataFrame, patients: pd.DataFrame, flow: Flow) -> pd.DataFrame:
     """Join sex and anchor age; age at the study in whole years of anchor age plus elapsed years."""
-    images = attach_unique(
-        images, patients, ["subject_id"], flow, "no patients row", "conflicting patients rows"
-    )
+    images = attach_unique(images, patients, ["subject_id"], flow, "no patients row", "conflicting patients rows")
     images = images.assign(sex=clean_text(images["gender"]))
     images = flow.keep(images, images["sex"].isin(SEXES), "sex not M/F")
     year = pd.to_numeric(images["StudyDate"], errors="coerce") // 10_000

@@ -72,9 +72,7 @@ def _demo_command(args: argparse.Namespace) -> None:
         started = time.perf_counter()
         write_phantom_dataset(kind, out / kind, args.n, args.size, args.seed, progress=not args.quiet)
         phantom = make_phantom(kind)
-        preview = preview_grid(
-            phantom, preview_subjects(phantom, 4, args.seed), 128, out / f"{kind}_preview.png"
-        )
+        preview = preview_grid(phantom, preview_subjects(phantom, 4, args.seed), 128, out / f"{kind}_preview.png")
         elapsed = time.perf_counter() - started
         print(f"{kind}: {args.n} images in {out / kind} ({elapsed:.1f} s), preview {preview}")
     (out / DEMO_MARKER).write_text(json.dumps({"n": args.n, "size": args.size, "seed": args.seed}) + "\n")
@@ -86,9 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     phantom = commands.add_parser("phantom", help="write a phantom data set shaped like MIMIC-CXR or EMBED")
     phantom.add_argument("kind", choices=sorted(KINDS), help="cxr (MIMIC-CXR layout) or mammo (EMBED layout)")
-    phantom.add_argument(
-        "--n", type=int, required=True, help="number of screening images (extra views on top)"
-    )
+    phantom.add_argument("--n", type=int, required=True, help="number of screening images (extra views on top)")
     phantom.add_argument("--size", type=int, default=256, help="image size in pixels, a multiple of 16")
     phantom.add_argument("--seed", type=int, default=0)
     phantom.add_argument("--out", required=True, help="new (or empty) output folder")
@@ -100,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="intervene on an attribute for the whole data set, e.g. --set sex=F",
     )
     phantom.add_argument("--population", help="JSON file overriding population settings")
-    phantom.add_argument(
-        "--workers", type=int, default=None, help="parallel processes (default: one per core)"
-    )
+    phantom.add_argument("--workers", type=int, default=None, help="parallel processes (default: one per core)")
     phantom.add_argument("--quiet", action="store_true", help="no progress bar")
     phantom.set_defaults(run=_phantom_command)
 

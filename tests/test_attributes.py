@@ -70,9 +70,7 @@ class TestCategoricalParse:
         """Each allowed value parses to itself."""
         assert RACE.parse(value) == value
 
-    @pytest.mark.parametrize(
-        ("text", "expected"), [("white", "White"), ("BLACK", "Black"), ("  asian ", "Asian")]
-    )
+    @pytest.mark.parametrize(("text", "expected"), [("white", "White"), ("BLACK", "Black"), ("  asian ", "Asian")])
     def test_case_and_whitespace_are_normalised(self, text, expected):
         """Parsing folds case and strips surrounding whitespace, returning the canonical spelling."""
         assert RACE.parse(text) == expected
@@ -122,11 +120,7 @@ class TestContinuousParse:
         assert AGE.parse(str(x)) == x
         assert AGE.parse(x) == x
 
-    @given(
-        st.one_of(
-            st.floats(max_value=17.999999, allow_nan=False), st.floats(min_value=95.000001, allow_nan=False)
-        )
-    )
+    @given(st.one_of(st.floats(max_value=17.999999, allow_nan=False), st.floats(min_value=95.000001, allow_nan=False)))
     def test_any_out_of_range_float_is_rejected(self, x):
         """Values outside [low, high] (infinities included) are rejected with the range in the message."""
         with pytest.raises(SchemaError, match=r"^age: .* is outside the allowed range \[18, 95\]$"):
@@ -135,9 +129,7 @@ class TestContinuousParse:
     @pytest.mark.parametrize(("text", "shown"), [("120", "120"), ("-3", "-3"), ("17.5", "17.5")])
     def test_range_error_names_the_value(self, text, shown):
         """The range error names attribute, value and the allowed range."""
-        with pytest.raises(
-            SchemaError, match=rf"^age: {re.escape(shown)} is outside the allowed range \[18, 95\]$"
-        ):
+        with pytest.raises(SchemaError, match=rf"^age: {re.escape(shown)} is outside the allowed range \[18, 95\]$"):
             AGE.parse(text)
 
     def test_range_error_does_not_round_the_value_into_the_range(self):
@@ -225,9 +217,7 @@ class TestSchemaLookup:
 
     def test_unknown_attribute_lists_the_known_ones(self):
         """Looking up an unknown name names it and lists every known attribute."""
-        with pytest.raises(
-            SchemaError, match=r"^unknown attribute 'colour'; known: age, sex, race, disease$"
-        ):
+        with pytest.raises(SchemaError, match=r"^unknown attribute 'colour'; known: age, sex, race, disease$"):
             CXR_SCHEMA["colour"]
 
 
@@ -238,9 +228,7 @@ class TestTopologicalOrder:
         assert sorted(order) == ["a", "b", "c", "d"]
         assert order.index("a") < order.index("b") < order.index("c")
 
-    @pytest.mark.parametrize(
-        "schema", [CXR_SCHEMA, MAMMO_SCHEMA, chain_schema()], ids=["cxr", "mammo", "chain"]
-    )
+    @pytest.mark.parametrize("schema", [CXR_SCHEMA, MAMMO_SCHEMA, chain_schema()], ids=["cxr", "mammo", "chain"])
     def test_every_parent_precedes_its_children(self, schema):
         """For every edge parent -> child, the parent comes first; the order is a permutation of names."""
         order = schema.topological_order()
@@ -303,14 +291,10 @@ class TestParseAssignment:
         """name=value with optional spaces and quotes parses to the canonical (name, value)."""
         assert CXR_SCHEMA.parse_assignment(text) == expected
 
-    @pytest.mark.parametrize(
-        "text", ["sex", "=F", "sex=", "sex:F", "1sex=F", "", "   ", "sex=F\nage=3", "se x=F"]
-    )
+    @pytest.mark.parametrize("text", ["sex", "=F", "sex=", "sex:F", "1sex=F", "", "   ", "sex=F\nage=3", "se x=F"])
     def test_malformed_assignments(self, text):
         """Text that is not name=value is rejected, quoting the text and showing an example."""
-        with pytest.raises(
-            SchemaError, match=r"^malformed assignment .*; expected name=value, e.g. sex=F$"
-        ) as info:
+        with pytest.raises(SchemaError, match=r"^malformed assignment .*; expected name=value, e.g. sex=F$") as info:
             CXR_SCHEMA.parse_assignment(text)
         assert repr(text) in str(info.value)
 

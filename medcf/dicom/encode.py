@@ -114,9 +114,7 @@ class PixelEncoding:
             self.rescale_intercept,
             "a finite number",
         )
-        _require(
-            self.voi_function in VOI_FUNCTIONS, "voi_function", self.voi_function, f"one of {VOI_FUNCTIONS}"
-        )
+        _require(self.voi_function in VOI_FUNCTIONS, "voi_function", self.voi_function, f"one of {VOI_FUNCTIONS}")
         for name in ("window_low_fraction", "window_high_fraction"):
             value = getattr(self, name)
             _require(_is_finite_number(value) and 0 <= value <= 1, name, value, "a number in [0, 1]")
@@ -271,15 +269,11 @@ def decode_display(ds: Dataset) -> np.ndarray:
     if "TransferSyntaxUID" not in ds.get("file_meta", {}):
         raise ValueError("dataset has no file_meta.TransferSyntaxUID, needed to decode the pixel data")
     if ds.PhotometricInterpretation not in PHOTOMETRICS:
-        raise ValueError(
-            f"PhotometricInterpretation {ds.PhotometricInterpretation!r} is not one of {PHOTOMETRICS}"
-        )
+        raise ValueError(f"PhotometricInterpretation {ds.PhotometricInterpretation!r} is not one of {PHOTOMETRICS}")
     if "ModalityLUTSequence" in ds:
         raise ValueError("datasets with a ModalityLUTSequence are not supported; use Rescale Slope/Intercept")
     if ("RescaleSlope" in ds) != ("RescaleIntercept" in ds):
-        raise ValueError(
-            "dataset has only one of RescaleSlope and RescaleIntercept; it needs both or neither"
-        )
+        raise ValueError("dataset has only one of RescaleSlope and RescaleIntercept; it needs both or neither")
     modality = apply_modality_lut(ds.pixel_array, ds)
     windowed = apply_voi_lut(modality, ds, index=0, prefer_lut=False)
     low, high = _voi_output_range(ds)
@@ -288,9 +282,7 @@ def decode_display(ds: Dataset) -> np.ndarray:
     return display.astype(np.float32)
 
 
-def attach_pixels(
-    ds: Dataset, stored: np.ndarray, attributes: PixelAttributes, transfer_syntax: UID
-) -> Dataset:
+def attach_pixels(ds: Dataset, stored: np.ndarray, attributes: PixelAttributes, transfer_syntax: UID) -> Dataset:
     """Set the pixel attributes and Pixel Data of ``ds`` (in place), compressed as ``transfer_syntax`` asks.
 
     Also sets ``ds.file_meta.TransferSyntaxUID``. Compression keeps the dataset's SOPInstanceUID.
@@ -302,9 +294,7 @@ def attach_pixels(
         raise ValueError(f"stored pixels must be uint16, got {stored.dtype}")
     expected_shape = (attributes.get("Rows"), attributes.get("Columns"))
     if stored.shape != expected_shape:
-        raise ValueError(
-            f"stored pixels have shape {stored.shape}, attributes say (Rows, Columns) = {expected_shape}"
-        )
+        raise ValueError(f"stored pixels have shape {stored.shape}, attributes say (Rows, Columns) = {expected_shape}")
     for keyword, value in attributes.items():
         setattr(ds, keyword, value)
     if transfer_syntax == ExplicitVRLittleEndian:
@@ -322,9 +312,7 @@ def _fill_file_meta(ds: Dataset) -> None:
     _require_tags(ds, ("SOPClassUID", "SOPInstanceUID"), "write a DICOM file")
     file_meta = ds.get("file_meta") or FileMetaDataset()
     if not file_meta.get("TransferSyntaxUID"):
-        raise ValueError(
-            "dataset has no file_meta.TransferSyntaxUID; set the pixels with attach_pixels first"
-        )
+        raise ValueError("dataset has no file_meta.TransferSyntaxUID; set the pixels with attach_pixels first")
     file_meta.MediaStorageSOPClassUID = ds.SOPClassUID
     file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     file_meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID

@@ -288,9 +288,7 @@ def _read_dataset(path: Path, header_only: bool) -> Dataset:
         except InvalidDicomError as error:
             raise DicomReadError(path, "not_dicom", "no 'DICM' prefix after the 128-byte preamble") from error
         except (EOFError, struct.error, BytesLengthException) as error:
-            raise DicomReadError(
-                path, "truncated", f"the file ends while reading the header ({error})"
-            ) from error
+            raise DicomReadError(path, "truncated", f"the file ends while reading the header ({error})") from error
         size = os.fstat(file.fileno()).st_size
         stopped_at_pixel_data = header_only and file.tell() < size
     _check_complete(ds, path, size, stopped_at_pixel_data)
@@ -527,9 +525,7 @@ def _lookup(table: np.ndarray, index: np.ndarray) -> np.ndarray:
     return out
 
 
-def _display_values(
-    values: np.ndarray, ds: Dataset, header: RadiographHeader, counts: np.ndarray | None
-) -> np.ndarray:
+def _display_values(values: np.ndarray, ds: Dataset, header: RadiographHeader, counts: np.ndarray | None) -> np.ndarray:
     """Stored values -> display values (float32 in [0, 1]); ``counts`` weights ``values`` for percentiles."""
     try:
         modality = apply_modality_lut(values, ds)

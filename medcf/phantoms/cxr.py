@@ -105,9 +105,7 @@ class CXRPopulation(Population):
     effusion_logit_at_60: float = -1.0
     effusion_logit_per_decade: float = 0.7
     race_soft_tissue_step: float = 0.05
-    noise_correlations: Mapping[str, float] = field(
-        default_factory=lambda: {"age~sex": -0.3, "race~disease": -0.3}
-    )
+    noise_correlations: Mapping[str, float] = field(default_factory=lambda: {"age~sex": -0.3, "race~disease": -0.3})
 
     def __post_init__(self) -> None:
         check_fraction("female_fraction", self.female_fraction)
@@ -142,9 +140,7 @@ class ChestXRayPhantom(Phantom):
         super().__init__(population or CXRPopulation())
 
     # -- structural equations -------------------------------------------------------------------------
-    def mechanism(
-        self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]
-    ) -> AttributeValue:
+    def mechanism(self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]) -> AttributeValue:
         pop: CXRPopulation = self.population  # type: ignore[assignment]
         u = noise[f"u_{name}"]
         if name == "age":
@@ -199,9 +195,7 @@ class ChestXRayPhantom(Phantom):
             medial = p["apex_x"] - (p["apex_x"] - p["med_half"] - widening) * t**0.22
             dome_x = 0.38 * p["half_width"]
             lateral_part = np.clip((xs - dome_x) / (p["half_width"] - dome_x), 0.0, None)
-            diaphragm_y = (
-                dome + p["recess_depth"] * lateral_part**2 + 0.05 * np.clip(dome_x - xs, 0, None) ** 2
-            )
+            diaphragm_y = dome + p["recess_depth"] * lateral_part**2 + 0.05 * np.clip(dome_x - xs, 0, None) ** 2
             distance = np.minimum.reduce([lateral - xs, xs - medial, diaphragm_y - y, y - p["apex_y"]])
             mask = soft_inside(distance, 0.012)
             depth = np.clip(distance / 0.2, 0.0, 1.0) ** 0.6 * mask
@@ -225,10 +219,7 @@ class ChestXRayPhantom(Phantom):
         body_half = p["half_width"] + lerp(0.08, 0.18, u["chest_wall"])
         shoulder = np.sqrt(smoothstep(-1.1, -0.62, y))
         body_width = 0.3 + (body_half + 0.06 - 0.3) * shoulder - 0.06 * smoothstep(-0.6, 1.0, y)
-        body = (
-            soft_inside(body_width - np.abs(x), 0.03)
-            * np.clip(1 - (x / (body_width + 0.03)) ** 2, 0, 1) ** 0.3
-        )
+        body = soft_inside(body_width - np.abs(x), 0.03) * np.clip(1 - (x / (body_width + 0.03)) ** 2, 0, 1) ** 0.3
         return ChestGeometry(
             lungs,
             right,
@@ -407,14 +398,9 @@ class ChestXRayPhantom(Phantom):
         spine_x = half_depth + 0.02
         vertebrae = np.cos(math.pi * (y + 1) / 0.09) ** 6
         spine = (
-            (1.1 - 0.45 * age01)
-            * 0.3
-            * soft_inside(0.07 - np.abs(x - spine_x), 0.012)
-            * (0.6 + 0.4 * (1 - vertebrae))
+            (1.1 - 0.45 * age01) * 0.3 * soft_inside(0.07 - np.abs(x - spine_x), 0.012) * (0.6 + 0.4 * (1 - vertebrae))
         )
-        sternum = (
-            0.18 * soft_inside(0.025 - np.abs(x + half_depth + 0.02), 0.01) * soft_inside(0.15 - y, 0.05)
-        )
+        sternum = 0.18 * soft_inside(0.025 - np.abs(x + half_depth + 0.02), 0.01) * soft_inside(0.15 - y, 0.05)
         markings = 0.1 * ridges(power_law_noise(anatomy, size, beta=2.4, low_cut=3.0), 0.22) * lung
         attenuation = 1.0 * body - 0.75 * lung + heart + spine + sternum + markings
         if a["disease"] == "Pleural Effusion":

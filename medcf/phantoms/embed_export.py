@@ -104,9 +104,7 @@ def plan_embed(
             clinical.extend(_clinical_rows(rng, empi, acc, date, exam, ethnicity, male, sides))
             for side, view, image_type, spot in images:
                 subject = phantom.follow_up(exam, rng, ("image",), {"view": view, **_male(male), **do})
-                subject = subject.replace(
-                    seeds={**subject.seeds, "anatomy": exam.seeds["anatomy"] + (side == "R")}
-                )
+                subject = subject.replace(seeds={**subject.seeds, "anatomy": exam.seeds["anatomy"] + (side == "R")})
                 presentations = ["FOR PRESENTATION"]
                 if image_type == "2D" and not spot and rng.uniform() < mix.for_processing_twin:
                     presentations.append("FOR PROCESSING")
@@ -227,9 +225,7 @@ def _image(
         "Laterality": side,
         "PatientOrientation": orientation,
         "PresentationIntentType": presentation,
-        "ImageType": ["ORIGINAL", "PRIMARY"]
-        if image_type == "2D"
-        else ["DERIVED", "PRIMARY", "GENERATED_2D"],
+        "ImageType": ["ORIGINAL", "PRIMARY"] if image_type == "2D" else ["DERIVED", "PRIMARY", "GENERATED_2D"],
         "SeriesDescription": f"{side} {recorded_view}" + (" SPOT MAG" if spot else ""),
         "StudyDescription": "MG Screening Bilateral",
         "BurnedInAnnotation": "YES" if burned and rng.uniform() < 0.5 else "NO",

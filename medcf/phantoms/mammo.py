@@ -123,9 +123,7 @@ class MammogramPhantom(Phantom):
         self._density_cuts = ndtri(np.cumsum(pop.density_probabilities)[:-1])
 
     # -- structural equations -------------------------------------------------------------------------
-    def mechanism(
-        self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]
-    ) -> AttributeValue:
+    def mechanism(self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]) -> AttributeValue:
         pop: MammoPopulation = self.population  # type: ignore[assignment]
         u = noise[f"u_{name}"]
         if name == "age":

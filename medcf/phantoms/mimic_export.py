@@ -110,9 +110,7 @@ def plan_mimic_cxr(
                 "dod": "",
             }
         )
-        admissions.extend(
-            _admissions(rng, subject_id, str(first.attributes["race"]), first_date, label_noise)
-        )
+        admissions.extend(_admissions(rng, subject_id, str(first.attributes["race"]), first_date, label_noise))
 
         date, subject = first_date, first
         for visit in range(count):
@@ -164,9 +162,7 @@ def plan_mimic_cxr(
                         "StudyTime": float(time),
                         "ProcedureCodeSequence_CodeMeaning": procedure,
                         "ViewCodeSequence_CodeMeaning": VIEW_MEANING[view],
-                        "PatientOrientationCodeSequence_CodeMeaning": "Erect"
-                        if view != "AP"
-                        else "Recumbent",
+                        "PatientOrientationCodeSequence_CodeMeaning": "Erect" if view != "AP" else "Recumbent",
                     }
                 )
                 jobs.append(
@@ -181,9 +177,7 @@ def plan_mimic_cxr(
                 )
     tables = {
         "mimic-cxr-2.0.0-metadata.csv": pd.DataFrame(metadata),
-        "mimic-cxr-2.0.0-chexpert.csv": pd.DataFrame(
-            chexpert, columns=["subject_id", "study_id", *CHEXPERT_FINDINGS]
-        ),
+        "mimic-cxr-2.0.0-chexpert.csv": pd.DataFrame(chexpert, columns=["subject_id", "study_id", *CHEXPERT_FINDINGS]),
         "patients.csv": pd.DataFrame(patients),
         "admissions.csv": pd.DataFrame(admissions),
     }
@@ -230,9 +224,7 @@ def _admissions(
                 "subject_id": subject_id,
                 "hadm_id": int(rng.integers(20_000_000, 30_000_000)),
                 "admittime": admit.strftime("%Y-%m-%d %H:%M:%S"),
-                "dischtime": (admit + dt.timedelta(days=int(rng.integers(1, 12)))).strftime(
-                    "%Y-%m-%d %H:%M:%S"
-                ),
+                "dischtime": (admit + dt.timedelta(days=int(rng.integers(1, 12)))).strftime("%Y-%m-%d %H:%M:%S"),
                 "deathtime": "",
                 "admission_type": str(rng.choice(["EW EMER.", "URGENT", "ELECTIVE", "OBSERVATION ADMIT"])),
                 "admit_provider_id": f"P{int(rng.integers(10000, 99999))}",

@@ -76,9 +76,7 @@ class Population:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
-            raise SchemaError(
-                f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
-            )
+            raise SchemaError(f"{source}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
         converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
         try:
             return cls(**converted)
@@ -153,9 +151,7 @@ class Phantom(ABC):
 
     # -- structural equations -------------------------------------------------------------------------
     @abstractmethod
-    def mechanism(
-        self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]
-    ) -> AttributeValue:
+    def mechanism(self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]) -> AttributeValue:
         """Structural equation of attribute ``name`` from its own noise ``u_name`` and its parents."""
 
     @abstractmethod
@@ -170,8 +166,7 @@ class Phantom(ABC):
             pair = key.split("~")
             if len(pair) != 2 or not all(p in self.schema for p in pair) or pair[0] == pair[1]:
                 raise SchemaError(
-                    f"noise_correlations: key {key!r} must be 'a~b' with two different attributes of "
-                    f"{', '.join(names)}"
+                    f"noise_correlations: key {key!r} must be 'a~b' with two different attributes of {', '.join(names)}"
                 )
             if not -1.0 < float(rho) < 1.0:  # also rejects NaN
                 raise SchemaError(f"noise_correlations[{key!r}]: {rho!r} must lie strictly between -1 and 1")
@@ -183,14 +178,11 @@ class Phantom(ABC):
             np.linalg.cholesky(matrix)
         except np.linalg.LinAlgError:
             raise SchemaError(
-                "noise_correlations: the correlations are not jointly possible "
-                "(the matrix is not positive definite)"
+                "noise_correlations: the correlations are not jointly possible (the matrix is not positive definite)"
             ) from None
         return matrix
 
-    def sample(
-        self, n: int, rng: np.random.Generator, do: Mapping[str, AttributeValue] | None = None
-    ) -> list[Subject]:
+    def sample(self, n: int, rng: np.random.Generator, do: Mapping[str, AttributeValue] | None = None) -> list[Subject]:
         """Draw ``n`` subjects from the population; ``do`` intervenes on attributes at sampling time."""
         interventions = self.schema.validate(do or {})
         latent = rng.standard_normal((n, len(self._noise_names))) @ self._cholesky.T
@@ -202,9 +194,7 @@ class Phantom(ABC):
             noise = dict(zip(self._noise_names, attribute_noise[k].tolist(), strict=True))
             noise.update(zip((f.name for f in self.factors), image_noise[k].tolist(), strict=True))
             attributes = self.solve(noise, interventions)
-            subjects.append(
-                Subject(noise, dict(zip(self.seed_names, seeds[k].tolist(), strict=True)), attributes)
-            )
+            subjects.append(Subject(noise, dict(zip(self.seed_names, seeds[k].tolist(), strict=True)), attributes))
         return subjects
 
     def solve(

@@ -78,9 +78,7 @@ class Preparer(ABC):
         """Raise :class:`Rejected` when the file is not one this preparation accepts."""
 
     @abstractmethod
-    def prepare_pixels(
-        self, image: np.ndarray, header: RadiographHeader
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def prepare_pixels(self, image: np.ndarray, header: RadiographHeader) -> tuple[np.ndarray, dict[str, Any]]:
         """Display image in [0, 1] (rows x columns) -> channel-first float32 array in [-1, 1] plus details."""
 
     @abstractmethod
@@ -104,20 +102,12 @@ class Preparer(ABC):
             given = labels.get(name)
             if _missing(from_header) or _missing(given):
                 continue
-            same = (
-                (abs(float(given) - float(from_header)) <= 2.0)
-                if name == "age"
-                else str(given) == str(from_header)
-            )
+            same = (abs(float(given) - float(from_header)) <= 2.0) if name == "age" else str(given) == str(from_header)
             if not same:
-                raise Rejected(
-                    f"contradictory labels: cohort {name}={given}, DICOM header says {from_header}"
-                )
+                raise Rejected(f"contradictory labels: cohort {name}={given}, DICOM header says {from_header}")
         return dict(labels)
 
-    def prepare(
-        self, path: str, labels: Mapping[str, Any] | None, cohort_given: bool = False
-    ) -> PreparedImage:
+    def prepare(self, path: str, labels: Mapping[str, Any] | None, cohort_given: bool = False) -> PreparedImage:
         """Read, check and prepare one file; every failure becomes a rejection with its reason.
 
         ``labels`` is the file's cohort row (None when it has none); with ``cohort_given`` a file without a
@@ -127,9 +117,7 @@ class Preparer(ABC):
             details = header_details(header)
             try:
                 if header.number_of_frames > 1:
-                    raise Rejected(
-                        f"multi_frame: {header.number_of_frames} frames; one image per file expected"
-                    )
+                    raise Rejected(f"multi_frame: {header.number_of_frames} frames; one image per file expected")
                 if header.samples_per_pixel != 1:
                     raise Rejected("not_grayscale: colour image; radiographs are single-channel")
                 self.check_header(header)

@@ -58,9 +58,7 @@ class ChestPreparer(Preparer):
         if (header.view_position or attributes.get("view")) not in FRONTAL_VIEWS:
             raise Rejected("view position unknown: neither the header nor the cohort says AP/PA")
 
-    def prepare_pixels(
-        self, image: np.ndarray, header: RadiographHeader
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def prepare_pixels(self, image: np.ndarray, header: RadiographHeader) -> tuple[np.ndarray, dict[str, Any]]:
         if self.square_crop:
             side = min(image.shape)
             top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2

@@ -24,9 +24,7 @@ class CohortIndex:
         except (OSError, ValueError) as error:
             raise ValueError(f"cohort {path}: cannot read the table ({error})") from None
         if "path" not in table.columns:
-            raise ValueError(
-                f"cohort {path}: no 'path' column (write it with python -m data_prep.mimic_cxr/embed)"
-            )
+            raise ValueError(f"cohort {path}: no 'path' column (write it with python -m data_prep.mimic_cxr/embed)")
         if table["path"].duplicated().any():
             duplicate = table.loc[table["path"].duplicated(), "path"].iloc[0]
             raise ValueError(f"cohort {path}: file {duplicate} has more than one row")

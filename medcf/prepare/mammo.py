@@ -55,9 +55,7 @@ class MammoPreparer(Preparer):
         if header.view_position is not None and header.view_position not in MAMMO_VIEWS:
             raise Rejected(f"view {header.view_position} is not CC or MLO")
         if min(header.rows, header.columns) < min(self.image_size):
-            raise Rejected(
-                f"image too small to resize: {header.rows}x{header.columns} < {min(self.image_size)}"
-            )
+            raise Rejected(f"image too small to resize: {header.rows}x{header.columns} < {min(self.image_size)}")
 
     def header_labels(self, header: RadiographHeader) -> dict[str, Any]:
         view = MAMMO_VIEWS.get(header.view_position or "")
@@ -74,9 +72,7 @@ class MammoPreparer(Preparer):
         ):
             raise Rejected("view unknown: neither the header nor the cohort says CC/MLO")
 
-    def prepare_pixels(
-        self, image: np.ndarray, header: RadiographHeader
-    ) -> tuple[np.ndarray, dict[str, Any]]:
+    def prepare_pixels(self, image: np.ndarray, header: RadiographHeader) -> tuple[np.ndarray, dict[str, Any]]:
         scale = min(1.0, ANALYSIS_SIZE / max(image.shape))
         small_shape = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
         mask = breast_mask(resize_area(image, small_shape))
@@ -90,9 +86,7 @@ class MammoPreparer(Preparer):
         height, width = self.image_size
         top, bottom, left, right = crop_box(mask, aspect=height / width)
         factor_r, factor_c = image.shape[0] / mask.shape[0], image.shape[1] / mask.shape[1]
-        crop = image[
-            int(top * factor_r) : int(bottom * factor_r), int(left * factor_c) : int(right * factor_c)
-        ]
+        crop = image[int(top * factor_r) : int(bottom * factor_r), int(left * factor_c) : int(right * factor_c)]
         small = resize_area(crop, self.image_size)
         keep = resize_area(mask[top:bottom, left:right].astype(np.float32), self.image_size) > 0.5
         unit = robust_unit_range(small, keep) * keep

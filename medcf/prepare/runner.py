@@ -98,17 +98,13 @@ _worker: dict[str, Any] = {}
 
 def _init_worker(preparer: Preparer, dataset_dir: Path, output_dir: Path, cohort_given: bool) -> None:
     torch.set_num_threads(1)  # one process per core already
-    _worker.update(
-        preparer=preparer, dataset_dir=dataset_dir, output_dir=output_dir, cohort_given=cohort_given
-    )
+    _worker.update(preparer=preparer, dataset_dir=dataset_dir, output_dir=output_dir, cohort_given=cohort_given)
 
 
 def _prepare_one(task: tuple[str, Mapping[str, Any] | None]) -> dict[str, Any]:
     """Prepare one file in a worker; returns its manifest record (the array is already on disk)."""
     source, labels = task
-    outcome = _worker["preparer"].prepare(
-        str(_worker["dataset_dir"] / source), labels, _worker["cohort_given"]
-    )
+    outcome = _worker["preparer"].prepare(str(_worker["dataset_dir"] / source), labels, _worker["cohort_given"])
     record: dict[str, Any] = {
         "source": source,
         "status": outcome.status,
@@ -156,9 +152,7 @@ class PreparationRun:
         sources = discover_inputs(dataset_dir)
         done = {r["source"]: r for r in read_journal(output_dir) if r["source"] in set(sources)}
         pending = [(s, cohort.labels_for(s) if cohort else None) for s in sources if s not in done]
-        logger.info(
-            "%d input files, %d finished earlier, %d to prepare", len(sources), len(done), len(pending)
-        )
+        logger.info("%d input files, %d finished earlier, %d to prepare", len(sources), len(done), len(pending))
 
         workers = self.workers or len(os.sched_getaffinity(0))
         with open(output_dir / JOURNAL, "a", encoding="utf-8") as journal:
@@ -176,8 +170,7 @@ class PreparationRun:
         print(format_summary(summary))
         if summary["ok"] == 0:
             raise NothingPreparedError(
-                f"no input could be prepared ({len(records)} files under {dataset_dir}); "
-                f"see {output_dir / MANIFEST}"
+                f"no input could be prepared ({len(records)} files under {dataset_dir}); see {output_dir / MANIFEST}"
             )
         return summary
 
@@ -185,9 +178,7 @@ class PreparationRun:
         self, pending: list, dataset_dir: Path, output_dir: Path, cohort_given: bool, workers: int
     ) -> Iterator[dict[str, Any]]:
         initargs = (self.preparer, dataset_dir, output_dir, cohort_given)
-        bar = tqdm(
-            total=len(pending), desc=f"preparing {self.preparer.kind}", unit="file", disable=not self.progress
-        )
+        bar = tqdm(total=len(pending), desc=f"preparing {self.preparer.kind}", unit="file", disable=not self.progress)
         with bar:
             if workers == 1 or len(pending) <= 1:
                 _init_worker(*initargs)

@@ -179,9 +179,7 @@ class TestFlowTable:
         edit = {embed.CLINICAL: lambda t: t.drop(columns="GENDER_DESC")}
         other, other_flow = build(variant(root, tmp_path / "v", edit), tmp_path / "c.csv")
         assert other.equals(cohort)
-        assert dropped(other_flow, "tissueden not 1-4 (5 = male)") == dropped(
-            flow, "not female (GENDER_DESC)"
-        )
+        assert dropped(other_flow, "tissueden not 1-4 (5 = male)") == dropped(flow, "not female (GENDER_DESC)")
 
 
 class TestClinicalJoin:
@@ -219,9 +217,7 @@ class TestClinicalJoin:
         """Repeated identical clinical rows (one per finding in EMBED) change nothing."""
         repeat = {embed.CLINICAL: lambda clinical: pd.concat([clinical, clinical])}
         edited, flow = build(variant(root, tmp_path / "v", repeat), tmp_path / "c.csv")
-        assert (
-            edited.equals(cohort) and dropped(flow, "contradictory clinical rows for the exam and side") == 0
-        )
+        assert edited.equals(cohort) and dropped(flow, "contradictory clinical rows for the exam and side") == 0
 
     def test_side_row_does_not_cover_the_other_side(self, root, cohort, tables, tmp_path):
         """An exam with only an R row: its left images have no clinical row and are dropped."""
@@ -237,9 +233,7 @@ class TestClinicalJoin:
 
     def test_single_space_black_spelling(self, root, cohort, tmp_path):
         """ "African American or Black" with one space gives the same cohort."""
-        respell = {
-            embed.CLINICAL: lambda t: t.replace("African American  or Black", "African American or Black")
-        }
+        respell = {embed.CLINICAL: lambda t: t.replace("African American  or Black", "African American or Black")}
         edited, _ = build(variant(root, tmp_path / "v", respell), tmp_path / "c.csv")
         assert edited.equals(cohort)
 
@@ -275,9 +269,7 @@ class TestPaths:
 
         def move(metadata: pd.DataFrame) -> pd.DataFrame:
             moved = metadata["anon_dicom_path"].str.endswith(first)
-            return metadata.assign(
-                anon_dicom_path=metadata["anon_dicom_path"].mask(moved, "/elsewhere/x.dcm")
-            )
+            return metadata.assign(anon_dicom_path=metadata["anon_dicom_path"].mask(moved, "/elsewhere/x.dcm"))
 
         edited, flow = build(variant(root, tmp_path / "v", {embed.METADATA: move}), tmp_path / "c.csv")
         assert dropped(flow, "DICOM path not resolvable under root") == 1 and len(edited) == len(cohort) - 1
@@ -317,7 +309,5 @@ class TestErrors:
 
     def test_negative_split(self, root, tmp_path, capsys):
         """A negative fraction is refused, naming --split."""
-        status = embed.main(
-            ["--root", str(root), "--out", str(tmp_path / "c.csv"), "--split", "1.1", "-0.1", "0"]
-        )
+        status = embed.main(["--root", str(root), "--out", str(tmp_path / "c.csv"), "--split", "1.1", "-0.1", "0"])
         assert "--split" in self.error_line(capsys, status)

@@ -243,9 +243,7 @@ class TestSplit:
     def test_custom_fractions(self, tmp_path):
         """--split 0.8 0.2 0 puts no patient into test."""
         root = synthetic_export(tmp_path / "synthetic", 50, np.random.default_rng(1))
-        status, cohort, _ = build(
-            root, tmp_path / "cohort.csv", "--no-check-files", "--split", "0.8", "0.2", "0"
-        )
+        status, cohort, _ = build(root, tmp_path / "cohort.csv", "--no-check-files", "--split", "0.8", "0.2", "0")
         assert status == 0
         assert cohort.drop_duplicates("patient")["split"].value_counts().to_dict() == {"train": 40, "val": 10}
 
@@ -299,9 +297,7 @@ class TestErrors:
         drop = {mimic_cxr.CHEXPERT: lambda t: t.drop(columns="Pleural Effusion")}
         copy = variant(root, tmp_path / "copy", drop)
         status = mimic_cxr.main(["--root", str(copy), "--out", str(tmp_path / "c.csv")])
-        assert "mimic-cxr-2.0.0-chexpert.csv: missing column 'Pleural Effusion'" in self.error_line(
-            capsys, status
-        )
+        assert "mimic-cxr-2.0.0-chexpert.csv: missing column 'Pleural Effusion'" in self.error_line(capsys, status)
 
     def test_missing_race_column_names_both_spellings(self, root, tmp_path, capsys):
         """Without race or ethnicity, the message names both."""
@@ -316,8 +312,6 @@ class TestErrors:
     )
     def test_bad_split(self, root, tmp_path, capsys, fractions, problem):
         """Fractions that do not sum to 1, or negative ones, are refused before any work."""
-        status = mimic_cxr.main(
-            ["--root", str(root), "--out", str(tmp_path / "c.csv"), "--split", *fractions]
-        )
+        status = mimic_cxr.main(["--root", str(root), "--out", str(tmp_path / "c.csv"), "--split", *fractions])
         assert problem in self.error_line(capsys, status)
         assert not (tmp_path / "c.csv").exists()

@@ -259,9 +259,7 @@ class TestRoundTrip:
     def test_file_round_trip(
         self, tmp_path: Path, photometric: str, voi_function: str, bits_stored: int, transfer_syntax: UID
     ) -> None:
-        encoding = PixelEncoding(
-            photometric, bits_stored, voi_function=voi_function, transfer_syntax=transfer_syntax
-        )
+        encoding = PixelEncoding(photometric, bits_stored, voi_function=voi_function, transfer_syntax=transfer_syntax)
         display = smooth_image(seed=bits_stored)
         path = tmp_path / "image.dcm"
         write_dataset_atomic(encoded_dataset(display, encoding), path)
@@ -275,9 +273,7 @@ class TestRoundTrip:
 
     @pytest.mark.parametrize(("slope", "intercept"), [(0.5, -1024.0), (2.5, 100.0), (1 / 3, 0.0)])
     @pytest.mark.parametrize("voi_function", ["LINEAR", "LINEAR_EXACT", "SIGMOID"])
-    def test_rescaled_round_trip(
-        self, tmp_path: Path, voi_function: str, slope: float, intercept: float
-    ) -> None:
+    def test_rescaled_round_trip(self, tmp_path: Path, voi_function: str, slope: float, intercept: float) -> None:
         encoding = PixelEncoding(
             "MONOCHROME1", 12, rescale_slope=slope, rescale_intercept=intercept, voi_function=voi_function
         )
@@ -290,9 +286,7 @@ class TestRoundTrip:
         encoding = PixelEncoding("MONOCHROME1", 16, voi_function="SIGMOID", transfer_syntax=RLELossless)
         ds = encoded_dataset(smooth_image(), encoding)
         write_dataset_atomic(ds, tmp_path / "image.dcm")
-        np.testing.assert_array_equal(
-            decode_display(ds), decode_display(pydicom.dcmread(tmp_path / "image.dcm"))
-        )
+        np.testing.assert_array_equal(decode_display(ds), decode_display(pydicom.dcmread(tmp_path / "image.dcm")))
 
 
 class TestDecodeDisplay:
@@ -382,9 +376,7 @@ class TestWriteDatasetAtomic:
         file.write(b"partial")  # type: ignore[attr-defined]
         raise RuntimeError("encoder failed")
 
-    def test_failure_leaves_no_target_and_no_temp(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
+    def test_failure_leaves_no_target_and_no_temp(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setattr(encode.pydicom, "dcmwrite", self.failing_dcmwrite)
         with pytest.raises(RuntimeError, match="encoder failed"):
             write_dataset_atomic(encoded_dataset(smooth_image(), PixelEncoding()), tmp_path / "image.dcm")

@@ -49,9 +49,7 @@ def phantom_files(root: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def cxr_dir(tmp_path_factory) -> Path:
-    return write_phantom_dataset(
-        "cxr", tmp_path_factory.mktemp("cxr") / "out", 12, SIZE, 0, workers=1, progress=False
-    )
+    return write_phantom_dataset("cxr", tmp_path_factory.mktemp("cxr") / "out", 12, SIZE, 0, workers=1, progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +119,7 @@ class TestRealChestRadiograph:
         assert header.photometric == "MONOCHROME1" and header.inverted
         rows, columns = pixels.shape
         band = slice(int(0.30 * rows), int(0.60 * rows))
-        lungs = [
-            pixels[band, int(a * columns) : int(b * columns)].mean() for a, b in ((0.25, 0.40), (0.60, 0.75))
-        ]
+        lungs = [pixels[band, int(a * columns) : int(b * columns)].mean() for a, b in ((0.25, 0.40), (0.60, 0.75))]
         centre = pixels[band, int(0.45 * columns) : int(0.55 * columns)].mean()
         assert max(lungs) < centre - 0.15
 
@@ -205,9 +201,7 @@ class TestPhantoms:
             header = read_header(mammo_dir / row.path)
             ds = pydicom.dcmread(mammo_dir / row.path, stop_before_pixels=True)
             assert header.laterality == row.laterality
-            assert header.laterality_source == (
-                "ImageLaterality" if "ImageLaterality" in ds else "Laterality"
-            )
+            assert header.laterality_source == ("ImageLaterality" if "ImageLaterality" in ds else "Laterality")
             assert header.view_position == ds.ViewPosition and header.modality == "MG"
             sources.add(header.laterality_source)
         assert sources == {"ImageLaterality", "Laterality"}
@@ -228,9 +222,7 @@ class TestPhantoms:
         """INVERSE on a MONOCHROME2 file inverts the display; on MONOCHROME1 it is the one inversion."""
         headers = [read_header(p) for p in phantom_files(cxr_dir)]
         mono2 = next(h.path for h in headers if h.photometric == "MONOCHROME2")
-        pixels, header = read_radiograph(
-            write_variant(mono2, tmp_path / "inverse.dcm", PresentationLUTShape="INVERSE")
-        )
+        pixels, header = read_radiograph(write_variant(mono2, tmp_path / "inverse.dcm", PresentationLUTShape="INVERSE"))
         assert header.inverted
         np.testing.assert_allclose(pixels, 1.0 - decode_display(dataset_of(mono2)), atol=1e-6)
         mono1 = next(h.path for h in headers if h.presentation_lut_shape == "INVERSE")
@@ -322,13 +314,9 @@ class TestPercentilesAndLutSequences:
 
     def test_voi_lut_sequence_preferred_over_window(self, tmp_path):
         """When both a VOI LUT Sequence and a window are present, the LUT is used."""
-        path = write_variant(
-            get_testdata_file("vlut_04.dcm"), tmp_path / "both.dcm", WindowCenter=10, WindowWidth=5
-        )
+        path = write_variant(get_testdata_file("vlut_04.dcm"), tmp_path / "both.dcm", WindowCenter=10, WindowWidth=5)
         assert read_header(path).voi_source == "VOILUTSequence"
-        np.testing.assert_array_equal(
-            read_radiograph(path)[0], read_radiograph(get_testdata_file("vlut_04.dcm"))[0]
-        )
+        np.testing.assert_array_equal(read_radiograph(path)[0], read_radiograph(get_testdata_file("vlut_04.dcm"))[0])
 
     def test_unusable_window_falls_back_to_percentiles(self, tmp_path):
         """A zero window width, which pydicom rejects, gives the percentile window instead of an error."""
@@ -353,9 +341,7 @@ class TestBadFiles:
 
     def test_truncated_uncompressed(self, cxr_dir, tmp_path):
         """An uncompressed phantom cut to half its bytes is truncated (its header still reads)."""
-        source = next(
-            p for p in phantom_files(cxr_dir) if read_header(p).transfer_syntax == "1.2.840.10008.1.2.1"
-        )
+        source = next(p for p in phantom_files(cxr_dir) if read_header(p).transfer_syntax == "1.2.840.10008.1.2.1")
         path = tmp_path / "half.dcm"
         path.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
         assert "(7FE0,0010)" in assert_read_error(path, "truncated").detail
@@ -496,9 +482,7 @@ class TestMonai:
         assert meta["modality"] == "CR" and meta["photometric"] == "MONOCHROME1"
         assert meta["patient_orientation"] == "L\\F" and meta["laterality"] == "none"
         assert all(math.isnan(v) for v in meta["spacing_mm"])
-        assert np.array_equal(meta["spatial_shape"], [1955, 1841]) and math.isnan(
-            meta["original_channel_dim"]
-        )
+        assert np.array_equal(meta["spatial_shape"], [1955, 1841]) and math.isnan(meta["original_channel_dim"])
         assert np.array_equal(image.affine.numpy(), np.eye(4))
         assert meta["filename_or_obj"] == str(RG1_UNCR)
 

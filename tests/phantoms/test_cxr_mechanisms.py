@@ -43,16 +43,12 @@ class TestExactness:
         assert image.min() >= 0.0 and image.max() <= 1.0
         assert np.percentile(image, 99) - np.percentile(image, 1) > 0.6
 
-    def test_age_acts_on_the_image_only_through_its_recomputed_disease_and_its_own_mechanism(
-        self, phantom, subjects
-    ):
+    def test_age_acts_on_the_image_only_through_its_recomputed_disease_and_its_own_mechanism(self, phantom, subjects):
         """do(age=a) renders exactly as do(age=a, disease=f(a, u_disease))."""
         for subject in subjects:
             counterfactual, image = phantom.true_counterfactual(subject, {"age": 88.0}, SIZE)
             expected = (
-                "Pleural Effusion"
-                if subject.noise["u_disease"] < phantom.effusion_probability(88.0)
-                else "No Finding"
+                "Pleural Effusion" if subject.noise["u_disease"] < phantom.effusion_probability(88.0) else "No Finding"
             )
             assert counterfactual.attributes["disease"] == expected
             pinned = phantom.true_counterfactual(subject, {"age": 88.0, "disease": expected}, SIZE)[1]

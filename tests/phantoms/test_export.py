@@ -46,10 +46,7 @@ class TestChestExport:
         assert (metadata["ViewPosition"].isin(["PA", "AP"])).sum() == N
         assert set(metadata["ViewPosition"]) - {"PA", "AP"} <= {"LATERAL", "LL"}
         for row in metadata.itertuples():
-            path = (
-                cxr_dir
-                / f"files/p{str(row.subject_id)[:2]}/p{row.subject_id}/s{row.study_id}/{row.dicom_id}.dcm"
-            )
+            path = cxr_dir / f"files/p{str(row.subject_id)[:2]}/p{row.subject_id}/s{row.study_id}/{row.dicom_id}.dcm"
             assert path.is_file()
             assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{8}){4}", row.dicom_id)
         assert len(list(cxr_dir.rglob("*.dcm"))) == len(metadata)

@@ -22,9 +22,7 @@ class TestExactness:
     def test_null_intervention_reproduces_factual_image_exactly(self, phantom, subjects):
         """do() gives the factual image bit for bit."""
         for subject in subjects:
-            assert np.array_equal(
-                phantom.true_counterfactual(subject, {}, SIZE)[1], phantom.render(subject, SIZE)
-            )
+            assert np.array_equal(phantom.true_counterfactual(subject, {}, SIZE)[1], phantom.render(subject, SIZE))
 
     def test_race_has_no_image_mechanism(self, phantom, subjects):
         """A faithful do(race) changes race only, and the image not by a single bit."""
@@ -47,9 +45,7 @@ class TestMechanisms:
         """Mean brightness inside the breast grows from density A to D for the same woman."""
         for subject in subjects:
             mask = phantom.breast_mask(subject, SIZE) > 0.5
-            means = [
-                phantom.true_counterfactual(subject, {"density": d}, SIZE)[1][mask].mean() for d in DENSITIES
-            ]
+            means = [phantom.true_counterfactual(subject, {"density": d}, SIZE)[1][mask].mean() for d in DENSITIES]
             assert all(b > a + 0.01 for a, b in zip(means, means[1:], strict=False)), means
 
     def test_marker_is_a_small_bright_ring_on_the_breast(self, phantom, subjects):
@@ -85,9 +81,7 @@ class TestMechanisms:
         """Under do(age=85) fewer women are dense (C/D) than under do(age=35), each with her own noise."""
         women = phantom.sample(400, np.random.default_rng(2))
         dense = {
-            age: np.mean(
-                [phantom.counterfactual(w, {"age": age}).attributes["density"] in "CD" for w in women]
-            )
+            age: np.mean([phantom.counterfactual(w, {"age": age}).attributes["density"] in "CD" for w in women])
             for age in (35.0, 85.0)
         }
         assert dense[85.0] < dense[35.0] - 0.15

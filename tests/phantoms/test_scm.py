@@ -108,9 +108,7 @@ class TestCheckProbabilities:
     @pytest.mark.parametrize("probabilities", [(0.5, 0.5, 0.1), (0.4, 0.4, 0.1), (1.2, -0.1, -0.1)])
     def test_bad_values_are_named(self, probabilities):
         """Negative entries or a sum other than 1 are rejected, showing the probabilities."""
-        with pytest.raises(
-            SchemaError, match=r"^race_probabilities: probabilities must be >= 0 and sum to 1"
-        ):
+        with pytest.raises(SchemaError, match=r"^race_probabilities: probabilities must be >= 0 and sum to 1"):
             check_probabilities("race_probabilities", probabilities, 3)
 
     def test_nan_probabilities_are_rejected(self):
@@ -137,21 +135,13 @@ class TestPopulationFromMapping:
             CXRPopulation.from_mapping({"female_fraction": 0.4, "colour": 1, "bogus": 2}, source="pop.json")
         message = str(info.value)
         assert message.startswith("pop.json: unknown field(s) bogus, colour; known: ")
-        assert (
-            "female_fraction" in message
-            and "noise_correlations" in message
-            and "race_probabilities" in message
-        )
+        assert "female_fraction" in message and "noise_correlations" in message and "race_probabilities" in message
 
     def test_base_population_knows_only_noise_correlations(self):
         """The base Population has noise_correlations as its only field."""
-        with pytest.raises(
-            SchemaError, match=r"^population: unknown field\(s\) female_fraction; known: noise_corr"
-        ):
+        with pytest.raises(SchemaError, match=r"^population: unknown field\(s\) female_fraction; known: noise_corr"):
             Population.from_mapping({"female_fraction": 0.5})
-        assert Population.from_mapping({"noise_correlations": {"a~b": 0.1}}).noise_correlations == {
-            "a~b": 0.1
-        }
+        assert Population.from_mapping({"noise_correlations": {"a~b": 0.1}}).noise_correlations == {"a~b": 0.1}
 
     def test_lists_become_tuples(self):
         """JSON lists become tuples, so the settings equal those built directly."""
@@ -193,10 +183,7 @@ class TestPopulationFromJson:
         path = tmp_path / "population.json"
         path.write_text(json.dumps(population.to_dict()))
         assert CXRPopulation.from_json(path) == population
-        assert (
-            MammoPopulation.from_json(_write(tmp_path / "m.json", MammoPopulation().to_dict()))
-            == MammoPopulation()
-        )
+        assert MammoPopulation.from_json(_write(tmp_path / "m.json", MammoPopulation().to_dict())) == MammoPopulation()
 
     def test_missing_file_is_named(self, tmp_path):
         """A path that does not exist gives a SchemaError naming the path."""
@@ -219,9 +206,7 @@ class TestPopulationFromJson:
     def test_non_object_json_is_rejected(self, tmp_path, content):
         """JSON that is not an object gives a SchemaError saying an object is needed."""
         path = _write_text(tmp_path / "list.json", content)
-        with pytest.raises(
-            SchemaError, match=rf"^{re.escape(str(path))}: population settings must be a JSON object$"
-        ):
+        with pytest.raises(SchemaError, match=rf"^{re.escape(str(path))}: population settings must be a JSON object$"):
             CXRPopulation.from_json(path)
 
     def test_unknown_field_names_the_file(self, tmp_path):
@@ -252,9 +237,7 @@ def _write_text(path, text):
 
 
 class TestCopulaSettings:
-    @pytest.mark.parametrize(
-        "key", ["age~age", "age~colour", "nope", "colour~age", "age~sex~race", "age-sex", ""]
-    )
+    @pytest.mark.parametrize("key", ["age~age", "age~colour", "nope", "colour~age", "age~sex~race", "age-sex", ""])
     def test_bad_keys_are_named(self, key):
         """Keys must be 'a~b' with two different attributes; the message quotes the key, lists attributes."""
         population = CXRPopulation(noise_correlations={key: 0.2})
@@ -268,9 +251,7 @@ class TestCopulaSettings:
     def test_rho_outside_the_open_interval_is_named(self, rho):
         """Correlations must lie strictly inside (-1, 1); the message names key and value."""
         population = CXRPopulation(noise_correlations={"age~sex": rho})
-        with pytest.raises(
-            SchemaError, match=r"^noise_correlations\['age~sex'\]: .* strictly between -1 and 1$"
-        ):
+        with pytest.raises(SchemaError, match=r"^noise_correlations\['age~sex'\]: .* strictly between -1 and 1$"):
             ChestXRayPhantom(population)
 
     @pytest.mark.parametrize("signs", [(0.9, 0.9, -0.9), (-0.9, -0.9, -0.9), (0.9, -0.9, 0.9)])
@@ -369,14 +350,10 @@ class TestCxrPopulationAssociations:
         np.testing.assert_allclose(np.corrcoef(latent, rowvar=False), np.eye(4), atol=4 / math.sqrt(N))
 
     @pytest.mark.parametrize("which", ["default", "independent"])
-    def test_marginals_follow_the_population(
-        self, which, cxr_sample, independent_sample, independent_population
-    ):
+    def test_marginals_follow_the_population(self, which, cxr_sample, independent_sample, independent_population):
         """Female fraction and race frequencies match the population's settings within 4 standard errors."""
         subjects, population = (
-            (cxr_sample, CXRPopulation())
-            if which == "default"
-            else (independent_sample, independent_population)
+            (cxr_sample, CXRPopulation()) if which == "default" else (independent_sample, independent_population)
         )
         female = np.mean(column(subjects, "sex") == "F")
         assert abs(female - population.female_fraction) < 4 * se(population.female_fraction, N)
@@ -458,9 +435,7 @@ class TestEffusionMechanism:
         population = CXRPopulation(effusion_logit_at_60=1.0, effusion_logit_per_decade=0.0)
         phantom = ChestXRayPhantom(population)
         assert phantom.effusion_probability(20.0) == pytest.approx(1 / (1 + math.exp(-1.0)))
-        disease = (
-            column(phantom.sample(1000, np.random.default_rng(1), do={"age": 30.0}), "disease") == EFFUSION
-        )
+        disease = column(phantom.sample(1000, np.random.default_rng(1), do={"age": 30.0}), "disease") == EFFUSION
         assert abs(disease.mean() - 0.7311) < 4 * se(0.7311, 1000)
 
 
@@ -688,9 +663,7 @@ class TestFollowUpChest:
             f = cxr.follow_up(s, rng, ("study", "image"), {"age": older})
             assert f.attributes["age"] == older
             assert f.attributes["sex"] == s.attributes["sex"] and f.attributes["race"] == s.attributes["race"]
-            assert (f.attributes["disease"] == EFFUSION) == (
-                f.noise["u_disease"] < cxr.effusion_probability(older)
-            )
+            assert (f.attributes["disease"] == EFFUSION) == (f.noise["u_disease"] < cxr.effusion_probability(older))
 
     def test_follow_up_does_not_mutate_the_subject(self, cxr, cxr_sample):
         """The input subject's noise, seeds and attributes are unchanged by a follow-up."""
@@ -749,9 +722,7 @@ class TestFollowUpMammo:
         for s in aged_mammo:
             f = mammo.follow_up(s, rng, ("study",))
             assert f.attributes["age"] == 88.0
-            assert (
-                f.attributes["race"] == s.attributes["race"] and f.attributes["view"] == s.attributes["view"]
-            )
+            assert f.attributes["race"] == s.attributes["race"] and f.attributes["view"] == s.attributes["view"]
             assert f.noise["u_density"] != s.noise["u_density"] and f.noise["u_marker"] != s.noise["u_marker"]
             assert f.noise["u_age"] == s.noise["u_age"] and f.noise["u_race"] == s.noise["u_race"]
             assert f.attributes["density"] == mammo.mechanism("density", f.noise, {"age": 88.0})

@@ -30,9 +30,7 @@ def bundle_command(bundle: str, *overrides: str) -> list[str]:
 
 
 def bundle_run(bundle: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        bundle_command(bundle, *overrides), cwd=cwd, capture_output=True, text=True, check=False
-    )
+    return subprocess.run(bundle_command(bundle, *overrides), cwd=cwd, capture_output=True, text=True, check=False)
 
 
 @pytest.mark.parametrize(
@@ -171,9 +169,7 @@ def test_killed_bundle_run_resumes_to_the_same_result(tmp_path):
     )
     columns = ["source", "status", "reason", "output"]
     after_kill = pd.read_csv(out / "manifest.csv", keep_default_na=False)[columns]
-    pd.testing.assert_frame_equal(
-        after_kill, pd.read_csv(reference / "manifest.csv", keep_default_na=False)[columns]
-    )
+    pd.testing.assert_frame_equal(after_kill, pd.read_csv(reference / "manifest.csv", keep_default_na=False)[columns])
     for output in after_kill.loc[after_kill["status"] == "ok", "output"]:
         assert np.array_equal(np.load(out / output), np.load(reference / output))
     assert not list(out.rglob("*.tmp"))

@@ -118,9 +118,7 @@ class TestCohort:
     def test_labels_come_from_the_cohort(self, chest_phantom, tmp_path):
         """With a cohort, prepared rows carry the cohort's attributes; files without a row are rejected."""
         cohort = self._cohort(chest_phantom, tmp_path / "cohort.csv", lambda c: c.iloc[1:])
-        dropped = (
-            pd.read_csv(chest_phantom / TRUTH_FILE).query("view_position in ['PA', 'AP']")["path"].iloc[0]
-        )
+        dropped = pd.read_csv(chest_phantom / TRUTH_FILE).query("view_position in ['PA', 'AP']")["path"].iloc[0]
         PreparationRun(
             chest_phantom, tmp_path / "out", ChestPreparer(64), cohort=cohort, workers=1, progress=False
         ).run()
@@ -145,9 +143,9 @@ class TestCohort:
         def edit(cohort):
             cohort.loc[cohort["path"] == missing, "race"] = None
             flip = {"M": "F", "F": "M"}
-            cohort.loc[cohort["path"] == contradicted, "sex"] = cohort.loc[
-                cohort["path"] == contradicted, "sex"
-            ].map(flip)
+            cohort.loc[cohort["path"] == contradicted, "sex"] = cohort.loc[cohort["path"] == contradicted, "sex"].map(
+                flip
+            )
             return cohort
 
         cohort = self._cohort(chest_phantom, tmp_path / "cohort.csv", edit)
