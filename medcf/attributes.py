@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -70,9 +70,7 @@ class Attribute:
         except (TypeError, ValueError):
             raise SchemaError(f"{self.name}: {text!r} is not a number") from None
         if not math.isfinite(number) or not self.low <= number <= self.high:
-            raise SchemaError(
-                f"{self.name}: {number:.12g} is outside the allowed range [{self.low:g}, {self.high:g}]"
-            )
+            raise SchemaError(f"{self.name}: {number:.12g} is outside the allowed range [{self.low:g}, {self.high:g}]")
         return number
 
     def index(self, value: AttributeValue) -> int:
@@ -152,6 +150,44 @@ class AttributeSchema:
             raise SchemaError(f"malformed assignment {text!r}; expected name=value, e.g. sex=F")
         name, raw = match.group(1), match.group(2).strip("\"'")
         return name, self[name].parse(raw)
+
+    def to_config(self) -> list[dict[str, object]]:
+        """Plain data (for YAML configs and checkpoints); :meth:`from_config` reads it back."""
+        rows: list[dict[str, object]] = []
+        for a in self.attributes:
+            row: dict[str, object] = {"name": a.name, "kind": a.kind}
+            if a.kind == "categorical":
+                row["values"] = list(a.values)
+            else:
+                row.update(low=a.low, high=a.high)
+            if a.parents:
+                row["parents"] = list(a.parents)
+            rows.append(row)
+        return rows
+
+    @classmethod
+    def from_config(cls, rows: Sequence[Mapping[str, object]]) -> AttributeSchema:
+        """Build from a list of ``{name, kind, values | low, high, parents}`` mappings (a bundle config)."""
+        attributes = []
+        for k, row in enumerate(rows):
+            unknown = set(row) - {"name", "kind", "values", "low", "high", "parents", "unit"}
+            if unknown or "name" not in row or "kind" not in row:
+                raise SchemaError(
+                    f"attributes[{k}]: needs name and kind, may have values, low, high, parents, "
+                    f"unit; got {sorted(row)}"
+                )
+            attributes.append(
+                Attribute(
+                    name=str(row["name"]),
+                    kind=row["kind"],  # type: ignore[arg-type]
+                    values=tuple(str(v) for v in row.get("values", ())),  # type: ignore[union-attr]
+                    low=float(row.get("low", -math.inf)),
+                    high=float(row.get("high", math.inf)),  # type: ignore[arg-type]
+                    parents=tuple(str(p) for p in row.get("parents", ())),  # type: ignore[union-attr]
+                    unit=str(row.get("unit", "")),
+                )
+            )
+        return cls(tuple(attributes))
 
     def validate(self, values: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
         """Check a mapping of attribute values; returns a copy with parsed values."""

@@ -1,0 +1,49 @@
+"""Diffusion process settings: noise schedule and prediction target, and the training target."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from monai.networks.schedulers import DDIMScheduler
+
+
+@dataclass(frozen=True)
+class DiffusionConfig:
+    """Args:
+    num_train_timesteps: T of the forward process.
+    schedule: MONAI noise schedule, "linear_beta" or "cosine" (also "scaled_linear_beta", "sigmoid_beta").
+    prediction_type: "epsilon" (the noise) or "v_prediction" (v = sqrt(a) eps - sqrt(1 - a) x0).
+    """
+
+    num_train_timesteps: int = 1000
+    schedule: str = "linear_beta"
+    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in ("epsilon", "v_prediction"):
+            raise ValueError(f"prediction_type: {self.prediction_type!r} must be 'epsilon' or 'v_prediction'")
+        if self.schedule not in ("linear_beta", "scaled_linear_beta", "sigmoid_beta", "cosine"):
+            raise ValueError(
+                f"schedule: {self.schedule!r} must be linear_beta, scaled_linear_beta, sigmoid_beta or cosine"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def alphas_cumprod(self) -> torch.Tensor:
+        """abar_t for t = 0..T-1, from MONAI's scheduler for the chosen schedule."""
+        scheduler = DDIMScheduler(
+            self.num_train_timesteps,
+            schedule=self.schedule,
+            clip_sample=False,
+            prediction_type=self.prediction_type,
+        )
+        return scheduler.alphas_cumprod.to(torch.float32)
+
+    def target(self, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """What the network learns to predict for x_t = sqrt(abar) x0 + sqrt(1 - abar) noise."""
+        if self.prediction_type == "epsilon":
+            return noise
+        return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0

@@ -1,0 +1,155 @@
+"""The denoiser: MONAI's DiffusionModelUNet conditioned on an attribute-split embedding.
+
+``forward(x, timesteps, attributes, keep)`` evaluates any mix of kept attributes per row in one call, so a
+sampler can batch every guidance term of a step together. By default the condition is added to the UNet's
+time embedding (through the UNet's own class-embedding path, whose lookup table is replaced by our
+projection); ``conditioning="cross_attention"`` passes the attribute blocks as cross-attention tokens.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from monai.networks.nets import DiffusionModelUNet
+from torch import nn
+
+from medcf.attributes import AttributeSchema, SchemaError
+from medcf.conditioning import AttributeEmbedder
+
+CHECKPOINT_FORMAT = "medcf-ddim/1"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of the denoiser (saved with every checkpoint)."""
+
+    channels: tuple[int, ...] = (32, 64, 128)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    in_channels: int = 1
+    block_dim: int = 32
+    hidden_dim: int = 64
+    conditioning: Literal["time", "cross_attention"] = "time"
+    learned_null: bool = False
+    l2_normalize: bool = False
+
+    def __post_init__(self) -> None:
+        if self.conditioning not in ("time", "cross_attention"):
+            raise ValueError(f"conditioning: {self.conditioning!r} must be 'time' or 'cross_attention'")
+        if len(self.channels) != len(self.attention_levels):
+            raise ValueError("channels and attention_levels must have the same length")
+
+
+class CounterfactualUNet(nn.Module):
+    """DDIM denoiser with an attribute-split condition (see the module docstring)."""
+
+    def __init__(self, schema: AttributeSchema, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = config or ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+        self.schema, self.config = schema, config
+        self.embedder = AttributeEmbedder(schema, config.block_dim, config.hidden_dim, config.learned_null)
+        cross = config.conditioning == "cross_attention"
+        self.unet = DiffusionModelUNet(
+            spatial_dims=2,
+            in_channels=config.in_channels,
+            out_channels=config.in_channels,
+            channels=config.channels,
+            attention_levels=config.attention_levels if not cross else tuple(True for _ in config.channels),
+            num_res_blocks=config.num_res_blocks,
+            num_head_channels=config.num_head_channels,
+            with_conditioning=cross,
+            cross_attention_dim=config.block_dim if cross else None,
+            num_class_embeds=None if cross else 1,
+        )
+        if not cross:
+            self.unet.class_embedding = nn.Identity()  # the projected condition is added to the time embedding
+            self.project = nn.Linear(len(schema.names) * config.block_dim, config.channels[0] * 4)
+
+    def condition(self, attributes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """The condition the UNet sees: time-embedding offset (B, 4 C0) or tokens (B, K, block_dim)."""
+        blocks = self.embedder(attributes, keep)
+        if self.config.conditioning == "cross_attention":
+            return blocks
+        flat = blocks.flatten(1)
+        if self.config.l2_normalize:
+            flat = nn.functional.normalize(flat, dim=1) * math.sqrt(flat.shape[1])
+        return self.project(flat)
+
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, attributes: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """Noise (or v) prediction for images ``x`` at ``timesteps`` under the kept ``attributes``.
+
+        Args:
+            x: (B, C, H, W) noisy images.
+            timesteps: (B,) integer timesteps.
+            attributes: (B, K) attribute codes in schema order (see ``medcf.conditioning.encode_attributes``).
+            keep: (B, K) bool, which attributes each row is conditioned on (False = nulled).
+        """
+        condition = self.condition(attributes, keep.to(torch.bool))
+        if self.config.conditioning == "cross_attention":
+            return self.unet(x, timesteps, context=condition)
+        return self.unet(x, timesteps, class_labels=condition)
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: CounterfactualUNet,
+    diffusion: dict[str, Any],
+    state_dict: dict[str, torch.Tensor] | None = None,
+    **extra: Any,
+) -> None:
+    """Weights + schema + architecture + diffusion settings, written atomically."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "schema": model.schema.to_config(),
+        "model": asdict(model.config),
+        "diffusion": diffusion,
+        "state_dict": state_dict if state_dict is not None else model.state_dict(),
+        **extra,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp")
+    torch.save(payload, temporary)
+    os.replace(temporary, path)
+
+
+def load_checkpoint(
+    path: str | Path, expected_schema: AttributeSchema | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[CounterfactualUNet, dict[str, Any]]:
+    """The model of a checkpoint and its full payload; with ``expected_schema`` a different attribute
+    schema is an error naming both."""
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=False)
+    except (OSError, RuntimeError) as error:
+        raise ValueError(f"{path}: cannot read the checkpoint ({error})") from None
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path}: not a medcf checkpoint (format {CHECKPOINT_FORMAT} expected)")
+    schema = AttributeSchema.from_config(payload["schema"])
+    if expected_schema is not None and schema.to_config() != expected_schema.to_config():
+        raise SchemaError(
+            f"{path}: the checkpoint was trained for attributes {describe(schema)}, but the configuration "
+            f"expects {describe(expected_schema)}; train a model for this schema or use the matching bundle"
+        )
+    model = CounterfactualUNet(
+        schema,
+        ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in payload["model"].items()}),
+    )
+    model.load_state_dict(payload["state_dict"])
+    return model, payload
+
+
+def describe(schema: AttributeSchema) -> str:
+    parts = []
+    for a in schema.attributes:
+        parts.append(
+            f"{a.name}{{{','.join(a.values)}}}" if a.kind == "categorical" else f"{a.name}[{a.low:g},{a.high:g}]"
+        )
+    return " ".join(parts)

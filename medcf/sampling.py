@@ -1,0 +1,80 @@
+"""Deterministic DDIM decoding and inversion on explicit timestep pairs.
+
+Both directions walk the same pairs (t, t_prev) of a descending schedule T-1 ... 0, ending at "t = -1"
+(abar = 1, the clean image), so inversion followed by decoding is as exact as the model allows. The
+network is reached only through ``predict(x, t) -> prediction``, so guidance (CFG, DCFG) plugs in there.
+
+Notation (Song et al. 2021, DDIM, eq. 12 with sigma = 0): abar_t = alphas_cumprod[t];
+x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);  x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps.
+Inversion uses eps(x_{t_prev}, t) in place of eps(x_t, t), the usual DDIM inversion approximation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+Predict = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+def timestep_schedule(num_train_timesteps: int, steps: int) -> list[int]:
+    """``steps`` descending timesteps from T-1 to 0, evenly spaced."""
+    if not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"steps: {steps} must lie in [1, {num_train_timesteps}]")
+    return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
+
+
+def split_prediction(
+    prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(eps, x0) from the network output: an epsilon or a v prediction."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return prediction, (x_t - s * prediction) / a
+    return s * x_t + a * prediction, a * x_t - s * prediction
+
+
+class DDIMSampler:
+    """DDIM (eta = 0) over ``steps`` evenly spaced timesteps of a trained schedule."""
+
+    def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str, steps: int = 50) -> None:
+        self.alphas_cumprod = alphas_cumprod.to(torch.float64)
+        self.prediction_type = prediction_type
+        self.timesteps = timestep_schedule(len(alphas_cumprod), steps)
+
+    def alpha_bar(self, t: int) -> torch.Tensor:
+        return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
+
+    @property
+    def pairs(self) -> list[tuple[int, int]]:
+        """(t, t_prev) pairs of the decoding direction; t_prev = -1 is the clean image."""
+        return list(zip(self.timesteps, [*self.timesteps[1:], -1], strict=True))
+
+    def _step(self, x: torch.Tensor, eps: torch.Tensor, source: int, target: int) -> torch.Tensor:
+        """Move x from timestep ``source`` to ``target`` along the predicted noise (either direction)."""
+        a_source, a_target = self.alpha_bar(source), self.alpha_bar(target)
+        x0 = (x.to(torch.float64) - (1 - a_source).sqrt() * eps) / a_source.sqrt()
+        return (a_target.sqrt() * x0 + (1 - a_target).sqrt() * eps).to(x.dtype)
+
+    def _eps(self, predict: Predict, x: torch.Tensor, t: int) -> torch.Tensor:
+        eps, _ = split_prediction(
+            predict(x, t).to(torch.float64), x.to(torch.float64), self.alpha_bar(t), self.prediction_type
+        )
+        return eps
+
+    @torch.no_grad()
+    def decode(self, predict: Predict, x_T: torch.Tensor) -> torch.Tensor:
+        """From noise (or an inverted latent) at t = T-1 to the image."""
+        x = x_T
+        for t, t_prev in self.pairs:
+            x = self._step(x, self._eps(predict, x, t), source=t, target=t_prev)
+        return x
+
+    @torch.no_grad()
+    def invert(self, predict: Predict, x0: torch.Tensor) -> torch.Tensor:
+        """From an image to its latent at t = T-1 (abduction of the exogenous noise)."""
+        x = x0
+        for t, t_prev in reversed(self.pairs):
+            x = self._step(x, self._eps(predict, x, t), source=t_prev, target=t)
+        return x

@@ -1,0 +1,127 @@
+"""MLflow tracking for training runs: parameters, the config, loss and learning-rate curves, validation
+metrics and sample grids, as an ignite handler.
+
+The tracking store is ``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///mlflow.db`` in the working
+directory (mlflow 3 no longer accepts a plain folder). Only rank 0 of a distributed run logs.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import torch.distributed as dist
+from ignite.engine import Engine, Events
+from monai.handlers import from_engine
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested parameters as ``a.b = value`` strings (MLflow params are flat and at most 6000 characters)."""
+    flat: dict[str, str] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = str(value)[:6000]
+    return flat
+
+
+def is_main_process() -> bool:
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+class MLflowTracker:
+    """Logs a training run to MLflow.
+
+    Args:
+        experiment: MLflow experiment name.
+        run_name: name of the run.
+        params: parameters to record (nested mappings are flattened).
+        config_files: files to store as artifacts (the bundle configs).
+        log_every: iterations between loss / learning-rate points.
+        evaluator: a validation engine whose metrics are logged after each of its runs.
+        samples: ``samples(epoch, folder) -> PNG path`` drawn every ``sample_every`` epochs and at the end.
+        sample_every: epochs between sample grids.
+        output_transform: engine output -> loss (default: MONAI's decollated "loss" of the first item).
+    """
+
+    def __init__(
+        self,
+        experiment: str = "medcf",
+        run_name: str | None = None,
+        params: Mapping[str, Any] | None = None,
+        config_files: list[str] | None = None,
+        log_every: int = 10,
+        evaluator: Engine | None = None,
+        samples: Callable[[int, Path], Path] | None = None,
+        sample_every: int = 5,
+        output_transform: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.experiment, self.run_name = experiment, run_name
+        self.params, self.config_files = dict(params or {}), list(config_files or [])
+        self.log_every, self.evaluator = max(1, log_every), evaluator
+        self.samples, self.sample_every = samples, max(1, sample_every)
+        self.output_transform = output_transform or from_engine(["loss"], first=True)
+        self.run_id: str | None = None
+
+    def attach(self, trainer: Engine) -> None:
+        if not is_main_process():
+            return
+        trainer.add_event_handler(Events.STARTED, self.start)
+        trainer.add_event_handler(Events.ITERATION_COMPLETED(every=self.log_every), self.log_iteration)
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, self.log_epoch)
+        trainer.add_event_handler(Events.COMPLETED, self.finish, "FINISHED")
+        trainer.add_event_handler(Events.EXCEPTION_RAISED, self.fail)
+        if self.evaluator is not None:
+            self.evaluator.add_event_handler(Events.COMPLETED, self.log_validation, trainer)
+
+    def start(self, trainer: Engine) -> None:
+        mlflow.set_tracking_uri(tracking_uri())
+        mlflow.set_experiment(self.experiment)
+        run = mlflow.start_run(run_name=self.run_name)
+        self.run_id = run.info.run_id
+        mlflow.log_params(flatten(self.params))
+        for path in self.config_files:
+            if Path(path).is_file():
+                mlflow.log_artifact(str(path), artifact_path="config")
+
+    def log_iteration(self, trainer: Engine) -> None:
+        loss = self.output_transform(trainer.state.output)
+        step = trainer.state.iteration
+        if loss is not None:
+            mlflow.log_metric("train_loss", float(loss), step=step)
+        optimizer = getattr(trainer, "optimizer", None)
+        if optimizer is not None:
+            mlflow.log_metric("lr", float(optimizer.param_groups[0]["lr"]), step=step)
+
+    def log_epoch(self, trainer: Engine) -> None:
+        epoch = trainer.state.epoch
+        mlflow.log_metric("epoch", epoch, step=trainer.state.iteration)
+        last = epoch == trainer.state.max_epochs
+        if self.samples is not None and (epoch % self.sample_every == 0 or last):
+            with tempfile.TemporaryDirectory() as folder:
+                grid = self.samples(epoch, Path(folder))
+                mlflow.log_artifact(str(grid), artifact_path="samples")
+
+    def log_validation(self, evaluator: Engine, trainer: Engine) -> None:
+        for name, value in evaluator.state.metrics.items():
+            mlflow.log_metric(name, float(value), step=trainer.state.iteration)
+
+    def finish(self, trainer: Engine, status: str) -> None:
+        if mlflow.active_run() is not None:
+            mlflow.end_run(status)
+
+    def fail(self, trainer: Engine, error: Exception) -> None:
+        self.finish(trainer, "FAILED")
+        raise error

@@ -1,0 +1,1 @@
+"""Training the counterfactual denoiser with MONAI's SupervisedTrainer (ignite)."""

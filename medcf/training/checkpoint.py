@@ -1,0 +1,95 @@
+"""Resumable training checkpoints and the exported model file (an ignite handler)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from medcf.diffusion import DiffusionConfig
+from medcf.model import CounterfactualUNet, save_checkpoint
+from medcf.tracking import is_main_process
+from medcf.training.batch import NoisingPrepareBatch
+from medcf.training.ema import EMAHandler
+
+logger = logging.getLogger("medcf.training")
+
+
+def _unwrap(network: nn.Module) -> nn.Module:
+    return network.module if hasattr(network, "module") else network
+
+
+class ResumableCheckpoint:
+    """Every ``every`` epochs (and at the end) save network, optimizer, EMA, the trainer's position and the
+    batch RNG to ``path`` (atomically); at start, load them when ``path`` exists so training continues from
+    the saved step. With ``export_path`` the EMA weights are also exported as a medcf model file (weights +
+    attribute schema + architecture + diffusion settings), which inference loads.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        network: CounterfactualUNet | nn.Module,
+        optimizer: torch.optim.Optimizer,
+        diffusion: DiffusionConfig,
+        ema: EMAHandler | None = None,
+        prepare_batch: NoisingPrepareBatch | None = None,
+        every: int = 1,
+        export_path: str | Path | None = None,
+    ) -> None:
+        self.path, self.network, self.optimizer = Path(path), network, optimizer
+        self.diffusion, self.ema, self.prepare_batch = diffusion, ema, prepare_batch
+        self.every, self.export_path = max(1, every), Path(export_path) if export_path else None
+
+    def attach(self, trainer: Engine) -> None:
+        trainer.add_event_handler(Events.STARTED, self.load)
+        if is_main_process():
+            trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self.save)
+            trainer.add_event_handler(Events.COMPLETED, self.save)
+
+    def load(self, trainer: Engine) -> None:
+        if not self.path.exists():
+            return
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        _unwrap(self.network).load_state_dict(state["network"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.ema is not None and "ema" in state:
+            self.ema.load_state_dict(state["ema"])
+        if self.prepare_batch is not None and "batch_rng" in state:
+            self.prepare_batch.generator.set_state(state["batch_rng"])
+        trainer.state.epoch, trainer.state.iteration = int(state["epoch"]), int(state["iteration"])
+        logger.info(
+            "resumed from %s at epoch %d, iteration %d", self.path, trainer.state.epoch, trainer.state.iteration
+        )
+
+    def save(self, trainer: Engine) -> None:
+        state: dict[str, Any] = {
+            "network": _unwrap(self.network).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "epoch": trainer.state.epoch,
+            "iteration": trainer.state.iteration,
+        }
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        if self.prepare_batch is not None:
+            state["batch_rng"] = self.prepare_batch.generator.get_state()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_name(f".{self.path.name}.tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, self.path)
+        if self.export_path is not None:
+            model = _unwrap(self.network)
+            weights = self.ema.ema_model.state_dict() if self.ema is not None else model.state_dict()
+            save_checkpoint(
+                self.export_path,
+                model,
+                self.diffusion.to_dict(),
+                state_dict=weights,
+                trained_epochs=trainer.state.epoch,
+                trained_iterations=trainer.state.iteration,
+            )

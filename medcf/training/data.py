@@ -1,0 +1,121 @@
+"""Training data: prepared arrays listed in a preparation manifest, and phantom training sets made with the
+same pipeline as real data (phantom export -> cohort table -> prepare bundle logic)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from monai.data import CacheDataset
+from monai.transforms import LoadImaged
+
+from medcf.attributes import AttributeSchema, SchemaError
+from medcf.conditioning import encode_attributes
+
+
+def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | None = None) -> list[dict[str, Any]]:
+    """``{"image": path, "attributes": codes}`` for every prepared image of ``split`` (all when None)."""
+    manifest = Path(manifest)
+    table = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
+    table = table[table["status"] == "ok"]
+    missing = [name for name in schema.names if name not in table.columns]
+    if missing:
+        raise SchemaError(
+            f"{manifest}: no column(s) {', '.join(missing)}; prepare the images with a cohort "
+            "table that has these attributes"
+        )
+    if split is not None:
+        if "split" not in table.columns:
+            raise SchemaError(f"{manifest}: no 'split' column; prepare the images with a cohort table")
+        table = table[table["split"] == split]
+    unlabelled = table[table[list(schema.names)].isna().any(axis=1)]
+    if len(unlabelled):
+        raise SchemaError(
+            f"{manifest}: {len(unlabelled)} prepared images lack attribute values "
+            f"(first: {unlabelled['source'].iloc[0]})"
+        )
+    codes = encode_attributes(schema, table[list(schema.names)].to_dict("records")).numpy()
+    root = manifest.parent
+    return [
+        {"image": str(root / output), "attributes": code} for output, code in zip(table["output"], codes, strict=True)
+    ]
+
+
+def prepared_dataset(
+    manifest: str | Path,
+    schema: AttributeSchema,
+    split: str | None = None,
+    cache_rate: float = 1.0,
+    num_workers: int = 0,
+) -> CacheDataset:
+    """A MONAI CacheDataset of prepared arrays (1 x H x W in [-1, 1]) with their attribute codes."""
+    items = manifest_items(manifest, schema, split)
+    if not items:
+        raise SchemaError(f"{manifest}: no prepared images in split {split!r}")
+    return CacheDataset(
+        items,
+        transform=LoadImaged(keys="image", reader="NumpyReader", image_only=True),
+        cache_rate=cache_rate,
+        num_workers=num_workers,
+        progress=False,
+    )
+
+
+def phantom_training_set(
+    kind: str, folder: str | Path, n: int, size: int, seed: int = 0, workers: int | None = None
+) -> Path:
+    """Make (once) a prepared phantom training set in ``folder`` and return its manifest path.
+
+    The phantom export is written at twice ``size`` and goes through the cohort builder and the preparation,
+    exactly as a real export would. The phantom's ``marker`` (not in EMBED's tables) is added to the
+    mammogram cohort from the ground truth. A folder made with other settings is an error.
+    """
+    from data_prep import embed, mimic_cxr
+    from medcf.phantoms import write_phantom_dataset
+    from medcf.phantoms.writer import TRUTH_FILE
+    from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
+
+    folder = Path(folder)
+    settings = {"kind": kind, "n": n, "size": size, "seed": seed}
+    stamp = folder / "phantom_training_set.json"
+    manifest = folder / "prepared" / "manifest.csv"
+    if stamp.exists():
+        if json.loads(stamp.read_text()) != settings:
+            raise ValueError(
+                f"{folder}: holds a phantom training set with other settings "
+                f"({stamp.read_text().strip()}); use another folder"
+            )
+        if manifest.exists():
+            return manifest
+    folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(settings) + "\n")
+    export = folder / "export"
+    if not (export / TRUTH_FILE).exists():
+        write_phantom_dataset(kind, export, n, max(64, 2 * size), seed, workers=workers, progress=False)
+    cohort = folder / "cohort.csv"
+    builder = mimic_cxr if kind == "cxr" else embed
+    if builder.main(["--root", str(export), "--out", str(cohort), "--seed", str(seed)]) != 0:
+        raise RuntimeError(f"building the phantom cohort in {folder} failed")
+    if kind == "mammo":
+        truth = pd.read_csv(export / TRUTH_FILE)[["path", "marker"]]
+        pd.read_csv(cohort).merge(truth, on="path", how="left").to_csv(cohort, index=False)
+    preparer = ChestPreparer(size) if kind == "cxr" else MammoPreparer((size, size))
+    PreparationRun(export, folder / "prepared", preparer, cohort=cohort, workers=workers, progress=False).run()
+    return manifest
+
+
+def attribute_grid(schema: AttributeSchema, per_attribute: int = 4) -> list[dict[str, Any]]:
+    """Rows of attribute values for a sample grid: each attribute swept while the others stay at a base."""
+    base = {
+        a.name: (a.values[0] if a.kind == "categorical" else round((a.low + a.high) / 2, 1)) for a in schema.attributes
+    }
+    rows = []
+    for a in schema.attributes:
+        if a.kind == "categorical":
+            sweep = list(a.values)
+        else:
+            sweep = [round(a.low + (a.high - a.low) * k / max(per_attribute - 1, 1), 1) for k in range(per_attribute)]
+        rows.extend({**base, a.name: value} for value in sweep)
+    return rows
