@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +33,9 @@ class ModelConfig:
     attention_levels: tuple[bool, ...] = (False, False, True)
     num_res_blocks: int = 1
     num_head_channels: int = 32
+    # 8, not MONAI's 32: with one channel per group the GroupNorm after the time-embedding addition would
+    # subtract the added condition exactly, so 32-channel levels would see neither timestep nor attributes
+    norm_num_groups: int = 8
     in_channels: int = 1
     block_dim: int = 32
     hidden_dim: int = 64
@@ -63,6 +67,7 @@ class CounterfactualUNet(nn.Module):
             attention_levels=config.attention_levels if not cross else tuple(True for _ in config.channels),
             num_res_blocks=config.num_res_blocks,
             num_head_channels=config.num_head_channels,
+            norm_num_groups=config.norm_num_groups,
             with_conditioning=cross,
             cross_attention_dim=config.block_dim if cross else None,
             num_class_embeds=None if cross else 1,
@@ -128,7 +133,7 @@ def load_checkpoint(
     schema is an error naming both."""
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError) as error:
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
         raise ValueError(f"{path}: cannot read the checkpoint ({error})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a medcf checkpoint (format {CHECKPOINT_FORMAT} expected)")

@@ -12,7 +12,7 @@ from ignite.engine import Engine, Events
 from torch import nn
 
 from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, save_checkpoint
+from medcf.model import CounterfactualUNet, load_checkpoint, save_checkpoint
 from medcf.tracking import is_main_process
 from medcf.training.batch import NoisingPrepareBatch
 from medcf.training.ema import EMAHandler
@@ -28,7 +28,8 @@ class ResumableCheckpoint:
     """Every ``every`` epochs (and at the end) save network, optimizer, EMA, the trainer's position and the
     batch RNG to ``path`` (atomically); at start, load them when ``path`` exists so training continues from
     the saved step. With ``export_path`` the EMA weights are also exported as a medcf model file (weights +
-    attribute schema + architecture + diffusion settings), which inference loads.
+    attribute schema + architecture + diffusion settings), which inference loads. Without a checkpoint,
+    ``init_weights`` (a medcf model file) warm-starts the network and its EMA.
     """
 
     def __init__(
@@ -41,10 +42,12 @@ class ResumableCheckpoint:
         prepare_batch: NoisingPrepareBatch | None = None,
         every: int = 1,
         export_path: str | Path | None = None,
+        init_weights: str | Path | None = None,
     ) -> None:
         self.path, self.network, self.optimizer = Path(path), network, optimizer
         self.diffusion, self.ema, self.prepare_batch = diffusion, ema, prepare_batch
         self.every, self.export_path = max(1, every), Path(export_path) if export_path else None
+        self.init_weights = Path(init_weights) if init_weights else None
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.STARTED, self.load)
@@ -54,6 +57,7 @@ class ResumableCheckpoint:
 
     def load(self, trainer: Engine) -> None:
         if not self.path.exists():
+            self._warm_start()
             return
         state = torch.load(self.path, map_location="cpu", weights_only=False)
         _unwrap(self.network).load_state_dict(state["network"])
@@ -66,6 +70,17 @@ class ResumableCheckpoint:
         logger.info(
             "resumed from %s at epoch %d, iteration %d", self.path, trainer.state.epoch, trainer.state.iteration
         )
+
+    def _warm_start(self) -> None:
+        """No checkpoint yet: start from the weights of a medcf model file (e.g. earlier demo weights)."""
+        if self.init_weights is None or not self.init_weights.exists():
+            return
+        model = _unwrap(self.network)
+        trained, _ = load_checkpoint(self.init_weights, expected_schema=getattr(model, "schema", None))
+        model.load_state_dict(trained.state_dict())
+        if self.ema is not None:
+            self.ema.ema_model.load_state_dict(trained.state_dict())
+        logger.info("started from the weights in %s", self.init_weights)
 
     def save(self, trainer: Engine) -> None:
         state: dict[str, Any] = {
