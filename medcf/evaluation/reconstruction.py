@@ -1,0 +1,97 @@
+"""Reconstruction through DDIM inversion: the abduction-prediction round trip under the factual attributes.
+
+    python -m medcf.evaluation.reconstruction --model MODEL.pt --manifest OUT/manifest.csv [--split test]
+        [--count 64] [--steps 50]
+
+Each held-out image is inverted to its latent and decoded again under its own attributes, without
+guidance. The error is reported on the [0, 1] intensity scale (half the error on the [-1, 1] scale the
+model works in). For an exact Gaussian model and the linear schedule, 50-step inversion alone gives about
+0.01-0.02; a model that reconstructs its held-out images within 0.03 is fit for counterfactual inference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medcf.diffusion import DiffusionConfig
+from medcf.model import CounterfactualUNet, load_checkpoint
+from medcf.sampling import DDIMSampler
+from medcf.training.data import manifest_items
+
+
+@torch.no_grad()
+def reconstruction_errors(
+    model: CounterfactualUNet,
+    diffusion: DiffusionConfig,
+    images: torch.Tensor,
+    attributes: torch.Tensor,
+    steps: int = 50,
+    batch_size: int = 32,
+) -> np.ndarray:
+    """Mean absolute error per image on the [0, 1] scale after invert + decode under the factual attributes."""
+    model.eval()
+    sampler = DDIMSampler(diffusion.alphas_cumprod(), diffusion.prediction_type, steps)
+    errors = []
+    for start in range(0, len(images), batch_size):
+        x0, codes = images[start : start + batch_size], attributes[start : start + batch_size]
+        keep = torch.ones_like(codes, dtype=torch.bool)
+
+        def predict(x: torch.Tensor, t: int, codes: torch.Tensor = codes, keep: torch.Tensor = keep) -> torch.Tensor:
+            return model(x, torch.full((x.shape[0],), t), codes, keep)
+
+        rebuilt = sampler.decode(predict, sampler.invert(predict, x0))
+        errors.append(((rebuilt - x0).abs() / 2).flatten(1).mean(1))
+    return torch.cat(errors).numpy()
+
+
+def evaluate(
+    model_path: str | Path, manifest: str | Path, split: str = "test", count: int = 64, steps: int = 50
+) -> dict[str, float]:
+    """Load a medcf model file and measure its reconstruction error on ``count`` images of ``split``."""
+    model, payload = load_checkpoint(model_path)
+    diffusion = DiffusionConfig(**payload["diffusion"])
+    items = sorted(manifest_items(manifest, model.schema, split), key=lambda item: item["image"])[:count]
+    images = torch.stack([torch.from_numpy(np.load(item["image"])) for item in items]).float()
+    attributes = torch.stack([torch.as_tensor(item["attributes"]) for item in items]).float()
+    started = time.perf_counter()
+    errors = reconstruction_errors(model, diffusion, images, attributes, steps)
+    return {
+        "images": len(errors),
+        "steps": steps,
+        "mae_mean": float(errors.mean()),
+        "mae_median": float(np.median(errors)),
+        "mae_p95": float(np.percentile(errors, 95)),
+        "mae_max": float(errors.max()),
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m medcf.evaluation.reconstruction", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--model", required=True, help="medcf model file (models/model.pt)")
+    parser.add_argument("--manifest", required=True, help="manifest.csv of prepared images with a cohort")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--count", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=50)
+    args = parser.parse_args(argv)
+    try:
+        result = evaluate(args.model, args.manifest, args.split, args.count, args.steps)
+    except (ValueError, OSError) as error:
+        print(f"medcf.evaluation.reconstruction: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
