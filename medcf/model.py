@@ -134,7 +134,7 @@ def load_checkpoint(
     try:
         payload = torch.load(path, map_location=map_location, weights_only=False)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
-        raise ValueError(f"{path}: cannot read the checkpoint ({error})") from None
+        raise ValueError(f"{path}: not a medcf checkpoint: cannot read it ({error})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a medcf checkpoint (format {CHECKPOINT_FORMAT} expected)")
     schema = AttributeSchema.from_config(payload["schema"])
