@@ -43,6 +43,17 @@ class DDIMSampler:
         self.prediction_type = prediction_type
         self.timesteps = timestep_schedule(len(alphas_cumprod), steps)
 
+    def truncated(self, depth: float) -> DDIMSampler:
+        """The same sampler over only the least noisy ``depth`` fraction of its steps (partial inversion:
+        the latent keeps more of the image, the counterfactual can change less)."""
+        if not 0.0 < depth <= 1.0:
+            raise ValueError(f"inversion depth: {depth!r} must lie in (0, 1]")
+        keep = max(1, round(depth * len(self.timesteps)))
+        partial = DDIMSampler.__new__(DDIMSampler)
+        partial.alphas_cumprod, partial.prediction_type = self.alphas_cumprod, self.prediction_type
+        partial.timesteps = self.timesteps[-keep:]
+        return partial
+
     def alpha_bar(self, t: int) -> torch.Tensor:
         return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
 
