@@ -64,7 +64,8 @@ def test_null_intervention_dcfg_with_unit_weight_is_the_conditional_decode(parts
     (guided,) = engine(parts, mode="dcfg", w_aff=3.0, w_inv=1.0).run(images(), FACTUAL, [null])
     (plain,) = engine(parts, mode="none").run(images(), FACTUAL, [null])
     assert guided.affected == set() and guided.attributes == FACTUAL
-    assert torch.allclose(guided.images, plain.images, rtol=1e-4, atol=1e-4)  # batched vs single float32 sums
+    # equal up to float32 rounding of batched vs single forwards, amplified by the untrained decode (|x| ~ 100)
+    assert torch.allclose(guided.images, plain.images, rtol=1e-3, atol=1e-3)
 
 
 def test_network_evaluations_per_step_follow_the_guidance_mode(parts):
