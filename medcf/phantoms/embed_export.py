@@ -234,6 +234,7 @@ def _image(
         "SeriesNumber": 1,
         "InstanceNumber": 1,
         "PatientIdentityRemoved": "YES",
+        "DeidentificationMethod": "synthetic phantom: no real patient",
     }
     if rng.uniform() >= mix.laterality_only_in_series:
         header["ImageLaterality"] = side

@@ -301,6 +301,7 @@ def _header(
         "ImageType": ["ORIGINAL", "PRIMARY"],
         "BurnedInAnnotation": "NO",
         "PatientIdentityRemoved": "YES",
+        "DeidentificationMethod": "synthetic phantom: no real patient",
     }
     if rng.uniform() < 0.9:
         header["PatientSex"] = subject.attributes["sex"]
