@@ -13,8 +13,11 @@ interval that reproduces the factual category, so counterfactuals are determinis
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -160,6 +163,18 @@ class CausalGraph:
 
     def to_config(self) -> dict[str, Any]:
         return {"mechanisms": [m.to_config() for m in self.mechanisms.values()]}
+
+    def save(self, path: str | Path) -> None:
+        """Write the fitted mechanisms as JSON (atomically)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.tmp")
+        temporary.write_text(json.dumps(self.to_config(), indent=2) + "\n")
+        os.replace(temporary, path)
+
+    @classmethod
+    def load(cls, schema: AttributeSchema, path: str | Path) -> CausalGraph:
+        return cls.from_config(schema, json.loads(Path(path).read_text()))
 
     @classmethod
     def from_config(cls, schema: AttributeSchema, config: Mapping[str, Any]) -> CausalGraph:

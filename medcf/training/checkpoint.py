@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medcf.causal import CausalGraph
 from medcf.diffusion import DiffusionConfig
 from medcf.model import CounterfactualUNet, load_checkpoint, save_checkpoint
 from medcf.tracking import is_main_process
@@ -43,11 +46,15 @@ class ResumableCheckpoint:
         every: int = 1,
         export_path: str | Path | None = None,
         init_weights: str | Path | None = None,
+        image_size: int | Sequence[int] | None = None,
+        graph_manifest: str | Path | None = None,
     ) -> None:
         self.path, self.network, self.optimizer = Path(path), network, optimizer
         self.diffusion, self.ema, self.prepare_batch = diffusion, ema, prepare_batch
         self.every, self.export_path = max(1, every), Path(export_path) if export_path else None
         self.init_weights = Path(init_weights) if init_weights else None
+        self.image_size = [image_size] * 2 if isinstance(image_size, int) else list(image_size or [])
+        self.graph_manifest = graph_manifest
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.STARTED, self.load)
@@ -70,6 +77,12 @@ class ResumableCheckpoint:
         logger.info(
             "resumed from %s at epoch %d, iteration %d", self.path, trainer.state.epoch, trainer.state.iteration
         )
+
+    def _export_graph(self, model: CounterfactualUNet) -> None:
+        """Fit the causal mechanisms on the training images' attributes; inference reads graph.json."""
+        table = pd.read_csv(self.graph_manifest, keep_default_na=False, na_values=[""])
+        table = table[(table["status"] == "ok") & (table.get("split", "train") == "train")]
+        CausalGraph.fit(model.schema, table).save(self.export_path.with_name("graph.json"))
 
     def _warm_start(self) -> None:
         """No checkpoint yet: start from the weights of a medcf model file (e.g. earlier demo weights)."""
@@ -100,6 +113,8 @@ class ResumableCheckpoint:
         if self.export_path is not None:
             model = _unwrap(self.network)
             weights = self.ema.ema_model.state_dict() if self.ema is not None else model.state_dict()
+            if self.graph_manifest is not None and not self.export_path.with_name("graph.json").exists():
+                self._export_graph(model)
             save_checkpoint(
                 self.export_path,
                 model,
@@ -107,4 +122,5 @@ class ResumableCheckpoint:
                 state_dict=weights,
                 trained_epochs=trainer.state.epoch,
                 trained_iterations=trainer.state.iteration,
+                image_size=self.image_size,
             )

@@ -1,0 +1,133 @@
+"""The counterfactual inference job on a tiny model: outputs, manifest, MLflow, re-runs and bad settings."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from medcf.causal import CausalGraph
+from medcf.counterfactual import GuidanceSettings
+from medcf.diffusion import DiffusionConfig
+from medcf.inference import InferenceRun, slug
+from medcf.interventions import InterventionError, parse_intervention
+from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.phantoms import write_phantom_dataset
+from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+from medcf.prepare import ChestPreparer
+
+TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inference")
+    data = write_phantom_dataset("cxr", root / "data", 4, 64, seed=9, workers=1, progress=False)
+    cohort = root / "cohort.csv"
+    subprocess.run(
+        [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(data), "--out", str(cohort)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    torch.manual_seed(0)
+    model = CounterfactualUNet(CXR_SCHEMA, TINY)
+    save_checkpoint(root / "model.pt", model, DiffusionConfig().to_dict(), image_size=[32, 32])
+    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(1000, np.random.default_rng(0))])
+    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+    return root, data, cohort
+
+
+def run(setup, out, interventions=("do(sex=F)", "do(age=+10)"), size=32, **settings):
+    root, data, cohort = setup
+    return InferenceRun(
+        data,
+        out,
+        root / "model.pt",
+        root / "graph.json",
+        cohort,
+        ChestPreparer(size),
+        list(interventions),
+        GuidanceSettings(steps=4, **settings),
+        batch_size=2,
+        progress=False,
+    ).run()
+
+
+@pytest.fixture(autouse=True)
+def isolated_mlflow(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_outputs_manifest_and_mlflow(setup, tmp_path):
+    """One row per (input, intervention); ok rows have a valid derived DICOM, previews; MLflow holds the run."""
+    root, data, cohort = setup
+    metrics = run(setup, tmp_path / "out")
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    inputs = [p for p in data.rglob("*.dcm")]
+    assert len(manifest) == 2 * len(inputs)
+    ok = manifest[manifest["status"] == "ok"]
+    assert len(ok) == 2 * len(pd.read_csv(cohort)) and metrics["counterfactuals"] == len(ok)
+    assert set(manifest.loc[manifest["status"] != "ok", "reason"]) <= {
+        "view LL is not frontal (AP/PA)",
+        "not in the cohort table (no labels for this file)",
+    }
+    for row in ok.itertuples():
+        ds = pydicom.dcmread(tmp_path / "out" / row.dicom)
+        assert (
+            ds.SeriesDescription.startswith("SYNTHETIC COUNTERFACTUAL") and row.intervention in ds.DerivationDescription
+        )
+        assert (tmp_path / "out" / row.png).is_file() and (tmp_path / "out" / row.diff).is_file()
+    sex = ok[ok["intervention"] == "do(sex=F)"]
+    assert (sex["cf_sex"] == "F").all() and (sex["affected"] == "sex").all()
+    older = ok[ok["intervention"] == "do(age=+10)"]
+    assert set(older["affected"]) == {"age,disease"}
+    client = mlflow.MlflowClient()
+    (found,) = client.search_runs([client.get_experiment_by_name("medcf-inference").experiment_id])
+    assert found.data.params["guidance.mode"] == "dcfg" and len(found.data.params["model_sha256"]) == 64
+    assert found.data.metrics["network_evaluations_per_counterfactual"] > 0
+    assert [a.path for a in client.list_artifacts(found.info.run_id, "grids")]
+
+
+def test_rerun_skips_finished_rows_and_redoes_missing_files(setup, tmp_path):
+    """A second run changes nothing that is finished; a deleted output is produced again."""
+    run(setup, tmp_path / "out")
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    ok = manifest[manifest["status"] == "ok"]
+    kept, removed = tmp_path / "out" / ok["dicom"].iloc[0], tmp_path / "out" / ok["dicom"].iloc[1]
+    stamp = kept.stat().st_mtime_ns
+    removed.unlink()
+    run(setup, tmp_path / "out")
+    assert kept.stat().st_mtime_ns == stamp and removed.is_file()
+    again = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    pd.testing.assert_frame_equal(
+        again[["source", "intervention", "status"]], manifest[["source", "intervention", "status"]]
+    )
+
+
+def test_bad_settings_fail_clearly(setup, tmp_path):
+    """An image size other than the model's, or an unknown attribute, stops with a clear message."""
+    with pytest.raises(ValueError, match="prepared images are 64x64, the model was trained at 32x32"):
+        run(setup, tmp_path / "a", size=64)
+    with pytest.raises(InterventionError, match="unknown attribute 'colour'"):
+        run(setup, tmp_path / "b", interventions=("do(colour=red)",))
+
+
+def test_slugs_are_file_names():
+    """Interventions map to short, safe, distinct file names."""
+    names = [
+        slug(parse_intervention(CXR_SCHEMA, t))
+        for t in ("do(sex=F)", "do(age=+20, race=Black)", "do(disease=Pleural Effusion)", "do()")
+    ]
+    assert names == ["sex-F", "age-+20_race-Black", "disease-PleuralEffusion", "null"]
+    assert all("/" not in n and " " not in n for n in names)
