@@ -19,7 +19,7 @@ from medcf.attributes import AttributeValue
 from medcf.causal import CausalGraph
 from medcf.conditioning import encode_attributes
 from medcf.diffusion import DiffusionConfig
-from medcf.guidance import GuidedDenoiser, guidance_plan
+from medcf.guidance import GuidedDenoiser, default_max_rows, guidance_plan
 from medcf.interventions import Intervention
 from medcf.model import CounterfactualUNet
 from medcf.sampling import DDIMSampler
@@ -36,6 +36,7 @@ class GuidanceSettings:
     per_attribute: Mapping[str, float] = field(default_factory=dict)
     steps: int = 50
     inversion_depth: float = 1.0
+    max_rows: int | None = -1  # rows per forward call; -1: whole batch on GPU, chunks of 8 on CPU
 
 
 @dataclass
@@ -68,11 +69,15 @@ class CounterfactualEngine:
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _denoiser(self, codes: torch.Tensor, plan) -> GuidedDenoiser:
+        max_rows = default_max_rows(self._device()) if self.settings.max_rows == -1 else self.settings.max_rows
+        return GuidedDenoiser(self.model, codes, plan, max_rows)
+
     @torch.no_grad()
     def abduct(self, images: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]]) -> torch.Tensor:
         """Latents of the images (DDIM inversion under the factual attributes, no guidance)."""
         codes = encode_attributes(self.model.schema, factual).to(self._device())
-        denoiser = GuidedDenoiser(self.model, codes, guidance_plan(self.model.schema, "none"))
+        denoiser = self._denoiser(codes, guidance_plan(self.model.schema, "none"))
         return self.sampler.invert(denoiser, images.to(self._device()))
 
     @torch.no_grad()
@@ -86,7 +91,7 @@ class CounterfactualEngine:
         plan = guidance_plan(
             schema, settings.mode, affected, settings.weight, settings.w_aff, settings.w_inv, settings.per_attribute
         )
-        denoiser = GuidedDenoiser(self.model, encode_attributes(schema, rows).to(self._device()), plan)
+        denoiser = self._denoiser(encode_attributes(schema, rows).to(self._device()), plan)
         images = self.sampler.decode(denoiser, latents)
         return CounterfactualBatch(intervention, rows, affected, images, denoiser.calls * plan.evaluations)
 

@@ -123,10 +123,15 @@ class GuidedDenoiser:
         model: a network with ``forward(x, timesteps, attributes, keep)``.
         attributes: (B, K) attribute codes the batch is decoded under.
         plan: the guidance plan.
+        max_rows: evaluate the stacked batch in chunks of at most this many rows (None: whole). On a CPU
+            the cost per row grows with the batch (activations leave the cache), so chunks of about 8 rows
+            are faster there; on a GPU the whole stacked batch is one forward call.
     """
 
-    def __init__(self, model: nn.Module, attributes: torch.Tensor, plan: GuidancePlan) -> None:
-        self.model, self.attributes, self.plan = model, attributes, plan
+    def __init__(
+        self, model: nn.Module, attributes: torch.Tensor, plan: GuidancePlan, max_rows: int | None = None
+    ) -> None:
+        self.model, self.attributes, self.plan, self.max_rows = model, attributes, plan, max_rows
         self.calls = 0
 
     def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -136,5 +141,18 @@ class GuidedDenoiser:
         keep = self.plan.keep.to(x.device).repeat_interleave(batch, dim=0)
         timesteps = torch.full((rows * batch,), t, device=x.device, dtype=torch.long)
         self.calls += 1
-        predictions = self.model(stacked_x, timesteps, attributes, keep)
+        chunk = self.max_rows or rows * batch
+        predictions = torch.cat(
+            [
+                self.model(
+                    stacked_x[i : i + chunk], timesteps[i : i + chunk], attributes[i : i + chunk], keep[i : i + chunk]
+                )
+                for i in range(0, rows * batch, chunk)
+            ]
+        )
         return self.plan.combine(predictions.view(rows, batch, *x.shape[1:]))
+
+
+def default_max_rows(device: torch.device) -> int | None:
+    """Rows per forward call: the whole stacked batch on a GPU, cache-sized chunks of 8 on a CPU."""
+    return None if device.type == "cuda" else 8
