@@ -142,6 +142,15 @@ class CausalGraph:
             )
         return cls(schema, mechanisms)
 
+    @classmethod
+    def fit_manifest(cls, schema: AttributeSchema, manifest: str | Path, split: str | None = "train") -> CausalGraph:
+        """Fit on the prepared images of a preparation manifest (the training cohort's attributes)."""
+        table = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
+        table = table[table["status"] == "ok"]
+        if split is not None and "split" in table.columns:
+            table = table[table["split"] == split]
+        return cls.fit(schema, table)
+
     def affected(self, intervened: Iterable[str]) -> set[str]:
         """Intervened attributes and their causal descendants: the DCFG affected group."""
         intervened = set(intervened)

@@ -8,7 +8,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
@@ -80,9 +79,7 @@ class ResumableCheckpoint:
 
     def _export_graph(self, model: CounterfactualUNet) -> None:
         """Fit the causal mechanisms on the training images' attributes; inference reads graph.json."""
-        table = pd.read_csv(self.graph_manifest, keep_default_na=False, na_values=[""])
-        table = table[(table["status"] == "ok") & (table.get("split", "train") == "train")]
-        CausalGraph.fit(model.schema, table).save(self.export_path.with_name("graph.json"))
+        CausalGraph.fit_manifest(model.schema, self.graph_manifest).save(self.export_path.with_name("graph.json"))
 
     def _warm_start(self) -> None:
         """No checkpoint yet: start from the weights of a medcf model file (e.g. earlier demo weights)."""
