@@ -15,6 +15,7 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
+from medcf.causal import CausalGraph
 from medcf.model import load_checkpoint
 from medcf.training.data import phantom_training_set
 
@@ -100,7 +101,9 @@ def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, 
     assert [a.path for a in client.list_artifacts(run.info.run_id, "config")] == ["config/train.yaml"]
     model, payload = load_checkpoint(tmp_path / "out" / "model.pt")
     assert [a["name"] for a in payload["schema"]] == list(model.schema.names)
-    assert payload["trained_epochs"] == 4
+    assert payload["trained_epochs"] == 4 and payload["image_size"] == [32, 32]
+    graph = CausalGraph.load(model.schema, tmp_path / "out" / "graph.json")
+    assert set(graph.mechanisms) == {a.name for a in model.schema.attributes if a.parents}
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, manifests):
