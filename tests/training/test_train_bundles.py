@@ -159,7 +159,7 @@ def test_distributed_sampler_shards_are_disjoint_and_complete(manifests):
         parser["train#sampler#num_replicas"], parser["train#sampler#rank"] = 2, rank
         shards.append(set(parser.get_parsed_content("train#sampler")))
     size = len(pd.read_csv(manifests["cxr"]).query("status == 'ok' and split == 'train'"))
-    assert shards[0].isdisjoint(shards[1]) or size % 2  # even_divisible pads one index when the size is odd
+    assert len(shards[0] & shards[1]) <= size % 2  # even_divisible repeats one index only when the size is odd
     assert shards[0] | shards[1] == set(range(size))
 
 
