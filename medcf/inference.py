@@ -5,8 +5,10 @@ For each input file the preparation of training is applied (so the model sees wh
 each batch of images is abducted once and every intervention is decoded from the same latents. Outputs per
 (image, intervention), under ``OUT/<source path without suffix>/``: ``<slug>.dcm`` (derived Secondary Capture, see
 :mod:`medcf.dicom.derived`), ``<slug>.png`` (factual | counterfactual | |difference|) and ``<slug>_diff.png``;
-optionally ``<slug>.nii.gz``. ``OUT/manifest.csv`` has one row per (image, intervention) with its status;
-files are written atomically and a re-run skips rows already done.
+optionally ``<slug>.nii.gz``. Each batch also gets ``OUT/grids/<first source>.png`` (one row per image:
+factual | counterfactual and |difference| per intervention), logged to MLflow with the run.
+``OUT/manifest.csv`` has one row per (image, intervention) with its status; files are written atomically and
+a re-run skips rows already done.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.dicom.derived import write_counterfactual
 from medcf.diffusion import DiffusionConfig
+from medcf.grids import counterfactual_grid
 from medcf.interventions import Intervention, InterventionError, parse_intervention
 from medcf.model import load_checkpoint
 from medcf.prepare.base import Preparer
@@ -93,6 +96,7 @@ class InferenceRun:
         from medcf.tracking import flatten, tracking_uri
 
         started = time.perf_counter()
+        self._grids: list[Path] = []
         model, payload = load_checkpoint(self.model_path)
         schema, diffusion = model.schema, DiffusionConfig(**payload["diffusion"])
         graph = CausalGraph.load(schema, self.graph_path)
@@ -129,9 +133,8 @@ class InferenceRun:
             metrics = {"counterfactuals": made, "seconds_total": seconds, **stats}
             mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
             mlflow.log_artifact(str(output_dir / MANIFEST))
-            for grid in sorted(output_dir.rglob("*.png"))[: 3 * len(interventions)]:
-                if not grid.name.endswith("_diff.png"):
-                    mlflow.log_artifact(str(grid), artifact_path="grids")
+            for grid in self._grids:
+                mlflow.log_artifact(str(grid), artifact_path="grids")
         print(f"{made} counterfactuals ({len(table)} rows) in {seconds:.1f} s -> {output_dir / MANIFEST}")
         return metrics
 
@@ -209,6 +212,7 @@ class InferenceRun:
         factual = [attributes for _, _, attributes in batch]
         latents = engine.abduct(images, factual)
         rows, evaluations, count = [], len(batch) * len(engine.sampler.timesteps), 0
+        shown: dict[str, list[np.ndarray | None]] = {}
         for intervention in interventions:
             members = []
             for k, (source, _, _) in enumerate(batch):
@@ -225,7 +229,9 @@ class InferenceRun:
             result = engine.predict(latents[members], [factual[k] for k in members], intervention)
             evaluations += result.network_evaluations * len(members)
             count += len(members)
+            shown[intervention.text] = [None] * len(batch)
             for position, k in enumerate(members):
+                shown[intervention.text][k] = _unit(result.images[position, 0].cpu().numpy())
                 source = batch[k][0]
                 rows.append(
                     self._write(
@@ -239,6 +245,12 @@ class InferenceRun:
                         output_dir,
                     )
                 )
+        if shown:
+            sources = [source for source, _, _ in batch]
+            grid = output_dir / "grids" / f"{Path(sources[0]).with_suffix('').as_posix().replace('/', '_')}.png"
+            self._grids.append(
+                counterfactual_grid([_unit(images[k, 0].numpy()) for k in range(len(batch))], shown, grid, sources)
+            )
         return rows, evaluations, count, time.perf_counter() - started
 
     def _write(
@@ -255,8 +267,8 @@ class InferenceRun:
         folder = output_dir / Path(source).with_suffix("")
         folder.mkdir(parents=True, exist_ok=True)
         name = slug(intervention)
-        display = np.clip((counterfactual + 1.0) / 2.0, 0.0, 1.0)
-        difference = np.abs(display - np.clip((factual + 1.0) / 2.0, 0.0, 1.0))
+        display = _unit(counterfactual)
+        difference = np.abs(display - _unit(factual))
         g = self.guidance
         description = (
             f"medcf {intervention.text}; guidance {g.mode} w={g.weight:g} w_aff={g.w_aff:g} "
@@ -266,7 +278,7 @@ class InferenceRun:
         write_counterfactual(
             dataset_dir / source, display, folder / f"{name}.dcm", description, intervention.text, self.keep_identifiers
         )
-        _save_png(np.concatenate([(factual + 1) / 2, display, difference], axis=1), folder / f"{name}.png")
+        _save_png(np.concatenate([_unit(factual), display, difference], axis=1), folder / f"{name}.png")
         _save_png(difference / max(float(difference.max()), 1e-6), folder / f"{name}_diff.png", cmap="magma")
         if self.nifti:
             import nibabel
@@ -300,6 +312,11 @@ def _row(source: str, intervention: Intervention, status: str, reason: str) -> d
         "png": "",
         "diff": "",
     }
+
+
+def _unit(image: np.ndarray) -> np.ndarray:
+    """A model-scale image ([-1, 1]) on the [0, 1] display scale."""
+    return np.clip((image + 1.0) / 2.0, 0.0, 1.0)
 
 
 def _save_png(image: np.ndarray, path: Path, cmap: str = "gray") -> None:

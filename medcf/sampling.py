@@ -62,10 +62,19 @@ class DDIMSampler:
         """(t, t_prev) pairs of the decoding direction; t_prev = -1 is the clean image."""
         return list(zip(self.timesteps, [*self.timesteps[1:], -1], strict=True))
 
-    def _step(self, x: torch.Tensor, eps: torch.Tensor, source: int, target: int) -> torch.Tensor:
-        """Move x from timestep ``source`` to ``target`` along the predicted noise (either direction)."""
+    def _step(
+        self, x: torch.Tensor, eps: torch.Tensor, source: int, target: int, clip_x0: bool = False
+    ) -> torch.Tensor:
+        """Move x from timestep ``source`` to ``target`` along the predicted noise (either direction).
+
+        ``clip_x0`` clamps the predicted clean image to [-1, 1] and re-derives the noise from it (generation
+        from pure noise only: it makes the step non-invertible)."""
         a_source, a_target = self.alpha_bar(source), self.alpha_bar(target)
-        x0 = (x.to(torch.float64) - (1 - a_source).sqrt() * eps) / a_source.sqrt()
+        x64 = x.to(torch.float64)
+        x0 = (x64 - (1 - a_source).sqrt() * eps) / a_source.sqrt()
+        if clip_x0:
+            x0 = x0.clamp(-1, 1)
+            eps = (x64 - a_source.sqrt() * x0) / (1 - a_source).sqrt()
         return (a_target.sqrt() * x0 + (1 - a_target).sqrt() * eps).to(x.dtype)
 
     def _eps(self, predict: Predict, x: torch.Tensor, t: int) -> torch.Tensor:
@@ -75,11 +84,13 @@ class DDIMSampler:
         return eps
 
     @torch.no_grad()
-    def decode(self, predict: Predict, x_T: torch.Tensor) -> torch.Tensor:
-        """From noise (or an inverted latent) at t = T-1 to the image."""
+    def decode(self, predict: Predict, x_T: torch.Tensor, clip_x0: bool = False) -> torch.Tensor:
+        """From noise (or an inverted latent) at t = T-1 to the image; ``clip_x0`` for sampling from noise
+        (keeps an imperfect model's trajectory inside the image range; never for counterfactual decoding,
+        which must retrace the inversion)."""
         x = x_T
         for t, t_prev in self.pairs:
-            x = self._step(x, self._eps(predict, x, t), source=t, target=t_prev)
+            x = self._step(x, self._eps(predict, x, t), source=t, target=t_prev, clip_x0=clip_x0)
         return x
 
     @torch.no_grad()

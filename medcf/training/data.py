@@ -117,18 +117,3 @@ def phantom_training_set_once(kind: str, folder: str | Path, n: int, size: int, 
     if distributed:
         dist.barrier()
     return manifest
-
-
-def attribute_grid(schema: AttributeSchema, per_attribute: int = 4) -> list[dict[str, Any]]:
-    """Rows of attribute values for a sample grid: each attribute swept while the others stay at a base."""
-    base = {
-        a.name: (a.values[0] if a.kind == "categorical" else round((a.low + a.high) / 2, 1)) for a in schema.attributes
-    }
-    rows = []
-    for a in schema.attributes:
-        if a.kind == "categorical":
-            sweep = list(a.values)
-        else:
-            sweep = [round(a.low + (a.high - a.low) * k / max(per_attribute - 1, 1), 1) for k in range(per_attribute)]
-        rows.extend({**base, a.name: value} for value in sweep)
-    return rows

@@ -1,4 +1,9 @@
-"""Conditional sample grids: what the model draws for each attribute value (for MLflow and model cards)."""
+"""Conditional sample grids: what the model draws for each attribute value (for MLflow and model cards).
+
+Each attribute is swept over its values while the others stay at a base; every image of a sweep starts
+from the same noise, so the only difference along a row is the attribute. Under each row of samples the
+grid shows |sample - first sample of the row|: what the attribute changes.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,27 @@ from typing import Any
 import numpy as np
 import torch
 
+from medcf.attributes import AttributeSchema
 from medcf.conditioning import encode_attributes
+from medcf.guidance import GuidedDenoiser, guidance_plan
 from medcf.model import CounterfactualUNet
 from medcf.sampling import DDIMSampler
+
+
+def attribute_sweeps(schema: AttributeSchema, per_attribute: int = 4) -> dict[str, list[dict[str, Any]]]:
+    """For each attribute, rows of attribute values sweeping it while the others stay at a base (the first
+    category; the middle of a continuous range)."""
+    base = {
+        a.name: (a.values[0] if a.kind == "categorical" else round((a.low + a.high) / 2, 1)) for a in schema.attributes
+    }
+    sweeps = {}
+    for a in schema.attributes:
+        if a.kind == "categorical":
+            values = list(a.values)
+        else:
+            values = [round(a.low + (a.high - a.low) * k / max(per_attribute - 1, 1), 1) for k in range(per_attribute)]
+        sweeps[a.name] = [{**base, a.name: value} for value in values]
+    return sweeps
 
 
 @torch.no_grad()
@@ -23,44 +46,44 @@ def conditional_samples(
     steps: int = 25,
     seed: int = 0,
     size: tuple[int, int] = (64, 64),
+    guidance_weight: float = 1.0,
 ) -> torch.Tensor:
-    """One DDIM sample per row of attribute values, all from the same starting noise (B, 1, H, W)."""
+    """One DDIM sample per row of attribute values, all from the same starting noise (B, 1, H, W).
+
+    ``guidance_weight`` != 1 samples with classifier-free guidance of that weight (0: unconditional)."""
     device = next(model.parameters()).device
     attributes = encode_attributes(model.schema, rows).to(device)
-    keep = torch.ones_like(attributes, dtype=torch.bool)
     generator = torch.Generator().manual_seed(seed)
     noise = torch.randn((1, model.config.in_channels, *size), generator=generator).to(device)
     noise = noise.expand(len(rows), -1, -1, -1).contiguous()
-    sampler = DDIMSampler(alphas_cumprod, prediction_type, steps)
+    mode = "none" if guidance_weight == 1.0 else "cfg"
+    denoiser = GuidedDenoiser(model, attributes, guidance_plan(model.schema, mode, weight=guidance_weight))
     was_training = model.training
     model.eval()
-
-    def predict(x: torch.Tensor, t: int) -> torch.Tensor:
-        return model(x, torch.full((x.shape[0],), t, device=device), attributes, keep)
-
-    samples = sampler.decode(predict, noise).clamp(-1, 1)
+    samples = DDIMSampler(alphas_cumprod, prediction_type, steps).decode(denoiser, noise, clip_x0=True)
     model.train(was_training)
-    return samples
+    return samples.clamp(-1, 1)
 
 
-def save_grid(samples: torch.Tensor, rows: Sequence[Mapping[str, Any]], path: str | Path, columns: int = 8) -> Path:
-    """Save samples as a labelled PNG grid."""
+def save_sweep_grid(sweeps: Mapping[str, torch.Tensor], labels: Mapping[str, Sequence[str]], path: str | Path) -> Path:
+    """Save sweeps (attribute -> samples (V, 1, H, W) on [-1, 1]) as a PNG: a row of samples per attribute,
+    each followed by a row of |sample - first sample|."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    count = len(rows)
-    columns = min(columns, count)
-    lines = (count + columns - 1) // columns
-    fig, axes = plt.subplots(lines, columns, figsize=(1.5 * columns, 1.75 * lines), squeeze=False)
+    columns = max(len(samples) for samples in sweeps.values())
+    fig, axes = plt.subplots(2 * len(sweeps), columns, figsize=(1.5 * columns, 3.3 * len(sweeps)), squeeze=False)
     for ax in axes.flat:
         ax.set_axis_off()
-    base = rows[0]
-    for ax, image, row in zip(axes.flat, samples.cpu().numpy(), rows, strict=False):
-        ax.imshow(np.asarray(image[0]), cmap="gray", vmin=-1, vmax=1)
-        changed = {k: v for k, v in row.items() if v != base[k]} or dict(list(row.items())[:1])
-        ax.set_title(", ".join(f"{k}={v}" for k, v in changed.items()), fontsize=6)
+    for line, (name, samples) in enumerate(sweeps.items()):
+        images = (samples[:, 0].cpu().numpy() + 1) / 2
+        for k, image in enumerate(images):
+            axes[2 * line, k].imshow(image, cmap="gray", vmin=0, vmax=1)
+            axes[2 * line, k].set_title(f"{name}={labels[name][k]}", fontsize=7)
+            axes[2 * line + 1, k].imshow(np.abs(image - images[0]), cmap="magma", vmin=0, vmax=0.25)
+        axes[2 * line + 1, 0].set_title("|difference| (0-0.25)", fontsize=6)
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -70,7 +93,16 @@ def save_grid(samples: torch.Tensor, rows: Sequence[Mapping[str, Any]], path: st
 
 
 class SampleGridWriter:
-    """``writer(epoch, folder) -> PNG``: a grid sweeping each attribute from one starting noise."""
+    """``writer(epoch, folder) -> PNG``: a grid sweeping each attribute from one starting noise.
+
+    Args:
+        model: the (EMA) denoiser.
+        diffusion: its ``DiffusionConfig``.
+        image_size: sample size.
+        steps: DDIM steps.
+        seed: the starting noise.
+        guidance_weight: classifier-free guidance weight (1: plain conditional sampling).
+    """
 
     def __init__(
         self,
@@ -79,16 +111,27 @@ class SampleGridWriter:
         image_size: int | Sequence[int] = 64,
         steps: int = 25,
         seed: int = 0,
+        guidance_weight: float = 1.0,
     ) -> None:
-        from medcf.training.data import attribute_grid
-
         self.model, self.diffusion, self.steps, self.seed = model, diffusion, steps, seed
+        self.guidance_weight = guidance_weight
         self.size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-        self.rows = attribute_grid(model.schema)
+        self.sweeps = attribute_sweeps(model.schema)
         self.alphas_cumprod = diffusion.alphas_cumprod()
 
     def __call__(self, epoch: int, folder: Path) -> Path:
-        samples = conditional_samples(
-            self.model, self.alphas_cumprod, self.diffusion.prediction_type, self.rows, self.steps, self.seed, self.size
-        )  # type: ignore[arg-type]
-        return save_grid(samples, self.rows, Path(folder) / f"samples_epoch{epoch:04d}.png")
+        samples = {
+            name: conditional_samples(
+                self.model,
+                self.alphas_cumprod,
+                self.diffusion.prediction_type,
+                rows,
+                self.steps,
+                self.seed,
+                self.size,  # type: ignore[arg-type]
+                self.guidance_weight,
+            )
+            for name, rows in self.sweeps.items()
+        }
+        labels = {name: [str(row[name]) for row in rows] for name, rows in self.sweeps.items()}
+        return save_sweep_grid(samples, labels, Path(folder) / f"samples_epoch{epoch:04d}.png")

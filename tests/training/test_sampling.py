@@ -202,3 +202,19 @@ class TestDeterminism:
         seen.clear()
         sampler.invert(predict, torch.zeros(1, 1, 4, 4))
         assert seen == [0, 250, 500, 749, 999]
+
+
+def test_clip_x0_keeps_samples_of_an_overconfident_model_in_the_image_range():
+    """A model that predicts too little noise drives samples outside [-1, 1]; clipping the predicted clean
+    image at each step keeps them inside, and is a no-op for a model whose predictions already fit."""
+    config = DiffusionConfig()
+    sampler = DDIMSampler(config.alphas_cumprod(), "epsilon", 20)
+    noise = torch.randn(2, 1, 16, 16, generator=torch.Generator().manual_seed(3))
+
+    def overconfident(x: torch.Tensor, t: int) -> torch.Tensor:
+        return 0.2 * x
+
+    assert sampler.decode(overconfident, noise).abs().max() > 1.5
+    assert sampler.decode(overconfident, noise, clip_x0=True).abs().max() <= 1.0 + 1e-6
+    exact = gaussian_denoiser(config, s=0.05)
+    torch.testing.assert_close(sampler.decode(exact, noise, clip_x0=True), sampler.decode(exact, noise))

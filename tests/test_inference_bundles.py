@@ -1,0 +1,84 @@
+"""The main job exactly as a user types it: `python -m monai.bundle run --config_file .../inference.yaml` with
+no other arguments, on the bundle's own sample DICOMs and demo weights, tracked in a real MLflow store in the
+working directory. Each run takes about two minutes on two CPU cores."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pydicom
+import pytest
+from monai.bundle import ConfigParser
+
+from medcf.inference import file_sha256
+
+REPO = Path(__file__).resolve().parents[1]
+BUNDLES = {"cxr_counterfactual": "counterfactuals_cxr", "mammo_counterfactual": "counterfactuals_mammo"}
+
+
+def bundle_settings(bundle: str) -> dict:
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "inference.yaml"))
+    return {key: parser.get_parsed_content(key) for key in ("interventions", "dataset_dir", "model_path", "guidance")}
+
+
+@pytest.mark.parametrize("bundle", sorted(BUNDLES))
+def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
+    settings = bundle_settings(bundle)
+    if not Path(settings["model_path"]).is_file():
+        pytest.skip(f"{bundle} has no demo weights (models/model.pt) yet")
+    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    config = REPO / "bundles" / bundle / "configs" / "inference.yaml"
+    result = subprocess.run(
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    out = tmp_path / BUNDLES[bundle]
+    manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
+    sources = sorted(
+        p.relative_to(settings["dataset_dir"]).as_posix() for p in Path(settings["dataset_dir"]).rglob("*.dcm")
+    )
+    assert sorted(set(manifest["source"])) == sources
+    assert len(manifest) == len(sources) * len(settings["interventions"])
+    assert set(manifest["status"]) <= {"ok", "rejected"}
+    assert (manifest.loc[manifest["status"] == "rejected", "reason"] != "").all()
+    made = manifest[manifest["status"] == "ok"]
+    assert set(made["intervention"]) == set(settings["interventions"]), "every default intervention made something"
+
+    for row in made.to_dict("records"):
+        dataset = pydicom.dcmread(out / row["dicom"])
+        assert dataset.SeriesDescription.startswith("SYNTHETIC COUNTERFACTUAL")
+        assert row["intervention"] in dataset.DerivationDescription
+        assert dataset.ImageType[:2] == ["DERIVED", "SECONDARY"]
+        source = pydicom.dcmread(Path(settings["dataset_dir"]) / row["source"], stop_before_pixels=True)
+        assert dataset.PatientID != source.PatientID and dataset.PatientIdentityRemoved == "YES"
+        assert str(dataset.PatientName) != str(source.PatientName)
+        assert (out / row["png"]).is_file() and (out / row["diff"]).is_file()
+        assert float(row["mean_abs_change"]) > 0
+        name, _, value = row["intervention"][3:-1].partition("=")
+        if not value.startswith(("+", "-")):
+            assert str(row[f"cf_{name}"]) == value, f"{row['source']}: counterfactual {name} is not {value}"
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(f"medcf-{BUNDLES[bundle].split('_')[1]}-inference")
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["guidance.mode"] == settings["guidance"].mode
+    assert run.data.params["model_sha256"] == file_sha256(settings["model_path"])
+    assert all(text in run.data.params["interventions"] for text in settings["interventions"])
+    assert run.data.metrics["counterfactuals"] == len(made)
+    assert run.data.metrics["seconds_per_counterfactual"] > 0
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
+    grids = [a.path for a in client.list_artifacts(run.info.run_id, "grids")]
+    assert "manifest.csv" in artifacts
+    assert grids and all(g.endswith(".png") for g in grids)
