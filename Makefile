@@ -1,5 +1,6 @@
 # Two commands do all set-up on a fresh machine:
-#   make demo   creates .venv when missing, installs medcf, runs the main job on the embedded default
+#   make demo   creates .venv when missing, installs medcf, runs the main job on the embedded default:
+#               counterfactual inference of both bundles on their sample DICOMs with the demo weights
 #   make test   creates .venv when missing, installs medcf with its test extra, runs lint and the test suite
 PYTHON ?= python3.11
 VENV := .venv
@@ -8,7 +9,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 DEMO_OUT ?= demo_output
 
-.PHONY: demo test venv clean
+.PHONY: demo phantoms test venv clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +23,13 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: venv
-	$(BIN)/medcf demo --out $(DEMO_OUT) --overwrite
+	$(BIN)/python -m monai.bundle run --config_file bundles/cxr_counterfactual/configs/inference.yaml \
+		--output_dir $(DEMO_OUT)/counterfactuals_cxr
+	$(BIN)/python -m monai.bundle run --config_file bundles/mammo_counterfactual/configs/inference.yaml \
+		--output_dir $(DEMO_OUT)/counterfactuals_mammo
+
+phantoms: venv
+	$(BIN)/medcf demo --out $(DEMO_OUT)/phantoms --overwrite
 
 test: venv
 	$(BIN)/ruff check medcf data_prep tests benchmarks
