@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from medcf.attributes import AttributeSchema
 from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.dicom.derived import write_counterfactual
@@ -74,6 +75,7 @@ class InferenceRun:
         nifti: also write NIfTI images (nibabel) for analysis tools.
         batch_size: images abducted and decoded together.
         experiment: MLflow experiment name.
+        schema: the attributes the bundle expects; a model trained for other attributes is refused.
     """
 
     dataset_dir: str | Path
@@ -89,6 +91,7 @@ class InferenceRun:
     batch_size: int = 8
     experiment: str = "medcf-inference"
     progress: bool = True
+    schema: AttributeSchema | None = None
 
     def run(self) -> dict[str, Any]:
         import mlflow
@@ -97,7 +100,7 @@ class InferenceRun:
 
         started = time.perf_counter()
         self._grids: list[Path] = []
-        model, payload = load_checkpoint(self.model_path)
+        model, payload = load_checkpoint(self.model_path, expected_schema=self.schema)
         schema, diffusion = model.schema, DiffusionConfig(**payload["diffusion"])
         graph = CausalGraph.load(schema, self.graph_path)
         self._trained_size = tuple(payload.get("image_size") or ())

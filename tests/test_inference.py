@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import mlflow
@@ -11,6 +12,7 @@ import pydicom
 import pytest
 import torch
 
+from medcf.attributes import SchemaError
 from medcf.causal import CausalGraph
 from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
@@ -19,6 +21,7 @@ from medcf.interventions import InterventionError, parse_intervention
 from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
 from medcf.phantoms import write_phantom_dataset
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import ChestPreparer
 
 TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
@@ -121,6 +124,32 @@ def test_bad_settings_fail_clearly(setup, tmp_path):
         run(setup, tmp_path / "a", size=64)
     with pytest.raises(InterventionError, match="unknown attribute 'colour'"):
         run(setup, tmp_path / "b", interventions=("do(colour=red)",))
+
+
+def test_a_model_for_other_attributes_or_channels_is_refused(setup, tmp_path):
+    """The bundle's attribute schema must be the model's; the model must take the prepared channels."""
+    root, data, cohort = setup
+    arguments = (data, tmp_path / "out", root / "model.pt", root / "graph.json", cohort, ChestPreparer(32))
+    with pytest.raises(SchemaError, match="trained for attributes age.*expects age.*density"):
+        InferenceRun(*arguments, ["do(sex=F)"], GuidanceSettings(steps=2), schema=MAMMO_SCHEMA, progress=False).run()
+    two_channels = CounterfactualUNet(CXR_SCHEMA, replace(TINY, in_channels=2))
+    save_checkpoint(tmp_path / "rgb.pt", two_channels, DiffusionConfig().to_dict(), image_size=[32, 32])
+    arguments = (data, tmp_path / "out", tmp_path / "rgb.pt", root / "graph.json", cohort, ChestPreparer(32))
+    with pytest.raises(ValueError, match=r"prepared images have 1 channel\(s\); the model takes 2"):
+        InferenceRun(*arguments, ["do(sex=F)"], GuidanceSettings(steps=2), progress=False).run()
+
+
+def test_inference_bundles_declare_the_attributes_of_their_training_bundles():
+    """inference.yaml repeats train.yaml's attributes (the check above relies on them being the same)."""
+    from monai.bundle import ConfigParser
+
+    for bundle in ("cxr_counterfactual", "mammo_counterfactual"):
+        declared = []
+        for name in ("train.yaml", "inference.yaml"):
+            parser = ConfigParser()
+            parser.read_config(str(REPO / "bundles" / bundle / "configs" / name))
+            declared.append(parser.get_parsed_content("schema").to_config())
+        assert declared[0] == declared[1], bundle
 
 
 def test_slugs_are_file_names():
