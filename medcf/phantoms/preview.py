@@ -71,3 +71,27 @@ def preview_grid(phantom: Phantom, subjects: list[Subject], size: int, path: str
 def preview_subjects(phantom: Phantom, rows: int, seed: int) -> list[Subject]:
     """``rows`` subjects drawn from the phantom's population."""
     return phantom.sample(rows, np.random.default_rng(seed))
+
+
+def true_sweeps(phantom: Phantom, subject: Subject, size: int) -> tuple[dict, dict[str, list[str]]]:
+    """The phantom's own answer to a model's sample grid: the attribute sweeps of
+    :func:`medcf.training.samples.attribute_sweeps` applied as interventions to one subject (exact
+    counterfactuals with the subject's exogenous noise). Returns (attribute -> images (V, 1, H, W) on
+    [-1, 1], attribute -> value labels)."""
+    import torch
+
+    from medcf.training.samples import attribute_sweeps
+
+    sweeps, labels = {}, {}
+    for name, rows in attribute_sweeps(phantom.schema).items():
+        images = [phantom.true_counterfactual(subject, row, size)[1] for row in rows]
+        sweeps[name] = torch.from_numpy(2 * np.stack(images)[:, None].astype(np.float32) - 1)
+        labels[name] = [str(row[name]) for row in rows]
+    return sweeps, labels
+
+
+def true_sweep_grid(phantom: Phantom, subject: Subject, size: int, path: str | Path) -> Path:
+    """:func:`true_sweeps` drawn like a model's sample grid (samples, then |difference| rows)."""
+    from medcf.training.samples import save_sweep_grid
+
+    return save_sweep_grid(*true_sweeps(phantom, subject, size), path)
