@@ -1,6 +1,7 @@
 """Counterfactual cost: guidance modes and shared abduction against a naive implementation, in one run.
 
     .venv/bin/python benchmarks/counterfactual_speed.py [--steps 50] [--batch 8] [--interventions 3] [--repeats 3]
+        [--max_rows N] [--skip_shared]
 
 The network is the bundle architecture (channels 32/64/128) at 64 x 64; cost does not depend on the weights.
 Reported (medians over ``--repeats``):
@@ -59,7 +60,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--interventions", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--max_rows", type=int, default=-1, help="rows per forward call (-1: engine default, 0: all)")
+    parser.add_argument("--skip_shared", action="store_true", help="only the guidance-mode table")
     args = parser.parse_args()
+    max_rows = None if args.max_rows == 0 else args.max_rows
     torch.manual_seed(0)
     model = CounterfactualUNet(CXR_SCHEMA).eval()
     graph = CausalGraph.fit(
@@ -69,12 +73,15 @@ def main() -> None:
     images = torch.rand(args.batch, 1, 64, 64) * 2 - 1
     print(
         f"torch threads {torch.get_num_threads()}, {args.steps} DDIM steps, batch {args.batch}, 64 x 64, "
-        f"median of {args.repeats}"
+        f"median of {args.repeats}, max_rows {args.max_rows}"
     )
 
     def engine(mode: str) -> CounterfactualEngine:
         return CounterfactualEngine(
-            model, DiffusionConfig(), graph, GuidanceSettings(mode=mode, weight=2.0, w_aff=2.0, steps=args.steps)
+            model,
+            DiffusionConfig(),
+            graph,
+            GuidanceSettings(mode=mode, weight=2.0, w_aff=2.0, steps=args.steps, max_rows=max_rows),
         )
 
     intervention = parse_intervention(CXR_SCHEMA, "do(sex=F)")
@@ -102,6 +109,8 @@ def main() -> None:
     ):
         print(f"| {label} | {evals} | {timings[name] / args.batch:.3f} | {timings[name] / timings['cfg']:.2f}x |")
 
+    if args.skip_shared:
+        return
     k = args.interventions
     chosen = [parse_intervention(CXR_SCHEMA, t) for t in INTERVENTIONS[:k]]
     print(

@@ -36,7 +36,7 @@ class GuidanceSettings:
     per_attribute: Mapping[str, float] = field(default_factory=dict)
     steps: int = 50
     inversion_depth: float = 1.0
-    max_rows: int | None = -1  # rows per forward call; -1: whole batch on GPU, chunks of 8 on CPU
+    max_rows: int | None = -1  # rows per forward call; -1: whole batch on GPU, about 9 rows on CPU
 
 
 @dataclass

@@ -102,12 +102,13 @@ def test_guided_denoiser_is_one_forward_and_equals_separate_evaluations():
 
 
 def test_chunked_evaluation_equals_one_forward():
-    """Evaluating the stacked batch in chunks (the CPU setting) gives the same guided prediction."""
+    """Evaluating the batch in chunks of images (the CPU setting) gives the same guided prediction; every
+    image's three guidance terms stay in one call."""
     attributes = torch.tensor([[50.0, 1, 2, 0], [70.0, 0, 0, 1], [30.0, 1, 1, 0]])
     plan = guidance_plan(CXR_SCHEMA, "dcfg", affected={"sex"}, w_aff=2.0)
     x = torch.randn(3, 1, 4, 4)
     whole, chunked = RecordingModel(), RecordingModel()
     expected = GuidedDenoiser(whole, attributes, plan)(x, 10)
-    result = GuidedDenoiser(chunked, attributes, plan, max_rows=4)(x, 10)
-    assert whole.batches == [9] and chunked.batches == [4, 4, 1]
+    result = GuidedDenoiser(chunked, attributes, plan, max_rows=5)(x, 10)
+    assert whole.batches == [9] and chunked.batches == [3, 3, 3]
     assert torch.allclose(result, expected)
