@@ -73,7 +73,7 @@ def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
     experiment = client.get_experiment_by_name(f"medcf-{BUNDLES[bundle].split('_')[1]}-inference")
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["guidance.mode"] == settings["guidance"].mode
+    assert run.data.params["guidance.mode"] == settings["guidance"]
     assert run.data.params["model_sha256"] == file_sha256(settings["model_path"])
     assert all(text in run.data.params["interventions"] for text in settings["interventions"])
     assert run.data.metrics["counterfactuals"] == len(made)
