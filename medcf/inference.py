@@ -8,7 +8,7 @@ each batch of images is abducted once and every intervention is decoded from the
 optionally ``<slug>.nii.gz``. Each batch also gets ``OUT/grids/<first source>.png`` (one row per image:
 factual | counterfactual and |difference| per intervention), logged to MLflow with the run.
 ``OUT/manifest.csv`` has one row per (image, intervention) with its status; files are written atomically and
-a re-run skips rows already done.
+a re-run skips rows already made (rejected rows are tried again).
 """
 
 from __future__ import annotations
@@ -157,7 +157,8 @@ class InferenceRun:
         if not manifest.exists():
             return {}
         table = pd.read_csv(manifest, keep_default_na=False)
-        finished = table[(table["status"] != "ok") | table["dicom"].map(lambda p: (output_dir / p).is_file())]
+        # rejected rows are tried again (cheap, and the labels or settings may have been fixed since)
+        finished = table[(table["status"] == "ok") & table["dicom"].map(lambda p: (output_dir / p).is_file())]
         return {(r["source"], r["intervention"]): r for r in finished.to_dict("records")}
 
     def _process(

@@ -118,6 +118,24 @@ def test_rerun_skips_finished_rows_and_redoes_missing_files(setup, tmp_path):
     )
 
 
+def test_rerun_tries_rejected_rows_again(setup, tmp_path):
+    """A file rejected for missing labels is made on the next run once the labels are there."""
+    root, data, cohort = setup
+    table = pd.read_csv(cohort)
+    partial = tmp_path / "partial.csv"
+    table.iloc[1:].to_csv(partial, index=False)
+    arguments = (data, tmp_path / "out", root / "model.pt", root / "graph.json")
+    settings = dict(guidance=GuidanceSettings(steps=2), batch_size=2, progress=False)
+    InferenceRun(*arguments, partial, ChestPreparer(32), ["do(sex=F)"], **settings).run()
+    first = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("source")
+    missing = table["path"].iloc[0]
+    assert first.loc[missing, "status"] == "rejected" and "not in the cohort" in first.loc[missing, "reason"]
+    InferenceRun(*arguments, cohort, ChestPreparer(32), ["do(sex=F)"], **settings).run()
+    second = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("source")
+    assert second.loc[missing, "status"] == "ok" and (tmp_path / "out" / second.loc[missing, "dicom"]).is_file()
+    assert (second["status"] == "ok").sum() == (first["status"] == "ok").sum() + 1
+
+
 def test_bad_settings_fail_clearly(setup, tmp_path):
     """An image size other than the model's, or an unknown attribute, stops with a clear message."""
     with pytest.raises(ValueError, match="prepared images are 64x64, the model was trained at 32x32"):
