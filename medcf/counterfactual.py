@@ -19,7 +19,7 @@ from medcf.attributes import AttributeValue
 from medcf.causal import CausalGraph
 from medcf.conditioning import encode_attributes
 from medcf.diffusion import DiffusionConfig
-from medcf.guidance import GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.guidance import GuidancePlan, GuidedDenoiser, default_max_rows, guidance_plan
 from medcf.interventions import Intervention
 from medcf.model import CounterfactualUNet
 from medcf.sampling import DDIMSampler
@@ -48,6 +48,7 @@ class CounterfactualBatch:
     affected: set[str]
     images: torch.Tensor
     network_evaluations: int
+    plan: GuidancePlan
 
 
 class CounterfactualEngine:
@@ -93,7 +94,7 @@ class CounterfactualEngine:
         )
         denoiser = self._denoiser(encode_attributes(schema, rows).to(self._device()), plan)
         images = self.sampler.decode(denoiser, latents)
-        return CounterfactualBatch(intervention, rows, affected, images, denoiser.calls * plan.evaluations)
+        return CounterfactualBatch(intervention, rows, affected, images, denoiser.calls * plan.evaluations, plan)
 
     def run(
         self,

@@ -63,6 +63,14 @@ class GuidancePlan:
         """Network evaluations per step per image."""
         return self.keep.shape[0]
 
+    def describe(self) -> str:
+        """The groups and their weights, e.g. ``age+disease w=2, race+sex w=1`` (``no guidance`` for mode none)."""
+        if not self.weights:
+            return "no guidance"
+        return ", ".join(
+            f"{'+'.join(group)} w={weight:g}" for group, weight in zip(self.groups, self.weights, strict=True)
+        )
+
     def combine(self, predictions: torch.Tensor) -> torch.Tensor:
         """Predictions (R, B, ...) in the plan's row order -> the guided prediction (B, ...)."""
         if not self.weights:
@@ -149,7 +157,7 @@ class GuidedDenoiser:
                 self.attributes[start : start + n].repeat(rows, 1),
                 keep.repeat_interleave(n, dim=0),
             )
-            guided.append(self.plan.combine(predictions.view(rows, n, *x.shape[1:])))
+            guided.append(self.plan.combine(predictions.reshape(rows, n, *x.shape[1:])))
         return torch.cat(guided)
 
 

@@ -57,7 +57,7 @@ class Intervention:
         """Canonical spelling, e.g. ``do(age=+20, sex=F)``."""
         parts = []
         for a in self.assignments:
-            value = f"{a.value:+g}" if a.relative else (f"{a.value:g}" if isinstance(a.value, float) else a.value)
+            value = f"{a.value:+.12g}" if a.relative else (f"{a.value:.12g}" if isinstance(a.value, float) else a.value)
             parts.append(f"{a.name}={value}")
         return f"do({', '.join(parts)})"
 

@@ -85,9 +85,10 @@ class DDIMSampler:
 
     @torch.no_grad()
     def decode(self, predict: Predict, x_T: torch.Tensor, clip_x0: bool = False) -> torch.Tensor:
-        """From noise (or an inverted latent) at t = T-1 to the image; ``clip_x0`` for sampling from noise
-        (keeps an imperfect model's trajectory inside the image range; never for counterfactual decoding,
-        which must retrace the inversion)."""
+        """From noise (or an inverted latent) at the sampler's first timestep to the image.
+
+        ``clip_x0`` is for sampling from noise (it keeps an imperfect model's trajectory inside the image
+        range); never for counterfactual decoding, which must retrace the inversion."""
         x = x_T
         for t, t_prev in self.pairs:
             x = self._step(x, self._eps(predict, x, t), source=t, target=t_prev, clip_x0=clip_x0)

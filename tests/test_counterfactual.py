@@ -47,7 +47,11 @@ def test_shared_abduction_equals_separate_runs(parts):
     """Several interventions from one abduction give exactly what separate abductions give."""
     cf = engine(parts, mode="dcfg", w_aff=2.5)
     interventions = [parse_intervention(CXR_SCHEMA, t) for t in ("do(sex=F)", "do(age=+10)", "do()")]
+    abductions = []
+    abduct = cf.abduct
+    cf.abduct = lambda *args: abductions.append(1) or abduct(*args)
     together = cf.run(images(), FACTUAL, interventions)
+    assert len(abductions) == 1, "one inversion serves every intervention"
     for intervention, shared in zip(interventions, together, strict=True):
         (alone,) = cf.run(images(), FACTUAL, [intervention])
         assert torch.equal(shared.images, alone.images)

@@ -50,6 +50,5 @@ def test_demo_weights_reconstruct_held_out_images(bundle):
         model, DiffusionConfig(**payload["diffusion"]), graph, GuidanceSettings(mode="none", steps=50)
     )
     (result,) = engine.run(images, factual, [parse_intervention(model.schema, "do()")])
-    assert result.attributes == factual, "the null intervention keeps every attribute"
     errors = ((result.images - images).abs() / 2).flatten(1).mean(1).numpy()
     assert np.mean(errors) <= RECONSTRUCTION_BAR, f"mean absolute error {np.mean(errors):.4f} per image: {errors}"

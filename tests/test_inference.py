@@ -16,7 +16,7 @@ from medcf.attributes import SchemaError
 from medcf.causal import CausalGraph
 from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
-from medcf.inference import InferenceRun, slug
+from medcf.inference import InferenceRun, output_folder, slug
 from medcf.interventions import InterventionError, parse_intervention
 from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
 from medcf.phantoms import write_phantom_dataset
@@ -47,17 +47,20 @@ def setup(tmp_path_factory):
     return root, data, cohort
 
 
-def run(setup, out, interventions=("do(sex=F)", "do(age=+10)"), size=32, **settings):
-    root, data, cohort = setup
+def run(
+    setup, out, interventions=("do(sex=F)", "do(age=+10)"), size=32, cohort=None, keep_identifiers=False, **settings
+):
+    root, data, default_cohort = setup
     return InferenceRun(
         data,
         out,
         root / "model.pt",
         root / "graph.json",
-        cohort,
+        cohort or default_cohort,
         ChestPreparer(size),
         list(interventions),
         GuidanceSettings(steps=4, **settings),
+        keep_identifiers=keep_identifiers,
         batch_size=2,
         progress=False,
     ).run()
@@ -136,12 +139,87 @@ def test_rerun_tries_rejected_rows_again(setup, tmp_path):
     assert (second["status"] == "ok").sum() == (first["status"] == "ok").sum() + 1
 
 
+def test_rerun_with_other_settings_makes_the_rows_again(setup, tmp_path):
+    """Rows made with other guidance are not skipped: the new run rewrites them with its own settings."""
+    run(setup, tmp_path / "out", interventions=("do(sex=F)",))
+    first = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    run(setup, tmp_path / "out", interventions=("do(sex=F)",), mode="cfg", weight=3.0)
+    second = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    assert len(second) == len(first) and set(second["settings"]).isdisjoint(first["settings"])
+    for row in second[second["status"] == "ok"].itertuples():
+        assert (
+            "guidance cfg: age+sex+race+disease w=3"
+            in pydicom.dcmread(tmp_path / "out" / row.dicom).DerivationDescription
+        )
+
+
+def test_a_bad_label_is_a_rejected_row_and_the_run_goes_on(setup, tmp_path):
+    root, data, cohort = setup
+    table = pd.read_csv(cohort)
+    table.loc[0, "race"] = "Purple"
+    broken = tmp_path / "broken.csv"
+    table.to_csv(broken, index=False)
+    run(setup, tmp_path / "out", interventions=("do(sex=F)",), cohort=broken)
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("source")
+    reason = manifest.loc[table["path"][0], "reason"]
+    assert manifest.loc[table["path"][0], "status"] == "rejected" and "race" in reason and "Purple" in reason
+    assert (manifest["status"] == "ok").sum() == len(table) - 1
+
+
+def test_a_killed_run_keeps_the_rows_of_finished_batches(setup, tmp_path, monkeypatch):
+    decode = InferenceRun._decode_batch
+    calls = []
+
+    def failing_second_batch(self, *args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return decode(self, *args)
+
+    monkeypatch.setattr(InferenceRun, "_decode_batch", failing_second_batch)
+    with pytest.raises(KeyboardInterrupt):
+        run(setup, tmp_path / "out", interventions=("do(sex=F)",))
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    made = manifest[manifest["status"] == "ok"]
+    assert len(made) == 2 and all((tmp_path / "out" / d).is_file() for d in made["dicom"])
+
+
+def test_outputs_and_tracking_do_not_show_source_paths_unless_identifiers_are_kept(setup, tmp_path):
+    """Source paths (which hold patient IDs in real layouts) stay out of output names, grids and MLflow."""
+    root, data, cohort = setup
+    run(setup, tmp_path / "out", interventions=("do(sex=F)",))
+    patients = {part for p in data.rglob("*.dcm") for part in p.relative_to(data).parts[:-1]}
+    written = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert written and not any(patient in name for name in written for patient in patients)
+    client = mlflow.MlflowClient()
+    (found,) = client.search_runs([client.get_experiment_by_name("medcf-inference").experiment_id])
+    tracked = Path(client.download_artifacts(found.info.run_id, "manifest.csv", str(tmp_path))).read_text()
+    assert not any(patient in tracked for patient in patients)
+    run(setup, tmp_path / "kept", interventions=("do(sex=F)",), keep_identifiers=True)
+    kept = [p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*.dcm")]
+    assert any(patient in name for name in kept for patient in patients)
+
+
+def test_output_folders_keep_uid_named_files_apart():
+    assert output_folder("p1/s2/1.2.840.55.3", keep_identifiers=True) == "p1/s2/1.2.840.55.3"
+    assert output_folder("p1/s2/image.dcm", keep_identifiers=True) == "p1/s2/image"
+    assert output_folder("p1/1.2.3", keep_identifiers=False) != output_folder("p1/1.2.4", keep_identifiers=False)
+    assert output_folder("p1/1.2.3", keep_identifiers=False).startswith("img-")
+
+
 def test_bad_settings_fail_clearly(setup, tmp_path):
     """An image size other than the model's, or an unknown attribute, stops with a clear message."""
     with pytest.raises(ValueError, match="prepared images are 64x64, the model was trained at 32x32"):
         run(setup, tmp_path / "a", size=64)
     with pytest.raises(InterventionError, match="unknown attribute 'colour'"):
         run(setup, tmp_path / "b", interventions=("do(colour=red)",))
+    with pytest.raises(ValueError, match=r"interventions: do\(sex=F\) given more than once"):
+        run(setup, tmp_path / "c", interventions=("do(sex=F)", "do( sex = F )"))
+    root, data, cohort = setup
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="dataset_dir: no input files under"):
+        InferenceRun(empty, tmp_path / "d", root / "model.pt", root / "graph.json", cohort, ChestPreparer(32), []).run()
 
 
 def test_a_model_for_other_attributes_or_channels_is_refused(setup, tmp_path):

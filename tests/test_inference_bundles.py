@@ -22,7 +22,8 @@ BUNDLES = {"cxr_counterfactual": "counterfactuals_cxr", "mammo_counterfactual": 
 def bundle_settings(bundle: str) -> dict:
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / "inference.yaml"))
-    return {key: parser.get_parsed_content(key) for key in ("interventions", "dataset_dir", "model_path", "guidance")}
+    keys = ("interventions", "dataset_dir", "model_path", "guidance", "inference#experiment")
+    return {key.split("#")[-1]: parser.get_parsed_content(key) for key in keys}
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
@@ -70,7 +71,7 @@ def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name(f"medcf-{BUNDLES[bundle].split('_')[1]}-inference")
+    experiment = client.get_experiment_by_name(settings["experiment"])
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
     assert run.data.params["guidance.mode"] == settings["guidance"]
@@ -81,4 +82,6 @@ def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
     artifacts = [a.path for a in client.list_artifacts(run.info.run_id)]
     grids = [a.path for a in client.list_artifacts(run.info.run_id, "grids")]
     assert "manifest.csv" in artifacts
+    tracked = Path(client.download_artifacts(run.info.run_id, "manifest.csv", str(tmp_path))).read_text()
+    assert not any(source in tracked for source in sources), "MLflow gets pseudonyms, not source paths"
     assert grids and all(g.endswith(".png") for g in grids)

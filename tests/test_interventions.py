@@ -59,13 +59,16 @@ class TestParsing:
             parse_intervention(CXR_SCHEMA, text)
         assert message in str(error.value) and "\n" not in str(error.value)
 
-    @given(st.text(max_size=40))
+    @given(st.one_of(st.text(max_size=40), st.text(max_size=40).map(lambda body: f"do({body})")))
     def test_arbitrary_text_never_crashes_or_evaluates(self, text):
-        """Any string either parses or raises InterventionError; calls and imports are never run."""
+        """Any string, with or without the do(...) wrapper, either parses into known attributes or raises a
+        one-line InterventionError; calls and imports are never run."""
         try:
-            parse_intervention(CXR_SCHEMA, text)
-        except InterventionError:
-            pass
+            parsed = parse_intervention(CXR_SCHEMA, text)
+        except InterventionError as error:
+            assert "\n" not in str(error)
+        else:
+            assert set(parsed.names) <= set(CXR_SCHEMA.names)
 
     def test_code_is_not_evaluated(self):
         """Python inside a value is just an unknown value."""

@@ -34,7 +34,7 @@ IDENTIFIERS = (
     "InstitutionName",
 )
 #: descriptive, non-identifying tags carried over from the source
-CARRIED = ("Modality", "BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality", "PatientOrientation")
+CARRIED = ("BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality", "PatientOrientation")
 
 
 def counterfactual_dataset(
