@@ -104,7 +104,7 @@ def main() -> None:
     for name, label, evals in (
         ("none", "conditional (no guidance)", timings["none_evals"]),
         ("cfg", "cfg, batched", timings["cfg_evals"]),
-        ("dcfg", "dcfg M = 2, batched (one forward per step)", timings["dcfg_evals"]),
+        ("dcfg", "dcfg M = 2, batched (an image's terms in one call)", timings["dcfg_evals"]),
         ("naive", "dcfg M = 2, naive (a forward per term)", timings["dcfg_evals"]),
     ):
         print(f"| {label} | {evals} | {timings[name] / args.batch:.3f} | {timings[name] / timings['cfg']:.2f}x |")

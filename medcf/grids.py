@@ -10,6 +10,19 @@ from pathlib import Path
 import numpy as np
 
 
+def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
+    """Save a matplotlib figure as a PNG atomically (a temporary file renamed into place) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(temporary, dpi=dpi)
+    plt.close(fig)
+    os.replace(temporary, path)
+    return path
+
+
 def counterfactual_grid(
     factual: Sequence[np.ndarray],
     counterfactuals: Mapping[str, Sequence[np.ndarray | None]],
@@ -53,10 +66,4 @@ def counterfactual_grid(
         axes[0, 1 + 2 * k].set_title(name, fontsize=7)
         axes[0, 2 + 2 * k].set_title("|difference| (0-0.25)", fontsize=7)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(temporary, dpi=110)
-    plt.close(fig)
-    os.replace(temporary, path)
-    return path
+    return save_figure(fig, path, dpi=110)

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
@@ -40,7 +41,7 @@ from medcf.interventions import Intervention, InterventionError, parse_intervent
 from medcf.model import load_checkpoint
 from medcf.prepare.base import PreparedImage, Preparer
 from medcf.prepare.cohort import CohortIndex
-from medcf.prepare.runner import discover_inputs
+from medcf.prepare.runner import discover_inputs, write_manifest
 
 MANIFEST = "manifest.csv"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -122,7 +123,7 @@ class InferenceRun:
         graph = CausalGraph.load(schema, self.graph_path)
         self._trained_size = tuple(payload.get("image_size") or ())
         interventions = [parse_intervention(schema, text) for text in self.interventions]
-        repeated = sorted({i.text for i in interventions if [j.text for j in interventions].count(i.text) > 1})
+        repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)
         if repeated:
             raise ValueError(f"interventions: {', '.join(repeated)} given more than once")
         engine = CounterfactualEngine(model, diffusion, graph, self.guidance)
@@ -179,7 +180,7 @@ class InferenceRun:
     def _fingerprint(self, model_sha256: str) -> str:
         """A short hash of everything that decides an output: a re-run only skips rows made with the same."""
         settings = {
-            "guidance": {**asdict(self.guidance), "per_attribute": dict(sorted(self.guidance.per_attribute.items()))},
+            "guidance": asdict(self.guidance),
             "model": model_sha256,
             "graph": file_sha256(self.graph_path),
             "preparer": self.preparer.settings(),
@@ -203,11 +204,8 @@ class InferenceRun:
     def _save_manifest(self, output_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
         """The earlier manifest updated with ``rows``, written atomically (rows of other interventions stay)."""
         merged = {**self._previous, **{(r["source"], r["intervention"]): r for r in rows}}
-        table = pd.DataFrame(sorted(merged.values(), key=lambda r: (r["source"], r["intervention"])))
-        temporary = output_dir / f".{MANIFEST}.tmp"
-        table.to_csv(temporary, index=False)
-        os.replace(temporary, output_dir / MANIFEST)
-        return table
+        ordered = sorted(merged.values(), key=lambda r: (r["source"], r["intervention"]))
+        return write_manifest(ordered, output_dir / MANIFEST, first=("source", "intervention", "status", "reason"))
 
     def _tracked_manifest(self, table: pd.DataFrame) -> pd.DataFrame:
         """The manifest as MLflow gets it: source paths replaced by their pseudonyms unless identifiers are kept."""
@@ -293,6 +291,7 @@ class InferenceRun:
         factual = [attributes for _, _, attributes in batch]
         latents = engine.abduct(images, factual)
         rows, evaluations = [], len(batch) * len(engine.sampler.timesteps)
+        factual_displays = [_unit(image) for image in images[:, 0].numpy()]
         shown: dict[str, list[np.ndarray | None]] = {}
         for intervention in interventions:
             members = []
@@ -311,18 +310,16 @@ class InferenceRun:
             evaluations += result.network_evaluations * len(members)
             shown[intervention.text] = [None] * len(batch)
             for position, k in enumerate(members):
-                counterfactual = result.images[position, 0].cpu().numpy()
-                shown[intervention.text][k] = _unit(counterfactual)
+                display = _unit(result.images[position, 0].cpu().numpy())
+                shown[intervention.text][k] = display
+                source = batch[k][0]
                 rows.append(
-                    self._write(
-                        batch[k][0], intervention, images[k, 0].numpy(), counterfactual, result, position, dataset_dir
-                    )
+                    self._write(source, intervention, factual_displays[k], display, result, position, dataset_dir)
                 )
         if shown:
             names = [output_folder(source, self.keep_identifiers) for source, _, _ in batch]
             grid = self._grid_folder / f"batch_{len(self._grids):03d}.png"
-            factual_images = [_unit(images[k, 0].numpy()) for k in range(len(batch))]
-            self._grids.append(counterfactual_grid(factual_images, shown, grid, names))
+            self._grids.append(counterfactual_grid(factual_displays, shown, grid, names))
         return rows, evaluations, time.perf_counter() - started
 
     def _write(
@@ -330,18 +327,18 @@ class InferenceRun:
         source: str,
         intervention: Intervention,
         factual: np.ndarray,
-        counterfactual: np.ndarray,
+        display: np.ndarray,
         result: CounterfactualBatch,
         position: int,
         dataset_dir: Path,
     ) -> dict[str, Any]:
-        """Write one counterfactual's DICOM, previews (and NIfTI); its manifest row."""
+        """Write one counterfactual's DICOM, previews (and NIfTI); its manifest row. ``factual`` and ``display``
+        (the counterfactual) are on the [0, 1] display scale."""
         relative = output_folder(source, self.keep_identifiers)
         folder = Path(self.output_dir) / relative
         folder.mkdir(parents=True, exist_ok=True)
         name = slug(intervention)
-        display = _unit(counterfactual)
-        difference = np.abs(display - _unit(factual))
+        difference = np.abs(display - factual)
         g = self.guidance
         description = (
             f"medcf {intervention.text}; guidance {g.mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
@@ -350,7 +347,7 @@ class InferenceRun:
         write_counterfactual(
             dataset_dir / source, display, folder / f"{name}.dcm", description, intervention.text, self.keep_identifiers
         )
-        _save_png(np.concatenate([_unit(factual), display, difference], axis=1), folder / f"{name}.png")
+        _save_png(np.concatenate([factual, display, difference], axis=1), folder / f"{name}.png")
         _save_png(difference / max(float(difference.max()), 1e-6), folder / f"{name}_diff.png", cmap="magma")
         if self.nifti:
             import nibabel

@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from medcf.attributes import Attribute, AttributeValue  # noqa: E402
+from medcf.grids import save_figure  # noqa: E402
 from medcf.phantoms.scm import Phantom, Subject  # noqa: E402
 
 
@@ -61,11 +62,7 @@ def preview_grid(phantom: Phantom, subjects: list[Subject], size: int, path: str
             ax.set_title(title, fontsize=7)
             ax.set_axis_off()
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, dpi=110)
 
 
 def preview_subjects(phantom: Phantom, rows: int, seed: int) -> list[Subject]:

@@ -21,7 +21,7 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -225,13 +225,16 @@ def read_journal(output_dir: Path) -> list[dict[str, Any]]:
     return records
 
 
-def write_manifest(records: list[dict[str, Any]], path: Path) -> None:
+def write_manifest(
+    records: list[dict[str, Any]], path: Path, first: Sequence[str] = ("source", "status", "reason", "output")
+) -> pd.DataFrame:
+    """Write a manifest CSV atomically: the ``first`` columns, then the others sorted by name."""
     table = pd.DataFrame(records)
-    first = ["source", "status", "reason", "output"]
-    table = table[first + sorted(c for c in table.columns if c not in first)]
+    table = table[list(first) + sorted(c for c in table.columns if c not in first)]
     temporary = path.with_name(f".{path.name}.tmp")
     table.to_csv(temporary, index=False)
     os.replace(temporary, path)
+    return table
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -261,6 +264,8 @@ def write_preview(records: list[dict[str, Any]], output_dir: Path, count: int = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from medcf.grids import save_figure
+
     columns = min(8, len(outputs))
     rows = (len(outputs) + columns - 1) // columns
     fig, axes = plt.subplots(rows, columns, figsize=(1.6 * columns, 1.6 * rows), squeeze=False)
@@ -269,8 +274,7 @@ def write_preview(records: list[dict[str, Any]], output_dir: Path, count: int = 
     for ax, output in zip(axes.flat, outputs, strict=False):
         ax.imshow(np.load(output_dir / output)[0], cmap="gray", vmin=-1, vmax=1)
     fig.tight_layout()
-    fig.savefig(output_dir / "preview.png", dpi=90)
-    plt.close(fig)
+    save_figure(fig, output_dir / "preview.png", dpi=90)
 
 
 def _write_json(payload: dict[str, Any], path: Path) -> None:

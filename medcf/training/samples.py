@@ -16,7 +16,8 @@ import torch
 
 from medcf.attributes import AttributeSchema
 from medcf.conditioning import encode_attributes
-from medcf.guidance import GuidedDenoiser, guidance_plan
+from medcf.grids import save_figure
+from medcf.guidance import GuidedDenoiser, default_max_rows, guidance_plan
 from medcf.model import CounterfactualUNet
 from medcf.sampling import DDIMSampler
 
@@ -57,7 +58,8 @@ def conditional_samples(
     noise = torch.randn((1, model.config.in_channels, *size), generator=generator).to(device)
     noise = noise.expand(len(rows), -1, -1, -1).contiguous()
     mode = "none" if guidance_weight == 1.0 else "cfg"
-    denoiser = GuidedDenoiser(model, attributes, guidance_plan(model.schema, mode, weight=guidance_weight))
+    plan = guidance_plan(model.schema, mode, weight=guidance_weight)
+    denoiser = GuidedDenoiser(model, attributes, plan, default_max_rows(device))
     was_training = model.training
     model.eval()
     samples = DDIMSampler(alphas_cumprod, prediction_type, steps).decode(denoiser, noise, clip_x0=True)
@@ -85,11 +87,7 @@ def save_sweep_grid(sweeps: Mapping[str, torch.Tensor], labels: Mapping[str, Seq
             axes[2 * line + 1, k].imshow(np.abs(image - images[0]), cmap="magma", vmin=0, vmax=0.25)
         axes[2 * line + 1, 0].set_title("|difference| (0-0.25)", fontsize=6)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)
 
 
 class SampleGridWriter:
@@ -120,18 +118,17 @@ class SampleGridWriter:
         self.alphas_cumprod = diffusion.alphas_cumprod()
 
     def __call__(self, epoch: int, folder: Path) -> Path:
-        samples = {
-            name: conditional_samples(
-                self.model,
-                self.alphas_cumprod,
-                self.diffusion.prediction_type,
-                rows,
-                self.steps,
-                self.seed,
-                self.size,  # type: ignore[arg-type]
-                self.guidance_weight,
-            )
-            for name, rows in self.sweeps.items()
-        }
+        rows = [row for sweep in self.sweeps.values() for row in sweep]
+        drawn = conditional_samples(
+            self.model,
+            self.alphas_cumprod,
+            self.diffusion.prediction_type,
+            rows,
+            self.steps,
+            self.seed,
+            self.size,  # type: ignore[arg-type]
+            self.guidance_weight,
+        )  # every sweep in one batch: all rows share the starting noise anyway
+        samples = dict(zip(self.sweeps, drawn.split([len(s) for s in self.sweeps.values()]), strict=True))
         labels = {name: [str(row[name]) for row in rows] for name, rows in self.sweeps.items()}
         return save_sweep_grid(samples, labels, Path(folder) / f"samples_epoch{epoch:04d}.png")
