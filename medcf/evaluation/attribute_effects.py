@@ -1,7 +1,7 @@
 """Attribute effect maps: does the model change the image where, and the way, the phantom does?
 
     python -m medcf.evaluation.attribute_effects --model MODEL.pt --phantom cxr|mammo [--seeds 16]
-        [--steps 25] [--guidance-weight 1] [--figure effects.png]
+        [--steps 25] [--subjects 64] [--guidance-weight 1] [--figure effects.png]
 
 For each attribute, the contrast is its sweep's first value against its last (age 18 -> 95, sex M -> F,
 density A -> D, ...) with every other attribute at the sweep base of
@@ -11,8 +11,8 @@ density A -> D, ...) with every other attribute at the sweep base of
   both drawn from the same noise. One pair of samples also differs wherever the two DDIM trajectories
   part ways; averaging over noises keeps what the attribute changes every time, so small local effects
   (a costophrenic effusion, a skin marker) show.
-- The phantom's effect map is the mean, over as many phantom subjects, of the exact counterfactual
-  difference under the same two interventions.
+- The phantom's effect map is the mean, over ``subjects`` phantom subjects (cheap: no sampling), of the
+  exact counterfactual difference under the same two interventions.
 
 Agreement is the Pearson correlation of the two maps and the ratio of their mean absolute sizes. An
 attribute with no mechanism in the phantom (a zero map) gets no correlation; its model size is then the
@@ -67,7 +67,7 @@ def model_effect_maps(
     return {name: mean[2 * k + 1] - mean[2 * k] for k, name in enumerate(contrasts)}
 
 
-def true_effect_maps(phantom: Phantom, subjects: int = 16, size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+def true_effect_maps(phantom: Phantom, subjects: int = 64, size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     """attribute -> mean over ``subjects`` phantom subjects of the exact counterfactual difference
     render(do(last)) - render(do(first)) on the [-1, 1] scale, shape (size, size)."""
     drawn = phantom.sample(subjects, np.random.default_rng(seed))
@@ -137,6 +137,7 @@ def evaluate(
     steps: int = 25,
     guidance_weight: float = 1.0,
     figure: str | Path | None = None,
+    subjects: int = 64,
 ) -> dict[str, Any]:
     """Effect maps of a medcf model file against its phantom; optionally saves the figure."""
     phantom = make_phantom(phantom_kind)
@@ -146,13 +147,14 @@ def evaluate(
         raise SchemaError(f"image_size: the phantom renders square images, the model draws {size}")
     diffusion = DiffusionConfig(**payload["diffusion"])
     model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight)  # type: ignore[arg-type]
-    true_maps = true_effect_maps(phantom, seeds, size[0])
+    true_maps = true_effect_maps(phantom, subjects, size[0])
     agreement = effect_agreement(model_maps, true_maps)
     if figure is not None:
         contrasts = effect_contrasts(phantom.schema)
         labels = {name: f"{name}: {first[name]} -> {last[name]}" for name, (first, last) in contrasts.items()}
         save_effect_grid(true_maps, model_maps, agreement, labels, figure)
-    return {"seeds": seeds, "steps": steps, "guidance_weight": guidance_weight, "attributes": agreement}
+    settings = {"seeds": seeds, "steps": steps, "subjects": subjects, "guidance_weight": guidance_weight}
+    return {**settings, "attributes": agreement}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -161,15 +163,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--model", required=True, help="medcf model file (models/model.pt)")
     parser.add_argument("--phantom", required=True, choices=("cxr", "mammo"), help="the phantom the model learnt")
-    parser.add_argument("--seeds", type=int, default=16, help="starting noises (and phantom subjects) to average")
+    parser.add_argument("--seeds", type=int, default=16, help="starting noises to average the model's map over")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
+    parser.add_argument("--subjects", type=int, default=64, help="phantom subjects to average the truth over")
     parser.add_argument("--guidance-weight", type=float, default=1.0, help="CFG weight (1: plain conditional)")
     parser.add_argument("--figure", help="PNG to write the phantom and model maps to")
     args = parser.parse_args(argv)
-    if args.seeds < 1 or args.steps < 1:
-        parser.error("--seeds and --steps must be at least 1")
+    if min(args.seeds, args.steps, args.subjects) < 1:
+        parser.error("--seeds, --steps and --subjects must be at least 1")
     try:
-        result = evaluate(args.model, args.phantom, args.seeds, args.steps, args.guidance_weight, args.figure)
+        result = evaluate(
+            args.model, args.phantom, args.seeds, args.steps, args.guidance_weight, args.figure, args.subjects
+        )
     except (ValueError, OSError) as error:
         print(f"medcf.evaluation.attribute_effects: error: {error}", file=sys.stderr)
         return 2
