@@ -65,7 +65,7 @@ LEARNT_ATTRIBUTES = {
 def test_demo_weights_draw_the_phantom_effects_of_their_main_attributes(bundle):
     """Averaged over four starting noises, what sex/race (chest) and density/view (mammogram) change in a
     sample matches where and how the phantom changes it: effect-map correlation above 0.4 (an unconditional
-    model scores about 0; the model cards give the 16-noise figures)."""
+    model draws no effect at all; the model cards give the 16-noise figures)."""
     models = REPO / "bundles" / bundle / "models"
     if not (models / "model.pt").is_file():
         pytest.skip(f"{bundle} has no demo weights (models/model.pt) yet")

@@ -22,7 +22,6 @@ spurious effect. Maps are on the model's [-1, 1] scale.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,8 +30,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcf.attributes import SchemaError
+from medcf.attributes import AttributeSchema, SchemaError
 from medcf.diffusion import DiffusionConfig
+from medcf.evaluation.report import report
 from medcf.grids import save_figure
 from medcf.model import CounterfactualUNet, load_checkpoint
 from medcf.phantoms.dataset import make_phantom
@@ -40,7 +40,7 @@ from medcf.phantoms.scm import Phantom
 from medcf.training.samples import attribute_sweeps, conditional_samples
 
 
-def effect_contrasts(schema: Any) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def effect_contrasts(schema: AttributeSchema) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """attribute -> (first, last) rows of its sweep: the two attribute settings an effect map compares."""
     return {name: (rows[0], rows[-1]) for name, rows in attribute_sweeps(schema).items()}
 
@@ -57,10 +57,10 @@ def model_effect_maps(
     """attribute -> mean over ``seeds`` noises of sample(last) - sample(first), shape (H, W)."""
     contrasts = effect_contrasts(model.schema)
     rows = [row for pair in contrasts.values() for row in pair]
-    total = torch.zeros((len(rows), *size))
+    alphas_cumprod, total = diffusion.alphas_cumprod(), torch.zeros((len(rows), *size))
     for seed in range(seeds):  # every contrast of a seed in one batch: all rows share that seed's noise
         samples = conditional_samples(
-            model, diffusion.alphas_cumprod(), diffusion.prediction_type, rows, steps, seed, size, guidance_weight
+            model, alphas_cumprod, diffusion.prediction_type, rows, steps, seed, size, guidance_weight
         )
         total += samples[:, 0].cpu()
     mean = (total / seeds).numpy()
@@ -84,8 +84,8 @@ def true_effect_maps(phantom: Phantom, subjects: int = 64, size: int = 64, seed:
 def effect_agreement(
     model_maps: Mapping[str, np.ndarray], true_maps: Mapping[str, np.ndarray]
 ) -> dict[str, dict[str, float | None]]:
-    """attribute -> correlation of the maps (None where the true map is zero), their mean absolute sizes and
-    the size ratio model/true (None where the true map is zero)."""
+    """attribute -> correlation of the maps (None where either map is constant: no effect to correlate),
+    their mean absolute sizes and the size ratio model/true (None where the true map is zero)."""
     agreement = {}
     for name, true_map in true_maps.items():
         model_map = model_maps[name]
@@ -142,11 +142,12 @@ def evaluate(
     """Effect maps of a medcf model file against its phantom; optionally saves the figure."""
     phantom = make_phantom(phantom_kind)
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
-    size = tuple(payload.get("image_size", (64, 64)))
-    if size[0] != size[1]:
+    height, width = payload.get("image_size", (64, 64))
+    size = (int(height), int(width))
+    if height != width:
         raise SchemaError(f"image_size: the phantom renders square images, the model draws {size}")
     diffusion = DiffusionConfig(**payload["diffusion"])
-    model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight)  # type: ignore[arg-type]
+    model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight)
     true_maps = true_effect_maps(phantom, subjects, size[0])
     agreement = effect_agreement(model_maps, true_maps)
     if figure is not None:
@@ -171,15 +172,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.seeds, args.steps, args.subjects) < 1:
         parser.error("--seeds, --steps and --subjects must be at least 1")
-    try:
-        result = evaluate(
+    return report(
+        parser.prog,
+        lambda: evaluate(
             args.model, args.phantom, args.seeds, args.steps, args.guidance_weight, args.figure, args.subjects
-        )
-    except (ValueError, OSError) as error:
-        print(f"medcf.evaluation.attribute_effects: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+        ),
+    )
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ model works in). For an exact Gaussian model and the linear schedule, 50-step in
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from medcf.diffusion import DiffusionConfig
+from medcf.evaluation.report import report
 from medcf.model import CounterfactualUNet, load_checkpoint
 from medcf.sampling import DDIMSampler
 from medcf.training.data import manifest_items
@@ -84,13 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
     args = parser.parse_args(argv)
-    try:
-        result = evaluate(args.model, args.manifest, args.split, args.count, args.steps)
-    except (ValueError, OSError) as error:
-        print(f"medcf.evaluation.reconstruction: error: {error}", file=sys.stderr)
-        return 2
-    print(json.dumps(result, indent=2))
-    return 0
+    return report(parser.prog, lambda: evaluate(args.model, args.manifest, args.split, args.count, args.steps))
 
 
 if __name__ == "__main__":

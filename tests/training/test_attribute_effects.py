@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 from medcf.diffusion import DiffusionConfig
@@ -15,23 +14,11 @@ from medcf.evaluation.attribute_effects import (
     model_effect_maps,
     true_effect_maps,
 )
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.model import save_checkpoint
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.dataset import make_phantom
 
-TINY = ModelConfig(channels=(8, 16), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
-
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def conditioned_tiny_model() -> CounterfactualUNet:
-    """A tiny model whose output depends on its condition (MONAI zero-initialises the output layers)."""
-    torch.manual_seed(0)
-    model = CounterfactualUNet(CXR_SCHEMA, TINY)
-    for parameter in model.parameters():
-        if not parameter.detach().any():
-            parameter.data.normal_(0, 0.05)
-    return model.eval()
 
 
 def test_contrasts_compare_the_ends_of_each_sweep():
@@ -62,10 +49,10 @@ def test_agreement_scores_identical_opposite_and_absent_effects():
     assert opposite["a"]["correlation"] == pytest.approx(-1.0)
 
 
-def test_model_maps_vanish_without_a_condition_and_average_over_seeds():
+def test_model_maps_vanish_without_a_condition_and_average_over_seeds(conditioned_tiny_model):
     """Unconditional sampling (weight 0) cannot tell the two ends apart: every map is exactly zero. With the
     condition the maps are non-zero, and a two-seed map is the mean of the two one-seed maps."""
-    model, diffusion = conditioned_tiny_model(), DiffusionConfig()
+    model, diffusion = conditioned_tiny_model, DiffusionConfig()
     unconditional = model_effect_maps(model, diffusion, seeds=2, steps=3, size=(16, 16), guidance_weight=0.0)
     assert set(unconditional) == set(CXR_SCHEMA.names)
     assert all(np.abs(m).max() == 0 for m in unconditional.values())
@@ -76,10 +63,10 @@ def test_model_maps_vanish_without_a_condition_and_average_over_seeds():
     assert not np.allclose(second_only, one["sex"]), "both seeds drew the same noise"
 
 
-def test_command_line_writes_json_and_figure_and_refuses_a_foreign_schema(tmp_path, capsys):
+def test_command_line_writes_json_and_figure_and_refuses_a_foreign_schema(conditioned_tiny_model, tmp_path, capsys):
     """The CLI reports every attribute and draws the figure; a chest model is refused for the mammogram
     phantom with a message naming the schemas."""
-    model = conditioned_tiny_model()
+    model = conditioned_tiny_model
     save_checkpoint(tmp_path / "model.pt", model, DiffusionConfig().to_dict(), image_size=[16, 16])
     figure = tmp_path / "effects.png"
     args = ["--model", str(tmp_path / "model.pt"), "--seeds", "1", "--steps", "2", "--figure", str(figure)]

@@ -4,20 +4,8 @@ import torch
 from PIL import Image
 
 from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, ModelConfig
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.training.samples import SampleGridWriter, attribute_sweeps, conditional_samples
-
-TINY = ModelConfig(channels=(8, 16), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
-
-
-def tiny_model() -> CounterfactualUNet:
-    torch.manual_seed(0)
-    model = CounterfactualUNet(CXR_SCHEMA, TINY)
-    for parameter in model.parameters():  # MONAI zero-initialises output layers: the condition would not matter
-        if not parameter.detach().any():
-            parameter.data.normal_(0, 0.05)
-    return model.eval()
 
 
 def test_sweeps_vary_one_attribute_around_a_shared_base():
@@ -31,8 +19,10 @@ def test_sweeps_vary_one_attribute_around_a_shared_base():
                 assert len({row[other] for row in rows}) == 1, f"{other} varies in the {name} sweep"
 
 
-def test_unconditional_weight_ignores_attributes_and_conditional_sampling_does_not(one_torch_thread):
-    model, config = tiny_model(), DiffusionConfig()
+def test_unconditional_weight_ignores_attributes_and_conditional_sampling_does_not(
+    conditioned_tiny_model, one_torch_thread
+):
+    model, config = conditioned_tiny_model, DiffusionConfig()
     rows = attribute_sweeps(CXR_SCHEMA)["sex"]
     args = (model, config.alphas_cumprod(), config.prediction_type, rows, 4, 0, (16, 16))
     unconditional = conditional_samples(*args, guidance_weight=0.0)
@@ -42,8 +32,8 @@ def test_unconditional_weight_ignores_attributes_and_conditional_sampling_does_n
     assert conditional.abs().max() <= 1.0
 
 
-def test_writer_draws_one_row_pair_per_attribute(tmp_path, one_torch_thread):
-    writer = SampleGridWriter(tiny_model(), DiffusionConfig(), image_size=16, steps=2, guidance_weight=2.0)
+def test_writer_draws_one_row_pair_per_attribute(conditioned_tiny_model, tmp_path, one_torch_thread):
+    writer = SampleGridWriter(conditioned_tiny_model, DiffusionConfig(), image_size=16, steps=2, guidance_weight=2.0)
     path = writer(3, tmp_path)
     assert path.name == "samples_epoch0003.png"
     width, height = Image.open(path).size
