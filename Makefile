@@ -33,7 +33,7 @@ phantoms: venv
 
 test: venv
 	$(BIN)/ruff check medcf data_prep tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) mlflow.db mlruns

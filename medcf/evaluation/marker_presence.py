@@ -45,7 +45,9 @@ def marker_template(phantom: Phantom, size: int = 64, subjects: int = 64, half_w
     each centred on its centre of mass (markers too near the border are skipped), averaged."""
     crops = []
     for subject in phantom.sample(subjects, np.random.default_rng(0)):
-        marker = phantom.true_counterfactual(subject, WITH, size)[1] - phantom.true_counterfactual(subject, WITHOUT, size)[1]
+        marker = (
+            phantom.true_counterfactual(subject, WITH, size)[1] - phantom.true_counterfactual(subject, WITHOUT, size)[1]
+        )
         if marker.max() <= 0:
             continue
         row, col = (int(round(c)) for c in ndimage.center_of_mass(np.clip(marker, 0, None)))
@@ -119,7 +121,9 @@ def evaluate(
     template = marker_template(phantom, height)
     drawn = phantom.sample(subjects, np.random.default_rng(1))
     truth = phantom_pairs(phantom, drawn, height)
-    samples = model_pairs(model, DiffusionConfig(**payload["diffusion"]), drawn, steps, (height, width), guidance_weight)
+    samples = model_pairs(
+        model, DiffusionConfig(**payload["diffusion"]), drawn, steps, (height, width), guidance_weight
+    )
     settings = {"subjects": subjects, "steps": steps, "guidance_weight": guidance_weight}
     return {
         **settings,

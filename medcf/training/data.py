@@ -7,9 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
-from monai.data import CacheDataset
+import torch
+from monai.data import CacheDataset, DistributedSampler, DistributedWeightedRandomSampler
 from monai.transforms import LoadImaged
+from torch.utils.data import Sampler, WeightedRandomSampler
 
 from medcf.attributes import AttributeSchema, SchemaError
 from medcf.conditioning import encode_attributes
@@ -61,6 +64,43 @@ def prepared_dataset(
         num_workers=num_workers,
         progress=False,
     )
+
+
+def balancing_weights(dataset: CacheDataset, schema: AttributeSchema, attribute: str) -> np.ndarray:
+    """Per-item weights 1 / (number of items sharing its value of the categorical ``attribute``): a sampler
+    drawing with them gives every value that occurs the same share of the draws."""
+    if attribute not in schema.names:
+        raise SchemaError(f"balance: {attribute!r} is not an attribute of the schema ({', '.join(schema.names)})")
+    if schema[attribute].kind != "categorical":
+        raise SchemaError(f"balance: {attribute!r} is continuous; only a categorical attribute can be balanced")
+    column = schema.names.index(attribute)
+    codes = np.array([int(item["attributes"][column]) for item in dataset.data])
+    return 1.0 / np.bincount(codes)[codes]
+
+
+def training_sampler(
+    dataset: CacheDataset,
+    schema: AttributeSchema,
+    balance: str | None = None,
+    seed: int = 0,
+    distributed: bool = False,
+    num_replicas: int | None = None,
+    rank: int | None = None,
+) -> Sampler | None:
+    """The training sampler: None (the loader shuffles) or, with ``distributed``, a shard per process; with
+    ``balance``, draws (with replacement) that give every value of that categorical attribute an equal
+    share. Weighting by the condition leaves each p(image | condition) the model learns unchanged; a rare
+    value (a skin marker on a quarter of the images) just gets as many gradient steps as a common one. The
+    unconditional (dropped-condition) branch then learns the balanced mix instead of the data's.
+    ``num_replicas`` and ``rank`` default to the initialised process group's."""
+    shard = {"num_replicas": num_replicas, "rank": rank}
+    generator = torch.Generator().manual_seed(seed)
+    if balance is None:
+        return DistributedSampler(dataset, even_divisible=True, shuffle=True, **shard) if distributed else None
+    weights = balancing_weights(dataset, schema, balance)
+    if distributed:
+        return DistributedWeightedRandomSampler(dataset, weights.tolist(), generator=generator, **shard)
+    return WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=generator)
 
 
 def phantom_training_set(

@@ -46,7 +46,11 @@ def test_every_phantom_marker_is_told_apart_and_unmarked_images_are_not(mammo):
 def test_samples_without_the_condition_cannot_show_the_marker(conditioned_tiny_mammo_model, mammo):
     """Unconditional sampling (weight 0) draws the same image with and without the marker: AUC exactly 0.5
     and no pair where the marked one scores higher; with the condition the two samples differ."""
-    model, diffusion, subjects = conditioned_tiny_mammo_model, DiffusionConfig(), mammo.sample(4, np.random.default_rng(0))
+    model, diffusion, subjects = (
+        conditioned_tiny_mammo_model,
+        DiffusionConfig(),
+        mammo.sample(4, np.random.default_rng(0)),
+    )
     marked, unmarked = model_pairs(model, diffusion, subjects, steps=2, size=(32, 32), guidance_weight=0.0, per_noise=2)
     assert marked.shape == (4, 32, 32) and np.array_equal(marked, unmarked)
     template = marker_template(mammo, size=32, subjects=8)

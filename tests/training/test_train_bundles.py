@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 from monai.bundle import ConfigParser
+from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from medcf.causal import CausalGraph
 from medcf.model import load_checkpoint
@@ -147,20 +148,16 @@ def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path, manifests):
     assert (tmp_path / "out" / "model.pt").is_file()
 
 
-def test_distributed_sampler_shards_are_disjoint_and_complete(manifests):
-    """The multi-GPU config's sampler gives the two ranks disjoint shards covering the training set."""
-    shards = []
-    for rank in (0, 1):
+def test_balance_switches_the_loader_from_shuffling_to_balanced_draws(manifests):
+    """--balance marker makes the loader draw through a weighted sampler (the loader no longer shuffles);
+    the default keeps plain shuffling. The sampler itself: tests/training/test_training_sampler.py."""
+    for balance, expected in ((None, type(None)), ("marker", WeightedRandomSampler)):
         parser = ConfigParser()
-        parser.read_config(
-            [config("cxr_counterfactual", "train.yaml"), config("cxr_counterfactual", "multi_gpu_train.yaml")]
-        )
-        parser["manifest"] = str(manifests["cxr"])
-        parser["train#sampler#num_replicas"], parser["train#sampler#rank"] = 2, rank
-        shards.append(set(parser.get_parsed_content("train#sampler")))
-    size = len(pd.read_csv(manifests["cxr"]).query("status == 'ok' and split == 'train'"))
-    assert len(shards[0] & shards[1]) <= size % 2  # even_divisible repeats one index only when the size is odd
-    assert shards[0] | shards[1] == set(range(size))
+        parser.read_config(config("mammo_counterfactual", "train.yaml"))
+        parser["manifest"], parser["balance"] = str(manifests["mammo"]), balance
+        loader = parser.get_parsed_content("train#dataloader")
+        assert isinstance(parser.get_parsed_content("train#sampler"), expected)
+        assert isinstance(loader.sampler, RandomSampler if balance is None else WeightedRandomSampler)
 
 
 @pytest.mark.parametrize("bundle", ["cxr_counterfactual", "mammo_counterfactual"])
