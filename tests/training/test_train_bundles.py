@@ -125,8 +125,10 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
     assert min(steps) > first["iteration"]
 
 
-def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path, manifests):
-    """`torchrun --nproc_per_node=2` (gloo on CPU): each rank runs half the iterations of an epoch."""
+@pytest.mark.parametrize("balance", [None, "disease"])
+def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path, manifests, balance):
+    """`torchrun --nproc_per_node=2` (gloo on CPU): each rank runs half the iterations of an epoch, with plain
+    shards and with --balance (weighted draws within each rank's shard, as many as the shard holds)."""
     result = train(
         "cxr_counterfactual",
         tmp_path,
@@ -138,6 +140,7 @@ def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path, manifests):
         "1",
         "--output_dir",
         str(tmp_path / "out"),
+        *(["--balance", balance] if balance else []),
         nproc=2,
     )
     assert result.returncode == 0, result.stderr[-3000:]
