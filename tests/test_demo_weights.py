@@ -12,6 +12,7 @@ from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.attribute_effects import evaluate as evaluate_effects
+from medcf.evaluation.marker_presence import evaluate as evaluate_marker
 from medcf.interventions import parse_intervention
 from medcf.model import load_checkpoint
 from medcf.prepare.cohort import CohortIndex
@@ -73,3 +74,15 @@ def test_demo_weights_draw_the_phantom_effects_of_their_main_attributes(bundle):
     result = evaluate_effects(models / "model.pt", kind, seeds=4, steps=10)["attributes"]
     for name in attributes:
         assert result[name]["correlation"] > 0.4, f"{name}: {result[name]}"
+
+
+def test_demo_mammogram_weights_draw_the_skin_marker():
+    """Twelve phantom subjects sampled with and without the marker (10 DDIM steps, guidance 3): most marked
+    samples show a stronger ring than their unmarked twins (an unconditional model: none; measured 12 of
+    12) and the ring scores separate (AUC measured 0.76; the phantom's own images: 1.0)."""
+    model = REPO / "bundles" / "mammo_counterfactual" / "models" / "model.pt"
+    if not model.is_file():
+        pytest.skip("mammo_counterfactual has no demo weights (models/model.pt) yet")
+    result = evaluate_marker(model, subjects=12, steps=10, guidance_weight=3.0)
+    assert result["phantom"]["auc"] == 1.0
+    assert result["model"]["paired_fraction"] >= 0.75 and result["model"]["auc"] > 0.6, result["model"]
