@@ -2,6 +2,7 @@
 #   make demo   creates .venv when missing, installs medcf, runs the main job on the embedded default:
 #               counterfactual inference of both bundles on their sample DICOMs with the demo weights
 #   make test   creates .venv when missing, installs medcf with its test extra, runs lint and the test suite
+#               (two pytest workers with one torch thread each: two 2-thread workers on 2 cores run slower than one)
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
@@ -33,7 +34,7 @@ phantoms: venv
 
 test: venv
 	$(BIN)/ruff check medcf data_prep tests benchmarks
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=10
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) mlflow.db mlruns
