@@ -130,6 +130,14 @@ def save_effect_grid(
     return save_figure(fig, path, dpi=100)
 
 
+def square_image_size(payload: Mapping[str, Any]) -> tuple[int, int]:
+    """The (H, W) a model file was trained at (64 x 64 when unrecorded); phantoms render square images only."""
+    height, width = (int(n) for n in payload.get("image_size", (64, 64)))
+    if height != width:
+        raise SchemaError(f"image_size: the phantom renders square images, the model draws {(height, width)}")
+    return height, width
+
+
 def evaluate(
     model_path: str | Path,
     phantom_kind: str,
@@ -142,10 +150,7 @@ def evaluate(
     """Effect maps of a medcf model file against its phantom; optionally saves the figure."""
     phantom = make_phantom(phantom_kind)
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
-    height, width = payload.get("image_size", (64, 64))
-    size = (int(height), int(width))
-    if height != width:
-        raise SchemaError(f"image_size: the phantom renders square images, the model draws {size}")
+    size = square_image_size(payload)
     diffusion = DiffusionConfig(**payload["diffusion"])
     model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight)
     true_maps = true_effect_maps(phantom, subjects, size[0])

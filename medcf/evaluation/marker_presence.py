@@ -31,6 +31,7 @@ import torch
 from scipy import ndimage, stats
 
 from medcf.diffusion import DiffusionConfig
+from medcf.evaluation.attribute_effects import square_image_size
 from medcf.evaluation.report import report
 from medcf.model import CounterfactualUNet, load_checkpoint
 from medcf.phantoms.dataset import make_phantom
@@ -44,10 +45,8 @@ def marker_template(phantom: Phantom, size: int = 64, subjects: int = 64, half_w
     """The phantom's marker as a zero-mean (2 * half_width + 1)^2 filter: rendered marker differences,
     each centred on its centre of mass (markers too near the border are skipped), averaged."""
     crops = []
-    for subject in phantom.sample(subjects, np.random.default_rng(0)):
-        marker = (
-            phantom.true_counterfactual(subject, WITH, size)[1] - phantom.true_counterfactual(subject, WITHOUT, size)[1]
-        )
+    marked, unmarked = phantom_pairs(phantom, phantom.sample(subjects, np.random.default_rng(0)), size)
+    for marker in marked - unmarked:
         if marker.max() <= 0:
             continue
         row, col = (int(round(c)) for c in ndimage.center_of_mass(np.clip(marker, 0, None)))
@@ -77,11 +76,10 @@ def separation(with_marker: np.ndarray, without_marker: np.ndarray) -> dict[str,
 
 def phantom_pairs(phantom: Phantom, subjects: Sequence[Subject], size: int) -> tuple[np.ndarray, np.ndarray]:
     """(with, without) exact counterfactual images of ``subjects``, each (N, size, size)."""
-    pairs = [
-        (phantom.true_counterfactual(s, WITH, size)[1], phantom.true_counterfactual(s, WITHOUT, size)[1])
-        for s in subjects
-    ]
-    return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+    marked, unmarked = (
+        np.stack([phantom.true_counterfactual(subject, do, size)[1] for subject in subjects]) for do in (WITH, WITHOUT)
+    )
+    return marked, unmarked
 
 
 @torch.no_grad()
@@ -115,9 +113,7 @@ def evaluate(
     """Marker presence in a mammogram model's samples, next to the phantom's own (the ceiling)."""
     phantom = make_phantom("mammo")
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
-    height, width = (int(n) for n in payload.get("image_size", (64, 64)))
-    if height != width:
-        raise ValueError(f"image_size: the phantom renders square images, the model draws {(height, width)}")
+    height, width = square_image_size(payload)
     template = marker_template(phantom, height)
     drawn = phantom.sample(subjects, np.random.default_rng(1))
     truth = phantom_pairs(phantom, drawn, height)
