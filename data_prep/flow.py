@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
-import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +22,8 @@ from typing import NoReturn
 
 import numpy as np
 import pandas as pd
+
+from medcf.atomic import atomic_path
 
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT = (0.6, 0.1, 0.3)
@@ -201,13 +201,8 @@ def patient_split(patients: pd.Series, fractions: Sequence[float], seed: int) ->
 
 def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
     """Write a CSV into a temporary file beside ``path``, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")  # keeps the suffix (.gz)
-    try:
+    with atomic_path(path) as temporary:  # the temporary name keeps the suffix (.gz decides compression)
         table.to_csv(temporary, index=False)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def flow_path(out: Path) -> Path:

@@ -14,7 +14,6 @@ interval that reproduces the factual category, so counterfactuals are determinis
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 
+from medcf.atomic import write_text_atomic
 from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
 
 
@@ -175,11 +175,7 @@ class CausalGraph:
 
     def save(self, path: str | Path) -> None:
         """Write the fitted mechanisms as JSON (atomically)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps(self.to_config(), indent=2) + "\n")
-        os.replace(temporary, path)
+        write_text_atomic(path, json.dumps(self.to_config(), indent=2) + "\n")
 
     @classmethod
     def load(cls, schema: AttributeSchema, path: str | Path) -> CausalGraph:

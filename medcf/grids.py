@@ -3,11 +3,12 @@ intervention (what the inference job logs to MLflow and writes under ``OUT/grids
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from medcf.atomic import atomic_path
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
@@ -15,11 +16,11 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
     import matplotlib.pyplot as plt
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(temporary, dpi=dpi)
-    plt.close(fig)
-    os.replace(temporary, path)
+    try:
+        with atomic_path(path) as temporary:
+            fig.savefig(temporary, dpi=dpi)
+    finally:
+        plt.close(fig)
     return path
 
 

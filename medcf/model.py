@@ -9,7 +9,6 @@ projection); ``conditioning="cross_attention"`` passes the attribute blocks as c
 from __future__ import annotations
 
 import math
-import os
 import pickle
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
+from medcf.atomic import atomic_path
 from medcf.attributes import AttributeSchema, SchemaError
 from medcf.conditioning import AttributeEmbedder
 
@@ -119,11 +119,8 @@ def save_checkpoint(
         "state_dict": state_dict if state_dict is not None else model.state_dict(),
         **extra,
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    torch.save(payload, temporary)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        torch.save(payload, temporary)
 
 
 def load_checkpoint(

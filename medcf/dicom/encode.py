@@ -22,8 +22,6 @@ Typical use::
 from __future__ import annotations
 
 import math
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -42,6 +40,8 @@ from pydicom.uid import (
     generate_uid,
 )
 from pydicom.valuerep import DSfloat, format_number_as_ds
+
+from medcf.atomic import atomic_path
 
 Photometric = Literal["MONOCHROME1", "MONOCHROME2"]
 VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]
@@ -325,19 +325,9 @@ def write_dataset_atomic(ds: Dataset, path: Path) -> None:
     Fills the file meta (see :func:`_fill_file_meta`), writes a hidden temporary file in the same
     directory, syncs it and renames it over ``path``. The temporary file is removed on any error.
     """
-    path = Path(path)
     _fill_file_meta(ds)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    file = open(temporary, "xb")  # opened outside try: a name clash must not delete another file
-    try:
-        with file:
-            pydicom.dcmwrite(file, ds, enforce_file_format=True)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    with atomic_path(path, durable=True) as temporary, open(temporary, "wb") as file:
+        pydicom.dcmwrite(file, ds, enforce_file_format=True)
 
 
 def new_uid(*entropy: object) -> str:

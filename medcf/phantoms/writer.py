@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from tqdm import tqdm
 
+from medcf.atomic import atomic_path
 from medcf.dicom.encode import PixelEncoding, attach_pixels, encode_pixels, write_dataset_atomic
 from medcf.phantoms.scm import Phantom, Subject
 
@@ -167,9 +168,8 @@ def subject_from_truth(phantom: Phantom, row: Mapping[str, Any]) -> Subject:
 
 def write_csv(table: pd.DataFrame, path: Path) -> None:
     """Write a CSV through a temporary file and rename it into place."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    table.to_csv(temporary, index=False)
-    os.replace(temporary, path)
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from medcf.atomic import atomic_path
 from medcf.causal import CausalGraph
 from medcf.diffusion import DiffusionConfig
 from medcf.model import CounterfactualUNet, load_checkpoint, save_checkpoint
@@ -103,10 +103,8 @@ class ResumableCheckpoint:
             state["ema"] = self.ema.state_dict()
         if self.prepare_batch is not None:
             state["batch_rng"] = self.prepare_batch.generator.get_state()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_name(f".{self.path.name}.tmp")
-        torch.save(state, temporary)
-        os.replace(temporary, self.path)
+        with atomic_path(self.path) as temporary:
+            torch.save(state, temporary)
         if self.export_path is not None:
             model = _unwrap(self.network)
             weights = self.ema.ema_model.state_dict() if self.ema is not None else model.state_dict()

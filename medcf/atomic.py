@@ -1,0 +1,73 @@
+"""Atomic file writes: a file is either complete or absent, never half-written.
+
+Every writer in medcf (arrays, CSV and JSON files, figures, model files, DICOM) goes through
+:func:`atomic_path`: it writes into a hidden temporary file beside the target and renames it into place
+(``os.replace`` is atomic on one file system), so a crash or a kill never leaves a truncated output under the
+real name. The temporary name keeps the target's suffixes (``.png``, ``.nii.gz``), which some writers read
+to choose the format.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+TEMPORARY_MARK = ".tmp"
+"""Part of every temporary name (``.<name>.<token>.tmp<suffixes>``); a folder may be swept of them."""
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed.
+
+    Args:
+        path: the file to create or replace (its folder is created when missing).
+        durable: fsync the finished file before the rename (for files that must survive a power cut).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}{TEMPORARY_MARK}{''.join(path.suffixes)}")
+    try:
+        yield temporary
+        if durable:
+            with open(temporary, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_json_atomic(path: str | Path, payload: Any) -> Path:
+    """Write ``payload`` as indented JSON atomically (numpy scalars and other objects as plain values)."""
+    return write_text_atomic(path, json.dumps(payload, indent=2, default=plain_json) + "\n")
+
+
+def plain_json(value: Any) -> Any:
+    """JSON for values ``json`` does not know: numpy scalars as Python numbers, anything else as text."""
+    item = getattr(value, "item", None)
+    if callable(item) and getattr(value, "ndim", None) == 0:
+        return item()
+    return str(value)
+
+
+def remove_temporaries(folder: str | Path) -> int:
+    """Delete temporary files a killed writer left under ``folder`` (recursively); how many were removed."""
+    removed = 0
+    for stale in Path(folder).rglob(f".*{TEMPORARY_MARK}*"):
+        if stale.is_file():
+            stale.unlink(missing_ok=True)
+            removed += 1
+    return removed
