@@ -123,15 +123,38 @@ def save_checkpoint(
         torch.save(payload, temporary)
 
 
+def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "medcf checkpoint") -> Any:
+    """The contents of a file written with ``torch.save``, read safely: tensors and plain data only.
+
+    ``torch.load(weights_only=True)`` refuses every other Python object, so a file carrying a pickle payload
+    (code that runs when the file is loaded) is rejected before anything in it runs. Every medcf model file
+    and training checkpoint holds only tensors, numbers, strings, lists, tuples and dicts.
+
+    Raises:
+        ValueError: one line naming the file and the reason (unreadable, so not a ``what``, or holding objects
+            other than weights).
+    """
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), None)
+        if found is None:  # not a pickle at all (a text file, say)
+            raise ValueError(f"{path}: not a {what}: cannot read it (not a torch file)") from None
+        raise ValueError(
+            f"{path}: refused: the file holds Python objects, not only weights, and loading them could run code "
+            f"({found.rstrip('.')}); medcf reads tensors and plain data only"
+        ) from None
+    except Exception as error:  # torch.load raises many types (KeyError, EOFError, ...) for files it cannot parse
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"{path}: not a {what}: cannot read it ({first})") from None
+
+
 def load_checkpoint(
     path: str | Path, expected_schema: AttributeSchema | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[CounterfactualUNet, dict[str, Any]]:
     """The model of a checkpoint and its full payload; with ``expected_schema`` a different attribute
-    schema is an error naming both."""
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=False)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, ValueError) as error:
-        raise ValueError(f"{path}: not a medcf checkpoint: cannot read it ({error})") from None
+    schema is an error naming both. The file is read with :func:`read_torch_file` (weights only)."""
+    payload = read_torch_file(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path}: not a medcf checkpoint (format {CHECKPOINT_FORMAT} expected)")
     schema = AttributeSchema.from_config(payload["schema"])

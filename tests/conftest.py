@@ -17,3 +17,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+class _RunsCommand:
+    """Unpickling this runs a shell command: the payload a malicious model file would carry."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (self.command,))
+
+
+@pytest.fixture
+def pickle_payload_file(tmp_path):
+    """``make(path, **entries)``: a torch file that looks like a medcf file (the given entries) but also holds
+    a pickle payload that creates ``tmp_path / "payload-ran"`` when unpickled; returns that marker path."""
+    marker = tmp_path / "payload-ran"
+
+    def make(path, **entries):
+        torch.save({**entries, "extra": _RunsCommand(f"touch '{marker}'")}, path)
+        return marker
+
+    return make

@@ -14,7 +14,7 @@ from torch import nn
 from medcf.atomic import atomic_path
 from medcf.causal import CausalGraph
 from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, load_checkpoint, save_checkpoint
+from medcf.model import CounterfactualUNet, load_checkpoint, read_torch_file, save_checkpoint
 from medcf.tracking import is_main_process
 from medcf.training.batch import NoisingPrepareBatch
 from medcf.training.ema import EMAHandler
@@ -65,7 +65,7 @@ class ResumableCheckpoint:
         if not self.path.exists():
             self._warm_start()
             return
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        state = read_torch_file(self.path, what="medcf training checkpoint")
         _unwrap(self.network).load_state_dict(state["network"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and "ema" in state:

@@ -104,3 +104,17 @@ class TestWarmStart:
         ).load(resumed)
         assert (resumed.state.epoch, resumed.state.iteration) == (3, 30)
         assert all(torch.equal(fresh.state_dict()[k], v) for k, v in network.state_dict().items())
+
+
+def test_a_training_checkpoint_with_a_pickle_payload_is_refused(tmp_path, pickle_payload_file):
+    """Resuming reads the checkpoint weights-only: a payload is refused, never run."""
+    network = _perturbed()
+    optimizer = torch.optim.AdamW(network.parameters())
+    engine = Engine(lambda engine, batch: None)
+    ResumableCheckpoint(tmp_path / "checkpoint.pt", network, optimizer, DiffusionConfig()).save(engine)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    marker = pickle_payload_file(tmp_path / "checkpoint.pt", **state)
+    handler = ResumableCheckpoint(tmp_path / "checkpoint.pt", network, optimizer, DiffusionConfig())
+    with pytest.raises(ValueError, match=r"checkpoint\.pt: refused: the file holds Python objects"):
+        handler.load(Engine(lambda engine, batch: None))
+    assert not marker.exists()

@@ -361,3 +361,26 @@ class TestConditionReachesTheUNet:
             base = net(x, t, a, keep)
             assert (base - net(x, t, changed_value(a, SEX), keep)).abs().max() > 1e-4
             assert (base - net(x, 999 - t, a, keep)).abs().max() > 1e-4
+
+
+class TestSafeLoading:
+    def test_a_model_file_with_a_pickle_payload_is_refused_before_it_runs(self, tmp_path, pickle_payload_file):
+        """A model.pt carrying code is refused with one line naming the file and why; the code never runs."""
+        model = make_model()
+        save_checkpoint(tmp_path / "good.pt", model, DiffusionConfig().to_dict())
+        good = torch.load(tmp_path / "good.pt", weights_only=True)
+        marker = pickle_payload_file(tmp_path / "model.pt", **good)
+        with pytest.raises(ValueError) as info:
+            load_checkpoint(tmp_path / "model.pt")
+        message = str(info.value)
+        assert "\n" not in message and str(tmp_path / "model.pt") in message
+        assert "refused" in message and "could run code" in message and "posix.system" in message
+        assert not marker.exists()
+
+    def test_files_written_by_medcf_load_with_weights_only(self, tmp_path):
+        """save_checkpoint writes only what a weights-only load accepts (tensors and plain data)."""
+        model = make_model()
+        save_checkpoint(tmp_path / "m.pt", model, DiffusionConfig().to_dict(), image_size=[64, 64], trained_epochs=3)
+        loaded, payload = load_checkpoint(tmp_path / "m.pt")
+        assert payload["image_size"] == [64, 64] and payload["trained_epochs"] == 3
+        assert all(torch.equal(loaded.state_dict()[k], v) for k, v in model.state_dict().items())

@@ -112,13 +112,13 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--output_dir", str(out), "--val_interval", "5"]
     assert train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "2").returncode == 0
-    first = torch.load(out / "checkpoint.pt", weights_only=False)
+    first = torch.load(out / "checkpoint.pt", weights_only=True)
     resumed = train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "3")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(
         rf"resumed from .*checkpoint.pt at epoch 2, iteration {first['iteration']}", resumed.stdout + resumed.stderr
     )
-    second = torch.load(out / "checkpoint.pt", weights_only=False)
+    second = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (second["epoch"], second["iteration"]) == (3, first["iteration"] * 3 // 2)
     earlier, later = runs(tmp_path, "medcf-cxr")
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(later.info.run_id, "train_loss")]
