@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
+from medcf.atomic import atomic_path
 from medcf.attributes import AttributeSchema, SchemaError
 from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
@@ -41,7 +42,7 @@ from medcf.interventions import Intervention, InterventionError, parse_intervent
 from medcf.model import load_checkpoint
 from medcf.prepare.base import PreparedImage, Preparer
 from medcf.prepare.cohort import CohortIndex
-from medcf.prepare.runner import discover_inputs, write_manifest
+from medcf.prepare.runner import discover_inputs
 
 MANIFEST = "manifest.csv"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
@@ -205,7 +206,12 @@ class InferenceRun:
         """The earlier manifest updated with ``rows``, written atomically (rows of other interventions stay)."""
         merged = {**self._previous, **{(r["source"], r["intervention"]): r for r in rows}}
         ordered = sorted(merged.values(), key=lambda r: (r["source"], r["intervention"]))
-        return write_manifest(ordered, output_dir / MANIFEST, first=("source", "intervention", "status", "reason"))
+        table = pd.DataFrame(ordered)
+        first = ["source", "intervention", "status", "reason"]
+        table = table[first + sorted(c for c in table.columns if c not in first)]
+        with atomic_path(output_dir / MANIFEST) as temporary:
+            table.to_csv(temporary, index=False)
+        return table
 
     def _tracked_manifest(self, table: pd.DataFrame) -> pd.DataFrame:
         """The manifest as MLflow gets it: source paths replaced by their pseudonyms unless identifiers are kept."""
@@ -252,7 +258,7 @@ class InferenceRun:
             rows.extend(done[(source, i.text)] for i in interventions if (source, i.text) in done)
             if not todo:
                 continue
-            outcome = self.preparer.prepare(str(dataset_dir / source), labels.labels_for(source), cohort_given=True)
+            outcome = self.preparer.prepare(str(dataset_dir / source), labels, source)
             if outcome.status == "ok":
                 self._check_shape(outcome.array.shape, engine)
                 try:  # the labels as the preparer checked them, then against the model's attribute ranges

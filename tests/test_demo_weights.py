@@ -30,11 +30,10 @@ def sample_images(bundle: str, model) -> tuple[torch.Tensor, list[dict]]:
     labels = CohortIndex.from_csv(parser.get_parsed_content("labels"))
     images, factual = [], []
     for source in discover_inputs(dataset_dir):
-        attributes = labels.labels_for(source)
-        outcome = preparer.prepare(str(dataset_dir / source), attributes, cohort_given=True)
+        outcome = preparer.prepare(str(dataset_dir / source), labels, source)
         if outcome.status == "ok":
             images.append(torch.from_numpy(outcome.array))
-            factual.append({name: attributes[name] for name in model.schema.names})
+            factual.append({name: outcome.details[name] for name in model.schema.names})
     return torch.stack(images), factual
 
 

@@ -86,7 +86,7 @@ def test_outputs_manifest_and_mlflow(setup, tmp_path):
     assert len(ok) == 2 * len(pd.read_csv(cohort)) and metrics["counterfactuals"] == len(ok)
     assert set(manifest.loc[manifest["status"] != "ok", "reason"]) <= {
         "view LL is not frontal (AP/PA)",
-        "not in the cohort table (no labels for this file)",
+        "not in the cohort table (no row with this path relative to dataset_dir)",
     }
     for row in ok.itertuples():
         ds = pydicom.dcmread(tmp_path / "out" / row.dicom)

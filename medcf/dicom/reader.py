@@ -119,8 +119,16 @@ class DicomReadError(ValueError):
         if reason not in REASONS:
             raise ValueError(f"unknown DicomReadError reason {reason!r}; one of {sorted(REASONS)}")
         self.path, self.reason, self.detail = Path(path), reason, detail
-        suffix = f": {detail}" if detail else ""
-        super().__init__(f"{self.path}: {REASONS[reason]} [{reason}]{suffix}")
+        super().__init__(f"{self.path}: {REASONS[reason]} [{reason}]{self._detail_suffix}")
+
+    @property
+    def _detail_suffix(self) -> str:
+        return f": {self.detail}" if self.detail else ""
+
+    @property
+    def without_path(self) -> str:
+        """The message without the file's path (for manifests and logs: paths may hold patient IDs)."""
+        return f"{REASONS[self.reason]}{self._detail_suffix}"
 
     def __reduce__(self) -> tuple[type, tuple[Path, str, str]]:
         """Pickle with the constructor's arguments (worker processes re-raise it)."""

@@ -19,6 +19,8 @@ import torch
 from monai.transforms import Resize
 
 from medcf.dicom.reader import DicomReadError, RadiographHeader, read_header, read_radiograph
+from medcf.geometry import Geometry
+from medcf.prepare.cohort import CohortIndex, CohortMatchError
 
 
 class Rejected(Exception):
@@ -37,6 +39,7 @@ class PreparedImage:
     reason: str = ""
     array: np.ndarray | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    geometry: Geometry | None = None  # where the array lies in its source (ok images)
 
 
 #: header fields that may go into the manifest (no patient identifiers exist in RadiographHeader)
@@ -78,8 +81,11 @@ class Preparer(ABC):
         """Raise :class:`Rejected` when the file is not one this preparation accepts."""
 
     @abstractmethod
-    def prepare_pixels(self, image: np.ndarray, header: RadiographHeader) -> tuple[np.ndarray, dict[str, Any]]:
-        """Display image in [0, 1] (rows x columns) -> channel-first float32 array in [-1, 1] plus details."""
+    def prepare_pixels(
+        self, image: np.ndarray, header: RadiographHeader
+    ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+        """Display image in [0, 1] (rows x columns) -> channel-first float32 array in [-1, 1], where it lies in
+        the source (see :class:`medcf.geometry.Geometry`), and details for the manifest."""
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -107,11 +113,18 @@ class Preparer(ABC):
                 raise Rejected(f"contradictory labels: cohort {name}={given}, DICOM header says {from_header}")
         return dict(labels)
 
-    def prepare(self, path: str, labels: Mapping[str, Any] | None, cohort_given: bool = False) -> PreparedImage:
+    def prepare(self, path: str, cohort: CohortIndex | None = None, source: str | None = None) -> PreparedImage:
         """Read, check and prepare one file; every failure becomes a rejection with its reason.
 
-        ``labels`` is the file's cohort row (None when it has none); with ``cohort_given`` a file without a
-        row is rejected, without it the attributes come from the header."""
+        Args:
+            path: the DICOM file.
+            cohort: the labels table. The file's row is found by ``source`` (its path relative to the data set
+                folder; default ``path``) or, when the table has the column, by its SOPInstanceUID; a file
+                without exactly one row is rejected. Without a cohort the attributes come from the header.
+            source: the file's path relative to the data set folder.
+
+        Reasons never contain the file's path (paths of hospital exports hold patient and study IDs).
+        """
         try:
             header = read_header(path)
             details = header_details(header)
@@ -121,19 +134,35 @@ class Preparer(ABC):
                 if header.samples_per_pixel != 1:
                     raise Rejected("not_grayscale: colour image; radiographs are single-channel")
                 self.check_header(header)
-                if cohort_given and labels is None:
-                    raise Rejected("not in the cohort table (no labels for this file)")
-                kept = self.check_labels(header, labels) if labels is not None else self.header_labels(header)
+                if cohort is None:
+                    kept = self.header_labels(header)
+                else:
+                    kept = self.check_labels(header, self._cohort_row(cohort, source or path, header))
                 self.check_attributes(header, kept)
                 image, header = read_radiograph(path)
-                array, extra = self.prepare_pixels(image, header)
+                array, geometry, extra = self.prepare_pixels(image, header)
             except Rejected as rejection:
                 return PreparedImage("rejected", rejection.reason, details=details)
         except DicomReadError as error:
-            return PreparedImage("rejected", f"{error.reason}: {error}")
+            return PreparedImage("rejected", f"{error.reason}: {error.without_path}")
+        except OSError as error:  # permissions, a file removed while the job runs, a failing disk
+            return PreparedImage("rejected", f"unreadable: {error.strerror or type(error).__name__}")
         details.update(extra)
+        details.update(geometry.to_record())
         details.update(kept)
-        return PreparedImage("ok", array=array, details=details)
+        return PreparedImage("ok", array=array, details=details, geometry=geometry)
+
+    @staticmethod
+    def _cohort_row(cohort: CohortIndex, source: str, header: RadiographHeader) -> dict[str, Any]:
+        try:
+            return cohort.labels_for(source, header.sop_instance_uid)
+        except CohortMatchError as error:
+            raise Rejected(error.reason) from None
+
+
+def source_spacing(header: RadiographHeader) -> dict[str, Any]:
+    """The spacing arguments of :class:`Geometry` from a header."""
+    return {"spacing_mm": header.spacing_mm, "spacing_tag": header.spacing_source}
 
 
 def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:

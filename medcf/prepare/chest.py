@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from medcf.dicom.reader import RadiographHeader
-from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range
+from medcf.geometry import Geometry
+from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range, source_spacing
 
 CHEST_MODALITIES = ("CR", "DX", "DR")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "")
@@ -58,11 +59,16 @@ class ChestPreparer(Preparer):
         if (header.view_position or attributes.get("view")) not in FRONTAL_VIEWS:
             raise Rejected("view position unknown: neither the header nor the cohort says AP/PA")
 
-    def prepare_pixels(self, image: np.ndarray, header: RadiographHeader) -> tuple[np.ndarray, dict[str, Any]]:
+    def prepare_pixels(
+        self, image: np.ndarray, header: RadiographHeader
+    ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+        rows, columns = image.shape
+        top, bottom, left, right = 0, rows, 0, columns
         if self.square_crop:
-            side = min(image.shape)
-            top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-            image = image[top : top + side, left : left + side]
-        small = resize_area(image, (self.image_size, self.image_size))
-        unit = robust_unit_range(small)
-        return (unit * 2.0 - 1.0).astype(np.float32)[None], {}
+            side = min(rows, columns)
+            top, left = (rows - side) // 2, (columns - side) // 2
+            bottom, right = top + side, left + side
+        size = (self.image_size, self.image_size)
+        geometry = Geometry((rows, columns), (top, bottom, left, right), size, **source_spacing(header))
+        unit = robust_unit_range(resize_area(image[top:bottom, left:right], size))
+        return (unit * 2.0 - 1.0).astype(np.float32)[None], geometry, {}

@@ -1,46 +1,97 @@
-"""Matching input files to the rows of a cohort table written by ``data_prep``."""
+"""Matching input files to the rows of a cohort table written by ``data_prep``.
+
+A file's row is the one whose ``path`` equals the file's path relative to the data set folder. A cohort may
+also carry a ``sop_instance_uid`` column: then a file whose path has no row is matched by the SOP Instance
+UID in its header, and a path match whose UID names another image is refused. A match by file name alone is
+never made: two patients' files often share a name (``1.dcm``, ``image.dcm``), and their labels must not be
+swapped. A file with no row, or with more than one, gets no labels and the reason why.
+"""
 
 from __future__ import annotations
 
 import math
+import posixpath
+from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+UID_COLUMN = "sop_instance_uid"
+
+
+class CohortMatchError(LookupError):
+    """A file has no cohort row, or more than one; ``reason`` is one line for the manifest."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def normalise_path(path: str) -> str:
+    """A relative POSIX path in one spelling: backslashes as slashes, no ``./`` or ``a/../`` parts."""
+    return posixpath.normpath(str(path).replace("\\", "/"))
+
 
 @dataclass(frozen=True)
 class CohortIndex:
-    """Cohort rows by file path (relative to the data set root) and, as a fallback, by file stem."""
+    """Cohort rows by file path (relative to the data set folder) and, when the table has the column, by
+    SOP Instance UID. Several rows under one key are kept so that the ambiguity can be reported."""
 
-    by_path: dict[str, dict[str, Any]]
-    by_stem: dict[str, dict[str, Any]]
+    by_path: dict[str, list[dict[str, Any]]]
+    by_uid: dict[str, list[dict[str, Any]]] | None = None
 
     @classmethod
     def from_csv(cls, path: str | Path) -> CohortIndex:
         try:
-            table = pd.read_csv(path, dtype={"patient": str, "study": str, "image_id": str})
+            table = pd.read_csv(path, dtype={"patient": str, "study": str, "image_id": str, UID_COLUMN: str})
         except (OSError, ValueError) as error:
             raise ValueError(f"cohort {path}: cannot read the table ({error})") from None
         if "path" not in table.columns:
             raise ValueError(f"cohort {path}: no 'path' column (write it with python -m data_prep.mimic_cxr/embed)")
-        if table["path"].duplicated().any():
-            duplicate = table.loc[table["path"].duplicated(), "path"].iloc[0]
-            raise ValueError(f"cohort {path}: file {duplicate} has more than one row")
-        rows = [{k: _clean(v) for k, v in row.items()} for row in table.to_dict("records")]
-        by_path = {str(PurePosixPath(r.pop("path"))): r for r in rows}
-        stems = pd.Series([PurePosixPath(p).stem for p in by_path])
-        unique = set(stems[~stems.duplicated(keep=False)])
-        by_stem = {PurePosixPath(p).stem: r for p, r in by_path.items() if PurePosixPath(p).stem in unique}
-        return cls(by_path, by_stem)
+        return cls.from_records(table.to_dict("records"), with_uid=UID_COLUMN in table.columns)
 
-    def labels_for(self, source: str) -> dict[str, Any] | None:
-        """The cohort row of a file (its path relative to the data set root), or None."""
-        row = self.by_path.get(source)
-        if row is None:
-            row = self.by_stem.get(PurePosixPath(source).stem)
-        return row
+    @classmethod
+    def from_records(cls, records: list[dict[str, Any]], with_uid: bool = False) -> CohortIndex:
+        by_path: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        by_uid: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for record in records:
+            row = {k: _clean(v) for k, v in record.items()}
+            by_path[normalise_path(row.pop("path"))].append(row)
+            if with_uid and row.get(UID_COLUMN):
+                by_uid[str(row[UID_COLUMN]).strip()].append(row)
+        return cls(dict(by_path), dict(by_uid) if with_uid else None)
+
+    def labels_for(self, source: str, sop_instance_uid: str | None = None) -> dict[str, Any]:
+        """The cohort row of a file, given its path relative to the data set folder and (optionally) the SOP
+        Instance UID from its header.
+
+        Raises:
+            CohortMatchError: no row, several rows, or a row whose UID is another image's.
+        """
+        rows = self.by_path.get(normalise_path(source), [])
+        if len(rows) > 1:
+            raise CohortMatchError(f"ambiguous labels: {len(rows)} cohort rows have this file's path")
+        if rows:
+            row = rows[0]
+            listed = str(row.get(UID_COLUMN) or "").strip()
+            if self.by_uid is not None and listed and sop_instance_uid and listed != sop_instance_uid:
+                raise CohortMatchError(
+                    f"wrong labels: the cohort row for this path names another image ({UID_COLUMN} differs "
+                    "from the file's SOPInstanceUID)"
+                )
+            return dict(row)
+        if self.by_uid is None:
+            raise CohortMatchError("not in the cohort table (no row with this path relative to dataset_dir)")
+        matches = self.by_uid.get(sop_instance_uid or "", [])
+        if len(matches) > 1:
+            raise CohortMatchError(f"ambiguous labels: {len(matches)} cohort rows have this file's {UID_COLUMN}")
+        if not matches:
+            raise CohortMatchError(
+                f"not in the cohort table (no row with this path relative to dataset_dir, nor this {UID_COLUMN})"
+            )
+        return dict(matches[0])
 
 
 def _clean(value: Any) -> Any:

@@ -20,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from medcf.dicom.reader import RadiographHeader
-from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range
+from medcf.geometry import Geometry
+from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range, source_spacing
 from medcf.prepare.breast import breast_mask, chest_wall_on_right, crop_box
 
 MAMMO_VIEWS = {"CC": "CC", "XCCL": "CC", "MLO": "MLO"}
@@ -72,7 +73,9 @@ class MammoPreparer(Preparer):
         ):
             raise Rejected("view unknown: neither the header nor the cohort says CC/MLO")
 
-    def prepare_pixels(self, image: np.ndarray, header: RadiographHeader) -> tuple[np.ndarray, dict[str, Any]]:
+    def prepare_pixels(
+        self, image: np.ndarray, header: RadiographHeader
+    ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
         scale = min(1.0, ANALYSIS_SIZE / max(image.shape))
         small_shape = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
         mask = breast_mask(resize_area(image, small_shape))
@@ -86,12 +89,13 @@ class MammoPreparer(Preparer):
         height, width = self.image_size
         top, bottom, left, right = crop_box(mask, aspect=height / width)
         factor_r, factor_c = image.shape[0] / mask.shape[0], image.shape[1] / mask.shape[1]
-        crop = image[int(top * factor_r) : int(bottom * factor_r), int(left * factor_c) : int(right * factor_c)]
-        small = resize_area(crop, self.image_size)
+        box = (int(top * factor_r), int(bottom * factor_r), int(left * factor_c), int(right * factor_c))
+        small = resize_area(image[box[0] : box[1], box[2] : box[3]], self.image_size)
         keep = resize_area(mask[top:bottom, left:right].astype(np.float32), self.image_size) > 0.5
         unit = robust_unit_range(small, keep) * keep
+        geometry = Geometry.from_mirrored_crop(image.shape, box, self.image_size, flip, **source_spacing(header))
         details = {"flipped": flip, "flip_source": source, "breast_fraction": round(float(mask.mean()), 4)}
-        return (unit * 2.0 - 1.0).astype(np.float32)[None], details
+        return (unit * 2.0 - 1.0).astype(np.float32)[None], geometry, details
 
     @staticmethod
     def _orientation(header: RadiographHeader, mask: np.ndarray) -> tuple[bool, str]:

@@ -4,15 +4,16 @@ one manifest; parallel, resumable, and never leaving a half-written file.
 Output folder layout::
 
     OUT/images/<source path>.npy    prepared array, float32 (1, H, W) in [-1, 1]
-    OUT/manifest.csv                one row per input file: source, status (ok | rejected), reason, output
+    OUT/manifest.csv                one row per input file: source, status (ok | rejected), reason, output,
+                                    attributes, header fields and the geometry (crop, mirroring, scale)
     OUT/prepare.json                the settings and the summary of the last run
     OUT/preview.png                 a grid of prepared images to look at
-    OUT/.journal.jsonl              one line per finished file (how a killed run resumes)
 
-Every array is written to a temporary name and renamed; the journal line comes after the rename, so a
-run killed at any moment resumes with the finished files skipped and no partial output. The manifest is
-rebuilt from the journal at the end of every run. Only the source path and non-identifying header fields
-reach the manifest and the log: patient names, IDs and birth dates are never read out of the files.
+Every array is written atomically and its row recorded after it (:class:`medcf.outputs.manifest.RunManifest`),
+so a run killed at any moment resumes with the finished files skipped and no partial output. Only the
+source path and non-identifying header fields reach the manifest and the log: patient names, IDs and birth
+dates are never read out of the files. (The prepared set is the hospital's own working copy: it keeps the
+source paths that link it to the export; counterfactual outputs use pseudonyms.)
 """
 
 from __future__ import annotations
@@ -21,24 +22,23 @@ import json
 import logging
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 from tqdm import tqdm
 
+from medcf.atomic import atomic_path, remove_temporaries, write_json_atomic
+from medcf.outputs.manifest import JOURNAL, MANIFEST, RunManifest
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 
 logger = logging.getLogger("medcf.prepare")
 
-JOURNAL = ".journal.jsonl"
-MANIFEST = "manifest.csv"
 SETTINGS = "prepare.json"
 #: files with these suffixes are never inputs (label tables, notes, pictures next to the DICOM files)
 NOT_DICOM_SUFFIXES = {
@@ -85,35 +85,22 @@ def output_name(source: str) -> str:
     return f"images/{source}.npy"
 
 
-def save_array_atomic(array: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp")
-    with open(temporary, "wb") as handle:
-        np.save(handle, array)
-    os.replace(temporary, path)
-
-
 _worker: dict[str, Any] = {}
 
 
-def _init_worker(preparer: Preparer, dataset_dir: Path, output_dir: Path, cohort_given: bool) -> None:
+def _init_worker(preparer: Preparer, dataset_dir: Path, output_dir: Path, cohort: CohortIndex | None) -> None:
     torch.set_num_threads(1)  # one process per core already
-    _worker.update(preparer=preparer, dataset_dir=dataset_dir, output_dir=output_dir, cohort_given=cohort_given)
+    _worker.update(preparer=preparer, dataset_dir=dataset_dir, output_dir=output_dir, cohort=cohort)
 
 
-def _prepare_one(task: tuple[str, Mapping[str, Any] | None]) -> dict[str, Any]:
+def _prepare_one(source: str) -> dict[str, Any]:
     """Prepare one file in a worker; returns its manifest record (the array is already on disk)."""
-    source, labels = task
-    outcome = _worker["preparer"].prepare(str(_worker["dataset_dir"] / source), labels, _worker["cohort_given"])
-    record: dict[str, Any] = {
-        "source": source,
-        "status": outcome.status,
-        "reason": outcome.reason,
-        "output": "",
-    }
+    outcome = _worker["preparer"].prepare(str(_worker["dataset_dir"] / source), _worker["cohort"], source)
+    record: dict[str, Any] = {"source": source, "status": outcome.status, "reason": outcome.reason, "output": ""}
     if outcome.array is not None:
         record["output"] = output_name(source)
-        save_array_atomic(outcome.array, _worker["output_dir"] / record["output"])
+        with atomic_path(_worker["output_dir"] / record["output"]) as temporary, open(temporary, "wb") as handle:
+            np.save(handle, outcome.array)
     record.update(outcome.details)
     return record
 
@@ -147,24 +134,22 @@ class PreparationRun:
         cohort = CohortIndex.from_csv(self.cohort) if self.cohort else None
         output_dir.mkdir(parents=True, exist_ok=True)
         settings = self._check_settings(output_dir)
-        for stale in (output_dir / "images").rglob(".*.tmp") if (output_dir / "images").is_dir() else ():
-            stale.unlink()  # an array a killed run was writing; its file is prepared again
+        if (output_dir / "images").is_dir():
+            remove_temporaries(output_dir / "images")  # arrays a killed run was writing are prepared again
         sources = discover_inputs(dataset_dir)
-        done = {r["source"]: r for r in read_journal(output_dir) if r["source"] in set(sources)}
-        pending = [(s, cohort.labels_for(s) if cohort else None) for s in sources if s not in done]
-        logger.info("%d input files, %d finished earlier, %d to prepare", len(sources), len(done), len(pending))
-
-        workers = self.workers or len(os.sched_getaffinity(0))
-        with open(output_dir / JOURNAL, "a", encoding="utf-8") as journal:
-            for record in self._results(pending, dataset_dir, output_dir, cohort is not None, workers):
-                journal.write(json.dumps(record, default=_plain) + "\n")
-                journal.flush()
-                done[record["source"]] = record
-
-        records = [done[s] for s in sources]
-        write_manifest(records, output_dir / MANIFEST)
+        present = set(sources)
+        with RunManifest(output_dir, key=("source",), first=("output",)) as manifest:
+            manifest.retain(lambda row: row["source"] in present and _finished(row, output_dir))
+            pending = [s for s in sources if manifest.get(s) is None]
+            logger.info(
+                "%d input files, %d finished earlier, %d to prepare", len(sources), len(manifest.rows), len(pending)
+            )
+            workers = self.workers or len(os.sched_getaffinity(0))
+            for record in self._results(pending, dataset_dir, output_dir, cohort, workers):
+                manifest.record(record)
+        records = [manifest.get(s) for s in sources]
         summary = summarise(records)
-        _write_json({"settings": settings, "summary": summary}, output_dir / SETTINGS)
+        write_json_atomic(output_dir / SETTINGS, {"settings": settings, "summary": summary})
         write_preview(records, output_dir)
         logger.info(format_summary(summary))
         print(format_summary(summary))
@@ -175,9 +160,9 @@ class PreparationRun:
         return summary
 
     def _results(
-        self, pending: list, dataset_dir: Path, output_dir: Path, cohort_given: bool, workers: int
+        self, pending: list[str], dataset_dir: Path, output_dir: Path, cohort: CohortIndex | None, workers: int
     ) -> Iterator[dict[str, Any]]:
-        initargs = (self.preparer, dataset_dir, output_dir, cohort_given)
+        initargs = (self.preparer, dataset_dir, output_dir, cohort)
         bar = tqdm(total=len(pending), desc=f"preparing {self.preparer.kind}", unit="file", disable=not self.progress)
         with bar:
             if workers == 1 or len(pending) <= 1:
@@ -203,38 +188,13 @@ class PreparationRun:
                 )
         elif any(p.name != JOURNAL for p in output_dir.iterdir()):
             raise ValueError(f"output_dir {output_dir} is not empty and holds no medcf preparation")
-        _write_json({"settings": settings, "summary": None}, previous)
+        write_json_atomic(previous, {"settings": settings, "summary": None})
         return settings
 
 
-def read_journal(output_dir: Path) -> list[dict[str, Any]]:
-    """Finished records of earlier runs; a torn last line (killed mid-write) is ignored, and an ``ok``
-    record whose array is missing is not trusted."""
-    path = output_dir / JOURNAL
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if record.get("status") == "ok" and not (output_dir / record["output"]).is_file():
-            continue
-        records.append(record)
-    return records
-
-
-def write_manifest(
-    records: list[dict[str, Any]], path: Path, first: Sequence[str] = ("source", "status", "reason", "output")
-) -> pd.DataFrame:
-    """Write a manifest CSV atomically: the ``first`` columns, then the others sorted by name."""
-    table = pd.DataFrame(records)
-    table = table[list(first) + sorted(c for c in table.columns if c not in first)]
-    temporary = path.with_name(f".{path.name}.tmp")
-    table.to_csv(temporary, index=False)
-    os.replace(temporary, path)
-    return table
+def _finished(row: dict[str, Any], output_dir: Path) -> bool:
+    """A recorded row that needs no new attempt: a rejection, or an ok row whose array is on disk."""
+    return row["status"] != "ok" or (output_dir / row["output"]).is_file()
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
@@ -275,16 +235,3 @@ def write_preview(records: list[dict[str, Any]], output_dir: Path, count: int = 
         ax.imshow(np.load(output_dir / output)[0], cmap="gray", vmin=-1, vmax=1)
     fig.tight_layout()
     save_figure(fig, output_dir / "preview.png", dpi=90)
-
-
-def _write_json(payload: dict[str, Any], path: Path) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(json.dumps(payload, indent=2, default=_plain) + "\n")
-    os.replace(temporary, path)
-
-
-def _plain(value: Any) -> Any:
-    """JSON for numpy scalars and tuples in records."""
-    if isinstance(value, np.generic):
-        return value.item()
-    return str(value)

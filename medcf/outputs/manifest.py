@@ -1,0 +1,125 @@
+"""The run manifest of a batch job: one row per item with its status, kept safe as rows finish.
+
+Shared by the prepare and counterfactual jobs. Files in the job's output folder::
+
+    manifest.csv      the table: the key columns, status (ok | rejected), reason, then the other columns
+    .journal.jsonl    rows finished since the table was last saved, one JSON line each
+
+A job writes an item's outputs first, then :meth:`RunManifest.record` appends its row to the journal and
+flushes it, so a job killed at any moment loses at most the rows in flight. Opening a folder reads the table
+and replays the journal; :meth:`RunManifest.save` rewrites the table atomically (every ``save_every``
+seconds while rows come in, and when the job ends) and empties the journal. A re-run decides from the rows
+which items are finished (see the jobs).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from medcf.atomic import atomic_path, plain_json
+
+MANIFEST = "manifest.csv"
+JOURNAL = ".journal.jsonl"
+STATUSES = ("ok", "rejected")
+
+
+class RunManifest:
+    """Rows by key, persisted in ``folder`` (see the module docstring).
+
+    Args:
+        folder: the job's output folder.
+        key: the columns that identify a row (e.g. ``("source",)``, ``("image", "intervention")``).
+        first: columns written first, in this order (the key, status and reason are always among them);
+            the others follow sorted by name.
+        save_every: seconds between rewrites of the table while rows are recorded.
+    """
+
+    def __init__(self, folder: str | Path, key: Sequence[str], first: Sequence[str] = (), save_every: float = 30.0):
+        self.folder, self.key = Path(folder), tuple(key)
+        self.first = tuple(dict.fromkeys((*self.key, "status", "reason", *first)))
+        self.save_every = save_every
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.path, self.journal_path = self.folder / MANIFEST, self.folder / JOURNAL
+        self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._load()
+        self._journal = open(self.journal_path, "a", encoding="utf-8")
+        self._saved_at = time.monotonic()
+
+    def key_of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        return tuple(str(row[name]) for name in self.key)
+
+    def get(self, *key: str) -> dict[str, Any] | None:
+        return self.rows.get(tuple(key))
+
+    def record(self, row: Mapping[str, Any]) -> None:
+        """Add or replace a row; it is on disk (in the journal) when this returns."""
+        missing = [name for name in (*self.key, "status", "reason") if name not in row]
+        if missing or row["status"] not in STATUSES:
+            raise ValueError(f"manifest row needs {', '.join(missing) or 'a status in ' + str(STATUSES)}: {row}")
+        self._journal.write(json.dumps(dict(row), default=plain_json) + "\n")
+        self._journal.flush()
+        self.rows[self.key_of(row)] = dict(row)
+        if time.monotonic() - self._saved_at >= self.save_every:
+            self.save()
+
+    def retain(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Drop the rows for which ``keep`` is false (e.g. inputs that are gone); saved with the next save."""
+        self.rows = {key: row for key, row in self.rows.items() if keep(row)}
+
+    def table(self) -> pd.DataFrame:
+        """The rows sorted by key, the ``first`` columns first."""
+        ordered = [self.rows[key] for key in sorted(self.rows)]
+        table = pd.DataFrame(ordered, columns=None if ordered else list(self.first))
+        for name in self.first:
+            if name not in table.columns:
+                table[name] = ""
+        return table[list(self.first) + sorted(c for c in table.columns if c not in self.first)]
+
+    def save(self) -> pd.DataFrame:
+        """Rewrite manifest.csv atomically with every row, then empty the journal."""
+        table = self.table()
+        with atomic_path(self.path) as temporary:
+            table.to_csv(temporary, index=False)
+        self._journal.close()
+        self._journal = open(self.journal_path, "w", encoding="utf-8")
+        self._saved_at = time.monotonic()
+        return table
+
+    def close(self) -> pd.DataFrame:
+        """Save and close the journal."""
+        table = self.save()
+        self._journal.close()
+        return table
+
+    def __enter__(self) -> RunManifest:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _load(self) -> None:
+        if self.path.exists():
+            for row in pd.read_csv(self.path, keep_default_na=False, dtype=str).to_dict("records"):
+                self.rows[self.key_of(row)] = row
+        for row in _journal_rows(self.journal_path):
+            if all(name in row for name in self.key):
+                self.rows[self.key_of(row)] = row
+
+
+def _journal_rows(path: Path) -> Iterable[dict[str, Any]]:
+    """The rows of a journal; a torn last line (a job killed while writing it) is skipped."""
+    if not path.exists():
+        return
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict):
+            yield row
