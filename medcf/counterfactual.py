@@ -1,15 +1,27 @@
-"""Counterfactual generation: abduction once per image, then any number of interventions from its latent.
+"""The counterfactual core: prepared images + factual attributes + interventions -> counterfactual images and
+attributes, in memory (no files, no MLflow), shared by the inference, evaluation and audit jobs.
 
 1. Abduction: DDIM inversion of the factual image under its factual attributes (conditional, no guidance)
-   on explicit timestep pairs, over the whole schedule or the least noisy ``inversion_depth`` of it.
-2. Action: the intervention is applied to the factual attributes; the causal graph recomputes descendants
-   (unless pinned) and names the affected group (intervened + descendants).
+   on explicit timestep pairs, over the whole schedule or the least noisy ``inversion_depth`` of it; once per
+   image, whatever the number of interventions.
+2. Action: the intervention is applied to each image's factual attributes, once; the causal graph recomputes
+   descendants and names the affected group (intervened + descendants). An image the intervention cannot
+   apply to (a shift past the attribute's range) is left out with the reason.
 3. Prediction: DDIM decoding from the same latent under the counterfactual attributes with the chosen
    guidance (none, cfg, dcfg, dcfg_per_attribute), every guidance term of a step in one batched forward.
+
+Settings are checked when the engine is built, before any image is inverted.
+
+Example::
+
+    engine = CounterfactualEngine(model, diffusion, graph, GuidanceSettings(mode="dcfg", w_aff=2.0))
+    for result in engine.run(images, factual, [parse_intervention(model.schema, "do(sex=F)")]):
+        result.images, result.attributes, result.rejected
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -19,40 +31,100 @@ from medcf.attributes import AttributeValue
 from medcf.causal import CausalGraph
 from medcf.conditioning import encode_attributes
 from medcf.diffusion import DiffusionConfig
-from medcf.guidance import GuidancePlan, GuidedDenoiser, default_max_rows, guidance_plan
-from medcf.interventions import Intervention
+from medcf.guidance import GUIDANCE_MODES, GuidancePlan, GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.interventions import Intervention, InterventionError
 from medcf.model import CounterfactualUNet
 from medcf.sampling import DDIMSampler
 
 
+def _require(ok: bool, setting: str, value: object, allowed: str) -> None:
+    if not ok:
+        raise ValueError(f"{setting}: {value!r} is not allowed: must be {allowed}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
 @dataclass(frozen=True)
 class GuidanceSettings:
-    """How counterfactuals are decoded."""
+    """How counterfactuals are decoded; every value is checked when the settings are made.
+
+    Args:
+        mode: ``none`` (conditional, no guidance), ``cfg`` (one global ``weight``), ``dcfg`` (``w_aff`` for the
+            intervened attributes and their descendants, ``w_inv`` for the rest) or ``dcfg_per_attribute``.
+        weight: the CFG weight (bundle key ``w``), a finite number >= 0.
+        w_aff, w_inv: the DCFG group weights, finite numbers >= 0.
+        per_attribute: ``dcfg_per_attribute`` weights by attribute name (others get w_aff / w_inv).
+        steps: DDIM steps (>= 1).
+        inversion_depth: fraction of the schedule inverted, in (0, 1].
+        max_rows: rows per forward call; -1: the whole batch on a GPU, about 9 rows on a CPU; None: all.
+    """
 
     mode: str = "dcfg"
-    weight: float = 1.0  # cfg
-    w_aff: float = 2.0  # dcfg: intervened attributes and descendants
-    w_inv: float = 1.0  # dcfg: everything else
+    weight: float = 1.0
+    w_aff: float = 2.0
+    w_inv: float = 1.0
     per_attribute: Mapping[str, float] = field(default_factory=dict)
     steps: int = 50
     inversion_depth: float = 1.0
-    max_rows: int | None = -1  # rows per forward call; -1: whole batch on GPU, about 9 rows on CPU
+    max_rows: int | None = -1
+
+    def __post_init__(self) -> None:
+        _require(self.mode in GUIDANCE_MODES, "guidance", self.mode, f"one of {', '.join(GUIDANCE_MODES)}")
+        weights = {"w": self.weight, "w_aff": self.w_aff, "w_inv": self.w_inv}
+        _require(isinstance(self.per_attribute, Mapping), "per_attribute", self.per_attribute, "a mapping")
+        weights.update({f"per_attribute.{name}": value for name, value in self.per_attribute.items()})
+        for setting, value in weights.items():
+            _require(_is_number(value) and value >= 0, setting, value, "a finite number >= 0")
+        _require(
+            isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
+            "steps",
+            self.steps,
+            "an integer >= 1",
+        )
+        _require(
+            _is_number(self.inversion_depth) and 0 < self.inversion_depth <= 1,
+            "inversion_depth",
+            self.inversion_depth,
+            "a number in (0, 1]",
+        )
+        _require(
+            self.max_rows is None or (isinstance(self.max_rows, int) and (self.max_rows == -1 or self.max_rows >= 1)),
+            "max_rows",
+            self.max_rows,
+            "None, -1 or an integer >= 1",
+        )
 
 
 @dataclass
 class CounterfactualBatch:
-    """Counterfactuals of a batch of images under one intervention."""
+    """Counterfactuals of a batch of images under one intervention.
+
+    Attributes:
+        intervention: the intervention.
+        affected: intervened attributes and their causal descendants.
+        plan: the guidance plan used for decoding.
+        made: positions (in the input batch) of the images that have a counterfactual.
+        attributes: the counterfactual attributes, one per made image.
+        images: the counterfactual images (len(made), C, H, W), on the model's scale [-1, 1].
+        rejected: position -> reason, for images the intervention could not apply to.
+        network_evaluations: network evaluations per image of the decoding.
+    """
 
     intervention: Intervention
-    attributes: list[dict[str, AttributeValue]]
     affected: set[str]
-    images: torch.Tensor
-    network_evaluations: int
     plan: GuidancePlan
+    made: list[int]
+    attributes: list[dict[str, AttributeValue]]
+    images: torch.Tensor
+    rejected: dict[int, str]
+    network_evaluations: int
 
 
 class CounterfactualEngine:
-    """Abduct a batch once with :meth:`abduct`, then call :meth:`predict` for each intervention."""
+    """Abduct a batch once with :meth:`abduct`, then call :meth:`predict` for each intervention (or
+    :meth:`run` for both). The settings are checked against the model's schema on construction."""
 
     def __init__(
         self,
@@ -64,13 +136,18 @@ class CounterfactualEngine:
         if graph.schema.to_config() != model.schema.to_config():
             raise ValueError("the causal graph and the model have different attribute schemas")
         self.model, self.graph, self.settings = model.eval(), graph, settings
+        self._plan(set())  # unknown per-attribute names and other bad settings fail here, before any work
         full = DDIMSampler(diffusion.alphas_cumprod(), diffusion.prediction_type, settings.steps)
         self.sampler = full.truncated(settings.inversion_depth)
 
     def _device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def _denoiser(self, codes: torch.Tensor, plan) -> GuidedDenoiser:
+    def _plan(self, affected: set[str]) -> GuidancePlan:
+        s = self.settings
+        return guidance_plan(self.model.schema, s.mode, affected, s.weight, s.w_aff, s.w_inv, s.per_attribute)
+
+    def _denoiser(self, codes: torch.Tensor, plan: GuidancePlan) -> GuidedDenoiser:
         max_rows = default_max_rows(self._device()) if self.settings.max_rows == -1 else self.settings.max_rows
         return GuidedDenoiser(self.model, codes, plan, max_rows)
 
@@ -85,16 +162,24 @@ class CounterfactualEngine:
     def predict(
         self, latents: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]], intervention: Intervention
     ) -> CounterfactualBatch:
-        """Decode the latents under ``intervention`` applied to each image's factual attributes."""
-        schema, settings = self.model.schema, self.settings
-        rows = [self.graph.counterfactual(f, intervention.apply(schema, f)) for f in factual]
+        """Decode the latents under ``intervention`` applied (once) to each image's factual attributes."""
+        schema = self.model.schema
+        made, rows, rejected = [], [], {}
+        for position, attributes in enumerate(factual):
+            try:
+                rows.append(self.graph.counterfactual(attributes, intervention.apply(schema, attributes)))
+                made.append(position)
+            except InterventionError as error:  # e.g. a shift past the attribute's range for this image
+                rejected[position] = str(error)
         affected = self.graph.affected(intervention.names)
-        plan = guidance_plan(
-            schema, settings.mode, affected, settings.weight, settings.w_aff, settings.w_inv, settings.per_attribute
-        )
+        plan = self._plan(affected)
+        if not made:
+            empty = latents[:0]
+            return CounterfactualBatch(intervention, affected, plan, [], [], empty, rejected, 0)
         denoiser = self._denoiser(encode_attributes(schema, rows).to(self._device()), plan)
-        images = self.sampler.decode(denoiser, latents)
-        return CounterfactualBatch(intervention, rows, affected, images, denoiser.calls * plan.evaluations, plan)
+        images = self.sampler.decode(denoiser, latents[made])
+        evaluations = denoiser.calls * plan.evaluations
+        return CounterfactualBatch(intervention, affected, plan, made, rows, images, rejected, evaluations)
 
     def run(
         self,

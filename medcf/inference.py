@@ -1,29 +1,37 @@
-"""The counterfactual inference job: DICOM files + labels -> counterfactual DICOMs, previews and a manifest,
-tracked in MLflow.
+"""The counterfactual inference job: DICOM files + labels -> counterfactual DICOMs, previews, a manifest and one
+MLflow run.
 
-For each input file the preparation of training is applied (so the model sees what it was trained on);
-each batch of images is abducted once and every intervention is decoded from the same latents. Outputs per
-(image, intervention), under ``OUT/<image folder>/`` (a pseudonym of the source path, or the source path
-itself with ``keep_identifiers``): ``<slug>.dcm`` (derived Secondary Capture, see :mod:`medcf.dicom.derived`),
-``<slug>.png`` (factual | counterfactual | |difference|) and ``<slug>_diff.png``; optionally
-``<slug>.nii.gz``. Each batch also gets ``OUT/grids/<run time>/batch_NNN.png`` (one row per image:
-factual | counterfactual and |difference| per intervention), logged to MLflow with the run.
-``OUT/manifest.csv`` has one row per (image, intervention) with its status and a fingerprint of the
-settings that made it; it is rewritten atomically after every batch. A re-run skips rows made with the same
-settings and tries rejected rows again.
+A thin layer around the in-memory core; each image crosses each step once::
+
+    preparation (medcf.prepare) -> counterfactual core (medcf.counterfactual) -> writers (medcf.outputs.writers)
+    -> run manifest (medcf.outputs.manifest) -> MLflow (medcf.tracking)
+
+Everything that can be checked without an image (model file, schema, causal graph, interventions, guidance
+settings, image size, pseudonym key) is checked before the first image is read. Output folder::
+
+    OUT/<image>/<slug>.dcm|.png|_diff.png   per input and intervention (see medcf.outputs.writers); <image> is
+                                            the input's keyed pseudonym (its source path with keep_identifiers)
+    OUT/manifest.csv      one row per (image, intervention): status, reason, outputs, counterfactual attributes
+                          and the fingerprint of the settings that made it
+    OUT/source_key.csv    image -> source (path relative to dataset_dir) for every input, rejected ones too: the
+                          only link back to the sources; never sent to MLflow
+    OUT/pseudonym.key     the pseudonym key, when no pseudonym_key file is given
+    OUT/inference.json    the folder's pseudonym key id and UID root
+    OUT/grids/<time>/batch_NNN.png   factual | counterfactual and |difference| per intervention, one row per image
+
+A re-run skips rows made with the same settings and retries the rest; rows are recorded as they finish, so a
+killed run loses at most the rows in flight, and its MLflow run is marked KILLED at the next start.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 import time
-from collections import Counter
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,43 +39,25 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medcf.atomic import atomic_path
-from medcf.attributes import AttributeSchema, SchemaError
+from medcf.atomic import atomic_path, write_json_atomic
+from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
 from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
-from medcf.dicom.derived import write_counterfactual
 from medcf.diffusion import DiffusionConfig
 from medcf.grids import counterfactual_grid
-from medcf.interventions import Intervention, InterventionError, parse_intervention
+from medcf.interventions import Intervention, parse_intervention
 from medcf.model import load_checkpoint
-from medcf.prepare.base import PreparedImage, Preparer
+from medcf.outputs.lock import OutputFolderLock
+from medcf.outputs.manifest import MANIFEST, RunManifest
+from medcf.outputs.pseudonyms import Pseudonyms
+from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
+from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.prepare.runner import discover_inputs
+from medcf.tracking import flatten, job_run
 
-MANIFEST = "manifest.csv"
-DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-
-
-def slug(intervention: Intervention) -> str:
-    """A file-name-safe name of an intervention: do(age=+20, sex=F) -> age-+20_sex-F; do() -> null."""
-    if intervention.is_null:
-        return "null"
-    text = intervention.text[3:-1].replace(", ", "_").replace("=", "-")
-    return re.sub(r"[^A-Za-z0-9_+.-]", "", text.replace(" ", ""))
-
-
-def pseudonym(source: str) -> str:
-    """A stable name for an input file that does not show its path (paths often hold patient identifiers)."""
-    return "img-" + hashlib.sha256(source.encode()).hexdigest()[:16]
-
-
-def output_folder(source: str, keep_identifiers: bool) -> str:
-    """The folder of a source's outputs: its pseudonym, or with ``keep_identifiers`` its path without a
-    DICOM suffix (other suffixes stay: UID-named files such as ``1.2.3.4`` must not collide)."""
-    if not keep_identifiers:
-        return pseudonym(source)
-    path = PurePosixPath(source)
-    return str(path.with_suffix("")) if path.suffix.lower() in DICOM_SUFFIXES else source
+SOURCE_KEY = "source_key.csv"
+FOLDER_SETTINGS = "inference.json"
 
 
 def file_sha256(path: str | Path) -> str:
@@ -79,23 +69,37 @@ def file_sha256(path: str | Path) -> str:
 
 
 @dataclass
+class _Pending:
+    """A prepared input waiting for its batch."""
+
+    item: SourceImage
+    array: np.ndarray
+    attributes: dict[str, AttributeValue]
+    todo: list[Intervention]
+
+
+@dataclass
 class InferenceRun:
     """Counterfactuals for every DICOM file under ``dataset_dir`` (see the module docstring).
 
     Args:
         dataset_dir: folder of DICOM files (searched recursively).
         output_dir: where outputs and the manifest go (re-runs skip finished rows).
-        model_path: medcf model file (bundle ``models/model.pt``).
+        model_path: medcf model file (bundle ``models/model.pt``), read weights-only.
         graph_path: fitted causal graph (``models/graph.json``).
         labels: cohort table with each file's factual attributes (``path`` relative to ``dataset_dir``).
         preparer: the preparation the model was trained with (its image size must match the model's).
         interventions: e.g. ``["do(sex=F)", "do(age=+20)"]``.
         guidance: decoding settings (mode, weights, steps, inversion depth).
-        keep_identifiers: copy patient identifiers into the counterfactual DICOMs.
+        keep_identifiers: copy patient identifiers into the counterfactual DICOMs, name output folders by
+            source path and list the source in the manifest.
         nifti: also write NIfTI images (nibabel) for analysis tools.
         batch_size: images abducted and decoded together.
         experiment: MLflow experiment name.
         schema: the attributes the bundle expects; a model trained for other attributes is refused.
+        pseudonym_key: a file holding the secret of the keyed pseudonyms and UIDs (default: generated once
+            into ``output_dir/pseudonym.key``).
+        uid_root: root of the generated DICOM UIDs (default ``2.25``, UUID-derived).
     """
 
     dataset_dir: str | Path
@@ -112,73 +116,104 @@ class InferenceRun:
     experiment: str = "medcf-inference"
     progress: bool = True
     schema: AttributeSchema | None = None
+    pseudonym_key: str | Path | None = None
+    uid_root: str | None = None
 
     def run(self) -> dict[str, Any]:
-        import mlflow
-
-        from medcf.tracking import flatten, tracking_uri
-
         started = time.perf_counter()
-        model, payload = load_checkpoint(self.model_path, expected_schema=self.schema)
-        schema, diffusion = model.schema, DiffusionConfig(**payload["diffusion"])
-        graph = CausalGraph.load(schema, self.graph_path)
-        self._trained_size = tuple(payload.get("image_size") or ())
-        interventions = [parse_intervention(schema, text) for text in self.interventions]
-        repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)
-        if repeated:
-            raise ValueError(f"interventions: {', '.join(repeated)} given more than once")
-        engine = CounterfactualEngine(model, diffusion, graph, self.guidance)
+        engine, interventions, model_sha256 = self._checked_engine()
         dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
         sources = discover_inputs(dataset_dir) if dataset_dir.is_dir() else []
         if not sources:
             raise ValueError(f"dataset_dir: no input files under {dataset_dir}")
         labels = CohortIndex.from_csv(self.labels)
-        model_sha256 = file_sha256(self.model_path)
-        self._settings = self._fingerprint(model_sha256)
-        output_dir.mkdir(parents=True, exist_ok=True)
-        self._previous = self._read_manifest(output_dir)
-        done = {key: row for key, row in self._previous.items() if self._is_made(row, output_dir)}
-        self._grid_folder = output_dir / "grids" / time.strftime("%Y%m%d-%H%M%S")
-        self._grids: list[Path] = []
+        with OutputFolderLock(output_dir):
+            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
+            self._check_folder(output_dir, pseudonyms)
+            images = {source: pseudonyms.image(source) for source in sources}
+            _update_source_key(output_dir / SOURCE_KEY, images)
+            settings = self._fingerprint(model_sha256, pseudonyms)
+            writer = CounterfactualWriter(output_dir, pseudonyms, settings, self.keep_identifiers, self.nifti)
+            first = ("settings", "dicom", "png", "diff", *(("source",) if self.keep_identifiers else ()))
+            with (
+                RunManifest(output_dir, key=("image", "intervention"), first=first) as manifest,
+                job_run(output_dir, self.experiment, "counterfactuals", {"medcf.job": "inference"}),
+            ):
+                import mlflow
 
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(self.experiment)
-        with mlflow.start_run(run_name="counterfactuals"):
-            mlflow.log_params(
-                flatten(
-                    {
-                        "interventions": [i.text for i in interventions],
-                        "guidance": asdict(self.guidance),
-                        "model_sha256": model_sha256,
-                        "model_file": str(self.model_path),
-                        "settings_fingerprint": self._settings,
-                        "images": len(sources),
-                        "batch_size": self.batch_size,
-                    }
+                mlflow.log_params(
+                    flatten(
+                        {
+                            "interventions": [i.text for i in interventions],
+                            "guidance": asdict(self.guidance),
+                            "model_sha256": model_sha256,
+                            "model_file": str(self.model_path),
+                            "settings_fingerprint": settings,
+                            "images": len(sources),
+                            "batch_size": self.batch_size,
+                            "keep_identifiers": self.keep_identifiers,
+                            "uid_root": pseudonyms.uid_root,
+                        }
+                    )
                 )
-            )
-            rows, stats = self._process(engine, interventions, sources, dataset_dir, output_dir, labels, done)
-            table = self._save_manifest(output_dir, rows)
-            seconds = time.perf_counter() - started
-            statuses = pd.Series([row["status"] for row in rows])
-            metrics = {
-                "counterfactuals": stats.pop("made"),
-                "rows_ok": int((statuses == "ok").sum()),
-                "rows_rejected": int((statuses == "rejected").sum()),
-                "seconds_total": seconds,
-                **stats,
-            }
-            mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
-            mlflow.log_text(self._tracked_manifest(table).to_csv(index=False), MANIFEST)
-            for grid in self._grids:
-                mlflow.log_artifact(str(grid), artifact_path="grids")
+                job = _Job(self, engine, interventions, writer, manifest, settings, output_dir)
+                stats = job.process(sources, images, dataset_dir, labels)
+                table = manifest.save()
+                seconds = time.perf_counter() - started
+                made = stats.pop("made")
+                metrics = {
+                    "counterfactuals": made,
+                    "rows_ok": int((table["status"] == "ok").sum()),
+                    "rows_rejected": int((table["status"] == "rejected").sum()),
+                    "seconds_total": seconds,
+                    **stats,
+                }
+                mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
+                mlflow.log_text(table.to_csv(index=False), MANIFEST)  # pseudonyms only, unless identifiers are kept
+                for grid in job.grids:
+                    mlflow.log_artifact(str(grid), artifact_path="grids")
         print(
-            f"{metrics['counterfactuals']} counterfactuals made, {metrics['rows_ok']} ok and "
-            f"{metrics['rows_rejected']} rejected rows in {seconds:.1f} s -> {output_dir / MANIFEST}"
+            f"{made} counterfactuals made, {metrics['rows_ok']} ok and {metrics['rows_rejected']} rejected rows "
+            f"in {seconds:.1f} s -> {output_dir / MANIFEST}"
         )
         return metrics
 
-    def _fingerprint(self, model_sha256: str) -> str:
+    def _checked_engine(self) -> tuple[CounterfactualEngine, list[Intervention], str]:
+        """Model, graph, interventions and settings, all checked before any image is read."""
+        model, payload = load_checkpoint(self.model_path, expected_schema=self.schema)
+        graph = CausalGraph.load(model.schema, self.graph_path)
+        engine = CounterfactualEngine(model, DiffusionConfig(**payload["diffusion"]), graph, self.guidance)
+        interventions = [parse_intervention(model.schema, text) for text in self.interventions]
+        repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)
+        if repeated:
+            raise ValueError(f"interventions: {', '.join(repeated)} given more than once")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size: {self.batch_size!r} must be an integer >= 1")
+        if model.config.in_channels != 1:
+            raise ValueError(f"prepared images have 1 channel(s); the model takes {model.config.in_channels}")
+        trained = tuple(payload.get("image_size") or ())
+        size = getattr(self.preparer, "image_size", None)
+        size = (size, size) if isinstance(size, int) else tuple(size or ())
+        if trained and size and size != trained:
+            raise ValueError(
+                f"image_size: prepared images are {size[0]}x{size[1]}, the model was trained at "
+                f"{trained[0]}x{trained[1]}: set image_size to match"
+            )
+        return engine, interventions, file_sha256(self.model_path)
+
+    def _check_folder(self, output_dir: Path, pseudonyms: Pseudonyms) -> None:
+        """An output folder keeps one pseudonym key: its names and UIDs must stay consistent."""
+        path = output_dir / FOLDER_SETTINGS
+        if path.exists():
+            earlier = json.loads(path.read_text())
+            if earlier.get("pseudonym_key_id") != pseudonyms.key_id:
+                raise ValueError(
+                    f"output_dir {output_dir}: its outputs were made with another pseudonym key; give that key "
+                    "(pseudonym_key) or use a new output_dir"
+                )
+        write_json_atomic(path, {"pseudonym_key_id": pseudonyms.key_id, "uid_root": pseudonyms.uid_root})
+
+    def _fingerprint(self, model_sha256: str, pseudonyms: Pseudonyms) -> str:
         """A short hash of everything that decides an output: a re-run only skips rows made with the same."""
         settings = {
             "guidance": asdict(self.guidance),
@@ -187,218 +222,156 @@ class InferenceRun:
             "preparer": self.preparer.settings(),
             "keep_identifiers": self.keep_identifiers,
             "nifti": self.nifti,
+            "uid_root": pseudonyms.uid_root,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
-    def _is_made(self, row: dict[str, Any], output_dir: Path) -> bool:
-        """A row to skip: made with the current settings and its DICOM is there (rejected rows are retried)."""
-        return row["status"] == "ok" and row.get("settings") == self._settings and (output_dir / row["dicom"]).is_file()
 
-    @staticmethod
-    def _read_manifest(output_dir: Path) -> dict[tuple[str, str], dict[str, Any]]:
-        manifest = output_dir / MANIFEST
-        if not manifest.exists():
-            return {}
-        table = pd.read_csv(manifest, keep_default_na=False, dtype=str)
-        return {(r["source"], r["intervention"]): r for r in table.to_dict("records")}
+class _Job:
+    """One run's loop: prepare, batch, generate, write, record."""
 
-    def _save_manifest(self, output_dir: Path, rows: list[dict[str, Any]]) -> pd.DataFrame:
-        """The earlier manifest updated with ``rows``, written atomically (rows of other interventions stay)."""
-        merged = {**self._previous, **{(r["source"], r["intervention"]): r for r in rows}}
-        ordered = sorted(merged.values(), key=lambda r: (r["source"], r["intervention"]))
-        table = pd.DataFrame(ordered)
-        first = ["source", "intervention", "status", "reason"]
-        table = table[first + sorted(c for c in table.columns if c not in first)]
-        with atomic_path(output_dir / MANIFEST) as temporary:
-            table.to_csv(temporary, index=False)
-        return table
-
-    def _tracked_manifest(self, table: pd.DataFrame) -> pd.DataFrame:
-        """The manifest as MLflow gets it: source paths replaced by their pseudonyms unless identifiers are kept."""
-        if self.keep_identifiers:
-            return table
-        return table.assign(source=table["source"].map(pseudonym))
-
-    def _check_shape(self, shape: tuple[int, ...], engine: CounterfactualEngine) -> None:
-        """The prepared image must have the model's channels and training size (a settings error, not a file's)."""
-        channels = engine.model.config.in_channels
-        if shape[0] != channels:
-            raise ValueError(f"prepared images have {shape[0]} channel(s); the model takes {channels}")
-        if self._trained_size and tuple(shape[1:]) != self._trained_size:
-            raise ValueError(
-                f"prepared images are {shape[1]}x{shape[2]}, the model was trained at "
-                f"{self._trained_size[0]}x{self._trained_size[1]}: set image_size to match"
-            )
-
-    def _process(
+    def __init__(
         self,
+        config: InferenceRun,
         engine: CounterfactualEngine,
         interventions: list[Intervention],
-        sources: list[str],
-        dataset_dir: Path,
+        writer: CounterfactualWriter,
+        manifest: RunManifest,
+        settings: str,
         output_dir: Path,
-        labels: CohortIndex,
-        done: dict,
-    ) -> tuple[list[dict[str, Any]], dict[str, float]]:
-        rows: list[dict[str, Any]] = []
-        pending: list[tuple[str, np.ndarray, dict[str, Any]]] = []
-        totals = {"evaluations": 0, "made": 0, "seconds": 0.0}
+    ) -> None:
+        self.config, self.engine, self.interventions = config, engine, interventions
+        self.writer, self.manifest, self.settings, self.output_dir = writer, manifest, settings, output_dir
+        self.grid_folder = output_dir / "grids" / time.strftime("%Y%m%d-%H%M%S")
+        self.grids: list[Path] = []
+        self.totals = {"evaluations": 0, "made": 0, "seconds": 0.0}
 
-        def decode_pending() -> None:
-            made, evaluations, seconds = self._decode_batch(engine, interventions, pending, dataset_dir, done)
-            rows.extend(made)
-            totals["evaluations"] += evaluations
-            totals["made"] += sum(row["status"] == "ok" for row in made)
-            totals["seconds"] += seconds
-            pending.clear()
-            self._save_manifest(output_dir, rows)  # a killed run keeps every finished row
-
-        for source in tqdm(sources, desc="counterfactuals", disable=not self.progress):
-            todo = [i for i in interventions if (source, i.text) not in done]
-            rows.extend(done[(source, i.text)] for i in interventions if (source, i.text) in done)
+    def process(
+        self, sources: list[str], images: dict[str, str], dataset_dir: Path, labels: CohortIndex
+    ) -> dict[str, float]:
+        pending: list[_Pending] = []
+        for source in tqdm(sources, desc="counterfactuals", disable=not self.config.progress):
+            image = images[source]
+            todo = [i for i in self.interventions if not self._is_made(self.manifest.get(image, i.text))]
             if not todo:
                 continue
-            outcome = self.preparer.prepare(str(dataset_dir / source), labels, source)
+            outcome = self.config.preparer.prepare(str(dataset_dir / source), labels, source)
+            attributes: dict[str, AttributeValue] = {}
             if outcome.status == "ok":
-                self._check_shape(outcome.array.shape, engine)
                 try:  # the labels as the preparer checked them, then against the model's attribute ranges
-                    names = engine.model.schema.names
-                    attributes = engine.model.schema.validate({name: outcome.details.get(name) for name in names})
+                    names = self.engine.model.schema.names
+                    attributes = self.engine.model.schema.validate({n: outcome.details.get(n) for n in names})
                 except (SchemaError, ValueError) as error:
-                    outcome = PreparedImage("rejected", f"labels: {error}")
+                    outcome.status, outcome.reason = "rejected", f"labels: {error}"
             if outcome.status != "ok":
-                rows.extend(self._row(source, i, "rejected", outcome.reason) for i in todo)
+                for intervention in todo:
+                    self.manifest.record(self._row(image, source, intervention, "rejected", outcome.reason))
                 continue
-            pending.append((source, outcome.array, attributes))
-            if len(pending) == self.batch_size:
-                decode_pending()
+            item = SourceImage(image, source, dataset_dir / source, outcome.geometry)
+            pending.append(_Pending(item, outcome.array, attributes, todo))
+            if len(pending) == self.config.batch_size:
+                self._generate(pending)
+                pending = []
         if pending:
-            decode_pending()
-        made = totals["made"]
-        stats = {
+            self._generate(pending)
+        made = self.totals["made"]
+        return {
             "made": made,
-            "network_evaluations_per_counterfactual": totals["evaluations"] / made if made else 0.0,
-            "seconds_per_counterfactual": totals["seconds"] / made if made else 0.0,
+            "network_evaluations_per_counterfactual": self.totals["evaluations"] / made if made else 0.0,
+            "seconds_per_counterfactual": self.totals["seconds"] / made if made else 0.0,
         }
-        return sorted(rows, key=lambda r: (r["source"], r["intervention"])), stats
 
-    def _decode_batch(
-        self,
-        engine: CounterfactualEngine,
-        interventions: list[Intervention],
-        batch: list,
-        dataset_dir: Path,
-        done: dict,
-    ) -> tuple[list[dict[str, Any]], int, float]:
-        """Abduct a batch once, decode every intervention not yet made; (rows, network evaluations, seconds),
-        the time covering abduction, decoding and writing."""
+    def _is_made(self, row: dict[str, Any] | None) -> bool:
+        """A row to skip: made with the current settings and its DICOM is there (rejected rows are retried)."""
+        return (
+            row is not None
+            and row["status"] == "ok"
+            and row.get("settings") == self.settings
+            and (self.output_dir / row["dicom"]).is_file()
+        )
+
+    def _generate(self, batch: list[_Pending]) -> None:
+        """Abduct a batch once, decode each intervention its images still need, write, record."""
         started = time.perf_counter()
-        images = torch.from_numpy(np.stack([image for _, image, _ in batch]))
-        factual = [attributes for _, _, attributes in batch]
-        latents = engine.abduct(images, factual)
-        rows, evaluations = [], len(batch) * len(engine.sampler.timesteps)
+        images = torch.from_numpy(np.stack([p.array for p in batch]))
+        factual = [p.attributes for p in batch]
+        latents = self.engine.abduct(images, factual)
+        self.totals["evaluations"] += len(batch) * len(self.engine.sampler.timesteps)
         factual_displays = [_unit(image) for image in images[:, 0].numpy()]
-        shown: dict[str, list[np.ndarray | None]] = {}
-        for intervention in interventions:
-            members = []
-            for k, (source, _, _) in enumerate(batch):
-                if (source, intervention.text) in done:
-                    continue
-                try:
-                    intervention.apply(engine.model.schema, factual[k])
-                except InterventionError as error:  # e.g. a shift past the attribute's range for this image
-                    rows.append(self._row(source, intervention, "rejected", str(error)))
-                    continue
-                members.append(k)
+        drawn: dict[int, list[tuple[Drawn, dict[str, Any]]]] = defaultdict(list)
+        for intervention in self.interventions:
+            members = [k for k, p in enumerate(batch) if intervention in p.todo]
             if not members:
                 continue
-            result = engine.predict(latents[members], [factual[k] for k in members], intervention)
-            evaluations += result.network_evaluations * len(members)
-            shown[intervention.text] = [None] * len(batch)
-            for position, k in enumerate(members):
-                display = _unit(result.images[position, 0].cpu().numpy())
-                shown[intervention.text][k] = display
-                source = batch[k][0]
-                rows.append(
-                    self._write(source, intervention, factual_displays[k], display, result, position, dataset_dir)
+            result = self.engine.predict(latents[members], [factual[k] for k in members], intervention)
+            self.totals["evaluations"] += result.network_evaluations * len(result.made)
+            for position, reason in result.rejected.items():
+                p = batch[members[position]]
+                self.manifest.record(self._row(p.item.image, p.item.source, intervention, "rejected", reason))
+            for j, position in enumerate(result.made):
+                display = _unit(result.images[j, 0].cpu().numpy())
+                drawn[members[position]].append(
+                    (Drawn(intervention, display, self._describe(result)), self._extra(result, j))
                 )
+        shown: dict[str, list[np.ndarray | None]] = {i.text: [None] * len(batch) for i in self.interventions}
+        for k, p in enumerate(batch):
+            outputs = self.writer.write(p.item, factual_displays[k], [d for d, _ in drawn[k]])
+            for (counterfactual, extra), written in zip(drawn[k], outputs, strict=True):
+                row = self._row(p.item.image, p.item.source, counterfactual.intervention, "ok", "")
+                self.manifest.record({**row, **written, **extra, **p.item.geometry.to_record()})
+                shown[counterfactual.intervention.text][k] = p.item.geometry.to_source_orientation(
+                    counterfactual.display
+                )
+            self.totals["made"] += len(drawn[k])
+        shown = {text: column for text, column in shown.items() if any(c is not None for c in column)}
         if shown:
-            names = [output_folder(source, self.keep_identifiers) for source, _, _ in batch]
-            grid = self._grid_folder / f"batch_{len(self._grids):03d}.png"
-            self._grids.append(counterfactual_grid(factual_displays, shown, grid, names))
-        return rows, evaluations, time.perf_counter() - started
+            factual_shown = [
+                p.item.geometry.to_source_orientation(f) for p, f in zip(batch, factual_displays, strict=True)
+            ]
+            labels = [output_folder(p.item.source, p.item.image, self.config.keep_identifiers) for p in batch]
+            grid = self.grid_folder / f"batch_{len(self.grids):03d}.png"
+            self.grids.append(counterfactual_grid(factual_shown, shown, grid, labels))
+        self.totals["seconds"] += time.perf_counter() - started
 
-    def _write(
-        self,
-        source: str,
-        intervention: Intervention,
-        factual: np.ndarray,
-        display: np.ndarray,
-        result: CounterfactualBatch,
-        position: int,
-        dataset_dir: Path,
-    ) -> dict[str, Any]:
-        """Write one counterfactual's DICOM, previews (and NIfTI); its manifest row. ``factual`` and ``display``
-        (the counterfactual) are on the [0, 1] display scale."""
-        relative = output_folder(source, self.keep_identifiers)
-        folder = Path(self.output_dir) / relative
-        folder.mkdir(parents=True, exist_ok=True)
-        name = slug(intervention)
-        difference = np.abs(display - factual)
-        g = self.guidance
-        description = (
-            f"medcf {intervention.text}; guidance {g.mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
+    def _describe(self, result: CounterfactualBatch) -> str:
+        g = self.config.guidance
+        return (
+            f"medcf {result.intervention.text}; guidance {g.mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
             f"inversion depth {g.inversion_depth:g}; affected {','.join(sorted(result.affected)) or 'none'}"
         )
-        write_counterfactual(
-            dataset_dir / source, display, folder / f"{name}.dcm", description, intervention.text, self.keep_identifiers
-        )
-        _save_png(np.concatenate([factual, display, difference], axis=1), folder / f"{name}.png")
-        _save_png(difference / max(float(difference.max()), 1e-6), folder / f"{name}_diff.png", cmap="magma")
-        if self.nifti:
-            import nibabel
 
-            nifti = folder / f"{name}.nii.gz"
-            temporary = folder / f".{name}.tmp.nii.gz"
-            nibabel.save(nibabel.Nifti1Image(display.T[:, :, None].astype(np.float32), np.eye(4)), temporary)
-            os.replace(temporary, nifti)
-        row = self._row(source, intervention, "ok", "")
-        row.update(
-            {
-                "dicom": f"{relative}/{name}.dcm",
-                "png": f"{relative}/{name}.png",
-                "diff": f"{relative}/{name}_diff.png",
-                "affected": ",".join(sorted(result.affected)),
-                "mean_abs_change": float(difference.mean()),
-            }
-        )
-        row.update({f"cf_{k}": v for k, v in result.attributes[position].items()})
-        return row
-
-    def _row(self, source: str, intervention: Intervention, status: str, reason: str) -> dict[str, Any]:
+    @staticmethod
+    def _extra(result: CounterfactualBatch, j: int) -> dict[str, Any]:
         return {
-            "source": source,
+            "affected": ",".join(sorted(result.affected)),
+            **{f"cf_{name}": value for name, value in result.attributes[j].items()},
+        }
+
+    def _row(self, image: str, source: str, intervention: Intervention, status: str, reason: str) -> dict[str, Any]:
+        row = {
+            "image": image,
             "intervention": intervention.text,
             "status": status,
             "reason": reason,
-            "settings": self._settings,
+            "settings": self.settings,
             "dicom": "",
             "png": "",
             "diff": "",
         }
+        if self.config.keep_identifiers:
+            row["source"] = source
+        return row
+
+
+def _update_source_key(path: Path, images: dict[str, str]) -> None:
+    """Write ``image, source`` for every input (kept from earlier runs too), atomically."""
+    rows = dict(pd.read_csv(path, dtype=str, keep_default_na=False).values) if path.exists() else {}
+    rows.update({image: source for source, image in images.items()})
+    table = pd.DataFrame(sorted(rows.items()), columns=["image", "source"])
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False)
 
 
 def _unit(image: np.ndarray) -> np.ndarray:
     """A model-scale image ([-1, 1]) on the [0, 1] display scale."""
     return np.clip((image + 1.0) / 2.0, 0.0, 1.0)
-
-
-def _save_png(image: np.ndarray, path: Path, cmap: str = "gray") -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    temporary = path.with_name(f".{path.stem}.tmp.png")
-    plt.imsave(temporary, np.clip(image, 0, 1), cmap=cmap, vmin=0, vmax=1)
-    os.replace(temporary, path)

@@ -7,6 +7,9 @@ directory (mlflow 3 no longer accepts a plain folder). Only rank 0 of a distribu
 
 from __future__ import annotations
 
+import contextlib
+import json
+import logging
 import os
 import tempfile
 from collections.abc import Callable, Mapping
@@ -17,6 +20,8 @@ import mlflow
 import torch.distributed as dist
 from ignite.engine import Engine, Events
 from monai.handlers import from_engine
+
+from medcf.atomic import write_json_atomic
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
@@ -125,3 +130,52 @@ class MLflowTracker:
     def fail(self, trainer: Engine, error: Exception) -> None:
         self.finish(trainer, "FAILED")
         raise error
+
+
+RUN_MARKER = ".mlflow_run.json"
+"""In a batch job's output folder while its MLflow run is open: the run id and tracking URI. A marker found
+at the next start means the job was killed, and its run is marked KILLED."""
+
+
+def close_killed_run(output_dir: str | Path) -> str | None:
+    """Mark the MLflow run of a job that was killed in ``output_dir`` as KILLED (if still RUNNING); its id."""
+    marker = Path(output_dir) / RUN_MARKER
+    if not marker.exists():
+        return None
+    try:
+        previous = json.loads(marker.read_text())
+        client = mlflow.MlflowClient(tracking_uri=previous["tracking_uri"])
+        if client.get_run(previous["run_id"]).info.status == "RUNNING":
+            client.set_terminated(previous["run_id"], "KILLED")
+        return previous["run_id"]
+    except Exception as error:  # a store that is gone or unreadable must not stop the new job
+        logging.getLogger("medcf").warning("could not close the MLflow run of the killed job: %s", error)
+        return None
+    finally:
+        marker.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def job_run(output_dir: str | Path, experiment: str, run_name: str, tags: Mapping[str, str] | None = None):
+    """The MLflow run of a batch job writing to ``output_dir`` (hold the folder's lock around it).
+
+    A run left RUNNING by a killed job in the same folder is marked KILLED first. The run ends FINISHED, FAILED
+    on an error, or KILLED on Ctrl-C; a job killed outright is caught by the next start.
+    """
+    close_killed_run(output_dir)
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment)
+    marker = Path(output_dir) / RUN_MARKER
+    run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
+    write_json_atomic(marker, {"run_id": run.info.run_id, "tracking_uri": uri})
+    status = "FAILED"
+    try:
+        yield run
+        status = "FINISHED"
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        mlflow.end_run(status)
+        marker.unlink(missing_ok=True)

@@ -42,3 +42,35 @@ def pickle_payload_file(tmp_path):
         return marker
 
     return make
+
+
+def _dciodvfy_errors(path) -> list[str]:
+    import shutil
+    import subprocess
+
+    assert shutil.which("dciodvfy"), "dciodvfy is missing: apt-get install -y dicom3tools (.ci/run installs it)"
+    result = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True)
+    return [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
+
+
+@pytest.fixture
+def dciodvfy_errors():
+    """``errors(path)``: the Error lines dicom3tools' dciodvfy reports for a DICOM file (warnings allowed).
+    Fails, never skips, where dciodvfy is missing: CI installs it, so must a developer."""
+    return _dciodvfy_errors
+
+
+def _chest_wall_right(display) -> bool:
+    from medcf.prepare.base import resize_area
+    from medcf.prepare.breast import breast_mask, chest_wall_on_right
+
+    scale = min(1.0, 512 / max(display.shape))
+    small = resize_area(display, (max(1, round(display.shape[0] * scale)), max(1, round(display.shape[1] * scale))))
+    return chest_wall_on_right(breast_mask(small))
+
+
+@pytest.fixture
+def chest_wall_right():
+    """``right(display)``: whether the breast in a display image has its chest wall on the image's right, as a
+    reader sees it (tissue mass in the right half)."""
+    return _chest_wall_right

@@ -1,4 +1,4 @@
-"""The counterfactual inference job on a tiny model: outputs, manifest, MLflow, re-runs and bad settings."""
+"""The counterfactual inference job on a tiny model: outputs, manifest, MLflow, re-runs, kills and bad settings."""
 
 import subprocess
 import sys
@@ -16,13 +16,15 @@ from medcf.attributes import SchemaError
 from medcf.causal import CausalGraph
 from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
-from medcf.inference import InferenceRun, output_folder, slug
+from medcf.inference import InferenceRun
 from medcf.interventions import InterventionError, parse_intervention
 from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.outputs.writers import CounterfactualWriter, output_folder, slug
 from medcf.phantoms import write_phantom_dataset
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import ChestPreparer
+from medcf.tracking import RUN_MARKER
 
 TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
 REPO = Path(__file__).resolve().parents[1]
@@ -47,23 +49,41 @@ def setup(tmp_path_factory):
     return root, data, cohort
 
 
-def run(
-    setup, out, interventions=("do(sex=F)", "do(age=+10)"), size=32, cohort=None, keep_identifiers=False, **settings
-):
+def job(setup, out, interventions=("do(sex=F)", "do(age=+10)"), size=32, cohort=None, **options) -> InferenceRun:
     root, data, default_cohort = setup
+    settings = {k: options.pop(k) for k in list(options) if k in GuidanceSettings.__dataclass_fields__}
     return InferenceRun(
-        data,
+        options.pop("dataset_dir", data),
         out,
-        root / "model.pt",
+        options.pop("model_path", root / "model.pt"),
         root / "graph.json",
         cohort or default_cohort,
         ChestPreparer(size),
         list(interventions),
-        GuidanceSettings(steps=4, **settings),
-        keep_identifiers=keep_identifiers,
-        batch_size=2,
+        GuidanceSettings(**{"steps": 4, **settings}),
+        batch_size=options.pop("batch_size", 2),
         progress=False,
-    ).run()
+        **options,
+    )
+
+
+def run(setup, out, **options):
+    return job(setup, out, **options).run()
+
+
+def read_manifest(out: Path) -> pd.DataFrame:
+    return pd.read_csv(out / "manifest.csv", keep_default_na=False)
+
+
+def sources_of(out: Path) -> dict[str, str]:
+    """image pseudonym -> source path, from OUT/source_key.csv."""
+    return dict(pd.read_csv(out / "source_key.csv", dtype=str).values)
+
+
+def only_run(experiment: str):
+    client = mlflow.MlflowClient()
+    (found,) = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    return client, found
 
 
 @pytest.fixture(autouse=True)
@@ -75,12 +95,17 @@ def isolated_mlflow(tmp_path, monkeypatch):
     torch.set_num_threads(threads)
 
 
-def test_outputs_manifest_and_mlflow(setup, tmp_path):
-    """One row per (input, intervention); ok rows have a valid derived DICOM, previews; MLflow holds the run."""
+def test_outputs_manifest_source_key_and_mlflow(setup, tmp_path):
+    """One row per (input, intervention) named by pseudonym; source_key.csv is the only link to the sources;
+    ok rows have a derived DICOM and previews; MLflow holds the run and never the key."""
     root, data, cohort = setup
     metrics = run(setup, tmp_path / "out")
-    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
-    inputs = [p for p in data.rglob("*.dcm")]
+    out = tmp_path / "out"
+    manifest = read_manifest(out)
+    inputs = sorted(p.relative_to(data).as_posix() for p in data.rglob("*.dcm"))
+    key = sources_of(out)
+    assert sorted(key.values()) == inputs, "every input is listed, rejected ones too"
+    assert set(manifest["image"]) == set(key) and "source" not in manifest.columns
     assert len(manifest) == 2 * len(inputs)
     ok = manifest[manifest["status"] == "ok"]
     assert len(ok) == 2 * len(pd.read_csv(cohort)) and metrics["counterfactuals"] == len(ok)
@@ -89,35 +114,37 @@ def test_outputs_manifest_and_mlflow(setup, tmp_path):
         "not in the cohort table (no row with this path relative to dataset_dir)",
     }
     for row in ok.itertuples():
-        ds = pydicom.dcmread(tmp_path / "out" / row.dicom)
+        ds = pydicom.dcmread(out / row.dicom)
         assert (
             ds.SeriesDescription.startswith("SYNTHETIC COUNTERFACTUAL") and row.intervention in ds.DerivationDescription
         )
-        assert (tmp_path / "out" / row.png).is_file() and (tmp_path / "out" / row.diff).is_file()
+        assert row.dicom.startswith(f"{row.image}/") and (out / row.png).is_file() and (out / row.diff).is_file()
     sex = ok[ok["intervention"] == "do(sex=F)"]
     assert (sex["cf_sex"] == "F").all() and (sex["affected"] == "sex").all()
-    older = ok[ok["intervention"] == "do(age=+10)"]
-    assert set(older["affected"]) == {"age,disease"}
-    client = mlflow.MlflowClient()
-    (found,) = client.search_runs([client.get_experiment_by_name("medcf-inference").experiment_id])
-    assert found.data.params["guidance.mode"] == "dcfg" and len(found.data.params["model_sha256"]) == 64
+    assert set(ok.loc[ok["intervention"] == "do(age=+10)", "affected"]) == {"age,disease"}
+    client, found = only_run("medcf-inference")
+    assert found.info.status == "FINISHED" and found.data.params["guidance.mode"] == "dcfg"
+    assert len(found.data.params["model_sha256"]) == 64
     assert found.data.metrics["network_evaluations_per_counterfactual"] > 0
     assert [a.path for a in client.list_artifacts(found.info.run_id, "grids")]
+    assert "source_key.csv" not in [a.path for a in client.list_artifacts(found.info.run_id)]
+    assert not (out / RUN_MARKER).exists()
 
 
 def test_rerun_skips_finished_rows_and_redoes_missing_files(setup, tmp_path):
-    """A second run changes nothing that is finished; a deleted output is produced again."""
-    run(setup, tmp_path / "out")
-    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    """A second run changes nothing that is finished and gives the same UIDs; a deleted output is made again."""
+    out = tmp_path / "out"
+    run(setup, out)
+    manifest = read_manifest(out)
     ok = manifest[manifest["status"] == "ok"]
-    kept, removed = tmp_path / "out" / ok["dicom"].iloc[0], tmp_path / "out" / ok["dicom"].iloc[1]
-    stamp = kept.stat().st_mtime_ns
+    kept, removed = out / ok["dicom"].iloc[0], out / ok["dicom"].iloc[1]
+    stamp, uids = kept.stat().st_mtime_ns, pydicom.dcmread(removed).SOPInstanceUID
     removed.unlink()
-    run(setup, tmp_path / "out")
+    run(setup, out)
     assert kept.stat().st_mtime_ns == stamp and removed.is_file()
-    again = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    assert pydicom.dcmread(removed).SOPInstanceUID == uids, "re-runs derive the same UIDs"
     pd.testing.assert_frame_equal(
-        again[["source", "intervention", "status"]], manifest[["source", "intervention", "status"]]
+        read_manifest(out)[["image", "intervention", "status"]], manifest[["image", "intervention", "status"]]
     )
 
 
@@ -127,30 +154,30 @@ def test_rerun_tries_rejected_rows_again(setup, tmp_path):
     table = pd.read_csv(cohort)
     partial = tmp_path / "partial.csv"
     table.iloc[1:].to_csv(partial, index=False)
-    arguments = (data, tmp_path / "out", root / "model.pt", root / "graph.json")
-    settings = dict(guidance=GuidanceSettings(steps=2), batch_size=2, progress=False)
-    InferenceRun(*arguments, partial, ChestPreparer(32), ["do(sex=F)"], **settings).run()
-    first = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("source")
-    missing = table["path"].iloc[0]
-    assert first.loc[missing, "status"] == "rejected" and "not in the cohort" in first.loc[missing, "reason"]
-    InferenceRun(*arguments, cohort, ChestPreparer(32), ["do(sex=F)"], **settings).run()
-    second = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("source")
-    assert second.loc[missing, "status"] == "ok" and (tmp_path / "out" / second.loc[missing, "dicom"]).is_file()
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)",), cohort=partial, steps=2)
+    image = {source: image for image, source in sources_of(out).items()}[table["path"].iloc[0]]
+    first = read_manifest(out).set_index("image")
+    assert first.loc[image, "status"] == "rejected" and "not in the cohort" in first.loc[image, "reason"]
+    run(setup, out, interventions=("do(sex=F)",), steps=2)
+    second = read_manifest(out).set_index("image")
+    assert second.loc[image, "status"] == "ok" and (out / second.loc[image, "dicom"]).is_file()
     assert (second["status"] == "ok").sum() == (first["status"] == "ok").sum() + 1
 
 
 def test_rerun_with_other_settings_makes_the_rows_again(setup, tmp_path):
-    """Rows made with other guidance are not skipped: the new run rewrites them with its own settings."""
-    run(setup, tmp_path / "out", interventions=("do(sex=F)",))
-    first = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
-    run(setup, tmp_path / "out", interventions=("do(sex=F)",), mode="cfg", weight=3.0)
-    second = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    """Rows made with other guidance are not skipped: the new run rewrites them, with new UIDs."""
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)",))
+    first = read_manifest(out)
+    made = first[first["status"] == "ok"]
+    uid = pydicom.dcmread(out / made["dicom"].iloc[0]).SOPInstanceUID
+    run(setup, out, interventions=("do(sex=F)",), mode="cfg", weight=3.0)
+    second = read_manifest(out)
     assert len(second) == len(first) and set(second["settings"]).isdisjoint(first["settings"])
     for row in second[second["status"] == "ok"].itertuples():
-        assert (
-            "guidance cfg: age+sex+race+disease w=3"
-            in pydicom.dcmread(tmp_path / "out" / row.dicom).DerivationDescription
-        )
+        assert "guidance cfg: age+sex+race+disease w=3" in pydicom.dcmread(out / row.dicom).DerivationDescription
+    assert pydicom.dcmread(out / made["dicom"].iloc[0]).SOPInstanceUID != uid, "another image, another UID"
 
 
 def test_a_bad_label_is_a_rejected_row_and_the_run_goes_on(setup, tmp_path):
@@ -159,80 +186,150 @@ def test_a_bad_label_is_a_rejected_row_and_the_run_goes_on(setup, tmp_path):
     table.loc[0, "race"] = "Purple"
     broken = tmp_path / "broken.csv"
     table.to_csv(broken, index=False)
-    run(setup, tmp_path / "out", interventions=("do(sex=F)",), cohort=broken)
-    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False).set_index("source")
-    reason = manifest.loc[table["path"][0], "reason"]
-    assert manifest.loc[table["path"][0], "status"] == "rejected" and "race" in reason and "Purple" in reason
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)",), cohort=broken)
+    image = {source: image for image, source in sources_of(out).items()}[table["path"][0]]
+    manifest = read_manifest(out).set_index("image")
+    reason = manifest.loc[image, "reason"]
+    assert manifest.loc[image, "status"] == "rejected" and "race" in reason and "Purple" in reason
     assert (manifest["status"] == "ok").sum() == len(table) - 1
 
 
-def test_a_killed_run_keeps_the_rows_of_finished_batches(setup, tmp_path, monkeypatch):
-    decode = InferenceRun._decode_batch
+def test_a_shift_past_the_range_rejects_that_image_only(setup, tmp_path):
+    """do(age=+60) cannot apply to an image of a 50-year-old (95 is the top): that row is rejected with the reason."""
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(age=+60)",), steps=2)
+    manifest = read_manifest(out)
+    rejected = manifest[manifest["reason"].str.contains("is outside")]
+    assert len(rejected) and rejected["reason"].str.startswith("do(age=+60): age").all()
+
+
+def test_a_kill_keeps_every_row_whose_files_are_written(setup, tmp_path, monkeypatch):
+    """Interrupted while writing the first batch's second image: the first image's rows are in the manifest
+    and its files exist; the MLflow run says KILLED; the next run finishes the rest and skips the first."""
+    write = CounterfactualWriter.write
     calls = []
 
-    def failing_second_batch(self, *args):
+    def interrupted_on_the_second_image(self, *args):
         calls.append(1)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return decode(self, *args)
+        return write(self, *args)
 
-    monkeypatch.setattr(InferenceRun, "_decode_batch", failing_second_batch)
+    monkeypatch.setattr(CounterfactualWriter, "write", interrupted_on_the_second_image)
+    out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
-        run(setup, tmp_path / "out", interventions=("do(sex=F)",))
-    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
-    made = manifest[manifest["status"] == "ok"]
-    assert len(made) == 2 and all((tmp_path / "out" / d).is_file() for d in made["dicom"])
+        run(setup, out, interventions=("do(sex=F)",), batch_size=4)
+    made = read_manifest(out).query("status == 'ok'")
+    assert len(made) == 1 and (out / made["dicom"].iloc[0]).is_file()
+    _, killed = only_run("medcf-inference")
+    assert killed.info.status == "KILLED"
+    monkeypatch.setattr(CounterfactualWriter, "write", write)
+    stamp = (out / made["dicom"].iloc[0]).stat().st_mtime_ns
+    run(setup, out, interventions=("do(sex=F)",), batch_size=4)
+    assert (out / made["dicom"].iloc[0]).stat().st_mtime_ns == stamp
+    assert (read_manifest(out)["status"] == "ok").sum() == len(pd.read_csv(setup[2]))
 
 
-def test_outputs_and_tracking_do_not_show_source_paths_unless_identifiers_are_kept(setup, tmp_path):
-    """Source paths (which hold patient IDs in real layouts) stay out of output names, grids and MLflow."""
-    root, data, cohort = setup
-    run(setup, tmp_path / "out", interventions=("do(sex=F)",))
-    patients = {part for p in data.rglob("*.dcm") for part in p.relative_to(data).parts[:-1]}
-    written = [p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file()]
-    assert written and not any(patient in name for name in written for patient in patients)
+def test_the_mlflow_run_of_a_killed_job_is_closed_at_the_next_start(setup, tmp_path):
+    """A job killed outright (no chance to end its run) leaves its run RUNNING; the next start marks it KILLED."""
+    out = tmp_path / "out"
+    out.mkdir()
+    mlflow.set_experiment("medcf-inference")
+    with mlflow.start_run() as left_running:
+        pass
     client = mlflow.MlflowClient()
-    (found,) = client.search_runs([client.get_experiment_by_name("medcf-inference").experiment_id])
-    tracked = Path(client.download_artifacts(found.info.run_id, "manifest.csv", str(tmp_path))).read_text()
-    assert not any(patient in tracked for patient in patients)
-    run(setup, tmp_path / "kept", interventions=("do(sex=F)",), keep_identifiers=True)
-    kept = [p.relative_to(tmp_path / "kept").as_posix() for p in (tmp_path / "kept").rglob("*.dcm")]
-    assert any(patient in name for name in kept for patient in patients)
+    client.update_run(left_running.info.run_id, "RUNNING")
+    uri = mlflow.get_tracking_uri()
+    (out / RUN_MARKER).write_text(f'{{"run_id": "{left_running.info.run_id}", "tracking_uri": "{uri}"}}')
+    run(setup, out, interventions=("do(sex=F)",), steps=2)
+    assert client.get_run(left_running.info.run_id).info.status == "KILLED"
+    statuses = {
+        r.info.status for r in client.search_runs([client.get_experiment_by_name("medcf-inference").experiment_id])
+    }
+    assert statuses == {"KILLED", "FINISHED"}
 
 
-def test_output_folders_keep_uid_named_files_apart():
-    assert output_folder("p1/s2/1.2.840.55.3", keep_identifiers=True) == "p1/s2/1.2.840.55.3"
-    assert output_folder("p1/s2/image.dcm", keep_identifiers=True) == "p1/s2/image"
-    assert output_folder("p1/1.2.3", keep_identifiers=False) != output_folder("p1/1.2.4", keep_identifiers=False)
-    assert output_folder("p1/1.2.3", keep_identifiers=False).startswith("img-")
+def test_files_of_two_patients_with_the_same_name_never_share_labels(setup, tmp_path):
+    """p1/s1/image.dcm has a cohort row; p2/s2/image.dcm (another patient, same file name) has none: it is
+    rejected, not made with the first patient's labels."""
+    root, data, cohort = setup
+    table = pd.read_csv(cohort)
+    folder = tmp_path / "in"
+    patients = table.drop_duplicates("patient").iloc[:2]
+    for k, original in enumerate(patients["path"]):
+        (folder / f"p{k}/s{k}").mkdir(parents=True)
+        (folder / f"p{k}/s{k}/image.dcm").write_bytes((data / original).read_bytes())
+    labelled = patients.iloc[:1].assign(path="p0/s0/image.dcm")
+    labelled.to_csv(tmp_path / "cohort.csv", index=False)
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)",), cohort=tmp_path / "cohort.csv", dataset_dir=folder, steps=2)
+    by_source = read_manifest(out).assign(source=lambda t: t["image"].map(sources_of(out))).set_index("source")
+    assert by_source.loc["p0/s0/image.dcm", "status"] == "ok"
+    assert by_source.loc["p1/s1/image.dcm", "status"] == "rejected"
+    assert by_source.loc["p1/s1/image.dcm", "reason"].startswith("not in the cohort table")
 
 
-def test_bad_settings_fail_clearly(setup, tmp_path):
-    """An image size other than the model's, or an unknown attribute, stops with a clear message."""
-    with pytest.raises(ValueError, match="prepared images are 64x64, the model was trained at 32x32"):
-        run(setup, tmp_path / "a", size=64)
-    with pytest.raises(InterventionError, match="unknown attribute 'colour'"):
-        run(setup, tmp_path / "b", interventions=("do(colour=red)",))
-    with pytest.raises(ValueError, match=r"interventions: do\(sex=F\) given more than once"):
-        run(setup, tmp_path / "c", interventions=("do(sex=F)", "do( sex = F )"))
+def test_settings_are_checked_before_any_image_is_read(setup, tmp_path, monkeypatch):
+    """Bad weights, modes, sizes, interventions or batch sizes stop the run with a message naming the setting,
+    before a single image is prepared or a folder is made."""
+    prepared = []
+    monkeypatch.setattr(ChestPreparer, "prepare", lambda self, *a: prepared.append(a))
+    cases = [
+        (dict(w_aff=-1.0), r"w_aff: -1\.0 is not allowed: must be a finite number >= 0"),
+        (dict(w_inv=float("nan")), r"w_inv: nan is not allowed"),
+        (dict(weight=float("inf"), mode="cfg"), r"w: inf is not allowed"),
+        (dict(mode="dcgf"), r"guidance: 'dcgf' is not allowed: must be one of none, cfg, dcfg"),
+        (dict(steps=0), r"steps: 0 is not allowed"),
+        (dict(inversion_depth=1.5), r"inversion_depth: 1\.5 is not allowed"),
+        (dict(mode="dcfg_per_attribute", per_attribute={"colour": 2.0}), r"unknown attributes \['colour'\]"),
+        (dict(size=64), r"image_size: prepared images are 64x64, the model was trained at 32x32"),
+        (dict(interventions=("do(colour=red)",)), r"unknown attribute 'colour'"),
+        (dict(interventions=("do(sex=F)", "do( sex = F )")), r"interventions: do\(sex=F\) given more than once"),
+        (dict(batch_size=0), r"batch_size: 0 must be an integer >= 1"),
+    ]
+    for k, (options, message) in enumerate(cases):
+        with pytest.raises((ValueError, InterventionError), match=message):
+            run(setup, tmp_path / f"out{k}", **options)
+        assert not (tmp_path / f"out{k}").exists()
+    assert prepared == []
     root, data, cohort = setup
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(ValueError, match="dataset_dir: no input files under"):
-        InferenceRun(empty, tmp_path / "d", root / "model.pt", root / "graph.json", cohort, ChestPreparer(32), []).run()
+        run(setup, tmp_path / "d", dataset_dir=empty)
+
+
+def test_a_model_file_with_a_pickle_payload_runs_nothing(setup, tmp_path, pickle_payload_file):
+    """The inference job refuses a model.pt that carries code: one line naming the file; no output at all."""
+    root, _, _ = setup
+    entries = torch.load(root / "model.pt", weights_only=True)
+    marker = pickle_payload_file(tmp_path / "model.pt", **entries)
+    with pytest.raises(ValueError) as info:
+        run(setup, tmp_path / "out", model_path=tmp_path / "model.pt")
+    assert "\n" not in str(info.value) and str(tmp_path / "model.pt") in str(info.value)
+    assert "refused" in str(info.value)
+    assert not marker.exists() and not (tmp_path / "out").exists()
 
 
 def test_a_model_for_other_attributes_or_channels_is_refused(setup, tmp_path):
     """The bundle's attribute schema must be the model's; the model must take the prepared channels."""
-    root, data, cohort = setup
-    arguments = (data, tmp_path / "out", root / "model.pt", root / "graph.json", cohort, ChestPreparer(32))
     with pytest.raises(SchemaError, match="trained for attributes age.*expects age.*density"):
-        InferenceRun(*arguments, ["do(sex=F)"], GuidanceSettings(steps=2), schema=MAMMO_SCHEMA, progress=False).run()
+        run(setup, tmp_path / "out", schema=MAMMO_SCHEMA)
     two_channels = CounterfactualUNet(CXR_SCHEMA, replace(TINY, in_channels=2))
     save_checkpoint(tmp_path / "rgb.pt", two_channels, DiffusionConfig().to_dict(), image_size=[32, 32])
-    arguments = (data, tmp_path / "out", tmp_path / "rgb.pt", root / "graph.json", cohort, ChestPreparer(32))
     with pytest.raises(ValueError, match=r"prepared images have 1 channel\(s\); the model takes 2"):
-        InferenceRun(*arguments, ["do(sex=F)"], GuidanceSettings(steps=2), progress=False).run()
+        run(setup, tmp_path / "out", model_path=tmp_path / "rgb.pt")
+
+
+def test_an_output_folder_keeps_its_pseudonym_key(setup, tmp_path):
+    """Another key for a folder made with one would break its names and UIDs: refused, naming the setting."""
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)",), steps=2)
+    other = tmp_path / "other.key"
+    other.write_text("ab" * 32)
+    with pytest.raises(ValueError, match="made with another pseudonym key; give that key \\(pseudonym_key\\)"):
+        run(setup, out, interventions=("do(sex=F)",), steps=2, pseudonym_key=other)
 
 
 def test_inference_bundles_declare_the_attributes_of_their_training_bundles():
@@ -246,6 +343,12 @@ def test_inference_bundles_declare_the_attributes_of_their_training_bundles():
             parser.read_config(str(REPO / "bundles" / bundle / "configs" / name))
             declared.append(parser.get_parsed_content("schema").to_config())
         assert declared[0] == declared[1], bundle
+
+
+def test_output_folders_are_pseudonyms_unless_identifiers_are_kept():
+    assert output_folder("p1/s2/1.2.840.55.3", "img-1", keep_identifiers=True) == "p1/s2/1.2.840.55.3"
+    assert output_folder("p1/s2/image.dcm", "img-1", keep_identifiers=True) == "p1/s2/image"
+    assert output_folder("p1/s2/image.dcm", "img-1", keep_identifiers=False) == "img-1"
 
 
 def test_slugs_are_file_names():

@@ -13,6 +13,7 @@ import pydicom
 import pytest
 from monai.bundle import ConfigParser
 
+from medcf.dicom.reader import read_radiograph
 from medcf.inference import file_sha256
 
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +28,7 @@ def bundle_settings(bundle: str) -> dict:
 
 
 @pytest.mark.parametrize("bundle", sorted(BUNDLES))
-def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
+def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle, dciodvfy_errors, chest_wall_right):
     settings = bundle_settings(bundle)
     if not Path(settings["model_path"]).is_file():
         pytest.skip(f"{bundle} has no demo weights (models/model.pt) yet")
@@ -45,29 +46,45 @@ def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
 
     out = tmp_path / BUNDLES[bundle]
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
-    sources = sorted(
-        p.relative_to(settings["dataset_dir"]).as_posix() for p in Path(settings["dataset_dir"]).rglob("*.dcm")
-    )
-    assert sorted(set(manifest["source"])) == sources
+    key = dict(pd.read_csv(out / "source_key.csv", dtype=str).values)
+    manifest["source"] = manifest["image"].map(key)
+    dataset_dir = Path(settings["dataset_dir"])
+    sources = sorted(p.relative_to(dataset_dir).as_posix() for p in dataset_dir.rglob("*.dcm"))
+    assert sorted(key.values()) == sources and sorted(set(manifest["source"])) == sources
     assert len(manifest) == len(sources) * len(settings["interventions"])
     assert set(manifest["status"]) <= {"ok", "rejected"}
     assert (manifest.loc[manifest["status"] == "rejected", "reason"] != "").all()
     made = manifest[manifest["status"] == "ok"]
     assert set(made["intervention"]) == set(settings["interventions"]), "every default intervention made something"
 
+    studies, series = {}, {}
     for row in made.to_dict("records"):
         dataset = pydicom.dcmread(out / row["dicom"])
         assert dataset.SeriesDescription.startswith("SYNTHETIC COUNTERFACTUAL")
         assert row["intervention"] in dataset.DerivationDescription
         assert dataset.ImageType[:2] == ["DERIVED", "SECONDARY"]
-        source = pydicom.dcmread(Path(settings["dataset_dir"]) / row["source"], stop_before_pixels=True)
+        source = pydicom.dcmread(dataset_dir / row["source"], stop_before_pixels=True)
         assert dataset.PatientID != source.PatientID and dataset.PatientIdentityRemoved == "YES"
         assert str(dataset.PatientName) != str(source.PatientName)
+        assert source.SOPInstanceUID not in {r.ReferencedSOPInstanceUID for r in dataset.SourceImageSequence}
         assert (out / row["png"]).is_file() and (out / row["diff"]).is_file()
         assert float(row["mean_abs_change"]) > 0
         name, _, value = row["intervention"][3:-1].partition("=")
         if not value.startswith(("+", "-")):
-            assert str(row[f"cf_{name}"]) == value, f"{row['source']}: counterfactual {name} is not {value}"
+            assert str(row[f"cf_{name}"]) == value, f"{row['image']}: counterfactual {name} is not {value}"
+        studies.setdefault(source.StudyInstanceUID, set()).add((dataset.StudyInstanceUID, dataset.PatientID))
+        series.setdefault((source.SeriesInstanceUID, row["intervention"]), set()).add(dataset.SeriesInstanceUID)
+        assert dciodvfy_errors(out / row["dicom"]) == [], row["image"]
+        if bundle == "mammo_counterfactual":
+            counterfactual, _ = read_radiograph(out / row["dicom"])
+            source_image, header = read_radiograph(dataset_dir / row["source"])
+            assert chest_wall_right(counterfactual) == chest_wall_right(source_image), "mirrored against its source"
+            assert dataset.ImageLaterality == header.laterality and "Laterality" not in dataset
+            assert list(dataset.PatientOrientation) == list(source.PatientOrientation)
+    assert all(len(v) == 1 for v in studies.values()), "one counterfactual study (and patient) per source study"
+    assert len({uid for v in studies.values() for uid, _ in v}) == len(studies)
+    assert all(len(v) == 1 for v in series.values()), "one series per (source series, intervention)"
+    assert len({uid for v in series.values() for uid in v}) == len(series)
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -84,4 +101,5 @@ def test_no_argument_command_makes_tracked_counterfactuals(tmp_path, bundle):
     assert "manifest.csv" in artifacts
     tracked = Path(client.download_artifacts(run.info.run_id, "manifest.csv", str(tmp_path))).read_text()
     assert not any(source in tracked for source in sources), "MLflow gets pseudonyms, not source paths"
+    assert "source_key.csv" not in artifacts and "pseudonym.key" not in artifacts
     assert grids and all(g.endswith(".png") for g in grids)

@@ -1,25 +1,37 @@
-"""Counterfactual images as DICOM: derived, plainly synthetic, traceable to their source, without PHI.
+"""Counterfactual images as DICOM: derived, plainly synthetic, in their source's orientation, grouped the way a
+viewer expects, and without identifiers unless asked.
 
 Each counterfactual is a Secondary Capture image (PS3.3 A.8.1) with Conversion Type SYN ("synthetic image"),
-ImageType DERIVED\\SECONDARY, new Study/Series/SOP Instance UIDs, a SourceImageSequence referencing the
-factual image, a DerivationDescription naming the intervention, guidance and weights, and a
-SeriesDescription that starts with "SYNTHETIC COUNTERFACTUAL". Patient and study identifiers of the source
-(name, ID, birth date, accession number, study ID, dates) are copied only with ``keep_identifiers=True``.
+ImageType DERIVED\\SECONDARY, a DerivationDescription naming the intervention, guidance and weights, and a
+SeriesDescription that starts with "SYNTHETIC COUNTERFACTUAL". Who and where it belongs is a
+:class:`DerivedIdentity` the caller derives (keyed pseudonyms and UIDs, see
+:mod:`medcf.outputs.pseudonyms`): one counterfactual study per source study, one series per (source series,
+intervention), one pseudonymous patient per source patient. Patient and study identifiers of the source
+(name, ID, birth date, accession number, dates, ...) are copied only with ``keep_identifiers=True``.
+
+Geometry: the pixels are expected in the source's orientation (preparation's mirroring undone, see
+:class:`medcf.geometry.Geometry`); the source's Patient Orientation (0020,0020) and laterality therefore
+still hold and are written (laterality as Image Laterality (0020,0062) only: the series-level Laterality
+(0020,0060) must be absent when Image Laterality is present, PS3.3 C.7.3.1). Pixel Spacing / Imager Pixel
+Spacing is the source's, scaled by the preparation's crop and resize.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 import medcf
-from medcf.dicom.encode import PixelEncoding, attach_pixels, encode_pixels, new_uid, write_dataset_atomic
+from medcf.dicom.encode import PixelEncoding, as_ds, attach_pixels, encode_pixels, write_dataset_atomic
+from medcf.dicom.reader import laterality_of, view_of
+from medcf.geometry import Geometry
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 IDENTIFIERS = (
@@ -33,42 +45,97 @@ IDENTIFIERS = (
     "ReferringPhysicianName",
     "InstitutionName",
 )
-#: descriptive, non-identifying tags carried over from the source
-CARRIED = ("BodyPartExamined", "ViewPosition", "Laterality", "ImageLaterality", "PatientOrientation")
+"""Source tags copied only with ``keep_identifiers`` (Type 2 tags are written empty otherwise)."""
+CARRIED = ("BodyPartExamined", "ViewPosition")
+"""Descriptive, non-identifying tags carried over from the source."""
+_ORIENTATION = re.compile(r"[APRLHF]{1,3}")
+MAMMO_VIEW_ROWS = {"CC": "", "XCCL": "", "XCCM": "", "MLO": "F"}
+"""The caudal part of a mammogram's column direction per view (PS3.3 C.7.6.1.1.1; e.g. left MLO is A\\FR)."""
+
+
+@dataclass(frozen=True)
+class DerivedIdentity:
+    """Where a counterfactual file belongs: its patient, study, series and instance, and its source.
+
+    ``source_reference_uid`` is the source image's SOP Instance UID when identifiers are kept, else its
+    pseudonymous counterpart (the same keyed UID on every counterfactual of that source).
+    """
+
+    patient_id: str
+    patient_name: str
+    study_uid: str
+    study_id: str
+    series_uid: str
+    series_number: int
+    instance_uid: str
+    instance_number: int
+    source_reference_uid: str
+
+
+def patient_orientation(source: Dataset, geometry: Geometry | None) -> list[str]:
+    """Patient Orientation (row, column direction) of a counterfactual lying as its source does.
+
+    The source's own value when it is a valid pair of directions; for a mammogram without one (film scans
+    often hold the view there), the standard directions from laterality and view, with the row direction
+    from where the chest wall lies (preparation mirrored the images whose chest wall was on the right);
+    otherwise empty (Type 2: unknown)."""
+    values = [str(v).upper() for v in (source.get("PatientOrientation") or [])]
+    if len(values) == 2 and all(_ORIENTATION.fullmatch(v) for v in values):
+        return values
+    laterality, _ = laterality_of(source)
+    view, _ = view_of(source)
+    if source.get("Modality") == "MG" and laterality in ("L", "R") and view in MAMMO_VIEW_ROWS and geometry:
+        row = "P" if geometry.mirrored else "A"
+        across = "R" if laterality == "L" else "L"
+        return [row, MAMMO_VIEW_ROWS[view] + across]
+    return []
 
 
 def counterfactual_dataset(
     source: Dataset,
     display: np.ndarray,
+    identity: DerivedIdentity,
     description: str,
     series_title: str,
+    geometry: Geometry | None = None,
     keep_identifiers: bool = False,
     encoding: PixelEncoding | None = None,
 ) -> Dataset:
-    """A Secondary Capture dataset for ``display`` (values in [0, 1], bright = attenuating) derived from the
-    factual image's dataset ``source``.
+    """A Secondary Capture dataset for ``display`` (values in [0, 1], bright = attenuating, in the source's
+    orientation) derived from the factual image's dataset ``source``.
 
     Args:
         source: the factual image's header (pixels not needed).
         display: counterfactual image, rows x columns, in [0, 1].
-        description: DerivationDescription (intervention, guidance, weights, steps, model), at most 1024 chars.
+        identity: patient, study, series and instance of the file, and its source reference.
+        description: DerivationDescription (intervention, guidance, weights, steps), at most 1024 chars.
         series_title: short text after "SYNTHETIC COUNTERFACTUAL " in the SeriesDescription.
+        geometry: what preparation did (for the pixel spacing and, for mammograms, the orientation).
         keep_identifiers: copy the source's patient and study identifiers (off by default: no PHI).
     """
     now = dt.datetime.now()
     ds = Dataset()
-    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, new_uid()
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = new_uid(), new_uid()
+    ds.SOPClassUID, ds.SOPInstanceUID = SECONDARY_CAPTURE, identity.instance_uid
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = identity.study_uid, identity.series_uid
     for keyword in IDENTIFIERS:
         setattr(ds, keyword, source.get(keyword, "") if keep_identifiers else "")
     if not keep_identifiers:
-        ds.PatientName, ds.PatientID = "ANONYMOUS^COUNTERFACTUAL", "COUNTERFACTUAL"
+        ds.PatientName, ds.PatientID = identity.patient_name, identity.patient_id
+        ds.StudyID = identity.study_id
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "medcf counterfactual: source identifiers not copied"
+        ds.DeidentificationMethod = "medcf: no source identifiers; keyed pseudonyms"
     ds.PatientSex = ""
+    ds.StudyDescription = "SYNTHETIC COUNTERFACTUALS (medcf)"
     for keyword in CARRIED:
         if keyword in source and source.data_element(keyword).value not in (None, ""):
             setattr(ds, keyword, source.data_element(keyword).value)
+    laterality, _ = laterality_of(source)
+    if laterality:
+        ds.ImageLaterality = laterality
+    ds.PatientOrientation = patient_orientation(source, geometry)
+    spacing = geometry.output_spacing_mm if geometry is not None else None
+    if spacing is not None and geometry.spacing_tag:
+        setattr(ds, geometry.spacing_tag, [as_ds(spacing[0]), as_ds(spacing[1])])
     ds.Modality = source.get("Modality") or "OT"
     ds.ConversionType = "SYN"
     ds.ImageType = ["DERIVED", "SECONDARY"]
@@ -78,10 +145,10 @@ def counterfactual_dataset(
     ds.Manufacturer, ds.SoftwareVersions = "medcf", medcf.__version__
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime
-    ds.SeriesNumber, ds.InstanceNumber = 900, 1
+    ds.SeriesNumber, ds.InstanceNumber = identity.series_number, identity.instance_number
     reference = Dataset()
     reference.ReferencedSOPClassUID = source.SOPClassUID
-    reference.ReferencedSOPInstanceUID = source.SOPInstanceUID
+    reference.ReferencedSOPInstanceUID = identity.source_reference_uid
     ds.SourceImageSequence = DicomSequence([reference])
     stored, attributes = encode_pixels(
         np.clip(display, 0.0, 1.0).astype(np.float32),
@@ -91,16 +158,8 @@ def counterfactual_dataset(
     return ds
 
 
-def write_counterfactual(
-    source_path: str | Path,
-    display: np.ndarray,
-    path: str | Path,
-    description: str,
-    series_title: str,
-    keep_identifiers: bool = False,
-) -> Dataset:
-    """Read the factual file's header, build the counterfactual dataset and write it atomically."""
-    source = pydicom.dcmread(source_path, stop_before_pixels=True)
-    ds = counterfactual_dataset(source, display, description, series_title, keep_identifiers)
+def write_counterfactual(path: str | Path, source: Dataset, display: np.ndarray, **kwargs) -> Dataset:
+    """Build the counterfactual dataset (:func:`counterfactual_dataset` arguments) and write it atomically."""
+    ds = counterfactual_dataset(source, display, **kwargs)
     write_dataset_atomic(ds, Path(path))
     return ds
