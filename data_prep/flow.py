@@ -23,7 +23,7 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from medcf.atomic import atomic_path
+from medcf.atomic import write_csv_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT = (0.6, 0.1, 0.3)
@@ -199,12 +199,6 @@ def patient_split(patients: pd.Series, fractions: Sequence[float], seed: int) ->
 # -- output -------------------------------------------------------------------------------------------
 
 
-def write_csv_atomic(table: pd.DataFrame, path: Path) -> None:
-    """Write a CSV into a temporary file beside ``path``, then rename it into place."""
-    with atomic_path(path) as temporary:  # the temporary name keeps the suffix (.gz decides compression)
-        table.to_csv(temporary, index=False)
-
-
 def flow_path(out: Path) -> Path:
     """``<cohort stem>_flow.csv`` beside the cohort table."""
     stem = out.name.removesuffix(".gz").removesuffix(".csv")
@@ -295,7 +289,7 @@ def run_cli(
 def write_outputs(cohort: pd.DataFrame, flow: pd.DataFrame, out: Path) -> None:
     """Write the cohort and, beside it, the flow table (each atomically)."""
     try:
-        write_csv_atomic(cohort, out)
-        write_csv_atomic(flow, flow_path(out))
+        write_csv_atomic(out, cohort)
+        write_csv_atomic(flow_path(out), flow)
     except OSError as error:
         raise CohortError(f"cannot write {out}: {error.strerror or error}") from None

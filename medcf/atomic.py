@@ -55,6 +55,17 @@ def write_json_atomic(path: str | Path, payload: Any) -> Path:
     return write_text_atomic(path, json.dumps(payload, indent=2, default=plain_json) + "\n")
 
 
+def write_csv_atomic(path: str | Path, table: Any, mode: int | None = None) -> Path:
+    """Write a pandas table as CSV (no index) atomically; ``mode`` sets the file's permissions (e.g. 0o600).
+
+    Paths that are not valid UTF-8 (possible on Linux) are written byte for byte (``surrogateescape``)."""
+    with atomic_path(path) as temporary:
+        table.to_csv(temporary, index=False, errors="surrogateescape")
+        if mode is not None:
+            os.chmod(temporary, mode)
+    return Path(path)
+
+
 def plain_json(value: Any) -> Any:
     """JSON for values ``json`` does not know: numpy scalars as Python numbers, anything else as text."""
     item = getattr(value, "item", None)

@@ -39,10 +39,12 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medcf.atomic import atomic_path, write_json_atomic
+import medcf
+from medcf.atomic import remove_temporaries, write_csv_atomic, write_json_atomic
 from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
 from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
+from medcf.dicom.reader import DicomReadError, read_header
 from medcf.diffusion import DiffusionConfig
 from medcf.grids import counterfactual_grid
 from medcf.interventions import Intervention, parse_intervention
@@ -52,7 +54,7 @@ from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
 from medcf.prepare.base import Preparer
-from medcf.prepare.cohort import CohortIndex
+from medcf.prepare.cohort import CohortIndex, CohortMatchError
 from medcf.prepare.runner import discover_inputs
 from medcf.tracking import flatten, job_run
 
@@ -128,6 +130,7 @@ class InferenceRun:
             raise ValueError(f"dataset_dir: no input files under {dataset_dir}")
         labels = CohortIndex.from_csv(self.labels)
         with OutputFolderLock(output_dir):
+            remove_temporaries(output_dir)  # files a killed run was writing; their rows were never recorded
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
             self._check_folder(output_dir, pseudonyms)
             images = {source: pseudonyms.image(source) for source in sources}
@@ -161,10 +164,12 @@ class InferenceRun:
                 table = manifest.save()
                 seconds = time.perf_counter() - started
                 made = stats.pop("made")
+                rows = [manifest.get(image, i.text) or {} for image in images.values() for i in interventions]
+                statuses = [row.get("status") for row in rows]
                 metrics = {
                     "counterfactuals": made,
-                    "rows_ok": int((table["status"] == "ok").sum()),
-                    "rows_rejected": int((table["status"] == "rejected").sum()),
+                    "rows_ok": statuses.count("ok"),
+                    "rows_rejected": statuses.count("rejected"),
                     "seconds_total": seconds,
                     **stats,
                 }
@@ -184,6 +189,8 @@ class InferenceRun:
         graph = CausalGraph.load(model.schema, self.graph_path)
         engine = CounterfactualEngine(model, DiffusionConfig(**payload["diffusion"]), graph, self.guidance)
         interventions = [parse_intervention(model.schema, text) for text in self.interventions]
+        if not interventions:
+            raise ValueError("interventions: none given; e.g. ['do(sex=F)'] (do() is the null intervention)")
         repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)
         if repeated:
             raise ValueError(f"interventions: {', '.join(repeated)} given more than once")
@@ -202,7 +209,8 @@ class InferenceRun:
         return engine, interventions, file_sha256(self.model_path)
 
     def _check_folder(self, output_dir: Path, pseudonyms: Pseudonyms) -> None:
-        """An output folder keeps one pseudonym key: its names and UIDs must stay consistent."""
+        """An output folder keeps one pseudonym key (its names and UIDs stay consistent) and one choice of
+        keep_identifiers (a pseudonymous folder never gains rows with source paths, nor the reverse)."""
         path = output_dir / FOLDER_SETTINGS
         if path.exists():
             earlier = json.loads(path.read_text())
@@ -211,12 +219,28 @@ class InferenceRun:
                     f"output_dir {output_dir}: its outputs were made with another pseudonym key; give that key "
                     "(pseudonym_key) or use a new output_dir"
                 )
-        write_json_atomic(path, {"pseudonym_key_id": pseudonyms.key_id, "uid_root": pseudonyms.uid_root})
+            if earlier.get("keep_identifiers", False) != self.keep_identifiers:
+                raise ValueError(
+                    f"output_dir {output_dir}: its outputs were made with keep_identifiers="
+                    f"{str(earlier.get('keep_identifiers', False)).lower()}; use that or a new output_dir"
+                )
+        write_json_atomic(
+            path,
+            {
+                "pseudonym_key_id": pseudonyms.key_id,
+                "uid_root": pseudonyms.uid_root,
+                "keep_identifiers": self.keep_identifiers,
+            },
+        )
 
     def _fingerprint(self, model_sha256: str, pseudonyms: Pseudonyms) -> str:
         """A short hash of everything that decides an output: a re-run only skips rows made with the same."""
+        guidance = {k: float(v) if k in ("weight", "w_aff", "w_inv") else v for k, v in asdict(self.guidance).items()}
+        guidance["per_attribute"] = {k: float(v) for k, v in sorted(guidance["per_attribute"].items())}
+        del guidance["max_rows"]  # speed only
         settings = {
-            "guidance": asdict(self.guidance),
+            "medcf": medcf.__version__,
+            "guidance": guidance,
             "model": model_sha256,
             "graph": file_sha256(self.graph_path),
             "preparer": self.preparer.settings(),
@@ -245,6 +269,7 @@ class _Job:
         self.grid_folder = output_dir / "grids" / time.strftime("%Y%m%d-%H%M%S")
         self.grids: list[Path] = []
         self.totals = {"evaluations": 0, "made": 0, "seconds": 0.0}
+        self.inputs: dict[str, str] = {}  # image -> fingerprint of its file and cohort row
 
     def process(
         self, sources: list[str], images: dict[str, str], dataset_dir: Path, labels: CohortIndex
@@ -252,7 +277,8 @@ class _Job:
         pending: list[_Pending] = []
         for source in tqdm(sources, desc="counterfactuals", disable=not self.config.progress):
             image = images[source]
-            todo = [i for i in self.interventions if not self._is_made(self.manifest.get(image, i.text))]
+            self.inputs[image] = input_fingerprint(dataset_dir / source, source, labels)
+            todo = [i for i in self.interventions if not self._is_made(self.manifest.get(image, i.text), image)]
             if not todo:
                 continue
             outcome = self.config.preparer.prepare(str(dataset_dir / source), labels, source)
@@ -281,12 +307,14 @@ class _Job:
             "seconds_per_counterfactual": self.totals["seconds"] / made if made else 0.0,
         }
 
-    def _is_made(self, row: dict[str, Any] | None) -> bool:
-        """A row to skip: made with the current settings and its DICOM is there (rejected rows are retried)."""
+    def _is_made(self, row: dict[str, Any] | None, image: str) -> bool:
+        """A row to skip: made with the current settings from the same file and labels, and its DICOM is there
+        (rejected rows are retried)."""
         return (
             row is not None
             and row["status"] == "ok"
             and row.get("settings") == self.settings
+            and row.get("input") == self.inputs[image]
             and (self.output_dir / row["dicom"]).is_file()
         )
 
@@ -315,6 +343,8 @@ class _Job:
                 )
         shown: dict[str, list[np.ndarray | None]] = {i.text: [None] * len(batch) for i in self.interventions}
         for k, p in enumerate(batch):
+            if not drawn[k]:
+                continue  # every intervention was impossible for this image (rows recorded above)
             outputs = self.writer.write(p.item, factual_displays[k], [d for d, _ in drawn[k]])
             for (counterfactual, extra), written in zip(drawn[k], outputs, strict=True):
                 row = self._row(p.item.image, p.item.source, counterfactual.intervention, "ok", "")
@@ -354,6 +384,7 @@ class _Job:
             "status": status,
             "reason": reason,
             "settings": self.settings,
+            "input": self.inputs[image],
             "dicom": "",
             "png": "",
             "diff": "",
@@ -363,13 +394,31 @@ class _Job:
         return row
 
 
+def input_fingerprint(path: Path, source: str, labels: CohortIndex) -> str:
+    """What decides an input's counterfactuals besides the settings: its file (size, modification time) and
+    its cohort row. A re-run makes a row again when either changed (a corrected label, a replaced file)."""
+    try:
+        stat = path.stat()
+        uid = read_header(path).sop_instance_uid if labels.by_uid is not None else None
+        file = [stat.st_size, stat.st_mtime_ns]
+    except (OSError, DicomReadError) as error:
+        file, uid = [type(error).__name__], None
+    try:
+        row: dict[str, Any] = labels.labels_for(source, uid)
+    except CohortMatchError as error:
+        row = {"unmatched": error.reason}
+    return hashlib.sha256(json.dumps([file, row], sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _update_source_key(path: Path, images: dict[str, str]) -> None:
-    """Write ``image, source`` for every input (kept from earlier runs too), atomically."""
-    rows = dict(pd.read_csv(path, dtype=str, keep_default_na=False).values) if path.exists() else {}
+    """Write ``image, source`` for every input (kept from earlier runs too), atomically, readable by its owner
+    only (it links pseudonyms back to paths that hold patient IDs)."""
+    rows = {}
+    if path.exists():
+        earlier = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="surrogateescape")
+        rows = dict(earlier.values)
     rows.update({image: source for source, image in images.items()})
-    table = pd.DataFrame(sorted(rows.items()), columns=["image", "source"])
-    with atomic_path(path) as temporary:
-        table.to_csv(temporary, index=False)
+    write_csv_atomic(path, pd.DataFrame(sorted(rows.items()), columns=["image", "source"]), mode=0o600)
 
 
 def _unit(image: np.ndarray) -> np.ndarray:

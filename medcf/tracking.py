@@ -30,6 +30,14 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
+def absolute_uri(uri: str) -> str:
+    """A tracking URI that means the same from any working directory (``sqlite:///mlflow.db`` is relative)."""
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
+        return prefix + str(Path(uri[len(prefix) :]).resolve())
+    return uri
+
+
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested parameters as ``a.b = value`` strings (MLflow params are flat and at most 6000 characters)."""
     flat: dict[str, str] = {}
@@ -168,7 +176,7 @@ def job_run(output_dir: str | Path, experiment: str, run_name: str, tags: Mappin
     mlflow.set_experiment(experiment)
     marker = Path(output_dir) / RUN_MARKER
     run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
-    write_json_atomic(marker, {"run_id": run.info.run_id, "tracking_uri": uri})
+    write_json_atomic(marker, {"run_id": run.info.run_id, "tracking_uri": absolute_uri(uri)})
     status = "FAILED"
     try:
         yield run

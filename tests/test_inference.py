@@ -129,6 +129,7 @@ def test_outputs_manifest_source_key_and_mlflow(setup, tmp_path):
     assert [a.path for a in client.list_artifacts(found.info.run_id, "grids")]
     assert "source_key.csv" not in [a.path for a in client.list_artifacts(found.info.run_id)]
     assert not (out / RUN_MARKER).exists()
+    assert (out / "source_key.csv").stat().st_mode & 0o777 == 0o600, "the link back is readable by its owner only"
 
 
 def test_rerun_skips_finished_rows_and_redoes_missing_files(setup, tmp_path):
@@ -287,6 +288,7 @@ def test_settings_are_checked_before_any_image_is_read(setup, tmp_path, monkeypa
         (dict(interventions=("do(colour=red)",)), r"unknown attribute 'colour'"),
         (dict(interventions=("do(sex=F)", "do( sex = F )")), r"interventions: do\(sex=F\) given more than once"),
         (dict(batch_size=0), r"batch_size: 0 must be an integer >= 1"),
+        (dict(interventions=()), r"interventions: none given"),
     ]
     for k, (options, message) in enumerate(cases):
         with pytest.raises((ValueError, InterventionError), match=message):
@@ -330,6 +332,32 @@ def test_an_output_folder_keeps_its_pseudonym_key(setup, tmp_path):
     other.write_text("ab" * 32)
     with pytest.raises(ValueError, match="made with another pseudonym key; give that key \\(pseudonym_key\\)"):
         run(setup, out, interventions=("do(sex=F)",), steps=2, pseudonym_key=other)
+
+
+def test_an_output_folder_keeps_its_choice_of_identifiers(setup, tmp_path):
+    """A pseudonymous folder never gains rows with source paths (nor the reverse): switching is refused."""
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)",), steps=2)
+    with pytest.raises(ValueError, match="made with keep_identifiers=false; use that or a new output_dir"):
+        run(setup, out, interventions=("do(sex=F)",), steps=2, keep_identifiers=True)
+
+
+def test_a_corrected_label_makes_that_images_rows_again(setup, tmp_path):
+    """Labels are inputs: a re-run after a cohort fix remakes the rows of the fixed image and only those."""
+    root, data, cohort = setup
+    out = tmp_path / "out"
+    table = pd.read_csv(cohort)
+    run(setup, out, interventions=("do(sex=F)",), steps=2)
+    before = read_manifest(out).set_index("image")
+    stamps = {image: (out / row.dicom).stat().st_mtime_ns for image, row in before.iterrows() if row.status == "ok"}
+    fixed = table.copy()
+    fixed.loc[0, "race"] = {"White": "Black"}.get(fixed.loc[0, "race"], "White")
+    fixed.to_csv(tmp_path / "fixed.csv", index=False)
+    run(setup, out, interventions=("do(sex=F)",), steps=2, cohort=tmp_path / "fixed.csv")
+    after = read_manifest(out).set_index("image")
+    changed = {source: image for image, source in sources_of(out).items()}[table["path"][0]]
+    remade = {image for image, stamp in stamps.items() if (out / after.loc[image, "dicom"]).stat().st_mtime_ns != stamp}
+    assert remade == {changed} and after.loc[changed, "input"] != before.loc[changed, "input"]
 
 
 def test_inference_bundles_declare_the_attributes_of_their_training_bundles():

@@ -38,14 +38,14 @@ IDENTIFIERS = (
     "PatientName",
     "PatientID",
     "PatientBirthDate",
-    "AccessionNumber",
-    "StudyID",
     "StudyDate",
     "StudyTime",
     "ReferringPhysicianName",
     "InstitutionName",
 )
-"""Source tags copied only with ``keep_identifiers`` (Type 2 tags are written empty otherwise)."""
+"""Source tags copied only with ``keep_identifiers`` (Type 2 tags are written empty otherwise). The source
+study's Accession Number and Study ID are never copied: the counterfactual study is another study, and a PACS
+would take two studies with one accession number for one."""
 CARRIED = ("BodyPartExamined", "ViewPosition")
 """Descriptive, non-identifying tags carried over from the source."""
 _ORIENTATION = re.compile(r"[APRLHF]{1,3}")
@@ -79,7 +79,8 @@ def patient_orientation(source: Dataset, geometry: Geometry | None) -> list[str]
     often hold the view there), the standard directions from laterality and view, with the row direction
     from where the chest wall lies (preparation mirrored the images whose chest wall was on the right);
     otherwise empty (Type 2: unknown)."""
-    values = [str(v).upper() for v in (source.get("PatientOrientation") or [])]
+    value = source.get("PatientOrientation") or []
+    values = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
     if len(values) == 2 and all(_ORIENTATION.fullmatch(v) for v in values):
         return values
     laterality, _ = laterality_of(source)
@@ -119,9 +120,9 @@ def counterfactual_dataset(
     ds.StudyInstanceUID, ds.SeriesInstanceUID = identity.study_uid, identity.series_uid
     for keyword in IDENTIFIERS:
         setattr(ds, keyword, source.get(keyword, "") if keep_identifiers else "")
+    ds.AccessionNumber, ds.StudyID = "", identity.study_id
     if not keep_identifiers:
         ds.PatientName, ds.PatientID = identity.patient_name, identity.patient_id
-        ds.StudyID = identity.study_id
         ds.PatientIdentityRemoved = "YES"
         ds.DeidentificationMethod = "medcf: no source identifiers; keyed pseudonyms"
     ds.PatientSex = ""
@@ -141,7 +142,8 @@ def counterfactual_dataset(
     ds.ImageType = ["DERIVED", "SECONDARY"]
     ds.SeriesDescription = f"SYNTHETIC COUNTERFACTUAL {series_title}"[:64]
     ds.DerivationDescription = description[:1024]
-    ds.BurnedInAnnotation = "NO"
+    # text burned into the source's pixels may survive preparation (chest images are not cleaned): say so
+    ds.BurnedInAnnotation = "YES" if str(source.get("BurnedInAnnotation", "")).upper() == "YES" else "NO"
     ds.Manufacturer, ds.SoftwareVersions = "medcf", medcf.__version__
     ds.ContentDate, ds.ContentTime = now.strftime("%Y%m%d"), now.strftime("%H%M%S")
     ds.InstanceCreationDate, ds.InstanceCreationTime = ds.ContentDate, ds.ContentTime

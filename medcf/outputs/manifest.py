@@ -15,6 +15,7 @@ which items are finished (see the jobs).
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from medcf.atomic import atomic_path, plain_json
+from medcf.atomic import plain_json, write_csv_atomic
 
 MANIFEST = "manifest.csv"
 JOURNAL = ".journal.jsonl"
@@ -62,9 +63,10 @@ class RunManifest:
         missing = [name for name in (*self.key, "status", "reason") if name not in row]
         if missing or row["status"] not in STATUSES:
             raise ValueError(f"manifest row needs {', '.join(missing) or 'a status in ' + str(STATUSES)}: {row}")
-        self._journal.write(json.dumps(dict(row), default=plain_json) + "\n")
+        text = {name: as_text(value) for name, value in row.items()}
+        self._journal.write(json.dumps(text) + "\n")
         self._journal.flush()
-        self.rows[self.key_of(row)] = dict(row)
+        self.rows[self.key_of(text)] = text
         if time.monotonic() - self._saved_at >= self.save_every:
             self.save()
 
@@ -79,13 +81,12 @@ class RunManifest:
         for name in self.first:
             if name not in table.columns:
                 table[name] = ""
-        return table[list(self.first) + sorted(c for c in table.columns if c not in self.first)]
+        return table[list(self.first) + sorted(c for c in table.columns if c not in self.first)].fillna("")
 
     def save(self) -> pd.DataFrame:
         """Rewrite manifest.csv atomically with every row, then empty the journal."""
         table = self.table()
-        with atomic_path(self.path) as temporary:
-            table.to_csv(temporary, index=False)
+        write_csv_atomic(self.path, table)
         self._journal.close()
         self._journal = open(self.journal_path, "w", encoding="utf-8")
         self._saved_at = time.monotonic()
@@ -105,11 +106,21 @@ class RunManifest:
 
     def _load(self) -> None:
         if self.path.exists():
-            for row in pd.read_csv(self.path, keep_default_na=False, dtype=str).to_dict("records"):
+            table = pd.read_csv(self.path, keep_default_na=False, dtype=str, encoding_errors="surrogateescape")
+            for row in table.to_dict("records"):
                 self.rows[self.key_of(row)] = row
         for row in _journal_rows(self.journal_path):
             if all(name in row for name in self.key):
                 self.rows[self.key_of(row)] = row
+
+
+def as_text(value: Any) -> str:
+    """A value as manifest.csv holds it, so that a row reads the same in memory, in the journal and after a
+    reload: None and NaN as "", numpy scalars as Python values, everything as its ``str``."""
+    value = plain_json(value) if getattr(value, "ndim", None) == 0 else value
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return str(value)
 
 
 def _journal_rows(path: Path) -> Iterable[dict[str, Any]]:

@@ -71,7 +71,7 @@ class Pseudonyms:
         return cls(bytes.fromhex(text), uid_root)
 
     def _digest(self, kind: str, *parts: str) -> bytes:
-        message = "\x1f".join((kind, *(str(p) for p in parts))).encode("utf-8")
+        message = "\x1f".join((kind, *(str(p) for p in parts))).encode("utf-8", "surrogateescape")
         return hmac.new(self._key, message, hashlib.sha256).digest()
 
     @property

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 import medcf
+from medcf.atomic import write_csv_atomic
 from medcf.attributes import AttributeValue, SchemaError
 from medcf.phantoms.cxr import ChestXRayPhantom, CXRPopulation
 from medcf.phantoms.embed_export import plan_embed
@@ -23,7 +24,6 @@ from medcf.phantoms.writer import (
     ImageJob,
     staged_directory,
     truth_table,
-    write_csv,
     write_images,
 )
 
@@ -88,8 +88,8 @@ def write_phantom_dataset(
         jobs, tables = KINDS[kind].planner(phantom, n, size, np.random.default_rng(seed), interventions)
         write_images(phantom, jobs, size, staging, workers=workers, progress=progress)
         for name, table in tables.items():
-            write_csv(table, staging / name)
-        write_csv(truth_table(phantom, jobs), staging / TRUTH_FILE)
+            write_csv_atomic(staging / name, table)
+        write_csv_atomic(staging / TRUTH_FILE, truth_table(phantom, jobs))
         config = {
             "kind": kind,
             "n": n,

@@ -23,7 +23,6 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from tqdm import tqdm
 
-from medcf.atomic import atomic_path
 from medcf.dicom.encode import PixelEncoding, attach_pixels, encode_pixels, write_dataset_atomic
 from medcf.phantoms.scm import Phantom, Subject
 
@@ -164,12 +163,6 @@ def subject_from_truth(phantom: Phantom, row: Mapping[str, Any]) -> Subject:
     seeds = {k: int(row[f"seed_{k}"]) for k in phantom.seed_names}
     attributes = phantom.schema.validate({n: row[n] for n in phantom.schema.names})
     return Subject(noise, seeds, attributes)
-
-
-def write_csv(table: pd.DataFrame, path: Path) -> None:
-    """Write a CSV through a temporary file and rename it into place."""
-    with atomic_path(path) as temporary:
-        table.to_csv(temporary, index=False)
 
 
 @contextlib.contextmanager

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import posixpath
+import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,8 +31,9 @@ class CohortMatchError(LookupError):
 
 
 def normalise_path(path: str) -> str:
-    """A relative POSIX path in one spelling: backslashes as slashes, no ``./`` or ``a/../`` parts."""
-    return posixpath.normpath(str(path).replace("\\", "/"))
+    """A relative POSIX path in one spelling: backslashes as slashes, no ``./`` or ``a/../`` parts, Unicode in
+    composed form (a table written on macOS spells accented names decomposed)."""
+    return unicodedata.normalize("NFC", posixpath.normpath(str(path).replace("\\", "/")))
 
 
 @dataclass(frozen=True)
@@ -46,10 +48,12 @@ class CohortIndex:
     def from_csv(cls, path: str | Path) -> CohortIndex:
         try:
             table = pd.read_csv(path, dtype={"patient": str, "study": str, "image_id": str, UID_COLUMN: str})
+            if "path" not in table.columns:
+                raise ValueError("no 'path' column (write it with python -m data_prep.mimic_cxr/embed)")
+            # paths verbatim: a file named 00012 or NA is not the number 12 or a missing value
+            table["path"] = pd.read_csv(path, usecols=["path"], dtype=str, keep_default_na=False)["path"]
         except (OSError, ValueError) as error:
             raise ValueError(f"cohort {path}: cannot read the table ({error})") from None
-        if "path" not in table.columns:
-            raise ValueError(f"cohort {path}: no 'path' column (write it with python -m data_prep.mimic_cxr/embed)")
         return cls.from_records(table.to_dict("records"), with_uid=UID_COLUMN in table.columns)
 
     @classmethod

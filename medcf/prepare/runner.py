@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from medcf.atomic import atomic_path, remove_temporaries, write_json_atomic
+from medcf.outputs.lock import LOCK_FILE, OutputFolderLock
 from medcf.outputs.manifest import JOURNAL, MANIFEST, RunManifest
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
@@ -132,7 +133,10 @@ class PreparationRun:
         if not dataset_dir.is_dir():
             raise FileNotFoundError(f"dataset_dir {dataset_dir}: no such folder")
         cohort = CohortIndex.from_csv(self.cohort) if self.cohort else None
-        output_dir.mkdir(parents=True, exist_ok=True)
+        with OutputFolderLock(output_dir):
+            return self._run(dataset_dir, output_dir, cohort)
+
+    def _run(self, dataset_dir: Path, output_dir: Path, cohort: CohortIndex | None) -> dict[str, Any]:
         settings = self._check_settings(output_dir)
         if (output_dir / "images").is_dir():
             remove_temporaries(output_dir / "images")  # arrays a killed run was writing are prepared again
@@ -186,7 +190,7 @@ class PreparationRun:
                     f"output_dir {output_dir} holds a preparation with other settings ({earlier}); "
                     f"use a new output_dir or the same settings ({settings})"
                 )
-        elif any(p.name != JOURNAL for p in output_dir.iterdir()):
+        elif any(p.name not in (JOURNAL, LOCK_FILE) for p in output_dir.iterdir()):
             raise ValueError(f"output_dir {output_dir} is not empty and holds no medcf preparation")
         write_json_atomic(previous, {"settings": settings, "summary": None})
         return settings

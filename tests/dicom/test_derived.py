@@ -75,10 +75,22 @@ def test_no_identifiers_unless_asked(tmp_path):
     keywords = ("PatientName", "PatientID", "PatientBirthDate", "AccessionNumber", "StudyID", "InstitutionName")
     for keyword in (*keywords, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
         assert str(original.get(keyword)).encode() not in raw, keyword
-    assert pydicom.dcmread(path).PatientIdentityRemoved == "YES"
+    written = pydicom.dcmread(path)
+    assert written.PatientIdentityRemoved == "YES" and written.StudyDate == "" and written.AccessionNumber == ""
     kept = pydicom.dcmread(write(Path(source), tmp_path, keep_identifiers=True, name="kept.dcm")[1])
     assert kept.PatientID == original.PatientID and str(kept.PatientName) == str(original.PatientName)
     assert kept.PatientBirthDate == original.PatientBirthDate and "PatientIdentityRemoved" not in kept
+    assert kept.StudyDate == original.StudyDate
+    assert kept.AccessionNumber == "" and kept.StudyID == "ABCD1234", "another study: not the source's accession"
+
+
+def test_burned_in_annotation_is_carried_over(tmp_path):
+    """Text burned into the source may survive into the counterfactual: a source marked YES stays YES."""
+    source = pydicom.dcmread(sample("cxr_counterfactual"))
+    source.BurnedInAnnotation = "YES"
+    source.save_as(tmp_path / "burned.dcm", enforce_file_format=True)
+    assert pydicom.dcmread(write(tmp_path / "burned.dcm", tmp_path)[1]).BurnedInAnnotation == "YES"
+    assert pydicom.dcmread(write(sample("cxr_counterfactual"), tmp_path, name="b.dcm")[1]).BurnedInAnnotation == "NO"
 
 
 def test_laterality_is_image_laterality_only_and_orientation_is_kept(tmp_path, dciodvfy_errors):
@@ -102,6 +114,8 @@ def test_laterality_is_image_laterality_only_and_orientation_is_kept(tmp_path, d
         ("R", "CC", True, ["P", "L"]),
         ("L", "MLO", False, ["A", "FR"]),
         ("R", "MLO", True, ["P", "FL"]),
+        ("L", "CC", True, ["P", "R"]),  # a left breast stored with its chest wall on the right
+        ("R", "MLO", False, ["A", "FL"]),
     ],
 )
 def test_mammogram_orientation_when_the_source_has_none(laterality, view, mirrored, expected):
@@ -110,6 +124,8 @@ def test_mammogram_orientation_when_the_source_has_none(laterality, view, mirror
     source = pydicom.Dataset()
     source.Modality, source.Laterality, source.PatientOrientation = "MG", laterality, view
     geometry = Geometry((100, 80), (0, 100, 0, 80), (64, 64), mirrored)
+    assert patient_orientation(source, geometry) == expected
+    source.ViewPosition, source.PatientOrientation = view, "AF"  # one value is not a pair of directions
     assert patient_orientation(source, geometry) == expected
 
 

@@ -54,3 +54,19 @@ def test_a_row_without_key_or_status_is_refused(tmp_path):
     with pytest.raises(ValueError, match="status"):
         manifest.record(row("img-1", status="done"))
     manifest.close()
+
+
+def test_a_row_reads_the_same_in_memory_and_after_a_reload(tmp_path):
+    """Values are kept as the CSV text they become, so save -> reload -> save gives the same bytes."""
+    import numpy as np
+
+    with RunManifest(tmp_path, key=("image", "intervention")) as manifest:
+        manifest.record(row("img-1", rows=np.int64(2048), change=np.float32(0.125), flipped=True, missing=None))
+        manifest.record(row("img-2", change=float("nan")))
+        in_memory = dict(manifest.get("img-1", "do(sex=F)"))
+    first = (tmp_path / MANIFEST).read_bytes()
+    reloaded = RunManifest(tmp_path, key=("image", "intervention"))
+    assert reloaded.get("img-1", "do(sex=F)") == in_memory
+    assert in_memory["rows"] == "2048" and in_memory["flipped"] == "True" and in_memory["missing"] == ""
+    reloaded.close()
+    assert (tmp_path / MANIFEST).read_bytes() == first

@@ -79,3 +79,12 @@ def test_two_patients_whose_files_share_a_name_never_swap_labels(chest_phantom, 
         pydicom.dcmread(folder / sources[1], stop_before_pixels=True).PatientID
         != pydicom.dcmread(folder / sources[0], stop_before_pixels=True).PatientID
     ), "the two files are different patients"
+
+
+def test_paths_are_read_verbatim(tmp_path):
+    """A file named 00012 or NA is matched by that name, not read as the number 12 or a missing value."""
+    (tmp_path / "cohort.csv").write_text("path,age,sex\n00012,60,M\nNA,70,F\nfiles/Ère/é.dcm,50,M\n")
+    cohort = CohortIndex.from_csv(tmp_path / "cohort.csv")
+    assert cohort.labels_for("00012")["age"] == 60 and cohort.labels_for("NA")["sex"] == "F"
+    decomposed = "files/E\u0300re/e\u0301.dcm"  # as a table written on macOS spells it
+    assert cohort.labels_for(decomposed)["age"] == 50
