@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import numpy as np
 import pandas as pd
 import torch
@@ -91,7 +92,7 @@ class InferenceRun:
         graph_path: fitted causal graph (``models/graph.json``).
         labels: cohort table with each file's factual attributes (``path`` relative to ``dataset_dir``).
         preparer: the preparation the model was trained with (its image size must match the model's).
-        interventions: e.g. ``["do(sex=F)", "do(age=+20)"]``.
+        interventions: e.g. ``["do(sex=F)", "do(age=+20)"]`` (one string is one intervention).
         guidance: decoding settings (mode, weights, steps, inversion depth).
         keep_identifiers: copy patient identifiers into the counterfactual DICOMs, name output folders by
             source path and list the source in the manifest.
@@ -110,7 +111,7 @@ class InferenceRun:
     graph_path: str | Path
     labels: str | Path
     preparer: Preparer
-    interventions: Sequence[str]
+    interventions: Sequence[str] | str
     guidance: GuidanceSettings = field(default_factory=GuidanceSettings)
     keep_identifiers: bool = False
     nifti: bool = False
@@ -142,8 +143,6 @@ class InferenceRun:
                 RunManifest(output_dir, key=("image", "intervention"), first=first) as manifest,
                 job_run(output_dir, self.experiment, "counterfactuals", {"medcf.job": "inference"}),
             ):
-                import mlflow
-
                 mlflow.log_params(
                     flatten(
                         {
@@ -164,8 +163,9 @@ class InferenceRun:
                 table = manifest.save()
                 seconds = time.perf_counter() - started
                 made = stats.pop("made")
-                rows = [manifest.get(image, i.text) or {} for image in images.values() for i in interventions]
-                statuses = [row.get("status") for row in rows]
+                statuses = [
+                    (manifest.get(im, i.text) or {}).get("status") for im in images.values() for i in interventions
+                ]
                 metrics = {
                     "counterfactuals": made,
                     "rows_ok": statuses.count("ok"),
@@ -188,7 +188,8 @@ class InferenceRun:
         model, payload = load_checkpoint(self.model_path, expected_schema=self.schema)
         graph = CausalGraph.load(model.schema, self.graph_path)
         engine = CounterfactualEngine(model, DiffusionConfig(**payload["diffusion"]), graph, self.guidance)
-        interventions = [parse_intervention(model.schema, text) for text in self.interventions]
+        texts = [self.interventions] if isinstance(self.interventions, str) else list(self.interventions)
+        interventions = [parse_intervention(model.schema, text) for text in texts]
         if not interventions:
             raise ValueError("interventions: none given; e.g. ['do(sex=F)'] (do() is the null intervention)")
         repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)

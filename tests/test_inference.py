@@ -59,7 +59,7 @@ def job(setup, out, interventions=("do(sex=F)", "do(age=+10)"), size=32, cohort=
         root / "graph.json",
         cohort or default_cohort,
         ChestPreparer(size),
-        list(interventions),
+        interventions if isinstance(interventions, str) else list(interventions),
         GuidanceSettings(**{"steps": 4, **settings}),
         batch_size=options.pop("batch_size", 2),
         progress=False,
@@ -197,9 +197,10 @@ def test_a_bad_label_is_a_rejected_row_and_the_run_goes_on(setup, tmp_path):
 
 
 def test_a_shift_past_the_range_rejects_that_image_only(setup, tmp_path):
-    """do(age=+60) cannot apply to an image of a 50-year-old (95 is the top): that row is rejected with the reason."""
+    """do(age=+60) cannot apply to an image of a 50-year-old (95 is the top): that row is rejected with the reason.
+    (One string is one intervention, as a user types --interventions 'do(age=+60)'.)"""
     out = tmp_path / "out"
-    run(setup, out, interventions=("do(age=+60)",), steps=2)
+    run(setup, out, interventions="do(age=+60)", steps=2)
     manifest = read_manifest(out)
     rejected = manifest[manifest["reason"].str.contains("is outside")]
     assert len(rejected) and rejected["reason"].str.startswith("do(age=+60): age").all()
