@@ -16,7 +16,7 @@ settings, image size, pseudonym key) is checked before the first image is read. 
     OUT/source_key.csv    image -> source (path relative to dataset_dir) for every input, rejected ones too: the
                           only link back to the sources; never sent to MLflow
     OUT/pseudonym.key     the pseudonym key, when no pseudonym_key file is given
-    OUT/inference.json    the folder's pseudonym key id and UID root
+    OUT/inference.json    the folder's pseudonym key id, UID root and keep_identifiers
     OUT/grids/<time>/batch_NNN.png   factual | counterfactual and |difference| per intervention, one row per image
 
 A re-run skips rows made with the same settings and retries the rest; rows are recorded as they finish, so a
@@ -337,29 +337,28 @@ class _Job:
             for position, reason in result.rejected.items():
                 p = batch[members[position]]
                 self.manifest.record(self._row(p.item.image, p.item.source, intervention, "rejected", reason))
+            description = self._describe(result)
             for j, position in enumerate(result.made):
                 display = _unit(result.images[j, 0].cpu().numpy())
-                drawn[members[position]].append(
-                    (Drawn(intervention, display, self._describe(result)), self._extra(result, j))
-                )
-        shown: dict[str, list[np.ndarray | None]] = {i.text: [None] * len(batch) for i in self.interventions}
+                drawn[members[position]].append((Drawn(intervention, display, description), self._extra(result, j)))
+        shown: dict[str, list[np.ndarray | None]] = {i.text: [] for i in self.interventions}
+        factual_shown, labels = [], []
         for k, p in enumerate(batch):
             if not drawn[k]:
                 continue  # every intervention was impossible for this image (rows recorded above)
-            outputs = self.writer.write(p.item, factual_displays[k], [d for d, _ in drawn[k]])
-            for (counterfactual, extra), written in zip(drawn[k], outputs, strict=True):
+            written = self.writer.write(p.item, factual_displays[k], [d for d, _ in drawn[k]])
+            displays = {}
+            for (counterfactual, extra), files, display in zip(drawn[k], written.files, written.displays, strict=True):
                 row = self._row(p.item.image, p.item.source, counterfactual.intervention, "ok", "")
-                self.manifest.record({**row, **written, **extra, **p.item.geometry.to_record()})
-                shown[counterfactual.intervention.text][k] = p.item.geometry.to_source_orientation(
-                    counterfactual.display
-                )
+                self.manifest.record({**row, **files, **extra, **p.item.geometry.to_record()})
+                displays[counterfactual.intervention.text] = display
+            for text, column in shown.items():
+                column.append(displays.get(text))
+            factual_shown.append(written.factual)
+            labels.append(output_folder(p.item.source, p.item.image, self.config.keep_identifiers))
             self.totals["made"] += len(drawn[k])
         shown = {text: column for text, column in shown.items() if any(c is not None for c in column)}
         if shown:
-            factual_shown = [
-                p.item.geometry.to_source_orientation(f) for p, f in zip(batch, factual_displays, strict=True)
-            ]
-            labels = [output_folder(p.item.source, p.item.image, self.config.keep_identifiers) for p in batch]
             grid = self.grid_folder / f"batch_{len(self.grids):03d}.png"
             self.grids.append(counterfactual_grid(factual_shown, shown, grid, labels))
         self.totals["seconds"] += time.perf_counter() - started

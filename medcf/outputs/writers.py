@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -76,6 +76,17 @@ class Drawn:
     description: str
 
 
+@dataclass
+class Written:
+    """What :meth:`CounterfactualWriter.write` wrote for one image: the factual and each counterfactual image as
+    written (source orientation, [0, 1]) and, per counterfactual, its files and mean absolute change (manifest
+    columns)."""
+
+    factual: np.ndarray
+    displays: list[np.ndarray] = field(default_factory=list)
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+
 class CounterfactualWriter:
     """Writes the counterfactuals of one image at a time (see the module docstring).
 
@@ -98,13 +109,13 @@ class CounterfactualWriter:
         self.output_dir, self.pseudonyms, self.settings_id = Path(output_dir), pseudonyms, settings_id
         self.keep_identifiers, self.nifti = keep_identifiers, nifti
 
-    def write(self, item: SourceImage, factual: np.ndarray, drawn: Sequence[Drawn]) -> list[dict[str, Any]]:
-        """Write every counterfactual of ``item``; per counterfactual its output paths (relative to the output
-        folder) and mean absolute change, for the manifest. ``factual`` is the prepared factual image."""
+    def write(self, item: SourceImage, factual: np.ndarray, drawn: Sequence[Drawn]) -> Written:
+        """Write every counterfactual of ``item`` (``factual`` is the prepared factual image); what was written,
+        with the images as written (in the source's orientation) for grids."""
         header = pydicom.dcmread(item.path, stop_before_pixels=True)
         folder = output_folder(item.source, item.image, self.keep_identifiers)
         factual = item.geometry.to_source_orientation(factual)
-        outputs = []
+        written = Written(factual)
         for counterfactual in drawn:
             display = item.geometry.to_source_orientation(counterfactual.display)
             difference = np.abs(display - factual)
@@ -123,7 +134,8 @@ class CounterfactualWriter:
             save_png(difference / max(float(difference.max()), 1e-6), self.output_dir / f"{name}_diff.png", "magma")
             if self.nifti:
                 self._save_nifti(display, item.geometry, self.output_dir / f"{name}.nii.gz")
-            outputs.append(
+            written.displays.append(display)
+            written.files.append(
                 {
                     "dicom": f"{name}.dcm",
                     "png": f"{name}.png",
@@ -131,7 +143,7 @@ class CounterfactualWriter:
                     "mean_abs_change": float(difference.mean()),
                 }
             )
-        return outputs
+        return written
 
     def identity(self, header: pydicom.Dataset, item: SourceImage, intervention: Intervention) -> DerivedIdentity:
         """Patient, study, series and instance of a counterfactual: keyed, so re-runs agree (see pseudonyms)."""

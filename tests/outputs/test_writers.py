@@ -50,7 +50,7 @@ def test_the_written_breast_faces_the_sources_side_and_its_tags_agree(
     assert outcome.status == "ok", outcome.reason
     item = SourceImage(f"img-{abs(hash(name)):x}", name, path, outcome.geometry)
     display = (outcome.array[0] + 1) / 2
-    (written,) = writer.write(item, display, [Drawn(NULL, display, "medcf do()")])
+    (written,) = writer.write(item, display, [Drawn(NULL, display, "medcf do()")]).files
     output = writer.output_dir / written["dicom"]
     counterfactual, header = read_radiograph(output)
     source_image, source_header = read_radiograph(path)
