@@ -8,7 +8,8 @@ attributes, in memory (no files, no MLflow), shared by the inference, evaluation
    descendants and names the affected group (intervened + descendants). An image the intervention cannot
    apply to (a shift past the attribute's range) is left out with the reason.
 3. Prediction: DDIM decoding from the same latent under the counterfactual attributes with the chosen
-   guidance (none, cfg, dcfg, dcfg_per_attribute), every guidance term of a step in one batched forward.
+   guidance (none, cfg, dcfg, dcfg_per_attribute), every guidance term of a step in one batched forward, combined
+   by the chosen rule (linear, cfg++, apg), optionally only inside a band of noise levels.
 
 Settings are checked when the engine is built, before any image is inverted.
 
@@ -31,7 +32,15 @@ from medcf.attributes import AttributeValue
 from medcf.causal import CausalGraph
 from medcf.conditioning import encode_attributes
 from medcf.diffusion import DiffusionConfig
-from medcf.guidance import GUIDANCE_MODES, GuidancePlan, GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.guidance import (
+    GUIDANCE_MODES,
+    GUIDANCE_RULES,
+    APGParameters,
+    GuidancePlan,
+    GuidedDenoiser,
+    default_max_rows,
+    guidance_plan,
+)
 from medcf.interventions import Intervention, InterventionError
 from medcf.model import CounterfactualUNet
 from medcf.sampling import DDIMSampler
@@ -42,8 +51,10 @@ def _require(ok: bool, setting: str, value: object, allowed: str) -> None:
         raise ValueError(f"{setting}: {value!r} is not allowed: must be {allowed}")
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+def _is_number(value: object, allow_inf: bool = False) -> bool:
+    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
+        return False
+    return allow_inf and value == math.inf or math.isfinite(value)
 
 
 @dataclass(frozen=True)
@@ -59,6 +70,21 @@ class GuidanceSettings:
         steps: DDIM steps (>= 1).
         inversion_depth: fraction of the schedule inverted, in (0, 1].
         max_rows: rows per forward call; -1: the whole batch on a GPU, about 9 rows on a CPU; None: all.
+        rule: how the mode's terms combine at a decoding step: ``linear`` (the weighted sum, CFG / DCFG),
+            ``cfg++`` (factored CFG++: the clean image from the weighted sum, re-noised with the null prediction;
+            the mode's weights must lie in [0, 1]) or ``apg`` (factored adaptive projected guidance, in the
+            clean-image space, with ``apg_eta``, ``apg_momentum``, ``apg_norm_limit``). Inversion is never guided.
+        apg_eta: apg: weight of the part of a group's guidance difference parallel to the group's conditional
+            clean-image estimate, in [0, 1] (0: dropped; 1: kept as in DCFG).
+        apg_momentum: apg: beta of the running average of a group's guidance difference over the guided steps,
+            A = difference + beta A_previous, in (-1, 1) (0: none; the APG paper uses -0.5).
+        apg_norm_limit: apg: the largest L2 norm of a group's (averaged) guidance difference per image, over its
+            pixels on the model's [-1, 1] clean-image scale, > 0; inf: no limit.
+        interval: None (guide at every step) or (low, high): guide only at the steps whose DDIM noise level
+            sigma_t = sqrt((1 - abar_t) / abar_t) lies in (low, high], 0 <= low < high (high may be inf); the
+            other steps decode with the conditional prediction alone (w = 1), one network evaluation per image.
+
+    The defaults (rule linear, no interval) are plain CFG / DCFG; the APG values are then unused.
     """
 
     mode: str = "dcfg"
@@ -69,14 +95,53 @@ class GuidanceSettings:
     steps: int = 50
     inversion_depth: float = 1.0
     max_rows: int | None = -1
+    rule: str = "linear"
+    apg_eta: float = 0.0
+    apg_momentum: float = -0.5
+    apg_norm_limit: float = math.inf
+    interval: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         _require(self.mode in GUIDANCE_MODES, "guidance", self.mode, f"one of {', '.join(GUIDANCE_MODES)}")
+        _require(self.rule in GUIDANCE_RULES, "rule", self.rule, f"one of {', '.join(GUIDANCE_RULES)}")
         weights = {"w": self.weight, "w_aff": self.w_aff, "w_inv": self.w_inv}
         _require(isinstance(self.per_attribute, Mapping), "per_attribute", self.per_attribute, "a mapping")
         weights.update({f"per_attribute.{name}": value for name, value in self.per_attribute.items()})
         for setting, value in weights.items():
             _require(_is_number(value) and value >= 0, setting, value, "a finite number >= 0")
+        if self.rule == "cfg++":  # the weights the mode uses
+            used = {"none": set(), "cfg": {"w"}, "dcfg": {"w_aff", "w_inv"}}.get(self.mode, set(weights) - {"w"})
+            for setting in [name for name in weights if name in used]:
+                _require(weights[setting] <= 1, setting, weights[setting], "a finite number in [0, 1] for rule cfg++")
+        _require(_is_number(self.apg_eta) and 0 <= self.apg_eta <= 1, "apg_eta", self.apg_eta, "a number in [0, 1]")
+        _require(
+            _is_number(self.apg_momentum) and -1 < self.apg_momentum < 1,
+            "apg_momentum",
+            self.apg_momentum,
+            "a number in (-1, 1)",
+        )
+        _require(
+            _is_number(self.apg_norm_limit, allow_inf=True) and self.apg_norm_limit > 0,
+            "apg_norm_limit",
+            self.apg_norm_limit,
+            "a number > 0 (inf: no limit)",
+        )
+        for name in ("apg_eta", "apg_momentum", "apg_norm_limit"):  # 0 and 0.0 in a YAML file are one setting
+            object.__setattr__(self, name, float(getattr(self, name)))
+        if self.interval is not None:
+            band = self.interval
+            _require(
+                isinstance(band, Sequence)
+                and not isinstance(band, str)
+                and len(band) == 2
+                and _is_number(band[0])
+                and _is_number(band[1], allow_inf=True)
+                and 0 <= band[0] < band[1],
+                "interval",
+                band,
+                "None or [low, high] noise levels sigma with 0 <= low < high (high may be inf)",
+            )
+            object.__setattr__(self, "interval", (float(band[0]), float(band[1])))
         _require(
             isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
             "steps",
@@ -109,7 +174,8 @@ class CounterfactualBatch:
         attributes: the counterfactual attributes, one per made image.
         images: the counterfactual images (len(made), C, H, W), on the model's scale [-1, 1].
         rejected: position -> reason, for images the intervention could not apply to.
-        network_evaluations: network evaluations per image of the decoding.
+        network_evaluations: network evaluations per image of the decoding (counted: a step outside the guidance
+            interval costs one, a guided step ``plan.evaluations``).
     """
 
     intervention: Intervention
@@ -145,11 +211,30 @@ class CounterfactualEngine:
 
     def _plan(self, affected: set[str]) -> GuidancePlan:
         s = self.settings
-        return guidance_plan(self.model.schema, s.mode, affected, s.weight, s.w_aff, s.w_inv, s.per_attribute)
+        return guidance_plan(
+            self.model.schema,
+            s.mode,
+            affected,
+            s.weight,
+            s.w_aff,
+            s.w_inv,
+            s.per_attribute,
+            rule=s.rule,
+            apg=APGParameters(s.apg_eta, s.apg_momentum, s.apg_norm_limit),
+            interval=s.interval,
+        )
 
     def _denoiser(self, codes: torch.Tensor, plan: GuidancePlan) -> GuidedDenoiser:
+        """A fresh denoiser (one per decode: it counts the decode's evaluations and holds APG's running averages)."""
         max_rows = default_max_rows(self._device()) if self.settings.max_rows == -1 else self.settings.max_rows
-        return GuidedDenoiser(self.model, codes, plan, max_rows)
+        return GuidedDenoiser(
+            self.model,
+            codes,
+            plan,
+            max_rows,
+            alphas_cumprod=self.sampler.alphas_cumprod,
+            prediction_type=self.sampler.prediction_type,
+        )
 
     @torch.no_grad()
     def abduct(self, images: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]]) -> torch.Tensor:
@@ -178,8 +263,20 @@ class CounterfactualEngine:
             return CounterfactualBatch(intervention, affected, plan, [], [], empty, rejected, 0)
         denoiser = self._denoiser(encode_attributes(schema, rows).to(self._device()), plan)
         images = self.sampler.decode(denoiser, latents[made])
-        evaluations = denoiser.calls * plan.evaluations
+        evaluations = denoiser.evaluations
         return CounterfactualBatch(intervention, affected, plan, made, rows, images, rejected, evaluations)
+
+    @torch.no_grad()
+    def reconstruct(
+        self, latents: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]], affected: set[str]
+    ) -> torch.Tensor:
+        """Decode the latents under their own factual attributes with the guidance plan an intervention on
+        ``affected`` gets: the null-intervention reference of that intervention's counterfactuals (same
+        guidance, no attribute changed), so that counterfactual minus reference is the intervention's change."""
+        if not len(factual):
+            return latents[:0]
+        codes = encode_attributes(self.model.schema, factual).to(self._device())
+        return self.sampler.decode(self._denoiser(codes, self._plan(set(affected))), latents)
 
     def run(
         self,

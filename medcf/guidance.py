@@ -12,23 +12,41 @@ weight per attribute. For counterfactuals the default is M = 2: the affected gro
 their causal descendants, weight w_aff) and the invariant group (the rest, weight w_inv ~ 1), so guidance
 pushes what should change without amplifying what should not.
 
+Beyond the paper's linear combination, a plan's ``rule`` picks how the same terms combine, and its ``interval``
+at which noise levels they are used at all:
+
+- ``linear``: the DCFG sum above (CFG for M = 1).
+- ``cfg++``: factored CFG++ (Chung et al. 2024, arXiv 2406.08070), :func:`cfg_plus_plus`: the clean image from
+  the DCFG sum with weights in [0, 1], the re-noising to t_prev with the null prediction.
+- ``apg``: factored adaptive projected guidance (Sadat et al. 2024, arXiv 2410.02416), :func:`factored_apg`: per
+  group, in the clean-image space, a running average of the guidance difference, limited in norm, with its part
+  parallel to the group's conditional prediction damped by eta.
+- ``interval`` (Kynkaanniemi et al. 2024, arXiv 2404.07724), :func:`in_interval`: guidance only at the steps whose
+  noise level sigma_t = sqrt((1 - abar_t) / abar_t) lies in (low, high]; the other steps use the conditional
+  prediction (every attribute kept, w = 1), ONE network evaluation per image instead of the plan's rows.
+
 The combining functions are pure. :func:`guidance_plan` lists the keep-masks a mode needs (null first);
-:class:`GuidedDenoiser` evaluates all of them for a batch in ONE forward call and combines them.
+:class:`GuidedDenoiser` evaluates all of them for a batch in ONE forward call and combines them (and holds the
+APG running averages of one decode).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
 from torch import nn
 
 from medcf.attributes import AttributeSchema
+from medcf.sampling import GuidedPrediction, noise_level, prediction_from_x0, split_prediction
 
 GuidanceMode = Literal["none", "cfg", "dcfg", "dcfg_per_attribute"]
 GUIDANCE_MODES: tuple[str, ...] = ("none", "cfg", "dcfg", "dcfg_per_attribute")
+GuidanceRule = Literal["linear", "cfg++", "apg"]
+GUIDANCE_RULES: tuple[str, ...] = ("linear", "cfg++", "apg")
 
 
 def cfg(eps_null: torch.Tensor, eps_cond: torch.Tensor, weight: float) -> torch.Tensor:
@@ -46,30 +64,183 @@ def dcfg(eps_null: torch.Tensor, eps_groups: Sequence[torch.Tensor], weights: Se
     return guided
 
 
+def cfg_plus_plus(
+    eps_null: torch.Tensor, eps_groups: Sequence[torch.Tensor], weights: Sequence[float]
+) -> GuidedPrediction:
+    """Factored CFG++ (Chung et al. 2024, arXiv 2406.08070, Algorithm 1 with DCFG's groups).
+
+    Notation: eps_null = every attribute nulled, eps_m = group m only kept, l_m = the group's weight in [0, 1]::
+
+        eps_hat = eps_null + sum_m l_m (eps_m - eps_null)
+        x0 = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
+        x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps_null
+
+    Returns ``GuidedPrediction(eps_hat, renoise=eps_null)``; the sampler takes the step
+    (:func:`medcf.sampling.ddim_step`). Epsilon and v predictions work alike: both are affine in eps at a fixed
+    x_t and the coefficients of the combination sum to 1. All l_m = 0 is unconditional DDIM.
+    """
+    bad = [w for w in weights if not 0.0 <= w <= 1.0]
+    if bad:
+        raise ValueError(f"cfg++ weights must lie in [0, 1]: got {', '.join(f'{w:g}' for w in bad)}")
+    return GuidedPrediction(dcfg(eps_null, eps_groups, weights), renoise=eps_null)
+
+
+def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return values.view(-1, *([1] * (like.ndim - 1)))
+
+
+def project(vector: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(parallel, orthogonal) parts of ``vector`` with respect to ``direction``, per image (dim 0 indexes images):
+    parallel = (<v, d> / <d, d>) d, orthogonal = v - parallel, inner products over all of an image's pixels. A zero
+    direction has no parallel part."""
+    dot = (vector * direction).flatten(1).sum(dim=1)
+    square = (direction * direction).flatten(1).sum(dim=1)
+    coefficient = torch.where(square > 0, dot / torch.where(square > 0, square, 1.0), 0.0)
+    parallel = _per_image(coefficient, vector) * direction
+    return parallel, vector - parallel
+
+
+def limit_norm(vector: torch.Tensor, limit: float) -> torch.Tensor:
+    """v min(1, r / ||v||) per image (||.||: L2 norm over an image's pixels): at most norm r; r = inf: v as is."""
+    if math.isinf(limit):
+        return vector
+    norm = vector.flatten(1).norm(dim=1)
+    return vector * _per_image((limit / norm).clamp(max=1.0), vector)
+
+
+def factored_apg(
+    d_null: torch.Tensor,
+    d_groups: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    averages: Sequence[torch.Tensor] | None = None,
+    eta: float = 0.0,
+    momentum: float = -0.5,
+    norm_limit: float = math.inf,
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """Factored adaptive projected guidance (Sadat et al. 2024, arXiv 2410.02416, Algorithm 1, one term per group).
+
+    Notation: clean-image (x0) estimates D_null (every attribute nulled) and D_m (group m only kept: the group's
+    "conditional prediction", = D_null + Delta_m); w_m the group's weight; beta = ``momentum``; r = ``norm_limit``;
+    A_m' the group's running average after the previous guided step (0 at the first); ||.|| and <.,.> over the
+    pixels of one image::
+
+        Delta_m = D_m - D_null
+        A_m     = Delta_m + beta A_m'                         (momentum; the paper uses beta < 0, e.g. -0.5)
+        L_m     = A_m min(1, r / ||A_m||)                     (norm limit)
+        L_m_par = (<L_m, D_m> / <D_m, D_m>) D_m,  L_m_orth = L_m - L_m_par
+        D       = D_null + sum_m [Delta_m + (w_m - 1)(L_m_orth + eta L_m_par)]
+
+    M = 1 is the paper's APG: D_1 + (w - 1)(L_orth + eta L_par). eta = 1, beta = 0, r = inf gives
+    D_null + sum_m w_m Delta_m, DCFG on the clean-image estimates (the same as DCFG on the noise, x0 being affine
+    in eps at a fixed x_t). eta = 1 skips the projection (L_orth + L_par = L).
+
+    Returns (D, (A_1, ..., A_M)): the guided clean image and the running averages to pass as ``averages`` at the
+    next guided step of the same decode. The inputs are not modified.
+    """
+    if len(d_groups) != len(weights) or not d_groups:
+        raise ValueError(f"factored_apg needs one weight per group: {len(d_groups)} groups, {len(weights)} weights")
+    if averages is not None and len(averages) != len(d_groups):
+        raise ValueError(f"factored_apg needs one running average per group: {len(averages)} for {len(d_groups)}")
+    guided, updated = d_null.clone(), []
+    for m, (d_m, w_m) in enumerate(zip(d_groups, weights, strict=True)):
+        delta = d_m - d_null
+        average = delta if averages is None else delta + momentum * averages[m]
+        limited = limit_norm(average, norm_limit)
+        if eta != 1.0:
+            parallel, orthogonal = project(limited, d_m)
+            limited = orthogonal + eta * parallel
+        guided = guided + delta + (w_m - 1.0) * limited
+        updated.append(average)
+    return guided, tuple(updated)
+
+
+def in_interval(sigma: float, interval: tuple[float, float] | None) -> bool:
+    """Guidance interval (Kynkaanniemi et al. 2024, arXiv 2404.07724): guide when low < sigma <= high, with sigma
+    the step's noise level sqrt((1 - abar_t) / abar_t); None guides at every step."""
+    return interval is None or interval[0] < sigma <= interval[1]
+
+
+@dataclass(frozen=True)
+class APGParameters:
+    """Adaptive projected guidance settings (:func:`factored_apg`).
+
+    Args:
+        eta: weight of the part of each group's guidance difference parallel to its conditional prediction,
+            in [0, 1] (0: drop it, the paper's choice; 1: keep it, as CFG does).
+        momentum: beta of the running average A = Delta + beta A', in (-1, 1) (0: none; the paper: -0.5).
+        norm_limit: r > 0, the largest L2 norm (over an image's pixels, on the model's [-1, 1] scale) of a group's
+            guidance difference; inf: no limit.
+    """
+
+    eta: float = 0.0
+    momentum: float = -0.5
+    norm_limit: float = math.inf
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.eta) and 0.0 <= self.eta <= 1.0):
+            raise ValueError(f"APG eta: {self.eta!r} must lie in [0, 1]")
+        if not -1.0 < self.momentum < 1.0:
+            raise ValueError(f"APG momentum: {self.momentum!r} must lie in (-1, 1)")
+        if not self.norm_limit > 0:
+            raise ValueError(f"APG norm limit: {self.norm_limit!r} must be > 0 (inf: no limit)")
+
+    def describe(self) -> str:
+        return f"eta={self.eta:g}, beta={self.momentum:g}, r={self.norm_limit:g}"
+
+
+def check_interval(interval: tuple[float, float] | None) -> tuple[float, float] | None:
+    """The band as a (low, high) tuple of floats; ValueError unless 0 <= low < high (high may be inf)."""
+    if interval is None:
+        return None
+    try:
+        low, high = (float(v) for v in interval)
+    except (TypeError, ValueError):
+        raise ValueError(f"guidance interval: {interval!r} must be None or (low, high)") from None
+    if not (math.isfinite(low) and 0.0 <= low < high) or math.isnan(high):
+        raise ValueError(f"guidance interval: {interval!r} must satisfy 0 <= low < high (high may be inf)")
+    return low, high
+
+
 @dataclass(frozen=True)
 class GuidancePlan:
     """The forward evaluations of one guided step and how to combine them.
 
     ``keep`` (R, K): row 0 is the null condition when ``weights`` is not empty; rows 1..M are the groups.
-    Mode "none" has a single row (every attribute kept) and no weights: its prediction is used as is.
+    Mode "none" has a single row (every attribute kept) and no weights: its prediction is used as is (the rule and
+    the interval then change nothing).
+    ``rule``: "linear" (DCFG / CFG), "cfg++" or "apg" (with ``apg``); ``interval``: the noise levels sigma_t in
+    (low, high] at which the guidance terms are evaluated (None: every step); at the other steps the conditional
+    prediction (every attribute kept) is the step's only evaluation.
     """
 
     keep: torch.Tensor
     weights: tuple[float, ...]
     groups: tuple[tuple[str, ...], ...]
+    rule: str = "linear"
+    apg: APGParameters = field(default_factory=APGParameters)
+    interval: tuple[float, float] | None = None
 
     @property
     def evaluations(self) -> int:
-        """Network evaluations per step per image."""
+        """Network evaluations per guided step per image (a step outside the interval has one)."""
         return self.keep.shape[0]
 
     def describe(self) -> str:
-        """The groups and their weights, e.g. ``age+disease w=2, race+sex w=1`` (``no guidance`` for mode none)."""
+        """The groups and their weights, e.g. ``age+disease w=2, race+sex w=1`` (``no guidance`` for mode none),
+        then the rule and the interval when they are not the defaults, e.g. ``; rule apg (eta=0, beta=-0.5, r=inf);
+        guided at sigma in (0.3, 5]``."""
         if not self.weights:
             return "no guidance"
-        return ", ".join(
+        text = ", ".join(
             f"{'+'.join(group)} w={weight:g}" for group, weight in zip(self.groups, self.weights, strict=True)
         )
+        if self.rule == "cfg++":
+            text += "; rule cfg++"
+        elif self.rule == "apg":
+            text += f"; rule apg ({self.apg.describe()})"
+        if self.interval is not None:
+            text += f"; guided at sigma in ({self.interval[0]:g}, {self.interval[1]:g}]"
+        return text
 
     def combine(self, predictions: torch.Tensor) -> torch.Tensor:
         """Predictions (R, B, ...) in the plan's row order -> the guided prediction (B, ...)."""
@@ -86,6 +257,10 @@ def guidance_plan(
     w_aff: float = 1.0,
     w_inv: float = 1.0,
     per_attribute: Mapping[str, float] | None = None,
+    *,
+    rule: str = "linear",
+    apg: APGParameters | None = None,
+    interval: tuple[float, float] | None = None,
 ) -> GuidancePlan:
     """Keep-masks and weights of a guidance mode.
 
@@ -95,13 +270,19 @@ def guidance_plan(
             ``w_aff``, invariant group with ``w_inv``), "dcfg_per_attribute" (one weight per attribute from
             ``per_attribute``, missing ones get ``w_inv`` if not affected else ``w_aff``).
         affected: intervened attributes and their descendants (for the DCFG modes).
+        rule: "linear" (the weighted sum), "cfg++" (weights in [0, 1]) or "apg" (with ``apg``, default
+            :class:`APGParameters`).
+        interval: (low, high): guide only at noise levels sigma_t in (low, high]; None: at every step.
     """
     names = schema.names
     unknown = set(affected) - set(names)
     if unknown:
         raise ValueError(f"affected attributes {sorted(unknown)} are not in the schema ({', '.join(names)})")
+    if rule not in GUIDANCE_RULES:
+        raise ValueError(f"guidance rule {rule!r} is not one of {', '.join(GUIDANCE_RULES)}")
+    variant = {"rule": rule, "apg": apg or APGParameters(), "interval": check_interval(interval)}
     if mode == "none":
-        return GuidancePlan(torch.ones(1, len(names), dtype=torch.bool), (), (names,))
+        return GuidancePlan(torch.ones(1, len(names), dtype=torch.bool), (), (names,), **variant)
     if mode == "cfg":
         groups, weights = [names], [weight]
     elif mode == "dcfg":
@@ -118,10 +299,12 @@ def guidance_plan(
         weights = [per_attribute.get(n, w_aff if n in affected else w_inv) for n in names]
     else:
         raise ValueError(f"guidance mode {mode!r} is not one of {', '.join(GUIDANCE_MODES)}")
+    if rule == "cfg++" and not all(0.0 <= w <= 1.0 for w in weights):
+        raise ValueError(f"rule cfg++ needs guidance weights in [0, 1]: got {', '.join(f'{w:g}' for w in weights)}")
     keep = torch.zeros(len(groups) + 1, len(names), dtype=torch.bool)
     for row, group in enumerate(groups, start=1):
         keep[row, [names.index(n) for n in group]] = True
-    return GuidancePlan(keep, tuple(float(w) for w in weights), tuple(tuple(g) for g in groups))
+    return GuidancePlan(keep, tuple(float(w) for w in weights), tuple(tuple(g) for g in groups), **variant)
 
 
 class GuidedDenoiser:
@@ -134,20 +317,55 @@ class GuidedDenoiser:
         max_rows: at most this many rows per forward call (None: the whole batch, all terms, one call). The
             batch is split by images, so an image's guidance terms always share one call. On a CPU the cost
             per row grows with the batch (activations leave the cache), so calls of about 9 rows are faster.
+        alphas_cumprod, prediction_type: the model's noise schedule and parametrisation ("epsilon" or
+            "v_prediction"); needed by a guided plan with rule "apg" (clean-image space) or an ``interval``.
+
+    Returns of a call: the prediction, in the model's parametrisation (rule "apg": float64); rule "cfg++": a
+    :class:`~medcf.sampling.GuidedPrediction` that re-noises with the null prediction.
+
+    ``calls`` counts the steps, ``evaluations`` the network evaluations per image so far (``plan.evaluations`` at a
+    guided step, 1 at a step outside the interval). Rule "apg" keeps each group's running average per image over
+    the guided steps, so a denoiser serves ONE decode of one batch: make a fresh one per decode.
     """
 
     def __init__(
-        self, model: nn.Module, attributes: torch.Tensor, plan: GuidancePlan, max_rows: int | None = None
+        self,
+        model: nn.Module,
+        attributes: torch.Tensor,
+        plan: GuidancePlan,
+        max_rows: int | None = None,
+        *,
+        alphas_cumprod: torch.Tensor | None = None,
+        prediction_type: str | None = None,
     ) -> None:
         self.model, self.attributes, self.plan, self.max_rows = model, attributes, plan, max_rows
+        needs_schedule = bool(plan.weights) and (plan.rule == "apg" or plan.interval is not None)
+        if needs_schedule and (alphas_cumprod is None or prediction_type is None):
+            raise ValueError("GuidedDenoiser needs alphas_cumprod and prediction_type for rule apg or an interval")
+        self.alphas_cumprod = None if alphas_cumprod is None else alphas_cumprod.to(torch.float64)
+        self.prediction_type = prediction_type
         self.calls = 0
+        self.evaluations = 0
+        self._averages: torch.Tensor | None = None  # APG: (M, B, ...) running averages of the guided steps so far
 
-    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor:
-        rows, batch = self.plan.evaluations, x.shape[0]
+    def guided(self, t: int) -> bool:
+        """Whether step t evaluates the plan's guidance terms (else: the conditional prediction alone)."""
+        if not self.plan.weights or self.plan.interval is None:
+            return True
+        return in_interval(float(noise_level(self.alphas_cumprod[t])), self.plan.interval)
+
+    def __call__(self, x: torch.Tensor, t: int) -> torch.Tensor | GuidedPrediction:
+        guided = self.guided(t)
+        keep = self.plan.keep if guided else torch.ones(1, self.plan.keep.shape[1], dtype=torch.bool)
+        keep = keep.to(x.device)
+        rows, batch = keep.shape[0], x.shape[0]
         images_per_call = batch if self.max_rows is None else max(1, self.max_rows // rows)
+        rule = self.plan.rule if guided and self.plan.weights else "linear"
+        if rule == "apg" and self._averages is not None and self._averages.shape[1:] != (batch, *x.shape[1:]):
+            raise ValueError("an APG GuidedDenoiser serves one decode of one batch: make a fresh one per decode")
         self.calls += 1
-        keep = self.plan.keep.to(x.device)
-        guided = []
+        self.evaluations += rows
+        outputs, averages = [], []
         for start in range(0, batch, images_per_call):
             images = x[start : start + images_per_call]
             n = images.shape[0]
@@ -156,9 +374,33 @@ class GuidedDenoiser:
                 torch.full((rows * n,), t, device=x.device, dtype=torch.long),
                 self.attributes[start : start + n].repeat(rows, 1),
                 keep.repeat_interleave(n, dim=0),
-            )
-            guided.append(self.plan.combine(predictions.reshape(rows, n, *x.shape[1:])))
-        return torch.cat(guided)
+            ).reshape(rows, n, *x.shape[1:])
+            if rule == "linear":
+                outputs.append(self.plan.combine(predictions) if guided else predictions[0])
+            elif rule == "cfg++":
+                outputs.append(cfg_plus_plus(predictions[0], list(predictions[1:]), self.plan.weights))
+            else:
+                output, average = self._apg(predictions, images, t, start)
+                outputs.append(output)
+                averages.append(average)
+        if averages:
+            self._averages = torch.cat(averages, dim=1)
+        if isinstance(outputs[0], GuidedPrediction):
+            return GuidedPrediction(torch.cat([o.prediction for o in outputs]), torch.cat([o.renoise for o in outputs]))
+        return torch.cat(outputs)
+
+    def _apg(
+        self, predictions: torch.Tensor, images: torch.Tensor, t: int, start: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rule apg on one chunk of images: (guided prediction, the groups' running averages (M, n, ...))."""
+        x64, alpha_bar, kind = images.to(torch.float64), self.alphas_cumprod[t], self.prediction_type
+        _, d = split_prediction(predictions.to(torch.float64), x64, alpha_bar, kind)
+        previous = None if self._averages is None else self._averages[:, start : start + images.shape[0]]
+        apg = self.plan.apg
+        d_guided, averages = factored_apg(
+            d[0], list(d[1:]), self.plan.weights, previous, apg.eta, apg.momentum, apg.norm_limit
+        )
+        return prediction_from_x0(d_guided, x64, alpha_bar, kind), torch.stack(averages)
 
 
 def default_max_rows(device: torch.device) -> int | None:

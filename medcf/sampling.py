@@ -2,20 +2,40 @@
 
 Both directions walk the same pairs (t, t_prev) of a descending schedule T-1 ... 0, ending at "t = -1"
 (abar = 1, the clean image), so inversion followed by decoding is as exact as the model allows. The
-network is reached only through ``predict(x, t) -> prediction``, so guidance (CFG, DCFG) plugs in there.
+network is reached only through ``predict(x, t)``, so guidance (CFG, DCFG, CFG++, APG) plugs in there: it returns
+the network's prediction (epsilon or v), or a :class:`GuidedPrediction` when the step re-noises with another
+prediction than the one that gives the clean image (CFG++).
 
 Notation (Song et al. 2021, DDIM, eq. 12 with sigma = 0): abar_t = alphas_cumprod[t];
 x0 = (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t);  x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps.
 Inversion uses eps(x_{t_prev}, t) in place of eps(x_t, t), the usual DDIM inversion approximation.
+The noise level of timestep t is sigma_t = sqrt((1 - abar_t) / abar_t) (x_t / sqrt(abar_t) = x0 + sigma_t eps, the
+variance-exploding view of Karras et al. 2022), the unit of guidance intervals.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
-Predict = Callable[[torch.Tensor, int], torch.Tensor]
+
+@dataclass(frozen=True)
+class GuidedPrediction:
+    """A step's two predictions, both in the network's parametrisation (epsilon or v).
+
+    Attributes:
+        prediction: gives the clean-image estimate x0 of the step (the guided prediction).
+        renoise: gives the noise the step moves to t_prev with; None: ``prediction`` (plain DDIM). CFG++ re-noises
+            with the unconditional prediction.
+    """
+
+    prediction: torch.Tensor
+    renoise: torch.Tensor | None = None
+
+
+Predict = Callable[[torch.Tensor, int], torch.Tensor | GuidedPrediction]
 
 
 def timestep_schedule(num_train_timesteps: int, steps: int) -> list[int]:
@@ -23,6 +43,11 @@ def timestep_schedule(num_train_timesteps: int, steps: int) -> list[int]:
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps: {steps} must lie in [1, {num_train_timesteps}]")
     return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
+
+
+def noise_level(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """sigma = sqrt((1 - abar) / abar): the noise standard deviation of x_t / sqrt(abar) = x0 + sigma eps."""
+    return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
 def split_prediction(
@@ -33,6 +58,44 @@ def split_prediction(
     if prediction_type == "epsilon":
         return prediction, (x_t - s * prediction) / a
     return s * x_t + a * prediction, a * x_t - s * prediction
+
+
+def prediction_from_x0(
+    x0: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
+) -> torch.Tensor:
+    """The network output that :func:`split_prediction` reads as the clean image ``x0`` at ``x_t`` (abar < 1):
+    eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar);  v = (sqrt(abar) x_t - x0) / sqrt(1 - abar)."""
+    a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
+    if prediction_type == "epsilon":
+        return (x_t - a * x0) / s
+    return (a * x_t - x0) / s
+
+
+def ddim_step(
+    x: torch.Tensor,
+    eps: torch.Tensor,
+    alpha_bar_source: torch.Tensor,
+    alpha_bar_target: torch.Tensor,
+    renoise: torch.Tensor | None = None,
+    clip_x0: bool = False,
+) -> torch.Tensor:
+    """One deterministic DDIM move of x from noise level ``alpha_bar_source`` to ``alpha_bar_target``, in float64.
+
+    x0 = (x - sqrt(1 - a_source) eps) / sqrt(a_source);  x_target = sqrt(a_target) x0 + sqrt(1 - a_target) n,
+    with n = ``renoise`` (CFG++: the unconditional noise) or, if None, ``eps`` (DDIM eq. 12, sigma = 0).
+
+    ``clip_x0`` clamps x0 to [-1, 1]; without ``renoise`` the noise n is then re-derived from the clamped x0
+    (n = (x - sqrt(a_source) x0) / sqrt(1 - a_source)), with ``renoise`` it is used as given.
+    The result has the dtype of ``x``.
+    """
+    x64 = x.to(torch.float64)
+    x0 = (x64 - (1 - alpha_bar_source).sqrt() * eps) / alpha_bar_source.sqrt()
+    noise = eps if renoise is None else renoise
+    if clip_x0:
+        x0 = x0.clamp(-1, 1)
+        if renoise is None:
+            noise = (x64 - alpha_bar_source.sqrt() * x0) / (1 - alpha_bar_source).sqrt()
+    return (alpha_bar_target.sqrt() * x0 + (1 - alpha_bar_target).sqrt() * noise).to(x.dtype)
 
 
 class DDIMSampler:
@@ -57,47 +120,50 @@ class DDIMSampler:
     def alpha_bar(self, t: int) -> torch.Tensor:
         return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
 
+    def noise_level(self, t: int) -> float:
+        """sigma_t = sqrt((1 - abar_t) / abar_t) of timestep t (0 for t = -1, the clean image)."""
+        return float(noise_level(self.alpha_bar(t)))
+
     @property
     def pairs(self) -> list[tuple[int, int]]:
         """(t, t_prev) pairs of the decoding direction; t_prev = -1 is the clean image."""
         return list(zip(self.timesteps, [*self.timesteps[1:], -1], strict=True))
 
-    def _step(
-        self, x: torch.Tensor, eps: torch.Tensor, source: int, target: int, clip_x0: bool = False
-    ) -> torch.Tensor:
-        """Move x from timestep ``source`` to ``target`` along the predicted noise (either direction).
-
-        ``clip_x0`` clamps the predicted clean image to [-1, 1] and re-derives the noise from it (generation
-        from pure noise only: it makes the step non-invertible)."""
-        a_source, a_target = self.alpha_bar(source), self.alpha_bar(target)
-        x64 = x.to(torch.float64)
-        x0 = (x64 - (1 - a_source).sqrt() * eps) / a_source.sqrt()
-        if clip_x0:
-            x0 = x0.clamp(-1, 1)
-            eps = (x64 - a_source.sqrt() * x0) / (1 - a_source).sqrt()
-        return (a_target.sqrt() * x0 + (1 - a_target).sqrt() * eps).to(x.dtype)
-
-    def _eps(self, predict: Predict, x: torch.Tensor, t: int) -> torch.Tensor:
-        eps, _ = split_prediction(
-            predict(x, t).to(torch.float64), x.to(torch.float64), self.alpha_bar(t), self.prediction_type
-        )
-        return eps
+    def _eps(self, predict: Predict, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step's noise and, for a :class:`GuidedPrediction` with ``renoise``, its re-noising noise."""
+        output = predict(x, t)
+        guided = output if isinstance(output, GuidedPrediction) else GuidedPrediction(output)
+        x64, alpha_bar = x.to(torch.float64), self.alpha_bar(t)
+        eps, _ = split_prediction(guided.prediction.to(torch.float64), x64, alpha_bar, self.prediction_type)
+        if guided.renoise is None:
+            return eps, None
+        renoise, _ = split_prediction(guided.renoise.to(torch.float64), x64, alpha_bar, self.prediction_type)
+        return eps, renoise
 
     @torch.no_grad()
     def decode(self, predict: Predict, x_T: torch.Tensor, clip_x0: bool = False) -> torch.Tensor:
         """From noise (or an inverted latent) at the sampler's first timestep to the image.
 
-        ``clip_x0`` is for sampling from noise (it keeps an imperfect model's trajectory inside the image
-        range); never for counterfactual decoding, which must retrace the inversion."""
+        ``predict`` returns a prediction or a :class:`GuidedPrediction`: x0 from its ``prediction``, re-noised
+        with its ``renoise`` (CFG++). ``clip_x0`` is for sampling from noise (it keeps an imperfect model's
+        trajectory inside the image range); never for counterfactual decoding, which must retrace the inversion."""
         x = x_T
         for t, t_prev in self.pairs:
-            x = self._step(x, self._eps(predict, x, t), source=t, target=t_prev, clip_x0=clip_x0)
+            eps, renoise = self._eps(predict, x, t)
+            x = ddim_step(x, eps, self.alpha_bar(t), self.alpha_bar(t_prev), renoise, clip_x0)
         return x
 
     @torch.no_grad()
     def invert(self, predict: Predict, x0: torch.Tensor) -> torch.Tensor:
-        """From an image to its latent at t = T-1 (abduction of the exogenous noise)."""
+        """From an image to its latent at t = T-1 (abduction of the exogenous noise).
+
+        For a :class:`GuidedPrediction` with ``renoise`` the roles swap (x0 from ``renoise``, re-noised with
+        ``prediction``), the algebraic inverse of its decoding step."""
         x = x0
         for t, t_prev in reversed(self.pairs):
-            x = self._step(x, self._eps(predict, x, t), source=t_prev, target=t)
+            eps, renoise = self._eps(predict, x, t)
+            if renoise is None:
+                x = ddim_step(x, eps, self.alpha_bar(t_prev), self.alpha_bar(t))
+            else:
+                x = ddim_step(x, renoise, self.alpha_bar(t_prev), self.alpha_bar(t), renoise=eps)
         return x

@@ -6,8 +6,10 @@ import pytest
 import torch
 
 from medcf.causal import CausalGraph
+from medcf.conditioning import encode_attributes
 from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.diffusion import DiffusionConfig
+from medcf.guidance import GuidancePlan, GuidedDenoiser
 from medcf.interventions import parse_intervention
 from medcf.model import CounterfactualUNet, ModelConfig
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
@@ -113,3 +115,116 @@ def test_graph_of_another_schema_is_refused(parts):
     )
     with pytest.raises(ValueError, match="different attribute schemas"):
         CounterfactualEngine(model, DiffusionConfig(), graph)
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        (dict(rule="cfgpp"), r"rule: 'cfgpp' is not allowed: must be one of linear, cfg\+\+, apg"),
+        (dict(rule="cfg++"), r"w_aff: 2.0 is not allowed: must be a finite number in \[0, 1\] for rule cfg\+\+"),
+        (dict(rule="cfg++", mode="cfg", weight=1.5), r"w: 1.5 is not allowed: .* for rule cfg\+\+"),
+        (
+            dict(rule="cfg++", mode="dcfg_per_attribute", w_aff=1.0, per_attribute={"sex": 3.0}),
+            r"per_attribute.sex: 3.0 is not allowed: .* for rule cfg\+\+",
+        ),
+        (dict(apg_eta=1.5), r"apg_eta: 1.5 is not allowed: must be a number in \[0, 1\]"),
+        (dict(apg_eta=float("nan")), r"apg_eta: nan is not allowed"),
+        (dict(apg_momentum=-1), r"apg_momentum: -1 is not allowed: must be a number in \(-1, 1\)"),
+        (dict(apg_momentum="0.5"), r"apg_momentum: '0.5' is not allowed"),
+        (dict(apg_norm_limit=0.0), r"apg_norm_limit: 0.0 is not allowed: must be a number > 0 \(inf: no limit\)"),
+        (dict(apg_norm_limit=-float("inf")), r"apg_norm_limit: -inf is not allowed"),
+        (dict(interval=(5.0, 1.0)), r"interval: \(5.0, 1.0\) is not allowed: must be None or \[low, high\]"),
+        (dict(interval=[-1, 2]), r"interval: \[-1, 2\] is not allowed"),
+        (dict(interval=[1.0]), r"interval: \[1.0\] is not allowed"),
+        (dict(interval="0.5,5"), r"interval: '0.5,5' is not allowed"),
+        (dict(interval=(float("inf"), float("inf"))), r"interval: \(inf, inf\) is not allowed"),
+    ],
+)
+def test_bad_variant_settings_are_named(settings, message):
+    """Every bad rule, APG or interval value is a one-line ValueError naming the setting."""
+    with pytest.raises(ValueError, match=message) as error:
+        GuidanceSettings(**settings)
+    assert "\n" not in str(error.value)
+
+
+def test_variant_settings_defaults_and_normal_form():
+    """The defaults are today's guidance; cfg++ checks only the weights its mode uses; YAML lists and integers
+    become the tuple and floats that the settings fingerprint sees."""
+    default = GuidanceSettings()
+    assert (default.rule, default.interval) == ("linear", None)
+    GuidanceSettings(rule="cfg++", mode="dcfg", w_aff=1.0, w_inv=0.5, weight=2.0)  # w unused by dcfg
+    GuidanceSettings(rule="cfg++", mode="none")
+    settings = GuidanceSettings(rule="apg", apg_eta=0, apg_momentum=0, apg_norm_limit=float("inf"), interval=[0, 5])
+    assert settings.interval == (0.0, 5.0) and isinstance(settings.interval[0], float)
+    assert (settings.apg_eta, settings.apg_momentum) == (0.0, 0.0) and isinstance(settings.apg_eta, float)
+
+
+def test_network_evaluations_are_counted_with_an_interval(parts):
+    """8 steps have sigma 157, 41, 13.3, 5.17, 2.35, 1.15, 0.50, 0.01: (1, 20] guides 4 of them; the other 4 cost
+    one evaluation per image."""
+    intervention = parse_intervention(CXR_SCHEMA, "do(age=+10)")
+    counts = {
+        mode: engine(parts, mode=mode, interval=(1.0, 20.0)).run(images(), FACTUAL, [intervention])[0]
+        for mode in ("none", "cfg", "dcfg")
+    }
+    assert {mode: r.network_evaluations for mode, r in counts.items()} == {"none": 8, "cfg": 12, "dcfg": 16}
+    assert counts["dcfg"].plan.evaluations == 3
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        dict(rule="cfg++", w_aff=1.0, w_inv=0.5),
+        dict(rule="apg", w_aff=4.0, apg_momentum=-0.5, apg_norm_limit=5.0),
+        dict(rule="apg", w_aff=4.0, interval=(1.0, 20.0)),
+        dict(rule="linear", w_aff=3.0, interval=(1.0, 20.0)),
+    ],
+)
+def test_each_rule_runs_end_to_end(parts, variant):
+    """Abduction, counterfactual decoding and the null-intervention reference run with every rule; the plan
+    says which rule was used."""
+    cf = engine(parts, mode="dcfg", **variant)
+    latents = cf.abduct(images(), FACTUAL)
+    (result,) = [cf.predict(latents, FACTUAL, parse_intervention(CXR_SCHEMA, "do(sex=F)"))]
+    reference = cf.reconstruct(latents, FACTUAL, result.affected)
+    assert result.images.shape == reference.shape == (2, 1, 16, 16)
+    assert torch.isfinite(result.images).all() and torch.isfinite(reference).all()
+    assert result.plan.rule == variant["rule"] and (variant["rule"] == "linear") != ("rule" in result.plan.describe())
+    assert result.network_evaluations == (16 if "interval" in variant else 24)
+
+
+def test_apg_without_projection_momentum_or_limit_is_dcfg(parts):
+    """APG with eta = 1, beta = 0, r = inf decodes like DCFG (combined in the clean-image space instead)."""
+    intervention = parse_intervention(CXR_SCHEMA, "do(age=+10)")
+    (linear,) = engine(parts, mode="dcfg", w_aff=3.0).run(images(), FACTUAL, [intervention])
+    apg = dict(rule="apg", apg_eta=1.0, apg_momentum=0.0, apg_norm_limit=float("inf"))
+    (projected,) = engine(parts, mode="dcfg", w_aff=3.0, **apg).run(images(), FACTUAL, [intervention])
+    # float32 (linear) vs float64 (apg) combination, amplified by the untrained decode (|x| ~ 100)
+    assert torch.allclose(projected.images, linear.images, rtol=1e-3, atol=1e-3)
+    assert projected.network_evaluations == linear.network_evaluations == 24
+
+
+def test_cfgpp_with_zero_weight_is_unconditional_ddim(parts):
+    """CFG++ with weight 0: the clean image and the re-noising from the null prediction alone."""
+    cf = engine(parts, mode="cfg", weight=0.0, rule="cfg++")
+    latents = cf.abduct(images(), FACTUAL)
+    (result,) = [cf.predict(latents, FACTUAL, parse_intervention(CXR_SCHEMA, "do()"))]
+    model, _ = parts
+    null = GuidancePlan(torch.zeros(1, len(CXR_SCHEMA.names), dtype=torch.bool), (), ((),))
+    codes = encode_attributes(CXR_SCHEMA, FACTUAL)
+    unconditional = cf.sampler.decode(GuidedDenoiser(model, codes, null), latents)
+    # equal up to float32 rounding of batched vs single forwards, amplified by the untrained decode
+    assert torch.allclose(result.images, unconditional, rtol=1e-3, atol=1e-3)
+
+
+def test_interval_outside_every_step_is_mode_none_with_fewer_evaluations(parts):
+    """A band above every noise level of the schedule decodes exactly like mode none, one evaluation per step;
+    a band holding them all is the guidance without an interval."""
+    intervention = parse_intervention(CXR_SCHEMA, "do(age=+10)")
+    (outside,) = engine(parts, mode="dcfg", interval=(1e6, 1e7)).run(images(), FACTUAL, [intervention])
+    (none,) = engine(parts, mode="none").run(images(), FACTUAL, [intervention])
+    assert torch.equal(outside.images, none.images)
+    assert outside.network_evaluations == none.network_evaluations == 8
+    (everywhere,) = engine(parts, mode="dcfg", interval=(0.0, float("inf"))).run(images(), FACTUAL, [intervention])
+    (always,) = engine(parts, mode="dcfg").run(images(), FACTUAL, [intervention])
+    assert torch.equal(everywhere.images, always.images) and everywhere.network_evaluations == 24
