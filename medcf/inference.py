@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,13 +43,11 @@ from tqdm import tqdm
 import medcf
 from medcf.atomic import remove_temporaries, write_csv_atomic, write_json_atomic
 from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
-from medcf.causal import CausalGraph
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
 from medcf.dicom.reader import DicomReadError, read_header
-from medcf.diffusion import DiffusionConfig
 from medcf.grids import counterfactual_grid
-from medcf.interventions import Intervention, parse_intervention
-from medcf.model import load_checkpoint
+from medcf.interventions import Intervention
+from medcf.loading import file_sha256, load_model, parse_interventions
 from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
@@ -61,14 +59,6 @@ from medcf.tracking import flatten, job_run
 
 SOURCE_KEY = "source_key.csv"
 FOLDER_SETTINGS = "inference.json"
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 @dataclass
@@ -185,29 +175,12 @@ class InferenceRun:
 
     def _checked_engine(self) -> tuple[CounterfactualEngine, list[Intervention], str]:
         """Model, graph, interventions and settings, all checked before any image is read."""
-        model, payload = load_checkpoint(self.model_path, expected_schema=self.schema)
-        graph = CausalGraph.load(model.schema, self.graph_path)
-        engine = CounterfactualEngine(model, DiffusionConfig(**payload["diffusion"]), graph, self.guidance)
-        texts = [self.interventions] if isinstance(self.interventions, str) else list(self.interventions)
-        interventions = [parse_intervention(model.schema, text) for text in texts]
-        if not interventions:
-            raise ValueError("interventions: none given; e.g. ['do(sex=F)'] (do() is the null intervention)")
-        repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)
-        if repeated:
-            raise ValueError(f"interventions: {', '.join(repeated)} given more than once")
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
+        engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, self.guidance)
+        interventions = parse_interventions(loaded.model.schema, self.interventions)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size: {self.batch_size!r} must be an integer >= 1")
-        if model.config.in_channels != 1:
-            raise ValueError(f"prepared images have 1 channel(s); the model takes {model.config.in_channels}")
-        trained = tuple(payload.get("image_size") or ())
-        size = getattr(self.preparer, "image_size", None)
-        size = (size, size) if isinstance(size, int) else tuple(size or ())
-        if trained and size and size != trained:
-            raise ValueError(
-                f"image_size: prepared images are {size[0]}x{size[1]}, the model was trained at "
-                f"{trained[0]}x{trained[1]}: set image_size to match"
-            )
-        return engine, interventions, file_sha256(self.model_path)
+        return engine, interventions, loaded.sha256
 
     def _check_folder(self, output_dir: Path, pseudonyms: Pseudonyms) -> None:
         """An output folder keeps one pseudonym key (its names and UIDs stay consistent) and one choice of

@@ -16,7 +16,7 @@ import pytest
 from monai.bundle import ConfigParser
 
 from medcf.dicom.reader import read_radiograph
-from medcf.inference import file_sha256
+from medcf.loading import file_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {"cxr_counterfactual": "counterfactuals_cxr", "mammo_counterfactual": "counterfactuals_mammo"}

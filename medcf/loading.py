@@ -1,0 +1,71 @@
+"""What every counterfactual job (inference, evaluation, audit) loads first, all checked before any image is
+read: the model file (weights only), its causal graph, the interventions and the preparation's image size."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from medcf.attributes import AttributeSchema
+from medcf.causal import CausalGraph
+from medcf.diffusion import DiffusionConfig
+from medcf.interventions import Intervention, parse_intervention
+from medcf.model import CounterfactualUNet, load_checkpoint
+from medcf.prepare.base import Preparer
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (model and graph files are recorded by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class LoadedModel:
+    """A counterfactual model with what decoding needs."""
+
+    model: CounterfactualUNet
+    diffusion: DiffusionConfig
+    graph: CausalGraph
+    sha256: str
+
+
+def load_model(
+    model_path: str | Path,
+    graph_path: str | Path,
+    preparer: Preparer,
+    schema: AttributeSchema | None = None,
+) -> LoadedModel:
+    """The model file and its graph; refused when the model is for other attributes than ``schema`` or the
+    preparation makes images of another size or channel count than the model was trained on."""
+    model, payload = load_checkpoint(model_path, expected_schema=schema)
+    graph = CausalGraph.load(model.schema, graph_path)
+    if model.config.in_channels != 1:
+        raise ValueError(f"prepared images have 1 channel(s); the model takes {model.config.in_channels}")
+    trained = tuple(payload.get("image_size") or ())
+    size = getattr(preparer, "image_size", None)
+    size = (size, size) if isinstance(size, int) else tuple(size or ())
+    if trained and size and size != trained:
+        raise ValueError(
+            f"image_size: prepared images are {size[0]}x{size[1]}, the model was trained at "
+            f"{trained[0]}x{trained[1]}: set image_size to match"
+        )
+    return LoadedModel(model, DiffusionConfig(**payload["diffusion"]), graph, file_sha256(model_path))
+
+
+def parse_interventions(schema: AttributeSchema, texts: Sequence[str] | str) -> list[Intervention]:
+    """The interventions of a job (one string is one intervention); none or a repeated one is an error."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    interventions = [parse_intervention(schema, text) for text in texts]
+    if not interventions:
+        raise ValueError("interventions: none given; e.g. ['do(sex=F)'] (do() is the null intervention)")
+    repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)
+    if repeated:
+        raise ValueError(f"interventions: {', '.join(repeated)} given more than once")
+    return interventions
