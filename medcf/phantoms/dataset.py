@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -16,8 +16,10 @@ from medcf.atomic import write_csv_atomic
 from medcf.attributes import AttributeValue, SchemaError
 from medcf.phantoms.cxr import ChestXRayPhantom, CXRPopulation
 from medcf.phantoms.embed_export import plan_embed
+from medcf.phantoms.embed_export import truth_rendering as embed_truth_rendering
 from medcf.phantoms.mammo import MammogramPhantom, MammoPopulation
 from medcf.phantoms.mimic_export import plan_mimic_cxr
+from medcf.phantoms.mimic_export import truth_rendering as mimic_truth_rendering
 from medcf.phantoms.scm import Phantom, Population
 from medcf.phantoms.writer import (
     TRUTH_FILE,
@@ -39,11 +41,13 @@ class PhantomSpec:
     phantom: type[Phantom]
     population: type[Population]
     planner: Callable[..., tuple[list[ImageJob], dict[str, pd.DataFrame]]]
+    #: a ground-truth row -> (render options, mirrored, burned-in label) of its file
+    truth_rendering: Callable[[Mapping[str, Any]], tuple[dict[str, Any], bool, str | None]]
 
 
 KINDS: dict[str, PhantomSpec] = {
-    "cxr": PhantomSpec(ChestXRayPhantom, CXRPopulation, plan_mimic_cxr),
-    "mammo": PhantomSpec(MammogramPhantom, MammoPopulation, plan_embed),
+    "cxr": PhantomSpec(ChestXRayPhantom, CXRPopulation, plan_mimic_cxr, mimic_truth_rendering),
+    "mammo": PhantomSpec(MammogramPhantom, MammoPopulation, plan_embed, embed_truth_rendering),
 }
 
 

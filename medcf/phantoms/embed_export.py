@@ -284,3 +284,11 @@ def _orientation(side: str, view: str) -> list[str]:
     row = "A" if side == "L" else "P"
     column = ("R" if side == "L" else "L") if view == "CC" else "F"
     return [row, column]
+
+
+def truth_rendering(row: Mapping[str, Any]) -> tuple[dict[str, Any], bool, str | None]:
+    """How the file of a ground-truth row was rendered: (render options, mirrored, burned-in label)."""
+    label = row.get("burned_label")
+    label = None if label is None or (isinstance(label, float) and label != label) or label == "" else str(label)
+    flipped = str(row["flipped"]).strip().lower() in ("true", "1")
+    return {"for_processing": row["presentation"] == "FOR PROCESSING"}, flipped, label

@@ -335,3 +335,8 @@ def _info(
         "recorded_age": recorded_age,
         **describe_encoding(encoding),
     }
+
+
+def truth_rendering(row: Mapping[str, Any]) -> tuple[dict[str, Any], bool, str | None]:
+    """How the file of a ground-truth row was rendered: (render options, mirrored, burned-in label)."""
+    return {"view": str(row["view_position"])}, False, None

@@ -60,11 +60,23 @@ class ImageJob:
 
 def render_job(phantom: Phantom, job: ImageJob, size: int) -> np.ndarray:
     """The display image the job's DICOM file stores: render, flip, burn in the label."""
-    image = phantom.render(job.subject, size, **job.render_options)
-    if job.flip:
+    return render_display(phantom, job.subject, size, job.render_options, job.flip, job.burned_label)
+
+
+def render_display(
+    phantom: Phantom,
+    subject: Subject,
+    size: int,
+    render_options: Mapping[str, Any],
+    flip: bool = False,
+    burned_label: str | None = None,
+) -> np.ndarray:
+    """A subject's display image as an exported file shows it: rendered, mirrored, label burned in."""
+    image = phantom.render(subject, size, **render_options)
+    if flip:
         image = image[:, ::-1]
-    if job.burned_label:
-        image = burn_in_text(image, job.burned_label, right_side=not job.flip)
+    if burned_label:
+        image = burn_in_text(image, burned_label, right_side=not flip)
     return np.ascontiguousarray(image, dtype=np.float32)
 
 

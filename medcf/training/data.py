@@ -112,9 +112,7 @@ def phantom_training_set(
     exactly as a real export would. The phantom's ``marker`` (not in EMBED's tables) is added to the
     mammogram cohort from the ground truth. A folder made with other settings is an error.
     """
-    from data_prep import embed, mimic_cxr
-    from medcf.phantoms import write_phantom_dataset
-    from medcf.phantoms.writer import TRUTH_FILE
+    from medcf.phantoms.training_set import phantom_export_with_cohort
     from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
 
     folder = Path(folder)
@@ -131,16 +129,7 @@ def phantom_training_set(
             return manifest
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(settings) + "\n")
-    export = folder / "export"
-    if not (export / TRUTH_FILE).exists():
-        write_phantom_dataset(kind, export, n, max(64, 2 * size), seed, workers=workers, progress=False)
-    cohort = folder / "cohort.csv"
-    builder = mimic_cxr if kind == "cxr" else embed
-    if builder.main(["--root", str(export), "--out", str(cohort), "--seed", str(seed)]) != 0:
-        raise RuntimeError(f"building the phantom cohort in {folder} failed")
-    if kind == "mammo":
-        truth = pd.read_csv(export / TRUTH_FILE)[["path", "marker"]]
-        pd.read_csv(cohort).merge(truth, on="path", how="left").to_csv(cohort, index=False)
+    export, cohort = phantom_export_with_cohort(kind, folder, n, max(64, 2 * size), seed, workers)
     preparer = ChestPreparer(size) if kind == "cxr" else MammoPreparer((size, size))
     PreparationRun(export, folder / "prepared", preparer, cohort=cohort, workers=workers, progress=False).run()
     return manifest
