@@ -1,0 +1,498 @@
+"""The evaluate job: how sound are the counterfactuals, per intervention, guidance setting and seed?
+
+    held-out images (prepared once) -> counterfactual core (one abduction per seed, every setting and
+    intervention decoded from the same latents) -> predictors + metrics -> metrics.csv, metrics.json, plots
+    -> one MLflow run
+
+For each seed, ``images_per_seed`` images are drawn from the held-out set. For each guidance setting and
+intervention a row of metrics.csv holds (definitions: ../shared/reference/evaluation.md and the modules named):
+
+- effectiveness (:func:`medcf.evaluation.metrics.effectiveness`): accuracy of the intervened categorical
+  attribute (``effectiveness_metric`` = accuracy) or MAE in years of age (mae); ``auroc`` where defined;
+- off_target: mean absolute change of the predicted probability of each image's own value of every
+  attribute that is neither intervened nor a descendant (``off_target_signed``: its signed mean), averaged
+  over those attributes; per attribute in ``off_target.<attribute>`` (age in years);
+- composition_1 / composition_10: L1 (0-255) to the source after 1 and 10 null-intervention cycles
+  (``composition_ssim_*``: SSIM), on the first ``composition_images`` images of the seed;
+- reversibility: L1 (0-255) to the source after do(a') and back to the factual attributes;
+- minimality (:func:`medcf.evaluation.metrics.minimality`) and fid (FID on the predictors' features against
+  every held-out image);
+- on a phantom data set (``phantom_truth.csv`` beside the images): truth_error, target_ratio and
+  truth_off_target (:mod:`medcf.evaluation.ground_truth`), with change = counterfactual - null-intervention
+  reconstruction under the same guidance.
+
+Settings, interventions, model and predictors are all checked before any image is read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medcf.atomic import write_csv_atomic, write_json_atomic
+from medcf.attributes import AttributeSchema
+from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
+from medcf.evaluation import ground_truth, metrics
+from medcf.evaluation.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
+from medcf.evaluation.phantom_truth import PhantomTruth
+from medcf.evaluation.plots import save_study_plots
+from medcf.evaluation.predictors import AttributePredictor, load_predictors
+from medcf.interventions import Intervention
+from medcf.loading import file_sha256, load_model, parse_interventions
+from medcf.outputs.lock import OutputFolderLock
+from medcf.phantoms.training_set import phantom_export_with_cohort
+from medcf.prepare.base import Preparer
+from medcf.tracking import flatten, job_run
+
+METRICS_CSV, METRICS_JSON, PLOTS = "metrics.csv", "metrics.json", "plots"
+
+
+def guidance_label(settings: GuidanceSettings) -> str:
+    """A short name of a guidance setting, e.g. ``cfg w=3``, ``dcfg w_aff=3 w_inv=1``, ``none``."""
+    if settings.mode == "none":
+        label = "none"
+    elif settings.mode == "cfg":
+        label = f"cfg w={settings.weight:g}"
+    else:
+        label = f"{settings.mode} w_aff={settings.w_aff:g} w_inv={settings.w_inv:g}"
+        if settings.per_attribute:
+            label += " " + ",".join(f"{k}={v:g}" for k, v in sorted(settings.per_attribute.items()))
+    defaults = GuidanceSettings()
+    for extra in fields(GuidanceSettings):
+        if extra.name in {"mode", "weight", "w_aff", "w_inv", "per_attribute", "steps", "inversion_depth", "max_rows"}:
+            continue
+        value = getattr(settings, extra.name)
+        if value != getattr(defaults, extra.name):
+            label += f" {extra.name}={_short(value)}"
+    return label
+
+
+def _short(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, tuple | list):
+        return "-".join(_short(v) for v in value)
+    return str(value)
+
+
+def guidance_settings_from(
+    entries: Sequence[Mapping[str, Any]], steps: int, inversion_depth: float = 1.0
+) -> list[GuidanceSettings]:
+    """GuidanceSettings from config entries like ``{mode: cfg, weight: 3}``; one line per bad entry."""
+    if isinstance(entries, Mapping) or not entries:
+        raise ValueError("guidance_settings: give a list of settings, e.g. [{mode: cfg, weight: 3}]")
+    known = {f.name for f in fields(GuidanceSettings)} - {"steps", "inversion_depth"}
+    settings = []
+    for k, entry in enumerate(entries):
+        if not isinstance(entry, Mapping):
+            raise ValueError(f"guidance_settings[{k}]: {entry!r} is not a mapping of setting: value")
+        unknown = sorted(set(entry) - known)
+        if unknown:
+            raise ValueError(f"guidance_settings[{k}]: unknown setting(s) {', '.join(unknown)}; known: {sorted(known)}")
+        try:
+            settings.append(GuidanceSettings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
+        except ValueError as error:
+            raise ValueError(f"guidance_settings[{k}]: {error}") from None
+    labels = [guidance_label(s) for s in settings]
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise ValueError(f"guidance_settings: {', '.join(repeated)} given more than once")
+    return settings
+
+
+@dataclass
+class EvaluationRun:
+    """Measure a model's counterfactuals on held-out images (see the module docstring).
+
+    Args:
+        output_dir: where metrics.csv, metrics.json and plots/ go (rewritten by each run).
+        model_path, graph_path: the counterfactual model and its causal graph.
+        predictors_path: the attribute predictors (``models/predictors.pt``).
+        preparer: the preparation the model was trained with.
+        phantom_kind: ``cxr`` or ``mammo``: the ground truth a ``phantom_truth.csv`` must be for.
+        dataset_dir, labels: held-out DICOM files and their cohort table; with ``dataset_dir`` None, a
+            held-out phantom export of ``heldout_subjects`` subjects (phantom seed ``heldout_seed``, never a
+            training seed) is made once in ``output_dir/heldout_data`` and used with its ground truth.
+        interventions: e.g. ``["do(sex=F)", "do(age=+20)"]``.
+        guidance_settings: entries like ``{mode: dcfg, w_aff: 3, w_inv: 1}`` (GuidanceSettings fields).
+        steps: DDIM steps of every setting.
+        seeds: one row per seed; each seed draws its own ``images_per_seed`` images.
+        composition_images, composition_cycles: the null-intervention cycles (0 images: skipped).
+        reversibility: also decode each counterfactual back to its factual attributes.
+        schema: the bundle's attributes; a model or predictors for others are refused.
+    """
+
+    output_dir: str | Path
+    model_path: str | Path
+    graph_path: str | Path
+    predictors_path: str | Path
+    preparer: Preparer
+    phantom_kind: str
+    dataset_dir: str | Path | None
+    labels: str | Path | None
+    interventions: Sequence[str] | str
+    guidance_settings: Sequence[Mapping[str, Any]]
+    heldout_subjects: int = 24
+    heldout_seed: int = 1000
+    steps: int = 25
+    seeds: Sequence[int] = (0,)
+    images_per_seed: int = 16
+    composition_images: int = 4
+    composition_cycles: int = 10
+    reversibility: bool = True
+    schema: AttributeSchema | None = None
+    experiment: str = "medcf-evaluate"
+    progress: bool = True
+    _timing: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
+        schema = loaded.model.schema
+        predictor = load_predictors(self.predictors_path, expected_schema=schema).eval()
+        interventions = parse_interventions(schema, self.interventions)
+        settings = guidance_settings_from(self.guidance_settings, self.steps)
+        engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
+        self._check_numbers()
+        output_dir = Path(self.output_dir)
+        with OutputFolderLock(output_dir):
+            dataset_dir, labels = self._data(output_dir)
+            truth = PhantomTruth.find(dataset_dir, schema, self.phantom_kind)
+            pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
+            tags = {"medcf.job": "evaluate", "medcf.ground_truth": "phantom" if truth else "none"}
+            with job_run(output_dir, self.experiment, "evaluate", tags):
+                measure = _Measurements(schema, predictor, pool, truth, self.preparer)
+                rows = []
+                total = len(self.seeds) * len(engines)
+                with tqdm(total=total, desc="evaluate", unit="setting", disable=not self.progress) as bar:
+                    for seed in self.seeds:
+                        chosen = pool.draw(self.images_per_seed, seed)
+                        seed_rows = self._seed(seed, chosen, engines, interventions, measure, bar)
+                        rows.extend(seed_rows)
+                table = pd.DataFrame(rows)
+                result = self._save(output_dir, table, pool, truth, loaded.sha256, started)
+        print(summary_text(table))
+        print(f"{len(table)} rows in {result['seconds']:.0f} s -> {output_dir / METRICS_CSV}")
+        return result
+
+    def _data(self, output_dir: Path) -> tuple[Path, Path]:
+        """The held-out folder and cohort table: the given ones, or a held-out phantom export made once."""
+        if self.dataset_dir is not None:
+            if self.labels is None:
+                raise ValueError("labels: a cohort table is needed with dataset_dir")
+            return Path(self.dataset_dir), Path(self.labels)
+        size = getattr(self.preparer, "image_size", 64)
+        side = size if isinstance(size, int) else max(size)
+        return phantom_export_with_cohort(
+            self.phantom_kind, output_dir / "heldout_data", self.heldout_subjects, max(64, 2 * side), self.heldout_seed
+        )
+
+    def _check_numbers(self) -> None:
+        for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+        if not isinstance(self.composition_images, int) or self.composition_images < 0:
+            raise ValueError(f"composition_images: {self.composition_images!r} must be an integer >= 0")
+        seeds = [self.seeds] if isinstance(self.seeds, int) else list(self.seeds)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise ValueError(f"seeds: {self.seeds!r} must be a list of integers >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds: {self.seeds!r} repeats a seed")
+        self.seeds = seeds
+
+    def _seed(
+        self,
+        seed: int,
+        chosen: EvaluationSet,
+        engines: list[CounterfactualEngine],
+        interventions: list[Intervention],
+        measure: _Measurements,
+        bar: tqdm,
+    ) -> list[dict[str, Any]]:
+        """Every setting x intervention on one seed's images, from one abduction."""
+        latents = engines[0].abduct(chosen.images, chosen.factual)
+        context = measure.context(chosen)
+        rows = []
+        for engine in engines:
+            label = guidance_label(engine.settings)
+            composition = self._composition(engine, chosen, latents)
+            references: dict[str, torch.Tensor] = {}
+            for intervention in interventions:
+                started = time.perf_counter()
+                batch = engine.predict(latents, chosen.factual, intervention)
+                row: dict[str, Any] = {
+                    "intervention": intervention.text,
+                    "guidance": label,
+                    **_setting_columns(engine.settings),
+                    "seed": seed,
+                    "images": len(batch.made),
+                    "rejected": len(batch.rejected),
+                    **composition,
+                }
+                if batch.made:
+                    key = batch.plan.describe()
+                    if key not in references:  # CFG's plan is the same for every intervention: decode it once
+                        references[key] = engine.reconstruct(latents, chosen.factual, batch.affected)
+                    reference = references[key][batch.made]
+                    back = self._reversed(engine, batch, chosen) if self.reversibility else None
+                    row.update(measure.row(context, intervention, batch, reference, back))
+                row["network_evaluations_per_image"] = batch.network_evaluations
+                row["seconds"] = round(time.perf_counter() - started, 2)
+                rows.append(row)
+            bar.update()
+        return rows
+
+    def _composition(
+        self, engine: CounterfactualEngine, chosen: EvaluationSet, latents: torch.Tensor
+    ) -> dict[str, float]:
+        """L1 (0-255) and SSIM to the sources after 1 and ``composition_cycles`` null-intervention cycles."""
+        count = min(self.composition_images, len(chosen))
+        if count == 0:
+            return {}
+        sources, factual = chosen.images[:count], chosen.factual[:count]
+        images, found = sources, {}
+        for cycle in range(1, self.composition_cycles + 1):
+            cycle_latents = latents[:count] if cycle == 1 else engine.abduct(images, factual)
+            images = engine.reconstruct(cycle_latents, factual, set())
+            if cycle in (1, self.composition_cycles):
+                found[f"composition_{cycle}"] = float(metrics.l1_255(images, sources).mean())
+                found[f"composition_ssim_{cycle}"] = float(metrics.ssim(images, sources).mean())
+        if self.composition_cycles != 10:  # the columns the contract names, whatever the number of cycles
+            found["composition_cycles"] = self.composition_cycles
+        return found
+
+    @staticmethod
+    def _reversed(engine: CounterfactualEngine, batch: Any, chosen: EvaluationSet) -> torch.Tensor:
+        """The counterfactuals abducted under their own attributes and decoded back under the factual ones."""
+        factual = [chosen.factual[p] for p in batch.made]
+        return engine.reconstruct(engine.abduct(batch.images, batch.attributes), factual, batch.affected)
+
+    def _save(
+        self,
+        output_dir: Path,
+        table: pd.DataFrame,
+        pool: EvaluationSet,
+        truth: PhantomTruth | None,
+        model_sha256: str,
+        started: float,
+    ) -> dict[str, Any]:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(output_dir / METRICS_CSV, table)
+        plots = save_study_plots(table, output_dir / PLOTS)
+        seconds = time.perf_counter() - started
+        reasons: dict[str, int] = {}
+        for reason in pool.rejected.values():
+            reasons[reason] = reasons.get(reason, 0) + 1
+        result = {
+            "model_sha256": model_sha256,
+            "predictors_sha256": file_sha256(self.predictors_path),
+            "ground_truth": "phantom" if truth else None,
+            "held_out_images": len(pool),
+            "files_refused": reasons,  # reasons only: source paths may hold identifiers
+            "settings": {
+                "interventions": list(self.interventions)
+                if not isinstance(self.interventions, str)
+                else [self.interventions],
+                "guidance_settings": [dict(entry) for entry in self.guidance_settings],
+                "steps": self.steps,
+                "seeds": list(self.seeds),
+                "images_per_seed": self.images_per_seed,
+                "composition_images": self.composition_images,
+                "composition_cycles": self.composition_cycles,
+                "reversibility": self.reversibility,
+            },
+            "summary": summary_records(table),
+            "rows": table.to_dict("records"),
+            "seconds": round(seconds, 1),
+        }
+        write_json_atomic(output_dir / METRICS_JSON, result)
+        mlflow.log_params(flatten({k: result[k] for k in ("model_sha256", "predictors_sha256", "settings")}))
+        mlflow.log_params({"held_out_images": len(pool), "ground_truth": result["ground_truth"] or "none"})
+        for record in table.to_dict("records"):
+            prefix = f"{_metric_key(record['intervention'])}.{_metric_key(record['guidance'])}"
+            values = {
+                f"{prefix}.{name}": float(value)
+                for name, value in record.items()
+                if isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and name not in ("seed",)
+            }
+            mlflow.log_metrics(values, step=int(record["seed"]))
+        mlflow.log_metric("seconds_total", seconds)
+        mlflow.log_artifact(str(output_dir / METRICS_CSV))
+        mlflow.log_artifact(str(output_dir / METRICS_JSON))
+        for plot in plots:
+            mlflow.log_artifact(str(plot), artifact_path=PLOTS)
+        return result
+
+
+def _setting_columns(settings: GuidanceSettings) -> dict[str, Any]:
+    values = asdict(settings)
+    columns = {"mode": settings.mode, "w": settings.weight, "w_aff": settings.w_aff, "w_inv": settings.w_inv}
+    for name, value in values.items():
+        if name in ("mode", "weight", "w_aff", "w_inv", "steps", "inversion_depth", "max_rows"):
+            continue
+        columns[name] = _short(value) if isinstance(value, tuple | list | dict) else value
+    if isinstance(values.get("per_attribute"), dict):
+        columns["per_attribute"] = ",".join(f"{k}={v:g}" for k, v in sorted(values["per_attribute"].items()))
+    return columns
+
+
+def _metric_key(text: str) -> str:
+    """MLflow allows letters, digits and _-./ and spaces in keys: ``do(sex=F)`` -> ``do_sex-F``."""
+    out = []
+    for char in text:
+        out.append(char if char.isalnum() or char in "_-./ " else {"=": "-", "+": "p", ",": "_"}.get(char, "_"))
+    return "".join(out).strip("_")
+
+
+class _Measurements:
+    """The predictors' view of the held-out set and, on phantoms, the true changes: computed once per seed."""
+
+    def __init__(
+        self,
+        schema: AttributeSchema,
+        predictor: AttributePredictor,
+        pool: EvaluationSet,
+        truth: PhantomTruth | None,
+        preparer: Preparer,
+    ) -> None:
+        self.schema, self.predictor, self.pool, self.truth, self.preparer = schema, predictor, pool, truth, preparer
+        self.real_features = _features(predictor, pool.images)
+
+    def context(self, chosen: EvaluationSet) -> dict[str, Any]:
+        context: dict[str, Any] = {"set": chosen, "factual_predictions": _predict(self.predictor, chosen.images)}
+        if self.truth is not None:
+            changes = TrueChanges(self.truth, chosen, self.preparer)
+            context["truth"], context["directions"] = changes, changes.directions()
+        return context
+
+    def row(
+        self,
+        context: Mapping[str, Any],
+        intervention: Intervention,
+        batch: Any,
+        reference: torch.Tensor,
+        back: torch.Tensor | None,
+    ) -> dict[str, Any]:
+        chosen: EvaluationSet = context["set"]
+        made = batch.made
+        sources = chosen.images[made]
+        factual = [chosen.factual[p] for p in made]
+        before = {name: values[made] for name, values in context["factual_predictions"].items()}
+        after = _predict(self.predictor, batch.images)
+        row: dict[str, Any] = {}
+        for k, name in enumerate(intervention.names):
+            scores = metrics.effectiveness(self.schema, name, after, batch.attributes)
+            for metric, value in scores.items():
+                row[f"effectiveness.{name}.{metric}"] = value
+            if k == 0:
+                metric = "mae" if self.schema[name].kind == "continuous" else "accuracy"
+                row["effectiveness"], row["effectiveness_metric"] = scores[metric], metric
+                row["auroc"] = scores.get("auroc", math.nan)
+        untouched = [n for n in self.schema.names if n not in batch.affected]
+        changes = metrics.off_target_change(self.schema, untouched, before, after, factual)
+        categorical = [n for n in untouched if self.schema[n].kind == "categorical"]
+        for name, change in changes.items():
+            row[f"off_target.{name}"] = change["absolute"]
+            row[f"off_target_signed.{name}"] = change["signed"]
+        row["off_target"] = float(np.mean([changes[n]["absolute"] for n in categorical])) if categorical else math.nan
+        row["off_target_signed"] = (
+            float(np.mean([changes[n]["signed"] for n in categorical])) if categorical else math.nan
+        )
+        row["reversibility"] = float(metrics.l1_255(back, sources).mean()) if back is not None else math.nan
+        intervened_categorical = [n for n in intervention.names if self.schema[n].kind == "categorical"]
+        row["minimality"] = metrics.minimality(
+            sources, batch.images, batch.attributes, self.pool.images, self.pool.factual, intervened_categorical
+        )
+        row["fid"] = metrics.frechet_distance(_features(self.predictor, batch.images), self.real_features)
+        if "truth" in context:
+            row.update(self._truth_row(context, intervention, batch, reference, untouched))
+        return row
+
+    @staticmethod
+    def _truth_row(
+        context: Mapping[str, Any],
+        intervention: Intervention,
+        batch: Any,
+        reference: torch.Tensor,
+        untouched: list[str],
+    ) -> dict[str, float]:
+        change = batch.images.cpu() - reference.cpu()
+        true_change = context["truth"].of_intervention(intervention, batch.made)
+        target = ground_truth.unit_direction(true_change)
+        row = {
+            "truth_error": ground_truth.truth_error(change, true_change),
+            "target_ratio": ground_truth.target_ratio(change, true_change, target),
+        }
+        errors = {}
+        for name in untouched:
+            direction = context["directions"][name]
+            if float(direction.abs().sum()) > 0:
+                errors[name] = ground_truth.off_target_error(change, true_change, direction)
+                row[f"truth_off_target.{name}"] = errors[name]
+        row["truth_off_target"] = float(np.mean(list(errors.values()))) if errors else math.nan
+        return row
+
+
+@torch.no_grad()
+def _predict(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    parts = [predictor.predict(images[k : k + batch_size].float()) for k in range(0, len(images), batch_size)]
+    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
+
+
+@torch.no_grad()
+def _features(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    return torch.cat(
+        [predictor.features(images[k : k + batch_size].float()) for k in range(0, len(images), batch_size)]
+    )
+
+
+SUMMARY_COLUMNS = (
+    "effectiveness",
+    "off_target",
+    "composition_1",
+    "composition_10",
+    "reversibility",
+    "minimality",
+    "fid",
+    "truth_error",
+    "target_ratio",
+    "truth_off_target",
+)
+
+
+def summary_records(table: pd.DataFrame) -> list[dict[str, Any]]:
+    """Mean and sd over seeds of the main columns, per intervention x guidance setting."""
+    columns = [c for c in SUMMARY_COLUMNS if c in table.columns]
+    records = []
+    for (intervention, guidance), group in table.groupby(["intervention", "guidance"], sort=False):
+        record: dict[str, Any] = {"intervention": intervention, "guidance": guidance, "seeds": len(group)}
+        for column in columns:
+            values = pd.to_numeric(group[column], errors="coerce").dropna()
+            record[column] = float(values.mean()) if len(values) else None
+            record[f"{column}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None
+        records.append(record)
+    return records
+
+
+def summary_text(table: pd.DataFrame) -> str:
+    """The summary as an aligned text table for the terminal."""
+    records = summary_records(table)
+    if not records:
+        return "no rows"
+    frame = pd.DataFrame(records)
+    shown = [c for c in ("intervention", "guidance", "seeds", *SUMMARY_COLUMNS) if c in frame.columns]
+    return frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}")

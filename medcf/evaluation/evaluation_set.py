@@ -1,0 +1,145 @@
+"""The images an evaluation measures: prepared held-out images with their factual attributes, and, for a
+phantom data set, the true change of any intervention.
+
+- :func:`load_evaluation_set` prepares every DICOM file under a folder with the bundle's preparer and the
+  cohort table, exactly as inference does; files the preparation refuses are listed with their reason.
+- :class:`TrueChanges` renders, for the images of a phantom data set, the true change of an intervention
+  (true counterfactual minus factual, both rendered and prepared the same way) and each attribute's own
+  direction (its controlled effect: only that attribute changed, first against last value of its sweep).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from medcf.attributes import AttributeSchema, AttributeValue
+from medcf.dicom.reader import RadiographHeader, read_header
+from medcf.evaluation.ground_truth import unit_direction
+from medcf.evaluation.phantom_truth import PhantomTruth
+from medcf.interventions import Intervention, InterventionError
+from medcf.prepare.base import Preparer
+from medcf.prepare.cohort import CohortIndex
+from medcf.prepare.runner import discover_inputs
+from medcf.training.samples import attribute_sweeps
+
+
+class EvaluationDataError(ValueError):
+    """Evaluation data that cannot be used (one line naming the folder or file)."""
+
+
+@dataclass
+class EvaluationSet:
+    """Prepared images (N, 1, H, W) in [-1, 1] with their factual attributes, sources and headers."""
+
+    images: torch.Tensor
+    factual: list[dict[str, AttributeValue]]
+    sources: list[str]
+    headers: list[RadiographHeader]
+    rejected: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def subset(self, positions: Sequence[int]) -> EvaluationSet:
+        positions = list(positions)
+        return EvaluationSet(
+            self.images[positions],
+            [self.factual[p] for p in positions],
+            [self.sources[p] for p in positions],
+            [self.headers[p] for p in positions],
+            {},
+        )
+
+    def draw(self, count: int, seed: int) -> EvaluationSet:
+        """``count`` images drawn without replacement by ``seed`` (all of them, in a seeded order, when fewer)."""
+        order = np.random.default_rng(seed).permutation(len(self))[:count]
+        return self.subset(sorted(order.tolist()))
+
+
+def load_evaluation_set(
+    dataset_dir: str | Path, labels: str | Path, preparer: Preparer, schema: AttributeSchema
+) -> EvaluationSet:
+    """Prepare every DICOM file under ``dataset_dir`` with its labels from the cohort table ``labels``."""
+    folder = Path(dataset_dir)
+    sources = discover_inputs(folder) if folder.is_dir() else []
+    if not sources:
+        raise EvaluationDataError(f"dataset_dir: no input files under {folder}")
+    cohort = CohortIndex.from_csv(labels)
+    images, factual, kept, headers, rejected = [], [], [], [], {}
+    for source in sources:
+        prepared = preparer.prepare(str(folder / source), cohort, source)
+        if prepared.status != "ok":
+            rejected[source] = prepared.reason
+            continue
+        try:
+            factual.append(schema.validate({name: prepared.details[name] for name in schema.names}))
+        except (KeyError, ValueError) as error:
+            rejected[source] = f"labels: {error}"
+            continue
+        images.append(torch.from_numpy(prepared.array))
+        headers.append(read_header(folder / source))
+        kept.append(source)
+    if not images:
+        first = next(iter(rejected.items()), ("", ""))
+        raise EvaluationDataError(
+            f"dataset_dir: none of the {len(sources)} files under {folder} could be prepared "
+            f"(first refusal: {first[1]})"
+        )
+    return EvaluationSet(torch.stack(images).float(), factual, kept, headers, rejected)
+
+
+class TrueChanges:
+    """True changes of an evaluation set drawn from a phantom data set, on the model's [-1, 1] scale.
+
+    The factual image each true change starts from is the subject rendered and prepared like its file
+    (not the file read back), so that the difference holds the intervention's effect only.
+    """
+
+    def __init__(self, truth: PhantomTruth, images: EvaluationSet, preparer: Preparer) -> None:
+        self.truth, self.images, self.preparer = truth, images, preparer
+        self.subjects = [truth.subject(source) for source in images.sources]
+        self.factual = torch.stack([self._prepared(k, subject) for k, subject in enumerate(self.subjects)])
+
+    def _prepared(self, position: int, subject: Any) -> torch.Tensor:
+        source, header = self.images.sources[position], self.images.headers[position]
+        return torch.from_numpy(self.truth.prepared(source, subject, header, self.preparer)).float()
+
+    def of_intervention(self, intervention: Intervention, positions: Sequence[int]) -> torch.Tensor:
+        """True counterfactual minus factual for the images at ``positions`` (N, 1, H, W). A relative shift
+        applies to the subject's exact value; a shift the subject cannot take leaves its image unchanged."""
+        schema = self.truth.phantom.schema
+        changes = []
+        for position in positions:
+            subject = self.subjects[position]
+            try:
+                intervened = intervention.apply(schema, subject.attributes)
+            except InterventionError:
+                changes.append(torch.zeros_like(self.factual[position]))
+                continue
+            counterfactual = self.truth.counterfactual(subject, intervened)
+            changes.append(self._prepared(position, counterfactual) - self.factual[position])
+        return torch.stack(changes)
+
+    def directions(self) -> dict[str, torch.Tensor]:
+        """Attribute -> unit direction (1, H, W) of its controlled effect over the set: only that attribute
+        set to the last value of its sweep minus only it set to the first (age 18 -> 95, sex M -> F, ...)."""
+        directions = {}
+        for name, rows in attribute_sweeps(self.truth.phantom.schema).items():
+            first, last = rows[0][name], rows[-1][name]
+            maps = [
+                self._prepared(k, _with(subject, name, last)) - self._prepared(k, _with(subject, name, first))
+                for k, subject in enumerate(self.subjects)
+            ]
+            directions[name] = unit_direction(torch.stack(maps)).float()
+        return directions
+
+
+def _with(subject: Any, name: str, value: AttributeValue) -> Any:
+    attributes: Mapping[str, AttributeValue] = {**subject.attributes, name: value}
+    return subject.replace(attributes=attributes)

@@ -1,0 +1,111 @@
+"""Plots of an evaluation or a guidance study (one PNG each, written atomically by medcf.grids.save_figure).
+
+- effectiveness against off-target change, one panel per intervention, one point per guidance setting:
+  the trade-off the literature reports (up-left is better for accuracy; for age MAE lower is better);
+- truth_error against the guidance weight (w for CFG, w_aff for DCFG), one line per guidance family;
+- target_ratio per intervention and setting, with the line 1 (right size) drawn.
+Points are means over seeds; bars show +- one sd where there are several seeds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from medcf.grids import save_figure
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    keys = ["intervention", "guidance", "mode", "w", "w_aff"]
+    keys = [k for k in keys if k in table.columns]
+    present = [c for c in columns if c in table.columns]
+    numeric = table[keys + present].copy()
+    for column in present:
+        numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
+    grouped = numeric.groupby(keys, sort=False, dropna=False)[present]
+    return grouped.mean().join(grouped.std(ddof=1), rsuffix="_sd").reset_index()
+
+
+def _family(row: pd.Series) -> str:
+    """The guidance family a setting's weight varies in: its label without the weight."""
+    words = [w for w in str(row["guidance"]).split() if not w.startswith(("w=", "w_aff="))]
+    return " ".join(words)
+
+
+def _weight(row: pd.Series) -> float:
+    return float(row["w"]) if row.get("mode") == "cfg" else float(row["w_aff"]) if row.get("mode") != "none" else 1.0
+
+
+def save_study_plots(table: pd.DataFrame, folder: str | Path) -> list[Path]:
+    """Write the plots the table's columns allow to ``folder``; returns their paths."""
+    folder = Path(folder)
+    if table.empty or "effectiveness" not in table.columns:
+        return []
+    plt = _pyplot()
+    means = _means(table, ["effectiveness", "off_target", "truth_error", "target_ratio"])
+    interventions = list(dict.fromkeys(means["intervention"]))
+    written = []
+
+    fig, axes = plt.subplots(1, len(interventions), figsize=(4.2 * len(interventions), 3.8), squeeze=False)
+    for ax, intervention in zip(axes[0], interventions, strict=True):
+        part = means[means["intervention"] == intervention]
+        ax.errorbar(
+            part["off_target"],
+            part["effectiveness"],
+            xerr=part["off_target_sd"],
+            yerr=part["effectiveness_sd"],
+            fmt="o",
+            ms=4,
+            capsize=2,
+        )
+        for _, row in part.iterrows():
+            ax.annotate(row["guidance"], (row["off_target"], row["effectiveness"]), fontsize=6, alpha=0.8)
+        metric = table.loc[table["intervention"] == intervention, "effectiveness_metric"].dropna()
+        ax.set_xlabel("off-target change (mean |delta p|)")
+        ax.set_ylabel(f"effectiveness ({metric.iloc[0] if len(metric) else ''})")
+        ax.set_title(intervention, fontsize=9)
+    fig.tight_layout()
+    written.append(save_figure(fig, folder / "effectiveness_vs_off_target.png", dpi=110))
+
+    if "truth_error" in means.columns and means["truth_error"].notna().any():
+        fig, axes = plt.subplots(1, len(interventions), figsize=(4.2 * len(interventions), 3.6), squeeze=False)
+        for ax, intervention in zip(axes[0], interventions, strict=True):
+            part = means[means["intervention"] == intervention].copy()
+            part["family"], part["weight"] = part.apply(_family, axis=1), part.apply(_weight, axis=1)
+            for family, line in part.groupby("family", sort=False):
+                line = line.sort_values("weight")
+                ax.errorbar(
+                    line["weight"],
+                    line["truth_error"],
+                    yerr=line["truth_error_sd"],
+                    marker="o",
+                    ms=3,
+                    capsize=2,
+                    label=family,
+                )
+            ax.set_xlabel("guidance weight (w or w_aff)")
+            ax.set_ylabel("truth_error (mean |change - true change|)")
+            ax.set_title(intervention, fontsize=9)
+            ax.legend(fontsize=6)
+        fig.tight_layout()
+        written.append(save_figure(fig, folder / "truth_error_vs_weight.png", dpi=110))
+
+        fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(means) + 2), 3.8))
+        labels = [f"{r.intervention}\n{r.guidance}" for r in means.itertuples()]
+        ax.bar(range(len(means)), means["target_ratio"], yerr=means["target_ratio_sd"], capsize=2)
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(range(len(means)), labels, rotation=90, fontsize=5)
+        ax.set_ylabel("target_ratio (1 = right size)")
+        fig.tight_layout()
+        written.append(save_figure(fig, folder / "target_ratio.png", dpi=110))
+    return written

@@ -1,0 +1,258 @@
+"""The guidance study: CFG against DCFG (and the variants beyond the paper) on a phantom's ground truth.
+
+    python -m medcf.evaluation.study --bundle cxr_counterfactual --output_dir study_cxr
+        [--seeds 0 1 2] [--images_per_seed 8] [--steps 20] [--weights 1 1.5 2 3 5] [--heldout_subjects 48]
+
+Steps (each an evaluate run of :mod:`medcf.evaluation.evaluate` on the bundle's shipped weights, predictors
+and a held-out phantom set, written to its own sub-folder so that a stopped study keeps what it finished):
+
+1. ``grid/seed_<s>``: on each seed, no guidance, CFG with w in ``weights``, DCFG with w_aff in ``weights``
+   and w_inv = 1, and at w_aff = 3 the variants factored CFG++ (weights 1), factored APG and the guidance
+   interval sigma in (0.3, 5].
+2. ``selection``: a user without ground truth picks, per intervention, the DCFG weight on separate held-out
+   images (seed ``selection_seed``) by the predictors alone: the smallest w_aff whose effectiveness is
+   within 0.05 (accuracy) or 1 year (age MAE) of the best the grid reaches. Larger weights buy no
+   measurable effectiveness, only risk of overshoot.
+3. ``selected/seed_<s>``: DCFG with each intervention's selected weight, on the grid's seeds; where it lands
+   on the ground truth is the test of the selection.
+
+The report (``study.md``, ``study.csv``, ``plots/``) gives, per intervention, mean +- sd over seeds at
+matched effectiveness: for CFG and DCFG the smallest weight reaching the level both families reach.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from monai.bundle import ConfigParser
+
+from medcf.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from medcf.bundles import bundle_root
+from medcf.evaluation.evaluate import METRICS_CSV, EvaluationRun
+from medcf.evaluation.plots import save_study_plots
+from medcf.phantoms.training_set import phantom_export_with_cohort
+
+STUDY_INTERVENTIONS = {
+    "cxr_counterfactual": ["do(sex=F)", "do(race=Black)", "do(age=+20)", "do(disease=Pleural Effusion)"],
+    "mammo_counterfactual": ["do(density=D)", "do(density=A)", "do(age=+15)"],
+}
+VARIANTS = [
+    {"mode": "dcfg", "w_aff": 1.0, "w_inv": 1.0, "rule": "cfg++"},
+    {"mode": "dcfg", "w_aff": 3.0, "w_inv": 1.0, "rule": "apg"},
+    {"mode": "dcfg", "w_aff": 3.0, "w_inv": 1.0, "interval": [0.3, 5.0]},
+]
+TOLERANCE = {"accuracy": 0.05, "mae": 1.0}
+
+
+def grid_settings(weights: Sequence[float]) -> list[dict[str, Any]]:
+    """No guidance, CFG and DCFG over ``weights``, and the variants."""
+    return [
+        {"mode": "none"},
+        *({"mode": "cfg", "weight": float(w)} for w in weights),
+        *({"mode": "dcfg", "w_aff": float(w), "w_inv": 1.0} for w in weights),
+        *VARIANTS,
+    ]
+
+
+def reaches(value: float, target: float, metric: str) -> bool:
+    """Effectiveness at least ``target`` (accuracy) or at most it (age MAE: lower is better)."""
+    return value <= target if metric == "mae" else value >= target
+
+
+def select_weights(table: pd.DataFrame) -> dict[str, float]:
+    """Per intervention: the smallest DCFG w_aff within the tolerance of the best effectiveness (predictors
+    only, no ground truth)."""
+    chosen = {}
+    dcfg = table[(table["mode"] == "dcfg") & table["guidance"].str.fullmatch(r"dcfg w_aff=\S+ w_inv=1")]
+    for intervention, part in dcfg.groupby("intervention", sort=False):
+        metric = part["effectiveness_metric"].dropna().iloc[0]
+        means = part.groupby("w_aff")["effectiveness"].mean().sort_index()
+        best = means.min() if metric == "mae" else means.max()
+        target = best + TOLERANCE[metric] if metric == "mae" else best - TOLERANCE[metric]
+        chosen[intervention] = float(next(w for w, v in means.items() if reaches(v, target, metric)))
+    return chosen
+
+
+def matched_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per intervention, CFG and DCFG at matched effectiveness (the smallest weight of each reaching the level
+    both reach), the selected DCFG and the variants: mean and sd over seeds."""
+    columns = ["effectiveness", "off_target", "truth_error", "target_ratio", "truth_off_target", "fid"]
+    columns = [c for c in columns if c in table.columns]
+    rows = []
+    for intervention, part in table.groupby("intervention", sort=False):
+        metric = part["effectiveness_metric"].dropna().iloc[0]
+        means = part.groupby("guidance", sort=False)["effectiveness"].mean()
+        families = {
+            "cfg": part[part["mode"] == "cfg"],
+            "dcfg": part[part["guidance"].str.fullmatch(r"dcfg w_aff=\S+ w_inv=1")],
+        }
+        bests = [
+            (means[f["guidance"].unique()].min() if metric == "mae" else means[f["guidance"].unique()].max())
+            for f in families.values()
+            if len(f)
+        ]
+        level = (max(bests) if metric == "mae" else min(bests)) if bests else None
+        picked = []
+        for family in families.values():
+            ordered = family.sort_values(["w", "w_aff"])["guidance"].unique()
+            match = next((g for g in ordered if level is not None and reaches(means[g], level, metric)), None)
+            if match is not None:
+                picked.append(match)
+        picked += [
+            g for g in part["guidance"].unique() if g == "none" or "selected" in g or "rule=" in g or "interval=" in g
+        ]
+        for guidance in dict.fromkeys(picked):
+            group = part[part["guidance"] == guidance]
+            row: dict[str, Any] = {"intervention": intervention, "guidance": guidance, "seeds": len(group)}
+            for column in columns:
+                values = pd.to_numeric(group[column], errors="coerce")
+                row[column] = (
+                    f"{values.mean():.3g} ± {values.std(ddof=1):.2g}" if len(values) > 1 else f"{values.mean():.3g}"
+                )
+            row["effectiveness_metric"] = metric
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _evaluation(bundle: str, output_dir: Path, heldout: Path | None, **settings: Any) -> EvaluationRun:
+    """An EvaluationRun configured from the bundle's evaluate.yaml with ``settings`` overriding it."""
+    root = Path(bundle_root(bundle))
+    parser = ConfigParser()
+    parser.read_config(str(root / "configs" / "evaluate.yaml"))
+    parser["output_dir"] = str(output_dir)
+    if heldout is not None:
+        parser["dataset_dir"], parser["labels"] = str(heldout / "export"), str(heldout / "cohort.csv")
+    for key, value in settings.items():
+        parser[key] = value
+    return parser.get_parsed_content("evaluation")
+
+
+def run_study(
+    bundle: str,
+    output_dir: str | Path,
+    seeds: Sequence[int] = (0, 1, 2),
+    images_per_seed: int = 8,
+    steps: int = 20,
+    weights: Sequence[float] = (1.0, 1.5, 2.0, 3.0, 5.0),
+    heldout_subjects: int = 48,
+    selection_seed: int = 100,
+) -> pd.DataFrame:
+    """Run (or resume) the study of one bundle; returns the combined metrics table."""
+    started = time.perf_counter()
+    output_dir = Path(output_dir)
+    interventions = STUDY_INTERVENTIONS[bundle]
+    common = {
+        "steps": steps,
+        "images_per_seed": images_per_seed,
+        "composition_images": 0,
+        "reversibility": False,
+        "interventions": interventions,
+    }
+    config = _evaluation(bundle, output_dir, None)
+    size = (
+        config.preparer.image_size if isinstance(config.preparer.image_size, int) else max(config.preparer.image_size)
+    )
+    heldout = output_dir / "heldout_data"
+    phantom_export_with_cohort(config.phantom_kind, heldout, heldout_subjects, max(64, 2 * size), config.heldout_seed)
+
+    def stage(folder: Path, seed: int, settings: list[dict[str, Any]]) -> pd.DataFrame:
+        if not (folder / METRICS_CSV).exists():  # finished stages are kept: a stopped study resumes
+            _evaluation(bundle, folder, heldout, seeds=[seed], guidance_settings=settings, **common).run()
+        return pd.read_csv(folder / METRICS_CSV)
+
+    grid = pd.concat([stage(output_dir / "grid" / f"seed_{s}", s, grid_settings(weights)) for s in seeds])
+    dcfg_grid = [{"mode": "dcfg", "w_aff": float(w), "w_inv": 1.0} for w in weights]
+    selection = stage(output_dir / "selection", selection_seed, dcfg_grid)
+    chosen = select_weights(selection)
+    selected = []
+    for intervention, weight in chosen.items():
+        for seed in seeds:
+            folder = output_dir / "selected" / f"{_slug(intervention)}_seed_{seed}"
+            if not (folder / METRICS_CSV).exists():
+                run = _evaluation(
+                    bundle, folder, heldout, seeds=[seed],
+                    guidance_settings=[{"mode": "dcfg", "w_aff": weight, "w_inv": 1.0}],
+                    **{**common, "interventions": [intervention]},
+                )  # fmt: skip
+                run.run()
+            table = pd.read_csv(folder / METRICS_CSV)
+            table["guidance"] = f"dcfg selected w_aff={weight:g} w_inv=1"
+            selected.append(table)
+    combined = pd.concat([grid, *selected], ignore_index=True)
+    write_csv_atomic(output_dir / "study.csv", combined)
+    save_study_plots(combined, output_dir / "plots")
+    matched = matched_table(combined)
+    write_csv_atomic(output_dir / "matched.csv", matched)
+    minutes = (time.perf_counter() - started) / 60
+    write_json_atomic(
+        output_dir / "study.json",
+        {"bundle": bundle, "seeds": list(seeds), "images_per_seed": images_per_seed, "steps": steps,
+         "weights": list(weights), "selected_w_aff": chosen, "minutes_this_call": round(minutes, 1)},
+    )  # fmt: skip
+    write_text_atomic(output_dir / "study.md", _markdown(bundle, matched, chosen, seeds, images_per_seed, steps))
+    return combined
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text).strip("_")
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """A pipe table of ``table``'s cells as text."""
+    header = "| " + " | ".join(map(str, table.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([header, rule, *body])
+
+
+def _markdown(
+    bundle: str, matched: pd.DataFrame, chosen: dict[str, float], seeds: Sequence[int], images: int, steps: int
+) -> str:
+    lines = [
+        f"# Guidance study: {bundle}",
+        "",
+        f"Seeds {', '.join(map(str, seeds))} ({images} held-out phantom images each), {steps} DDIM steps. "
+        "Mean ± sd over seeds. effectiveness: accuracy of the intervened attribute (age: MAE in years); "
+        "off_target: mean |delta p| of the attributes nobody intervened on; truth_error: mean |change - true "
+        "change| on [0, 1]; target_ratio: 1 = the right size, above 1 = overshoot.",
+        "",
+        "Selected DCFG weights (predictors only, seed held out from the table): "
+        + ", ".join(f"{k}: w_aff={v:g}" for k, v in chosen.items()),
+        "",
+        markdown_table(matched),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m medcf.evaluation.study", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, choices=sorted(STUDY_INTERVENTIONS))
+    parser.add_argument("--output_dir", required=True)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--images_per_seed", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 5.0])
+    parser.add_argument("--heldout_subjects", type=int, default=48)
+    args = parser.parse_args(argv)
+    try:
+        run_study(
+            args.bundle, args.output_dir, args.seeds, args.images_per_seed, args.steps, args.weights,
+            args.heldout_subjects,
+        )  # fmt: skip
+    except (ValueError, OSError) as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps({"report": str(Path(args.output_dir) / "study.md")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
