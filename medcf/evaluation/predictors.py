@@ -21,12 +21,12 @@ from typing import Any
 
 import torch
 from ignite.engine import Engine, Events
-from monai.metrics import compute_roc_auc
 from monai.networks.nets import ResNet
 from torch import nn
 
 from medcf.atomic import atomic_path, write_json_atomic
 from medcf.attributes import AttributeSchema, SchemaError
+from medcf.evaluation.metrics import roc_auc
 from medcf.model import read_torch_file
 
 PREDICTORS_FORMAT = "medcf-predictors/1"
@@ -143,13 +143,6 @@ def attribute_batch(
     return images, codes
 
 
-def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
-    """Area under the ROC curve of ``scores`` for the boolean labels ``positive`` (NaN if one class only)."""
-    if positive.all() or not positive.any():
-        return math.nan
-    return float(compute_roc_auc(scores.double(), positive.long()))
-
-
 def score_predictions(
     schema: AttributeSchema, predictions: Mapping[str, torch.Tensor], codes: torch.Tensor
 ) -> dict[str, dict[str, float]]:
@@ -163,9 +156,9 @@ def score_predictions(
         labels = truth.long()
         accuracy = float((predicted.argmax(dim=1) == labels).double().mean())
         if predicted.shape[1] == 2:
-            area = auroc(predicted[:, 1], labels == 1)
+            area = roc_auc(predicted[:, 1].numpy(), (labels == 1).numpy())
         else:  # macro one-vs-rest over the classes that occur (and do not make up every label)
-            areas = [auroc(predicted[:, c], labels == c) for c in range(predicted.shape[1])]
+            areas = [roc_auc(predicted[:, c].numpy(), (labels == c).numpy()) for c in range(predicted.shape[1])]
             areas = [a for a in areas if not math.isnan(a)]
             area = sum(areas) / len(areas) if areas else math.nan
         scores[name] = {"accuracy": accuracy, "auroc": area, "n": float(len(labels))}
