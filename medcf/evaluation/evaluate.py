@@ -46,7 +46,7 @@ from medcf.evaluation import ground_truth, metrics
 from medcf.evaluation.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
 from medcf.evaluation.phantom_truth import PhantomTruth
 from medcf.evaluation.plots import save_study_plots
-from medcf.evaluation.predictors import AttributePredictor, load_predictors
+from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
 from medcf.interventions import Intervention
 from medcf.loading import file_sha256, load_model, parse_interventions
 from medcf.outputs.lock import OutputFolderLock
@@ -373,7 +373,7 @@ class _Measurements:
         self.real_features = _features(predictor, pool.images)
 
     def context(self, chosen: EvaluationSet) -> dict[str, Any]:
-        context: dict[str, Any] = {"set": chosen, "factual_predictions": _predict(self.predictor, chosen.images)}
+        context: dict[str, Any] = {"set": chosen, "factual_predictions": predict_all(self.predictor, chosen.images)}
         if self.truth is not None:
             changes = TrueChanges(self.truth, chosen, self.preparer)
             context["truth"], context["directions"] = changes, changes.directions()
@@ -392,7 +392,7 @@ class _Measurements:
         sources = chosen.images[made]
         factual = [chosen.factual[p] for p in made]
         before = {name: values[made] for name, values in context["factual_predictions"].items()}
-        after = _predict(self.predictor, batch.images)
+        after = predict_all(self.predictor, batch.images)
         row: dict[str, Any] = {}
         for k, name in enumerate(intervention.names):
             scores = metrics.effectiveness(self.schema, name, after, batch.attributes)
@@ -445,12 +445,6 @@ class _Measurements:
                 row[f"truth_off_target.{name}"] = errors[name]
         row["truth_off_target"] = float(np.mean(list(errors.values()))) if errors else math.nan
         return row
-
-
-@torch.no_grad()
-def _predict(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    parts = [predictor.predict(images[k : k + batch_size].float()) for k in range(0, len(images), batch_size)]
-    return {name: torch.cat([p[name] for p in parts]) for name in parts[0]}
 
 
 @torch.no_grad()
