@@ -49,9 +49,11 @@ def config(kind: str, name: str = "train_predictors.yaml") -> str:
 @pytest.fixture(scope="module")
 def fresh_sets(tmp_path_factory):
     """Small phantom sets made through the export -> cohort -> prepare path at 64 x 64, with a seed the shipped
-    predictors never saw (their training set used seed 0)."""
+    predictors never saw (their training set used seed 0). Mammograms come about five per patient, so that
+    set is larger (84 images of about 17 patients)."""
     root = tmp_path_factory.mktemp("fresh_phantoms")
-    return {kind: phantom_training_set(kind, root / kind, 48, 64, seed=11, workers=1) for kind in ("cxr", "mammo")}
+    sizes = {"cxr": 48, "mammo": 96}
+    return {kind: phantom_training_set(kind, root / kind, n, 64, seed=11, workers=1) for kind, n in sizes.items()}
 
 
 def test_shapes_and_api():
