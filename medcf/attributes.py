@@ -192,3 +192,10 @@ class AttributeSchema:
     def validate(self, values: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
         """Check a mapping of attribute values; returns a copy with parsed values."""
         return {name: self[name].parse(value) for name, value in values.items()}
+
+
+def attribute_text(attribute: Attribute) -> str:
+    """An attribute in a few characters: ``sex{M,F}``, ``age[18,95]``."""
+    if attribute.kind == "categorical":
+        return f"{attribute.name}{{{','.join(attribute.values)}}}"
+    return f"{attribute.name}[{attribute.low:g},{attribute.high:g}]"

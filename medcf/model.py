@@ -19,7 +19,7 @@ from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
 from medcf.atomic import atomic_path
-from medcf.attributes import AttributeSchema, SchemaError
+from medcf.attributes import AttributeSchema, SchemaError, attribute_text
 from medcf.conditioning import AttributeEmbedder
 
 CHECKPOINT_FORMAT = "medcf-ddim/1"
@@ -149,15 +149,23 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu", 
         raise ValueError(f"{path}: not a {what}: cannot read it ({first})") from None
 
 
+def read_medcf_file(
+    path: str | Path, file_format: str | int, what: str, map_location: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], AttributeSchema]:
+    """A medcf file's payload (read weights-only) and the attribute schema it records; a file of another
+    format is a one-line error naming it as not a ``what``."""
+    payload = read_torch_file(path, map_location, what)
+    if not isinstance(payload, dict) or payload.get("format") != file_format:
+        raise ValueError(f"{path}: not a {what} (format {file_format} expected)")
+    return payload, AttributeSchema.from_config(payload["schema"])
+
+
 def load_checkpoint(
     path: str | Path, expected_schema: AttributeSchema | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[CounterfactualUNet, dict[str, Any]]:
     """The model of a checkpoint and its full payload; with ``expected_schema`` a different attribute
     schema is an error naming both. The file is read with :func:`read_torch_file` (weights only)."""
-    payload = read_torch_file(path, map_location)
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a medcf checkpoint (format {CHECKPOINT_FORMAT} expected)")
-    schema = AttributeSchema.from_config(payload["schema"])
+    payload, schema = read_medcf_file(path, CHECKPOINT_FORMAT, "medcf checkpoint", map_location)
     if expected_schema is not None and schema.to_config() != expected_schema.to_config():
         raise SchemaError(
             f"{path}: the checkpoint was trained for attributes {describe(schema)}, but the configuration "
@@ -172,9 +180,4 @@ def load_checkpoint(
 
 
 def describe(schema: AttributeSchema) -> str:
-    parts = []
-    for a in schema.attributes:
-        parts.append(
-            f"{a.name}{{{','.join(a.values)}}}" if a.kind == "categorical" else f"{a.name}[{a.low:g},{a.high:g}]"
-        )
-    return " ".join(parts)
+    return " ".join(attribute_text(a) for a in schema.attributes)

@@ -11,7 +11,10 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
   attribute (``effectiveness_metric`` = accuracy) or MAE in years of age (mae); ``auroc`` where defined;
 - off_target: mean absolute change of the predicted probability of each image's own value of every
   attribute that is neither intervened nor a descendant (``off_target_signed``: its signed mean), averaged
-  over those attributes; per attribute in ``off_target.<attribute>`` (age in years);
+  over those attributes; per attribute in ``off_target.<attribute>`` (age in years). The same for the
+  null-intervention reconstruction under the same guidance (``off_target_null``, the control: what decoding
+  alone moves) and from that reconstruction to the counterfactual (``off_target_vs_null``: what the
+  intervention moves);
 - composition_1 / composition_10: L1 (0-255) to the source after 1 and 10 null-intervention cycles
   (``composition_ssim_*``: SSIM), on the first ``composition_images`` images of the seed;
 - reversibility: L1 (0-255) to the source after do(a') and back to the factual attributes;
@@ -191,10 +194,15 @@ class EvaluationRun:
             if self.labels is None:
                 raise ValueError("labels: a cohort table is needed with dataset_dir")
             return Path(self.dataset_dir), Path(self.labels)
+        return self.make_heldout_set(output_dir / "heldout_data")
+
+    def make_heldout_set(self, folder: Path) -> tuple[Path, Path]:
+        """A held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``) with its cohort
+        table, made once in ``folder`` at twice the model's size, as the training sets are."""
         size = getattr(self.preparer, "image_size", 64)
         side = size if isinstance(size, int) else max(size)
         return phantom_export_with_cohort(
-            self.phantom_kind, output_dir / "heldout_data", self.heldout_subjects, max(64, 2 * side), self.heldout_seed
+            self.phantom_kind, folder, self.heldout_subjects, max(64, 2 * side), self.heldout_seed
         )
 
     def _check_numbers(self) -> None:
@@ -268,8 +276,6 @@ class EvaluationRun:
             if cycle in (1, self.composition_cycles):
                 found[f"composition_{cycle}"] = float(metrics.l1_255(images, sources).mean())
                 found[f"composition_ssim_{cycle}"] = float(metrics.ssim(images, sources).mean())
-        if self.composition_cycles != 10:  # the columns the contract names, whatever the number of cycles
-            found["composition_cycles"] = self.composition_cycles
         return found
 
     @staticmethod
@@ -408,10 +414,15 @@ class _Measurements:
         for name, change in changes.items():
             row[f"off_target.{name}"] = change["absolute"]
             row[f"off_target_signed.{name}"] = change["signed"]
-        row["off_target"] = float(np.mean([changes[n]["absolute"] for n in categorical])) if categorical else math.nan
-        row["off_target_signed"] = (
-            float(np.mean([changes[n]["signed"] for n in categorical])) if categorical else math.nan
-        )
+        reconstructed = predict_all(self.predictor, reference)
+        control = metrics.off_target_change(self.schema, untouched, before, reconstructed, factual)
+        net = metrics.off_target_change(self.schema, untouched, reconstructed, after, factual)
+
+        def mean(found: Mapping[str, Mapping[str, float]], key: str = "absolute") -> float:
+            return float(np.mean([found[n][key] for n in categorical])) if categorical else math.nan
+
+        row["off_target"], row["off_target_signed"] = mean(changes), mean(changes, "signed")
+        row["off_target_null"], row["off_target_vs_null"] = mean(control), mean(net)
         row["reversibility"] = float(metrics.l1_255(back, sources).mean()) if back is not None else math.nan
         intervened_categorical = [n for n in intervention.names if self.schema[n].kind == "categorical"]
         row["minimality"] = metrics.minimality(
@@ -457,6 +468,8 @@ def _features(predictor: AttributePredictor, images: torch.Tensor, batch_size: i
 SUMMARY_COLUMNS = (
     "effectiveness",
     "off_target",
+    "off_target_null",
+    "off_target_vs_null",
     "composition_1",
     "composition_10",
     "reversibility",

@@ -75,7 +75,7 @@ class PhantomTruth:
             raise TruthError(
                 f"{path}: the phantom's attributes ({', '.join(theirs)}) are not the model's ({', '.join(ours)})"
             )
-        table = pd.read_csv(path, dtype={"path": str}, keep_default_na=False, na_values={"": ""})
+        table = pd.read_csv(path, dtype={"path": str}, keep_default_na=False)  # an empty label stays ""
         needed = ["path", *ours, *(f"u_{n}" for n in ours), *(f.name for f in phantom.factors)]
         missing = [column for column in needed if column not in table.columns]
         if missing:

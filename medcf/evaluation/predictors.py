@@ -25,9 +25,9 @@ from monai.networks.nets import ResNet
 from torch import nn
 
 from medcf.atomic import atomic_path, write_json_atomic
-from medcf.attributes import AttributeSchema, SchemaError
+from medcf.attributes import AttributeSchema, SchemaError, attribute_text
 from medcf.evaluation.metrics import roc_auc
-from medcf.model import read_torch_file
+from medcf.model import read_medcf_file
 
 PREDICTORS_FORMAT = "medcf-predictors/1"
 
@@ -232,8 +232,7 @@ def save_predictors(predictor: AttributePredictor, path: str | Path, extra: dict
 def describe_attribute(schema: AttributeSchema, name: str) -> str:
     """``sex{M,F}``, ``age[18,95]``, with ``<-parents`` when it has any."""
     a = schema[name]
-    text = f"{a.name}{{{','.join(a.values)}}}" if a.kind == "categorical" else f"{a.name}[{a.low:g},{a.high:g}]"
-    return text + (f"<-{','.join(a.parents)}" if a.parents else "")
+    return attribute_text(a) + (f"<-{','.join(a.parents)}" if a.parents else "")
 
 
 def schema_difference(found: AttributeSchema, expected: AttributeSchema) -> str:
@@ -253,10 +252,7 @@ def schema_difference(found: AttributeSchema, expected: AttributeSchema) -> str:
 def load_predictors(path: str | Path, expected_schema: AttributeSchema | None = None) -> AttributePredictor:
     """The predictor saved in ``path`` (weights-only read, eval mode, on the CPU); ``image_size`` is set from
     the file when it records one. A file for another schema than ``expected_schema`` is a one-line error."""
-    payload = read_torch_file(path, what="medcf predictors file")
-    if not isinstance(payload, dict) or payload.get("format") != PREDICTORS_FORMAT:
-        raise ValueError(f"{path}: not a medcf predictors file (format {PREDICTORS_FORMAT} expected)")
-    schema = AttributeSchema.from_config(payload["schema"])
+    payload, schema = read_medcf_file(path, PREDICTORS_FORMAT, "medcf predictors file")
     if expected_schema is not None and schema.to_config() != expected_schema.to_config():
         raise SchemaError(
             f"{path}: predictors for another attribute schema ({schema_difference(schema, expected_schema)}); "

@@ -37,7 +37,6 @@ from medcf.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from medcf.bundles import bundle_root
 from medcf.evaluation.evaluate import METRICS_CSV, EvaluationRun
 from medcf.evaluation.plots import save_study_plots
-from medcf.phantoms.training_set import phantom_export_with_cohort
 
 STUDY_INTERVENTIONS = {
     "cxr_counterfactual": ["do(sex=F)", "do(race=Black)", "do(age=+20)", "do(disease=Pleural Effusion)"],
@@ -83,7 +82,15 @@ def select_weights(table: pd.DataFrame) -> dict[str, float]:
 def matched_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per intervention, CFG and DCFG at matched effectiveness (the smallest weight of each reaching the level
     both reach), the selected DCFG and the variants: mean and sd over seeds."""
-    columns = ["effectiveness", "off_target", "truth_error", "target_ratio", "truth_off_target", "fid"]
+    columns = [
+        "effectiveness",
+        "off_target",
+        "off_target_vs_null",
+        "truth_error",
+        "target_ratio",
+        "truth_off_target",
+        "fid",
+    ]
     columns = [c for c in columns if c in table.columns]
     rows = []
     for intervention, part in table.groupby("intervention", sort=False):
@@ -155,12 +162,8 @@ def run_study(
         "reversibility": False,
         "interventions": interventions,
     }
-    config = _evaluation(bundle, output_dir, None)
-    size = (
-        config.preparer.image_size if isinstance(config.preparer.image_size, int) else max(config.preparer.image_size)
-    )
     heldout = output_dir / "heldout_data"
-    phantom_export_with_cohort(config.phantom_kind, heldout, heldout_subjects, max(64, 2 * size), config.heldout_seed)
+    _evaluation(bundle, output_dir, None, heldout_subjects=heldout_subjects).make_heldout_set(heldout)
 
     def stage(folder: Path, seed: int, settings: list[dict[str, Any]]) -> pd.DataFrame:
         if not (folder / METRICS_CSV).exists():  # finished stages are kept: a stopped study resumes

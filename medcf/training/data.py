@@ -1,9 +1,8 @@
-"""Training data: prepared arrays listed in a preparation manifest, and phantom training sets made with the
-same pipeline as real data (phantom export -> cohort table -> prepare bundle logic)."""
+"""Training data: prepared arrays listed in a preparation manifest (phantom training sets are made by
+:mod:`medcf.phantoms.training_set`; training never imports phantoms)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -101,48 +100,3 @@ def training_sampler(
     if distributed:
         return DistributedWeightedRandomSampler(dataset, weights.tolist(), generator=generator, **shard)
     return WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=generator)
-
-
-def phantom_training_set(
-    kind: str, folder: str | Path, n: int, size: int, seed: int = 0, workers: int | None = None
-) -> Path:
-    """Make (once) a prepared phantom training set in ``folder`` and return its manifest path.
-
-    The phantom export is written at twice ``size`` and goes through the cohort builder and the preparation,
-    exactly as a real export would. The phantom's ``marker`` (not in EMBED's tables) is added to the
-    mammogram cohort from the ground truth. A folder made with other settings is an error.
-    """
-    from medcf.phantoms.training_set import phantom_export_with_cohort
-    from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
-
-    folder = Path(folder)
-    settings = {"kind": kind, "n": n, "size": size, "seed": seed}
-    stamp = folder / "phantom_training_set.json"
-    manifest = folder / "prepared" / "manifest.csv"
-    if stamp.exists():
-        if json.loads(stamp.read_text()) != settings:
-            raise ValueError(
-                f"{folder}: holds a phantom training set with other settings "
-                f"({stamp.read_text().strip()}); use another folder"
-            )
-        if manifest.exists():
-            return manifest
-    folder.mkdir(parents=True, exist_ok=True)
-    stamp.write_text(json.dumps(settings) + "\n")
-    export, cohort = phantom_export_with_cohort(kind, folder, n, max(64, 2 * size), seed, workers)
-    preparer = ChestPreparer(size) if kind == "cxr" else MammoPreparer((size, size))
-    PreparationRun(export, folder / "prepared", preparer, cohort=cohort, workers=workers, progress=False).run()
-    return manifest
-
-
-def phantom_training_set_once(kind: str, folder: str | Path, n: int, size: int, seed: int = 0) -> Path:
-    """:func:`phantom_training_set` in a distributed run: rank 0 makes it while the other ranks wait."""
-    import torch.distributed as dist
-
-    distributed = dist.is_available() and dist.is_initialized()
-    manifest = Path(folder) / "prepared" / "manifest.csv"
-    if not distributed or dist.get_rank() == 0:
-        manifest = phantom_training_set(kind, folder, n, size, seed)
-    if distributed:
-        dist.barrier()
-    return manifest

@@ -63,7 +63,8 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
     )
     made = table[table["images"] > 0]
     assert len(made) >= 10
-    for column in ("off_target", "composition_1", "composition_10", "reversibility", "truth_error", "fid"):
+    measured = ["off_target", "off_target_null", "off_target_vs_null", "composition_1", "composition_10"]
+    for column in (*measured, "reversibility", "truth_error", "fid"):
         assert (made[column] >= 0).all() and made[column].notna().all(), column
     assert ((made["composition_ssim_1"] <= 1) & (made["composition_ssim_10"] <= 1)).all()
     categorical = made[made["effectiveness_metric"] == "accuracy"]

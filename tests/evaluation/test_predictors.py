@@ -29,7 +29,8 @@ from medcf.evaluation.predictors import (
 )
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
-from medcf.training.data import phantom_training_set, prepared_dataset
+from medcf.phantoms.training_set import phantom_training_set
+from medcf.training.data import prepared_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {"cxr": "cxr_counterfactual", "mammo": "mammo_counterfactual"}

@@ -18,7 +18,7 @@ from torch.utils.data import RandomSampler, WeightedRandomSampler
 
 from medcf.causal import CausalGraph
 from medcf.model import load_checkpoint
-from medcf.training.data import phantom_training_set
+from medcf.phantoms.training_set import phantom_training_set
 
 REPO = Path(__file__).resolve().parents[2]
 TINY = [
