@@ -22,7 +22,8 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
   every held-out image);
 - on a phantom data set (``phantom_truth.csv`` beside the images): truth_error, target_ratio and
   truth_off_target (:mod:`medcf.evaluation.ground_truth`), with change = counterfactual - null-intervention
-  reconstruction under the same guidance.
+  reconstruction under the same guidance; truth_off_target_source: the same off-target error with change =
+  counterfactual - source image (what a viewer sees: drift of decoding and amplification included).
 
 Settings, interventions, model and predictors are all checked before any image is read.
 """
@@ -32,7 +33,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,8 @@ from tqdm import tqdm
 
 from medcf.atomic import write_csv_atomic, write_json_atomic
 from medcf.attributes import AttributeSchema
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
+from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
+from medcf.devices import resolve_device
 from medcf.evaluation import ground_truth, metrics
 from medcf.evaluation.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
 from medcf.evaluation.phantom_truth import PhantomTruth
@@ -133,6 +135,8 @@ class EvaluationRun:
         composition_images, composition_cycles: the null-intervention cycles (0 images: skipped).
         reversibility: also decode each counterfactual back to its factual attributes.
         schema: the bundle's attributes; a model or predictors for others are refused.
+        device: where the model and predictors run (``auto``: CUDA when present, else the CPU); metrics are
+            computed on the CPU.
     """
 
     output_dir: str | Path
@@ -156,13 +160,16 @@ class EvaluationRun:
     schema: AttributeSchema | None = None
     experiment: str = "medcf-evaluate"
     progress: bool = True
+    device: str | torch.device = "auto"
     _timing: dict[str, float] = field(default_factory=dict, repr=False)
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
+        device = resolve_device(self.device)
         loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
+        loaded.model.to(device)
         schema = loaded.model.schema
-        predictor = load_predictors(self.predictors_path, expected_schema=schema).eval()
+        predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         interventions = parse_interventions(schema, self.interventions)
         settings = guidance_settings_from(self.guidance_settings, self.steps)
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
@@ -172,7 +179,11 @@ class EvaluationRun:
             dataset_dir, labels = self._data(output_dir)
             truth = PhantomTruth.find(dataset_dir, schema, self.phantom_kind)
             pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
-            tags = {"medcf.job": "evaluate", "medcf.ground_truth": "phantom" if truth else "none"}
+            tags = {
+                "medcf.job": "evaluate",
+                "medcf.ground_truth": "phantom" if truth else "none",
+                "medcf.device": str(device),
+            }
             with job_run(output_dir, self.experiment, "evaluate", tags):
                 measure = _Measurements(schema, predictor, pool, truth, self.preparer)
                 rows = []
@@ -238,7 +249,7 @@ class EvaluationRun:
             references: dict[str, torch.Tensor] = {}
             for intervention in interventions:
                 started = time.perf_counter()
-                batch = engine.predict(latents, chosen.factual, intervention)
+                batch = _on_cpu(engine.predict(latents, chosen.factual, intervention))
                 row: dict[str, Any] = {
                     "intervention": intervention.text,
                     "guidance": label,
@@ -251,7 +262,7 @@ class EvaluationRun:
                 if batch.made:
                     key = batch.plan.describe()
                     if key not in references:  # CFG's plan is the same for every intervention: decode it once
-                        references[key] = engine.reconstruct(latents, chosen.factual, batch.affected)
+                        references[key] = engine.reconstruct(latents, chosen.factual, batch.affected).cpu()
                     reference = references[key][batch.made]
                     back = self._reversed(engine, batch, chosen) if self.reversibility else None
                     row.update(measure.row(context, intervention, batch, reference, back))
@@ -272,7 +283,7 @@ class EvaluationRun:
         images, found = sources, {}
         for cycle in range(1, self.composition_cycles + 1):
             cycle_latents = latents[:count] if cycle == 1 else engine.abduct(images, factual)
-            images = engine.reconstruct(cycle_latents, factual, set())
+            images = engine.reconstruct(cycle_latents, factual, set()).cpu()
             if cycle in (1, self.composition_cycles):
                 found[f"composition_{cycle}"] = float(metrics.l1_255(images, sources).mean())
                 found[f"composition_ssim_{cycle}"] = float(metrics.ssim(images, sources).mean())
@@ -282,7 +293,7 @@ class EvaluationRun:
     def _reversed(engine: CounterfactualEngine, batch: Any, chosen: EvaluationSet) -> torch.Tensor:
         """The counterfactuals abducted under their own attributes and decoded back under the factual ones."""
         factual = [chosen.factual[p] for p in batch.made]
-        return engine.reconstruct(engine.abduct(batch.images, batch.attributes), factual, batch.affected)
+        return engine.reconstruct(engine.abduct(batch.images, batch.attributes), factual, batch.affected).cpu()
 
     def _save(
         self,
@@ -344,6 +355,11 @@ class EvaluationRun:
         return result
 
 
+def _on_cpu(batch: CounterfactualBatch) -> CounterfactualBatch:
+    """The batch with its images on the CPU, where the metrics and the ground truth are."""
+    return replace(batch, images=batch.images.cpu())
+
+
 def _setting_columns(settings: GuidanceSettings) -> dict[str, Any]:
     values = asdict(settings)
     columns = {"mode": settings.mode, "w": settings.weight, "w_aff": settings.w_aff, "w_inv": settings.w_inv}
@@ -389,7 +405,7 @@ class _Measurements:
         self,
         context: Mapping[str, Any],
         intervention: Intervention,
-        batch: Any,
+        batch: CounterfactualBatch,
         reference: torch.Tensor,
         back: torch.Tensor | None,
     ) -> dict[str, Any]:
@@ -430,38 +446,50 @@ class _Measurements:
         )
         row["fid"] = metrics.frechet_distance(_features(self.predictor, batch.images), self.real_features)
         if "truth" in context:
-            row.update(self._truth_row(context, intervention, batch, reference, untouched))
+            row.update(self._truth_row(context, intervention, batch, reference, sources, untouched))
         return row
 
     @staticmethod
     def _truth_row(
         context: Mapping[str, Any],
         intervention: Intervention,
-        batch: Any,
+        batch: CounterfactualBatch,
         reference: torch.Tensor,
+        sources: torch.Tensor,
         untouched: list[str],
     ) -> dict[str, float]:
-        change = batch.images.cpu() - reference.cpu()
+        """truth_error, target_ratio and, per untouched attribute, the off-target error of the intervention's
+        change (against the null reconstruction under the same guidance: ``truth_off_target``) and of the whole
+        change a viewer sees (against the source image: ``truth_off_target_source``, which adds what decoding
+        under this guidance moves on its own, e.g. CFG amplifying attributes nobody intervened on)."""
+        changes = {"truth_off_target": batch.images - reference, "truth_off_target_source": batch.images - sources}
         true_change = context["truth"].of_intervention(intervention, batch.made)
         target = ground_truth.unit_direction(true_change)
+        change = changes["truth_off_target"]
         row = {
             "truth_error": ground_truth.truth_error(change, true_change),
             "target_ratio": ground_truth.target_ratio(change, true_change, target),
         }
-        errors = {}
-        for name in untouched:
-            direction = context["directions"][name]
-            if float(direction.abs().sum()) > 0:
-                errors[name] = ground_truth.off_target_error(change, true_change, direction)
-                row[f"truth_off_target.{name}"] = errors[name]
-        row["truth_off_target"] = float(np.mean(list(errors.values()))) if errors else math.nan
+        for column, moved in changes.items():
+            errors = {}
+            for name in untouched:
+                direction = context["directions"][name]
+                if float(direction.abs().sum()) > 0:
+                    errors[name] = ground_truth.off_target_error(moved, true_change, direction)
+                    row[f"{column}.{name}"] = errors[name]
+            row[column] = float(np.mean(list(errors.values()))) if errors else math.nan
         return row
 
 
 @torch.no_grad()
 def _features(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """The predictors' pooled features of ``images``, computed where the predictor is, returned on the CPU."""
+    device = next(predictor.parameters()).device
     return torch.cat(
-        [predictor.features(images[k : k + batch_size].float()) for k in range(0, len(images), batch_size)]
+        [
+            predictor.features(images[k : k + batch_size].float().to(device)).cpu()
+            for k in range(0, len(images), batch_size)
+        ]
     )
 
 
@@ -478,6 +506,7 @@ SUMMARY_COLUMNS = (
     "truth_error",
     "target_ratio",
     "truth_off_target",
+    "truth_off_target_source",
 )
 
 

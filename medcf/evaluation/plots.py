@@ -3,7 +3,9 @@
 - effectiveness against off-target change, one panel per intervention, one point per guidance setting:
   the trade-off the literature reports (up-left is better for accuracy; for age MAE lower is better);
 - truth_error against the guidance weight (w for CFG, w_aff for DCFG), one line per guidance family;
-- target_ratio per intervention and setting, with the line 1 (right size) drawn.
+- target_ratio per intervention and setting, with the line 1 (right size) drawn;
+- truth_off_target_source against the guidance weight: how far the untouched attributes moved from the source
+  beyond what the truth moves them (attribute amplification as a viewer sees it).
 Points are means over seeds; bars show +- one sd where there are several seeds.
 """
 
@@ -46,60 +48,71 @@ def _weight(row: pd.Series) -> float:
     return float(row["w"]) if row.get("mode") == "cfg" else float(row["w_aff"]) if row.get("mode") != "none" else 1.0
 
 
+def _with_family(part: pd.DataFrame) -> pd.DataFrame:
+    part = part.copy()
+    part["family"], part["weight"] = part.apply(_family, axis=1), part.apply(_weight, axis=1)
+    return part.sort_values("weight")
+
+
+def _against_weight(plt, means: pd.DataFrame, interventions: list[str], column: str, label: str, path: Path) -> Path:
+    """One panel per intervention: ``column`` against the guidance weight, one line per guidance family."""
+    fig, axes = plt.subplots(1, len(interventions), figsize=(4.2 * len(interventions), 3.6), squeeze=False)
+    for ax, intervention in zip(axes[0], interventions, strict=True):
+        part = _with_family(means[means["intervention"] == intervention])
+        for family, line in part.groupby("family", sort=False):
+            ax.errorbar(
+                line["weight"], line[column], yerr=line[f"{column}_sd"], marker="o", ms=3, capsize=2, label=family
+            )
+        ax.set_xlabel("guidance weight (w or w_aff)")
+        ax.set_ylabel(label)
+        ax.set_title(intervention, fontsize=9)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return save_figure(fig, path, dpi=110)
+
+
 def save_study_plots(table: pd.DataFrame, folder: str | Path) -> list[Path]:
     """Write the plots the table's columns allow to ``folder``; returns their paths."""
     folder = Path(folder)
     if table.empty or "effectiveness" not in table.columns:
         return []
     plt = _pyplot()
-    means = _means(table, ["effectiveness", "off_target", "truth_error", "target_ratio"])
+    columns = ["effectiveness", "off_target", "truth_error", "target_ratio", "truth_off_target_source"]
+    means = _means(table, columns)
     interventions = list(dict.fromkeys(means["intervention"]))
     written = []
 
     fig, axes = plt.subplots(1, len(interventions), figsize=(4.2 * len(interventions), 3.8), squeeze=False)
     for ax, intervention in zip(axes[0], interventions, strict=True):
-        part = means[means["intervention"] == intervention]
-        ax.errorbar(
-            part["off_target"],
-            part["effectiveness"],
-            xerr=part["off_target_sd"],
-            yerr=part["effectiveness_sd"],
-            fmt="o",
-            ms=4,
-            capsize=2,
-        )
-        for _, row in part.iterrows():
-            ax.annotate(row["guidance"], (row["off_target"], row["effectiveness"]), fontsize=6, alpha=0.8)
+        part = _with_family(means[means["intervention"] == intervention])
+        for family, group in part.groupby("family", sort=False):
+            line = "-" if len(group) > 1 else ""  # a family over several weights is joined in weight order
+            ax.errorbar(
+                group["off_target"], group["effectiveness"], xerr=group["off_target_sd"],
+                yerr=group["effectiveness_sd"], fmt=f"o{line}", ms=4, capsize=2, label=family, alpha=0.85,
+            )  # fmt: skip
+            if len(group) > 1:
+                for _, row in group.iterrows():
+                    ax.annotate(f"{row['weight']:g}", (row["off_target"], row["effectiveness"]), fontsize=6)
         metric = table.loc[table["intervention"] == intervention, "effectiveness_metric"].dropna()
         ax.set_xlabel("off-target change (mean |delta p|)")
         ax.set_ylabel(f"effectiveness ({metric.iloc[0] if len(metric) else ''})")
         ax.set_title(intervention, fontsize=9)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     written.append(save_figure(fig, folder / "effectiveness_vs_off_target.png", dpi=110))
 
     if "truth_error" in means.columns and means["truth_error"].notna().any():
-        fig, axes = plt.subplots(1, len(interventions), figsize=(4.2 * len(interventions), 3.6), squeeze=False)
-        for ax, intervention in zip(axes[0], interventions, strict=True):
-            part = means[means["intervention"] == intervention].copy()
-            part["family"], part["weight"] = part.apply(_family, axis=1), part.apply(_weight, axis=1)
-            for family, line in part.groupby("family", sort=False):
-                line = line.sort_values("weight")
-                ax.errorbar(
-                    line["weight"],
-                    line["truth_error"],
-                    yerr=line["truth_error_sd"],
-                    marker="o",
-                    ms=3,
-                    capsize=2,
-                    label=family,
-                )
-            ax.set_xlabel("guidance weight (w or w_aff)")
-            ax.set_ylabel("truth_error (mean |change - true change|)")
-            ax.set_title(intervention, fontsize=9)
-            ax.legend(fontsize=6)
-        fig.tight_layout()
-        written.append(save_figure(fig, folder / "truth_error_vs_weight.png", dpi=110))
-
+        written.append(
+            _against_weight(
+                plt,
+                means,
+                interventions,
+                "truth_error",
+                "truth_error (mean |change - true change|)",
+                folder / "truth_error_vs_weight.png",
+            )  # fmt: skip
+        )
         fig, ax = plt.subplots(figsize=(max(5.0, 0.35 * len(means) + 2), 3.8))
         labels = [f"{r.intervention}\n{r.guidance}" for r in means.itertuples()]
         ax.bar(range(len(means)), means["target_ratio"], yerr=means["target_ratio_sd"], capsize=2)
@@ -108,4 +121,15 @@ def save_study_plots(table: pd.DataFrame, folder: str | Path) -> list[Path]:
         ax.set_ylabel("target_ratio (1 = right size)")
         fig.tight_layout()
         written.append(save_figure(fig, folder / "target_ratio.png", dpi=110))
+    if "truth_off_target_source" in means.columns and means["truth_off_target_source"].notna().any():
+        written.append(
+            _against_weight(
+                plt,
+                means,
+                interventions,
+                "truth_off_target_source",
+                "off-target movement from the source (truth)",
+                folder / "off_target_source_vs_weight.png",
+            )  # fmt: skip
+        )
     return written

@@ -2,6 +2,7 @@
 
     python -m medcf.evaluation.study --bundle cxr_counterfactual --output_dir study_cxr
         [--seeds 0 1 2] [--images_per_seed 8] [--steps 20] [--weights 1 1.5 2 3 5] [--heldout_subjects 48]
+        [--device auto] [--model_path OTHER/model.pt]
 
 Steps (each an evaluate run of :mod:`medcf.evaluation.evaluate` on the bundle's shipped weights, predictors
 and a held-out phantom set, written to its own sub-folder so that a stopped study keeps what it finished):
@@ -16,8 +17,9 @@ and a held-out phantom set, written to its own sub-folder so that a stopped stud
 3. ``selected/seed_<s>``: DCFG with each intervention's selected weight, on the grid's seeds; where it lands
    on the ground truth is the test of the selection.
 
-The report (``study.md``, ``study.csv``, ``plots/``) gives, per intervention, mean +- sd over seeds at
-matched effectiveness: for CFG and DCFG the smallest weight reaching the level both families reach.
+The report (``study.md``, ``study.csv``, ``matched.csv``, ``equal_weight.csv``, ``plots/``) gives, per
+intervention, mean +- sd over seeds at matched effectiveness (for CFG and DCFG the smallest weight reaching the
+level both families reach) and CFG against DCFG at equal weight.
 """
 
 from __future__ import annotations
@@ -89,6 +91,7 @@ def matched_table(table: pd.DataFrame) -> pd.DataFrame:
         "truth_error",
         "target_ratio",
         "truth_off_target",
+        "truth_off_target_source",
         "fid",
     ]
     columns = [c for c in columns if c in table.columns]
@@ -119,11 +122,45 @@ def matched_table(table: pd.DataFrame) -> pd.DataFrame:
             group = part[part["guidance"] == guidance]
             row: dict[str, Any] = {"intervention": intervention, "guidance": guidance, "seeds": len(group)}
             for column in columns:
-                values = pd.to_numeric(group[column], errors="coerce")
-                row[column] = (
-                    f"{values.mean():.3g} ± {values.std(ddof=1):.2g}" if len(values) > 1 else f"{values.mean():.3g}"
-                )
+                row[column] = _mean_sd(group[column])
             row["effectiveness_metric"] = metric
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+EQUAL_WEIGHT_COLUMNS = ("effectiveness", "target_ratio", "truth_off_target", "truth_off_target_source", "off_target")
+
+
+def _mean_sd(values: pd.Series) -> str:
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if len(values) < 2:
+        return f"{values.mean():.3g}" if len(values) else "n/a"
+    return f"{values.mean():.3g} ± {values.std(ddof=1):.2g}"
+
+
+def equal_weight_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Per intervention and weight w: CFG (w) beside DCFG (w_aff = w, w_inv = 1), mean +- sd over seeds, and
+    the per-seed paired change of DCFG against CFG in truth_off_target_source (negative: DCFG moves the
+    untouched attributes less than CFG, as the method claims)."""
+    rows = []
+    columns = [c for c in EQUAL_WEIGHT_COLUMNS if c in table.columns]
+    for intervention, part in table.groupby("intervention", sort=False):
+        cfg = part[part["mode"] == "cfg"]
+        for w in sorted(cfg["w"].unique()):
+            pair = {
+                "cfg": cfg[cfg["w"] == w].set_index("seed"),
+                "dcfg": part[part["guidance"] == f"dcfg w_aff={w:g} w_inv=1"].set_index("seed"),
+            }
+            if pair["dcfg"].empty:
+                continue
+            row: dict[str, Any] = {"intervention": intervention, "w": f"{w:g}"}
+            for column in columns:
+                for family, group in pair.items():
+                    row[f"{column} {family}"] = _mean_sd(group[column])
+            if "truth_off_target_source" in columns:
+                cfg_side, dcfg_side = (pair[f]["truth_off_target_source"] for f in ("cfg", "dcfg"))
+                change = 100 * (dcfg_side - cfg_side) / cfg_side
+                row["dcfg vs cfg, % (source)"] = _mean_sd(change.dropna())
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -150,8 +187,11 @@ def run_study(
     weights: Sequence[float] = (1.0, 1.5, 2.0, 3.0, 5.0),
     heldout_subjects: int = 48,
     selection_seed: int = 100,
+    device: str = "auto",
+    model_path: str | Path | None = None,
 ) -> pd.DataFrame:
-    """Run (or resume) the study of one bundle; returns the combined metrics table."""
+    """Run (or resume) the study of one bundle (of ``model_path`` instead of the shipped weights when given);
+    returns the combined metrics table."""
     started = time.perf_counter()
     output_dir = Path(output_dir)
     interventions = STUDY_INTERVENTIONS[bundle]
@@ -161,6 +201,8 @@ def run_study(
         "composition_images": 0,
         "reversibility": False,
         "interventions": interventions,
+        "device": device,
+        **({"model_path": str(model_path)} if model_path else {}),
     }
     heldout = output_dir / "heldout_data"
     _evaluation(bundle, output_dir, None, heldout_subjects=heldout_subjects).make_heldout_set(heldout)
@@ -193,13 +235,16 @@ def run_study(
     save_study_plots(combined, output_dir / "plots")
     matched = matched_table(combined)
     write_csv_atomic(output_dir / "matched.csv", matched)
+    equal = equal_weight_table(combined)
+    write_csv_atomic(output_dir / "equal_weight.csv", equal)
     minutes = (time.perf_counter() - started) / 60
     write_json_atomic(
         output_dir / "study.json",
-        {"bundle": bundle, "seeds": list(seeds), "images_per_seed": images_per_seed, "steps": steps,
-         "weights": list(weights), "selected_w_aff": chosen, "minutes_this_call": round(minutes, 1)},
+        {"bundle": bundle, "model": str(model_path or "shipped"), "seeds": list(seeds),
+         "images_per_seed": images_per_seed, "steps": steps, "weights": list(weights), "selected_w_aff": chosen,
+         "device": device, "minutes_this_call": round(minutes, 1)},
     )  # fmt: skip
-    write_text_atomic(output_dir / "study.md", _markdown(bundle, matched, chosen, seeds, images_per_seed, steps))
+    write_text_atomic(output_dir / "study.md", _markdown(bundle, matched, equal, chosen, seeds, images_per_seed, steps))
     return combined
 
 
@@ -216,7 +261,13 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 
 def _markdown(
-    bundle: str, matched: pd.DataFrame, chosen: dict[str, float], seeds: Sequence[int], images: int, steps: int
+    bundle: str,
+    matched: pd.DataFrame,
+    equal: pd.DataFrame,
+    chosen: dict[str, float],
+    seeds: Sequence[int],
+    images: int,
+    steps: int,
 ) -> str:
     lines = [
         f"# Guidance study: {bundle}",
@@ -224,12 +275,21 @@ def _markdown(
         f"Seeds {', '.join(map(str, seeds))} ({images} held-out phantom images each), {steps} DDIM steps. "
         "Mean ± sd over seeds. effectiveness: accuracy of the intervened attribute (age: MAE in years); "
         "off_target: mean |delta p| of the attributes nobody intervened on; truth_error: mean |change - true "
-        "change| on [0, 1]; target_ratio: 1 = the right size, above 1 = overshoot.",
+        "change| on [0, 1]; target_ratio: 1 = the right size, above 1 = overshoot; truth_off_target: movement "
+        "along the true effects of untouched attributes that the truth lacks, of the intervention's change "
+        "(against the null reconstruction under the same guidance); truth_off_target_source: the same of the "
+        "whole change from the source image (decoding drift and amplification included).",
+        "",
+        "## At matched effectiveness",
         "",
         "Selected DCFG weights (predictors only, seed held out from the table): "
         + ", ".join(f"{k}: w_aff={v:g}" for k, v in chosen.items()),
         "",
         markdown_table(matched),
+        "",
+        "## At equal weight: CFG w against DCFG w_aff = w, w_inv = 1",
+        "",
+        markdown_table(equal),
         "",
     ]
     return "\n".join(lines)
@@ -244,11 +304,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 5.0])
     parser.add_argument("--heldout_subjects", type=int, default=48)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N")
+    parser.add_argument("--model_path", default=None, help="another model.pt of the bundle's schema (default: shipped)")
     args = parser.parse_args(argv)
     try:
         run_study(
             args.bundle, args.output_dir, args.seeds, args.images_per_seed, args.steps, args.weights,
-            args.heldout_subjects,
+            args.heldout_subjects, device=args.device, model_path=args.model_path,
         )  # fmt: skip
     except (ValueError, OSError) as error:
         print(f"{parser.prog}: error: {error}", file=sys.stderr)

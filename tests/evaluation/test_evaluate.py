@@ -11,6 +11,7 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
+import torch
 
 from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.evaluate import EvaluationRun, guidance_label, guidance_settings_from
@@ -64,7 +65,7 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
     made = table[table["images"] > 0]
     assert len(made) >= 10
     measured = ["off_target", "off_target_null", "off_target_vs_null", "composition_1", "composition_10"]
-    for column in (*measured, "reversibility", "truth_error", "fid"):
+    for column in (*measured, "reversibility", "truth_error", "truth_off_target_source", "fid"):
         assert (made[column] >= 0).all() and made[column].notna().all(), column
     assert ((made["composition_ssim_1"] <= 1) & (made["composition_ssim_10"] <= 1)).all()
     categorical = made[made["effectiveness_metric"] == "accuracy"]
@@ -86,6 +87,7 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
     }
     assert {p.name for p in (out / "plots").iterdir()} == {
         "effectiveness_vs_off_target.png", "truth_error_vs_weight.png", "target_ratio.png",
+        "off_target_source_vs_weight.png",
     }  # fmt: skip
     assert (out / "heldout_data" / "export" / "phantom_truth.csv").is_file()
 
@@ -131,6 +133,7 @@ def evaluation(tiny_files, tmp_path, **changes):
         ({"seeds": [0, 0]}, ValueError, r"seeds: \[0, 0\] repeats a seed"),
         ({"images_per_seed": 0}, ValueError, r"images_per_seed: 0 must be an integer >= 1"),
         ({"dataset_dir": BUNDLE.parent / "mammo_counterfactual" / "sample_data"}, TruthError, r"mammo phantom"),
+        ({"device": "gpu"}, ValueError, r"device: 'gpu' is not a device"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_output(tiny_files, tmp_path, changes, error, message):
@@ -154,6 +157,21 @@ def test_a_run_on_given_data_without_truth_has_no_truth_columns(tiny_files, tmp_
     table = pd.read_csv(tmp_path / "out" / "metrics.csv")
     assert result["ground_truth"] is None and "truth_error" not in table.columns
     assert result["held_out_images"] == 8 and sum(result["files_refused"].values()) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the lent GPU machine)")
+def test_a_cuda_run_measures_what_a_cpu_run_measures(tiny_files, tmp_path, monkeypatch):
+    """The model and predictors on the GPU, the metrics on the CPU: the same rows within float noise."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    tables = {}
+    for device in ("cpu", "cuda"):
+        run = evaluation(tiny_files, tmp_path, output_dir=tmp_path / device, device=device, reversibility=True,
+                         guidance_settings=[{"mode": "dcfg", "w_aff": 3, "w_inv": 1}])  # fmt: skip
+        run.run()
+        tables[device] = pd.read_csv(tmp_path / device / "metrics.csv")
+    for column in ("effectiveness", "off_target", "reversibility", "truth_error", "target_ratio"):
+        assert tables["cuda"][column].to_numpy() == pytest.approx(tables["cpu"][column].to_numpy(), rel=1e-3, abs=1e-4)
 
 
 def test_guidance_labels_name_what_differs():
