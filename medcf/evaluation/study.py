@@ -139,13 +139,15 @@ def _mean_sd(values: pd.Series) -> str:
 
 
 def equal_weight_table(table: pd.DataFrame) -> pd.DataFrame:
-    """Per intervention and weight w: CFG (w) beside DCFG (w_aff = w, w_inv = 1), mean +- sd over seeds, and
-    the per-seed paired change of DCFG against CFG in truth_off_target_source (negative: DCFG moves the
-    untouched attributes less than CFG, as the method claims)."""
+    """Per intervention and weight w: CFG (w) beside DCFG (w_aff = w, w_inv = 1), mean +- sd over seeds, and two
+    per-seed paired comparisons of truth_off_target_source: DCFG's change against CFG's in % (negative: DCFG
+    moves the untouched attributes less), and the amplification ratio, DCFG's excess over the unguided decoder
+    divided by CFG's (1 = no better, 0 = DCFG adds nothing to what decoding without guidance moves)."""
     rows = []
     columns = [c for c in EQUAL_WEIGHT_COLUMNS if c in table.columns]
     for intervention, part in table.groupby("intervention", sort=False):
         cfg = part[part["mode"] == "cfg"]
+        unguided = part[part["mode"] == "none"].set_index("seed").get("truth_off_target_source", pd.Series(dtype=float))
         for w in sorted(cfg["w"].unique()):
             pair = {
                 "cfg": cfg[cfg["w"] == w].set_index("seed"),
@@ -159,8 +161,10 @@ def equal_weight_table(table: pd.DataFrame) -> pd.DataFrame:
                     row[f"{column} {family}"] = _mean_sd(group[column])
             if "truth_off_target_source" in columns:
                 cfg_side, dcfg_side = (pair[f]["truth_off_target_source"] for f in ("cfg", "dcfg"))
-                change = 100 * (dcfg_side - cfg_side) / cfg_side
-                row["dcfg vs cfg, % (source)"] = _mean_sd(change.dropna())
+                row["dcfg vs cfg, % (source)"] = _mean_sd((100 * (dcfg_side - cfg_side) / cfg_side).dropna())
+                if w > 1 and not unguided.empty:  # at w = 1 CFG is the unguided decoder: no excess to compare
+                    ratio = (dcfg_side - unguided) / (cfg_side - unguided)
+                    row["amplification dcfg / cfg"] = _mean_sd(ratio.dropna())
             rows.append(row)
     return pd.DataFrame(rows)
 

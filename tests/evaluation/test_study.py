@@ -74,8 +74,8 @@ def test_equal_weight_pairs_cfg_and_dcfg_per_seed():
         rows(
             "do(sex=F)",
             "accuracy",
-            {"cfg w=3": 1.0, "dcfg w_aff=3 w_inv=1": 1.0, "cfg w=5": 1.0},
-            source={"cfg w=3": 0.4, "dcfg w_aff=3 w_inv=1": 0.2},
+            {"none": 1.0, "cfg w=3": 1.0, "dcfg w_aff=3 w_inv=1": 1.0, "cfg w=5": 1.0},
+            source={"none": 0.1, "cfg w=3": 0.4, "dcfg w_aff=3 w_inv=1": 0.2},
         )  # fmt: skip
     )
     equal = equal_weight_table(table)
@@ -86,3 +86,6 @@ def test_equal_weight_pairs_cfg_and_dcfg_per_seed():
     # seed 0: (0.20 - 0.40) / 0.40 = -50 %; seed 1: (0.21 - 0.41) / 0.41 = -48.8 %
     mean = float(row["dcfg vs cfg, % (source)"].split(" ± ")[0])
     assert mean == pytest.approx(-49.4, abs=0.05)
+    # excess over the unguided decoder: DCFG 0.2 - 0.1 against CFG 0.4 - 0.1, the same on both seeds
+    ratio, spread = (float(v) for v in row["amplification dcfg / cfg"].split(" ± "))
+    assert ratio == pytest.approx(1 / 3, abs=1e-3) and spread < 1e-9
