@@ -1,0 +1,1 @@
+"""Classifier bias audit with counterfactuals."""
