@@ -28,6 +28,15 @@ class ClassifierError(ValueError):
     """The classifier cannot be loaded or its input / output does not fit the audit's settings."""
 
 
+def parse_class_names(names: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    """``class_names`` as given on the command line: a list, or one comma-separated string."""
+    if names is None:
+        return None
+    if isinstance(names, str):
+        names = [part.strip() for part in names.split(",") if part.strip()]
+    return tuple(str(name) for name in names)
+
+
 @dataclass(frozen=True)
 class ClassifierSettings:
     """How images go in and what comes out (see the module docstring)."""
@@ -41,6 +50,11 @@ class ClassifierSettings:
     threshold: float = 0.5
 
     def __post_init__(self) -> None:
+        # configs and command lines give lists: keep tuples, and class_names may be one comma-separated string
+        if self.size is not None:
+            object.__setattr__(self, "size", tuple(int(side) for side in self.size))
+        object.__setattr__(self, "value_range", tuple(float(v) for v in self.value_range))
+        object.__setattr__(self, "class_names", parse_class_names(self.class_names))
         if self.kind not in OUTPUT_KINDS:
             raise ClassifierError(f"output_kind: {self.kind!r} is not one of {', '.join(OUTPUT_KINDS)}")
         low, high = self.value_range
@@ -64,9 +78,11 @@ class ClassifierSettings:
         return self.class_names.index(self.name) if self.name is not None else self.index
 
 
-def load_network(path: str | Path, device: torch.device | str = "cpu") -> nn.Module:
+def load_network(path: str | Path | None, device: torch.device | str = "cpu") -> nn.Module:
     """A TorchScript file, or a MONAI bundle folder (``network_def`` in a config of ``configs/`` and weights in
     ``models/model.pt``, read weights-only), in eval mode on ``device``."""
+    if path is None or str(path).strip() == "":
+        raise ClassifierError("classifier: none given; pass --classifier PATH (a TorchScript file or a bundle folder)")
     path = Path(path)
     if path.is_dir():
         return _bundle_network(path, device)
@@ -180,12 +196,3 @@ class AuditedClassifier:
 def _device_of(network: nn.Module) -> torch.device:
     parameter = next(iter(network.parameters()), None)
     return parameter.device if parameter is not None else torch.device("cpu")
-
-
-def parse_class_names(names: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """``class_names`` as given on the command line: a list, or one comma-separated string."""
-    if names is None:
-        return None
-    if isinstance(names, str):
-        names = [part.strip() for part in names.split(",") if part.strip()]
-    return tuple(str(name) for name in names)

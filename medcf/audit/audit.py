@@ -1,0 +1,332 @@
+"""The audit job: does a classifier's prediction change when only a protected attribute of the patient changes?
+
+    prepared images -> counterfactual core (one abduction per image; every intervention and its
+    null-intervention reconstruction decoded from the same latent) -> classifier p(x), p(x_cf), p(x_null)
+    + attribute predictors (effectiveness gate) -> audit.csv, summary.json, report.html -> one MLflow run
+
+An intervention only counts for images whose attribute it changes (do(sex=F) is audited on the male images);
+``from`` and ``to`` name the direction (``M`` -> ``F``; for a shift of a continuous attribute ``observed`` ->
+``+20``). The statistics are :mod:`medcf.audit.statistics`; the classifier is :mod:`medcf.audit.classifier`.
+Everything that can be checked (model, predictors, classifier file, interventions, guidance settings) is
+checked before any image is read. Sources and patients appear only as keyed pseudonyms.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from medcf.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
+from medcf.attributes import AttributeSchema, AttributeValue
+from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
+from medcf.audit.report import render_report
+from medcf.audit.statistics import subgroup_rates, summarize
+from medcf.counterfactual import CounterfactualEngine
+from medcf.devices import resolve_device
+from medcf.evaluation.evaluate import guidance_settings_from
+from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
+from medcf.interventions import Intervention, InterventionError
+from medcf.loading import file_sha256, load_model, parse_interventions
+from medcf.outputs.lock import OutputFolderLock
+from medcf.outputs.pseudonyms import Pseudonyms
+from medcf.prepare.base import Preparer
+from medcf.prepare.cohort import CohortIndex
+from medcf.tracking import flatten, job_run
+
+AUDIT_CSV, SUMMARY_JSON, REPORT_HTML = "audit.csv", "summary.json", "report.html"
+AUDIT_COLUMNS = [
+    "source", "patient", "attribute", "from", "to", "p_factual", "p_counterfactual", "p_null", "flipped",
+]  # fmt: skip
+
+
+@dataclass
+class Triplet:
+    """One example for the report: factual, counterfactual and null reconstruction on [-1, 1], (H, W)."""
+
+    attribute: str
+    direction: str
+    delta_p: float
+    factual: np.ndarray
+    counterfactual: np.ndarray
+
+
+@dataclass
+class AuditRun:
+    """Audit ``classifier`` with counterfactuals of the images under ``dataset_dir`` (see the module docstring).
+
+    Args:
+        output_dir: audit.csv, summary.json and report.html go here.
+        classifier: a TorchScript file or a MONAI bundle folder; ``classifier_settings`` adapts it.
+        model_path, graph_path, predictors_path, preparer, schema: the bundle's generator and instruments.
+        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column).
+        interventions: e.g. ``["do(sex=F)", "do(sex=M)", "do(age=+20)"]``.
+        guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``; ``steps`` DDIM steps.
+        label_attribute, positive_value: the attribute the classifier predicts, for per-subgroup AUC / TPR / FPR
+            (None: no labels).
+        gate: the least effectiveness (predictors recognising the intervened value) for a verdict.
+        resamples, seed: the patient bootstrap.
+        examples: image triplets per attribute in the report.
+    """
+
+    output_dir: str | Path
+    classifier: str | Path
+    classifier_settings: ClassifierSettings
+    model_path: str | Path
+    graph_path: str | Path
+    predictors_path: str | Path
+    preparer: Preparer
+    dataset_dir: str | Path
+    labels: str | Path
+    interventions: Sequence[str] | str
+    guidance: Mapping[str, Any]
+    steps: int = 50
+    label_attribute: str | None = None
+    positive_value: str | None = None
+    gate: float = 0.8
+    resamples: int = 2000
+    seed: int = 0
+    batch_size: int = 8
+    examples: int = 2
+    schema: AttributeSchema | None = None
+    pseudonym_key: str | Path | None = None
+    device: str | torch.device = "auto"
+    experiment: str = "medcf-audit"
+    progress: bool = True
+    _triplets: list[Triplet] = field(default_factory=list, repr=False)
+
+    def run(self) -> dict[str, Any]:
+        started = time.perf_counter()
+        device = resolve_device(self.device)
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
+        loaded.model.to(device)
+        schema = loaded.model.schema
+        predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
+        classifier = AuditedClassifier.load(self.classifier, self.classifier_settings, device)
+        interventions = parse_interventions(schema, self.interventions)
+        if any(i.is_null for i in interventions):
+            raise ValueError("interventions: do() is the control the audit adds itself; name attributes to change")
+        (settings,) = guidance_settings_from([self.guidance], self.steps)
+        engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
+        self._check_settings(schema)
+        output_dir = Path(self.output_dir)
+        with OutputFolderLock(output_dir):
+            pool = load_evaluation_set(self.dataset_dir, self.labels, self.preparer, schema)
+            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key)
+            patients = self._patients(pool, pseudonyms)
+            tags = {"medcf.job": "audit", "medcf.device": str(device)}
+            with job_run(output_dir, self.experiment, "audit", tags):
+                table, effectiveness = self._measure(engine, classifier, predictor, pool, patients, interventions)
+                table["source"] = [pseudonyms.image(source) for source in table["source"]]
+                summary = summarize(
+                    table, effectiveness, self.classifier_settings.threshold, self.gate, self.resamples, self.seed
+                )
+                audited = list(dict.fromkeys(i.names[0] for i in interventions))
+                summary["subgroups"] = self._subgroups(schema, pool, classifier, audited)
+                summary["settings"] = self._settings_record(loaded.sha256)
+                result = self._save(output_dir, table, summary, started)
+        return result
+
+    def _check_settings(self, schema: AttributeSchema) -> None:
+        if not 0 < self.gate <= 1:
+            raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
+        for name in ("resamples", "batch_size", "steps"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+        if self.label_attribute is not None:
+            if self.label_attribute not in schema.names:
+                raise ValueError(f"label_attribute: {self.label_attribute!r} is not one of {list(schema.names)}")
+            values = schema[self.label_attribute].values or ()
+            if self.positive_value not in values:
+                raise ValueError(f"positive_value: {self.positive_value!r} is not a value of {self.label_attribute}")
+
+    def _patients(self, pool: EvaluationSet, pseudonyms: Pseudonyms) -> list[str]:
+        """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""
+        cohort = CohortIndex.from_csv(self.labels)
+        patients = []
+        for source in pool.sources:
+            row = cohort.labels_for(source)
+            patient = str(row.get("patient") or "").strip()
+            if not patient or patient.lower() == "nan":
+                raise ValueError(
+                    f"labels: the cohort table has no patient for an image ({self.labels} needs a patient column)"
+                )
+            patients.append(pseudonyms.patient(patient))
+        return patients
+
+    def _measure(
+        self,
+        engine: CounterfactualEngine,
+        classifier: AuditedClassifier,
+        predictor: AttributePredictor,
+        pool: EvaluationSet,
+        patients: list[str],
+        interventions: list[Intervention],
+    ) -> tuple[pd.DataFrame, dict[str, float]]:
+        schema = engine.model.schema
+        rows: list[dict[str, Any]] = []
+        recognised: dict[str, list[float]] = {}
+        chunks = range(0, len(pool), self.batch_size)
+        with tqdm(total=len(chunks) * len(interventions), desc="audit", disable=not self.progress) as bar:
+            for start in chunks:
+                chunk = pool.subset(range(start, min(start + self.batch_size, len(pool))))
+                latents = engine.abduct(chunk.images, chunk.factual)
+                p_factual = classifier.probabilities(chunk.images)
+                predicted_factual = predict_all(predictor, chunk.images)
+                references: dict[str, np.ndarray] = {}
+                for intervention in interventions:
+                    changed = [
+                        k for k, attributes in enumerate(chunk.factual) if _changes(schema, intervention, attributes)
+                    ]
+                    if changed:
+                        batch = engine.predict(latents[changed], [chunk.factual[k] for k in changed], intervention)
+                        made = [changed[k] for k in batch.made]
+                        key = batch.plan.describe()
+                        if key not in references:  # one null reconstruction per guidance plan and chunk
+                            null = engine.reconstruct(latents, chunk.factual, batch.affected).cpu()
+                            references[key] = classifier.probabilities(null)
+                        p_cf = classifier.probabilities(batch.images.cpu())
+                        after = predict_all(predictor, batch.images.cpu())
+                        before = {name: values[made] for name, values in predicted_factual.items()}
+                        name = intervention.names[0]
+                        recognised.setdefault(name, []).extend(
+                            _recognised(schema, name, before, after, batch.attributes, [chunk.factual[k] for k in made])
+                        )
+                        for j, k in enumerate(made):
+                            source_value, target_value = _direction(schema, intervention, chunk.factual[k])
+                            rows.append({
+                                "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
+                                "from": source_value, "to": target_value, "p_factual": float(p_factual[k]),
+                                "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
+                            })  # fmt: skip
+                            self._keep_example(
+                                name,
+                                f"{source_value} -> {target_value}",
+                                chunk.images[k],
+                                batch.images[j],
+                                float(p_cf[j] - p_factual[k]),
+                            )
+                    bar.update()
+        table = pd.DataFrame(rows, columns=[c for c in AUDIT_COLUMNS if c != "flipped"])
+        threshold = self.classifier_settings.threshold
+        table["flipped"] = (table["p_factual"] >= threshold) != (table["p_counterfactual"] >= threshold)
+        effectiveness = {name: float(np.mean(values)) if values else math.nan for name, values in recognised.items()}
+        return table, effectiveness
+
+    def _keep_example(
+        self, attribute: str, direction: str, factual: torch.Tensor, counterfactual: torch.Tensor, delta: float
+    ) -> None:
+        """Keep, per attribute, the ``examples`` images whose prediction moved most."""
+        self._triplets.append(
+            Triplet(attribute, direction, delta, factual[0].cpu().numpy(), counterfactual[0].cpu().numpy())
+        )
+        mine = sorted((t for t in self._triplets if t.attribute == attribute), key=lambda t: -abs(t.delta_p))
+        drop = {id(t) for t in mine[self.examples :]}
+        self._triplets = [t for t in self._triplets if id(t) not in drop]
+
+    def _subgroups(
+        self, schema: AttributeSchema, pool: EvaluationSet, classifier: AuditedClassifier, audited: list[str]
+    ) -> dict[str, Any]:
+        """Per audited attribute: AUC, TPR and FPR of the classifier on the factual images, per subgroup (a
+        continuous attribute in bands of 20), at the one global threshold."""
+        if self.label_attribute is None:
+            return {}
+        labels = np.array([row[self.label_attribute] == self.positive_value for row in pool.factual])
+        scores = classifier.probabilities(pool.images)
+        found = {}
+        for name in audited:
+            if schema[name].kind == "continuous":
+                groups = [_band(float(row[name])) for row in pool.factual]
+            else:
+                groups = [str(row[name]) for row in pool.factual]
+            rates = subgroup_rates(scores, labels, groups, self.classifier_settings.threshold)
+            found[name] = rates.reset_index().to_dict("records")
+        return found
+
+    def _settings_record(self, model_sha256: str) -> dict[str, Any]:
+        return {
+            "model_sha256": model_sha256,
+            "classifier_sha256": file_sha256(self.classifier) if Path(self.classifier).is_file() else "bundle folder",
+            "interventions": [self.interventions] if isinstance(self.interventions, str) else list(self.interventions),
+            "guidance": dict(self.guidance),
+            "steps": self.steps,
+            "threshold": self.classifier_settings.threshold,
+            "gate": self.gate,
+            "resamples": self.resamples,
+            "seed": self.seed,
+        }
+
+    def _save(self, output_dir: Path, table: pd.DataFrame, summary: dict[str, Any], started: float) -> dict[str, Any]:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_csv_atomic(output_dir / AUDIT_CSV, table[AUDIT_COLUMNS])
+        summary["seconds"] = round(time.perf_counter() - started, 1)
+        write_json_atomic(output_dir / SUMMARY_JSON, summary)
+        write_text_atomic(output_dir / REPORT_HTML, render_report(table, summary, self._triplets))
+        mlflow.log_params(flatten(summary["settings"]))
+        for name, found in summary["attributes"].items():
+            mlflow.log_metric(f"{name}.effectiveness", found["effectiveness"])
+            for direction in found["directions"]:
+                prefix = f"{name}.{direction['from']}-{direction['to']}".replace("+", "p")
+                mlflow.log_metrics({
+                    f"{prefix}.delta_p_corrected": direction["delta_p_corrected"],
+                    f"{prefix}.flip_rate": direction["flip_rate"],
+                })  # fmt: skip
+            mlflow.set_tag(f"medcf.verdict.{name}", found["verdict"])
+        for artifact in (AUDIT_CSV, SUMMARY_JSON, REPORT_HTML):
+            mlflow.log_artifact(str(output_dir / artifact))
+        verdicts = ", ".join(f"{name}: {found['verdict']}" for name, found in summary["attributes"].items())
+        print(f"{len(table)} rows in {summary['seconds']:.0f} s -> {output_dir / REPORT_HTML} ({verdicts})")
+        return summary
+
+
+def _changes(schema: AttributeSchema, intervention: Intervention, factual: Mapping[str, AttributeValue]) -> bool:
+    """Whether ``intervention`` changes any attribute of this image (do(sex=F) leaves a female image alone)."""
+    try:
+        intervened = intervention.apply(schema, factual)
+    except InterventionError:
+        return False
+    return any(intervened[name] != factual[name] for name in intervened)
+
+
+def _direction(
+    schema: AttributeSchema, intervention: Intervention, factual: Mapping[str, AttributeValue]
+) -> tuple[str, str]:
+    assignment = intervention.assignments[0]
+    if assignment.relative:
+        return "observed", f"{float(assignment.value):+g}"
+    return str(factual[assignment.name]), str(assignment.value)
+
+
+def _recognised(
+    schema: AttributeSchema,
+    name: str,
+    before: Mapping[str, torch.Tensor],
+    after: Mapping[str, torch.Tensor],
+    intervened: Sequence[Mapping[str, AttributeValue]],
+    factual: Sequence[Mapping[str, AttributeValue]],
+) -> list[float]:
+    """Per counterfactual, 1 where the predictors recognise the intervention, else 0: the intervened value is the
+    predicted class (categorical), or the predicted value moved at least half the shift its way (continuous)."""
+    attribute = schema[name]
+    if attribute.kind == "categorical":
+        predicted = after[name].argmax(dim=1).tolist()
+        return [float(attribute.values[p] == row[name]) for p, row in zip(predicted, intervened, strict=True)]
+    moved = (after[name].reshape(-1) - before[name].reshape(-1)).tolist()
+    shifts = [float(row[name]) - float(source[name]) for row, source in zip(intervened, factual, strict=True)]
+    return [float(m * s > 0 and abs(m) >= abs(s) / 2) for m, s in zip(moved, shifts, strict=True)]
+
+
+def _band(value: float, width: int = 20) -> str:
+    low = int(value // width * width)
+    return f"{low}-{low + width - 1}"

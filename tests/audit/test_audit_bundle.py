@@ -1,0 +1,167 @@
+"""The audit bundle end to end on a tiny generator, as a user runs it: audit.csv, summary.json (the contract),
+report.html (self-contained, every verdict named), one MLflow run; bad input fails in one line."""
+
+import json
+import os
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from medcf.audit.audit import AuditRun
+from medcf.audit.classifier import ClassifierError, ClassifierSettings
+from medcf.diffusion import DiffusionConfig
+from medcf.evaluation.predictors import AttributePredictor, save_predictors
+from medcf.interventions import InterventionError
+from medcf.model import save_checkpoint
+from medcf.phantoms.cxr import CXR_SCHEMA
+from medcf.prepare import ChestPreparer
+from tests.conftest import conditioned_tiny
+
+REPO = Path(__file__).resolve().parents[2]
+BUNDLE = REPO / "bundles" / "cxr_counterfactual"
+DIRECTION_KEYS = {"from", "to", "n", "flip_rate", "delta_p", "delta_p_ci", "delta_p_corrected",
+                  "delta_p_corrected_ci", "p_adjusted"}  # fmt: skip
+
+
+class BrightnessLogit(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3.0 * x.mean(dim=(1, 2, 3))[:, None]
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny_audit")
+    save_checkpoint(root / "model.pt", conditioned_tiny(CXR_SCHEMA), DiffusionConfig().to_dict(), image_size=[32, 32])
+    save_predictors(AttributePredictor(CXR_SCHEMA), root / "predictors.pt")
+    torch.jit.script(BrightnessLogit()).save(str(root / "classifier.ts"))
+    return root
+
+
+def run_bundle(tiny_files, cwd, **changes):
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    arguments = {
+        "output_dir": "OUT", "classifier": tiny_files / "classifier.ts", "model_path": tiny_files / "model.pt",
+        "predictors_path": tiny_files / "predictors.pt", "image_size": 32, "steps": 2, "resamples": 200,
+        "interventions": "['do(sex=F)', 'do(sex=M)', 'do(age=+20)']", **changes,
+    }  # fmt: skip
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "audit.yaml")]
+    for key, value in arguments.items():
+        command += [f"--{key}", str(value)]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, check=False)
+
+
+class _Collector(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.sources, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name in ("src", "href") and value:
+                self.sources.append(value)
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_contained_report(tiny_files, tmp_path):
+    result = run_bundle(tiny_files, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "OUT"
+
+    table = pd.read_csv(out / "audit.csv")
+    assert list(table.columns) == ["source", "patient", "attribute", "from", "to", "p_factual",
+                                   "p_counterfactual", "p_null", "flipped"]  # fmt: skip
+    cohort = pd.read_csv(BUNDLE / "sample_data" / "cohort.csv", dtype=str)
+    sex = table[table["attribute"] == "sex"]
+    # do(sex=F) only on the male images and do(sex=M) only on the female ones, each once
+    assert set(zip(sex["from"], sex["to"], strict=True)) <= {("M", "F"), ("F", "M")}
+    assert len(sex) == table["source"].nunique() and len(sex) >= 6
+    assert table["source"].str.fullmatch(r"img-[0-9a-f]{16}").all() and table["patient"].str.startswith("CF-").all()
+    assert not set(table["patient"]) & set(cohort["patient"]), "patients appear only as pseudonyms"
+    assert table[["p_factual", "p_counterfactual", "p_null"]].apply(lambda c: c.between(0, 1).all()).all()
+    # the classifier reads brightness: flipped is exactly the thresholded change
+    assert (table["flipped"] == ((table["p_factual"] >= 0.5) != (table["p_counterfactual"] >= 0.5))).all()
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["attributes"]) == {"sex", "age"}
+    for found in summary["attributes"].values():
+        assert found["verdict"] in {"depends", "no dependence detected", "unreliable"}
+        assert 0 <= found["effectiveness"] <= 1
+        for direction in found["directions"]:
+            assert DIRECTION_KEYS <= set(direction)
+            low, high = direction["delta_p_corrected_ci"]
+            assert low <= direction["delta_p_corrected"] <= high
+    # an untrained predictor does not recognise the counterfactuals: below the gate the verdict is unreliable
+    assert summary["attributes"]["sex"]["effectiveness"] < 0.8 <= 1
+    assert summary["attributes"]["sex"]["verdict"] == "unreliable"
+    assert {"sex", "age"} <= set(summary["subgroups"])
+
+    html = (out / "report.html").read_text()
+    collector = _Collector()
+    collector.feed(html)
+    assert all(source.startswith("data:image/png;base64,") for source in collector.sources), collector.sources
+    assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
+    text = " ".join(collector.text)
+    for name, found in summary["attributes"].items():
+        assert name in text and found["verdict"] in text
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = mlflow.search_runs(experiment_names=["medcf-cxr-audit"], output_format="list")
+    assert run.info.status == "FINISHED" and run.data.tags["medcf.verdict.sex"] == "unreliable"
+    assert {"audit.csv", "summary.json", "report.html"} <= {
+        a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)
+    }
+
+
+def audit(tiny_files, tmp_path, **changes):
+    settings = dict(
+        output_dir=tmp_path / "out",
+        classifier=tiny_files / "classifier.ts",
+        classifier_settings=ClassifierSettings(),
+        model_path=tiny_files / "model.pt",
+        graph_path=BUNDLE / "models" / "graph.json",
+        predictors_path=tiny_files / "predictors.pt",
+        preparer=ChestPreparer(32),
+        dataset_dir=BUNDLE / "sample_data",
+        labels=BUNDLE / "sample_data" / "cohort.csv",
+        interventions=["do(sex=F)"],
+        guidance={"mode": "dcfg", "w_aff": 2.0, "w_inv": 1.0},
+        steps=2,
+        progress=False,
+    )
+    return AuditRun(**{**settings, **changes})
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "message"),
+    [
+        ({"interventions": ["do(height=2)"]}, InterventionError, r"height"),
+        ({"interventions": ["do()"]}, ValueError, r"do\(\) is the control the audit adds itself"),
+        ({"classifier": None}, ClassifierError, r"classifier: none given; pass --classifier"),
+        ({"classifier": "missing.ts"}, ClassifierError, r"classifier: missing.ts does not exist"),
+        ({"guidance": {"mode": "dcfg", "w_aff": -1}}, ValueError, r"guidance_settings\[0\]: w_aff"),
+        ({"label_attribute": "sex", "positive_value": "X"}, ValueError, r"positive_value: 'X' is not a value of sex"),
+        ({"label_attribute": "height"}, ValueError, r"label_attribute: 'height' is not one of"),
+        ({"gate": 0}, ValueError, r"gate: 0 must lie in \(0, 1\]"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_output(tiny_files, tmp_path, changes, error, message):
+    with pytest.raises(error, match=message) as caught:
+        audit(tiny_files, tmp_path, **changes).run()
+    assert "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_cohort_without_patients_is_refused(tiny_files, tmp_path):
+    cohort = pd.read_csv(BUNDLE / "sample_data" / "cohort.csv").drop(columns=["patient"])
+    cohort.to_csv(tmp_path / "cohort.csv", index=False)
+    with pytest.raises(ValueError, match=r"needs a patient column"):
+        audit(tiny_files, tmp_path, labels=tmp_path / "cohort.csv").run()
