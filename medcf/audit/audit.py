@@ -36,10 +36,11 @@ from medcf.devices import resolve_device
 from medcf.evaluation.evaluate import guidance_settings_from
 from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
-from medcf.interventions import Intervention, InterventionError
+from medcf.interventions import Intervention, InterventionError, parse_intervention
 from medcf.loading import file_sha256, load_model, parse_interventions
 from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.pseudonyms import Pseudonyms
+from medcf.phantoms.training_set import phantom_export_with_cohort
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.tracking import flatten, job_run
@@ -69,7 +70,9 @@ class AuditRun:
         output_dir: audit.csv, summary.json and report.html go here.
         classifier: a TorchScript file or a MONAI bundle folder; ``classifier_settings`` adapts it.
         model_path, graph_path, predictors_path, preparer, schema: the bundle's generator and instruments.
-        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column).
+        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column); with
+            ``dataset_dir`` None, a held-out phantom export of ``heldout_subjects`` subjects (phantom seed
+            ``heldout_seed``, never a training seed) is made once in ``output_dir/heldout_data`` and used.
         interventions: e.g. ``["do(sex=F)", "do(sex=M)", "do(age=+20)"]``.
         guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``; ``steps`` DDIM steps.
         label_attribute, positive_value: the attribute the classifier predicts, for per-subgroup AUC / TPR / FPR
@@ -86,8 +89,8 @@ class AuditRun:
     graph_path: str | Path
     predictors_path: str | Path
     preparer: Preparer
-    dataset_dir: str | Path
-    labels: str | Path
+    dataset_dir: str | Path | None
+    labels: str | Path | None
     interventions: Sequence[str] | str
     guidance: Mapping[str, Any]
     steps: int = 50
@@ -98,6 +101,9 @@ class AuditRun:
     seed: int = 0
     batch_size: int = 8
     examples: int = 2
+    phantom_kind: str = "cxr"
+    heldout_subjects: int = 200
+    heldout_seed: int = 1000
     schema: AttributeSchema | None = None
     pseudonym_key: str | Path | None = None
     device: str | torch.device = "auto"
@@ -121,9 +127,10 @@ class AuditRun:
         self._check_settings(schema)
         output_dir = Path(self.output_dir)
         with OutputFolderLock(output_dir):
-            pool = load_evaluation_set(self.dataset_dir, self.labels, self.preparer, schema)
+            dataset_dir, labels = self._data(output_dir)
+            pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key)
-            patients = self._patients(pool, pseudonyms)
+            patients = self._patients(pool, labels, pseudonyms)
             tags = {"medcf.job": "audit", "medcf.device": str(device)}
             with job_run(output_dir, self.experiment, "audit", tags):
                 table, effectiveness = self._measure(engine, classifier, predictor, pool, patients, interventions)
@@ -151,16 +158,28 @@ class AuditRun:
             if self.positive_value not in values:
                 raise ValueError(f"positive_value: {self.positive_value!r} is not a value of {self.label_attribute}")
 
-    def _patients(self, pool: EvaluationSet, pseudonyms: Pseudonyms) -> list[str]:
+    def _data(self, output_dir: Path) -> tuple[Path, Path]:
+        """The given folder and cohort table, or a held-out phantom export made once (as the evaluate job does)."""
+        if self.dataset_dir is not None:
+            if self.labels is None:
+                raise ValueError("labels: a cohort table is needed with dataset_dir")
+            return Path(self.dataset_dir), Path(self.labels)
+        size = getattr(self.preparer, "image_size", 64)
+        side = size if isinstance(size, int) else max(size)
+        return phantom_export_with_cohort(
+            self.phantom_kind, output_dir / "heldout_data", self.heldout_subjects, max(64, 2 * side), self.heldout_seed
+        )
+
+    def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms) -> list[str]:
         """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""
-        cohort = CohortIndex.from_csv(self.labels)
+        cohort = CohortIndex.from_csv(labels)
         patients = []
         for source in pool.sources:
             row = cohort.labels_for(source)
             patient = str(row.get("patient") or "").strip()
             if not patient or patient.lower() == "nan":
                 raise ValueError(
-                    f"labels: the cohort table has no patient for an image ({self.labels} needs a patient column)"
+                    f"labels: the cohort table has no patient for an image ({labels} needs a patient column)"
                 )
             patients.append(pseudonyms.patient(patient))
         return patients
@@ -189,9 +208,9 @@ class AuditRun:
                     changed = [
                         k for k, attributes in enumerate(chunk.factual) if _changes(schema, intervention, attributes)
                     ]
-                    if changed:
-                        batch = engine.predict(latents[changed], [chunk.factual[k] for k in changed], intervention)
-                        made = [changed[k] for k in batch.made]
+                    for decoded, positions in self._holding_the_label(engine, intervention, chunk, changed):
+                        batch = engine.predict(latents[positions], [chunk.factual[k] for k in positions], decoded)
+                        made = [positions[k] for k in batch.made]
                         key = batch.plan.describe()
                         if key not in references:  # one null reconstruction per guidance plan and chunk
                             null = engine.reconstruct(latents, chunk.factual, batch.affected).cpu()
@@ -200,29 +219,47 @@ class AuditRun:
                         after = predict_all(predictor, batch.images.cpu())
                         before = {name: values[made] for name, values in predicted_factual.items()}
                         name = intervention.names[0]
+                        factual = [chunk.factual[k] for k in made]
                         recognised.setdefault(name, []).extend(
-                            _recognised(schema, name, before, after, batch.attributes, [chunk.factual[k] for k in made])
+                            _recognised(schema, name, before, after, batch.attributes, factual)
                         )
                         for j, k in enumerate(made):
-                            source_value, target_value = _direction(schema, intervention, chunk.factual[k])
+                            source_value, target_value = _direction(intervention, chunk.factual[k])
                             rows.append({
                                 "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
                                 "from": source_value, "to": target_value, "p_factual": float(p_factual[k]),
                                 "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
                             })  # fmt: skip
-                            self._keep_example(
-                                name,
-                                f"{source_value} -> {target_value}",
-                                chunk.images[k],
-                                batch.images[j],
-                                float(p_cf[j] - p_factual[k]),
-                            )
+                            delta = float(p_cf[j] - p_factual[k])
+                            direction = f"{source_value} -> {target_value}"
+                            self._keep_example(name, direction, chunk.images[k], batch.images[j], delta)
                     bar.update()
         table = pd.DataFrame(rows, columns=[c for c in AUDIT_COLUMNS if c != "flipped"])
         threshold = self.classifier_settings.threshold
         table["flipped"] = (table["p_factual"] >= threshold) != (table["p_counterfactual"] >= threshold)
         effectiveness = {name: float(np.mean(values)) if values else math.nan for name, values in recognised.items()}
         return table, effectiveness
+
+    def _holding_the_label(
+        self, engine: CounterfactualEngine, intervention: Intervention, chunk: EvaluationSet, positions: list[int]
+    ) -> list[tuple[Intervention, list[int]]]:
+        """The intervention as decoded, with the images it applies to. When the classifier's label is a causal
+        descendant of the intervened attribute (disease of age), it is held at each image's own value, so that
+        the audit asks what the classifier does when only the protected attribute changes."""
+        label = self.label_attribute
+        if not positions or label is None or label in intervention.names:
+            return [(intervention, positions)] if positions else []
+        if label not in engine.graph.affected(intervention.names):
+            return [(intervention, positions)]
+        schema = engine.model.schema
+        groups: dict[str, list[int]] = {}
+        for k in positions:
+            groups.setdefault(str(chunk.factual[k][label]), []).append(k)
+        held = []
+        for value, members in groups.items():
+            text = f"{intervention.text[:-1]}, {label}={value})"
+            held.append((parse_intervention(schema, text), members))
+        return held
 
     def _keep_example(
         self, attribute: str, direction: str, factual: torch.Tensor, counterfactual: torch.Tensor, delta: float
@@ -251,7 +288,7 @@ class AuditRun:
             else:
                 groups = [str(row[name]) for row in pool.factual]
             rates = subgroup_rates(scores, labels, groups, self.classifier_settings.threshold)
-            found[name] = rates.reset_index().to_dict("records")
+            found[name] = sorted(rates.reset_index().to_dict("records"), key=lambda record: str(record["group"]))
         return found
 
     def _settings_record(self, model_sha256: str) -> dict[str, Any]:
@@ -299,9 +336,8 @@ def _changes(schema: AttributeSchema, intervention: Intervention, factual: Mappi
     return any(intervened[name] != factual[name] for name in intervened)
 
 
-def _direction(
-    schema: AttributeSchema, intervention: Intervention, factual: Mapping[str, AttributeValue]
-) -> tuple[str, str]:
+def _direction(intervention: Intervention, factual: Mapping[str, AttributeValue]) -> tuple[str, str]:
+    """``from`` and ``to`` of a row: ``M`` and ``F`` for a set value, ``observed`` and ``+20`` for a shift."""
     assignment = intervention.assignments[0]
     if assignment.relative:
         return "observed", f"{float(assignment.value):+g}"

@@ -165,3 +165,31 @@ def test_a_cohort_without_patients_is_refused(tiny_files, tmp_path):
     cohort.to_csv(tmp_path / "cohort.csv", index=False)
     with pytest.raises(ValueError, match=r"needs a patient column"):
         audit(tiny_files, tmp_path, labels=tmp_path / "cohort.csv").run()
+
+
+def test_the_classifiers_label_is_held_when_it_descends_from_the_intervened_attribute(tiny_files, tmp_path):
+    """do(age=+20) on a disease classifier is decoded as do(age=+20, disease=<the image's own>): the audit asks
+    what the classifier does when only age changes, not the effusion that age causes in the phantom."""
+    from medcf.causal import CausalGraph
+    from medcf.counterfactual import CounterfactualEngine
+    from medcf.evaluation.evaluation_set import load_evaluation_set
+    from medcf.interventions import parse_intervention
+    from medcf.model import load_checkpoint
+
+    model, _ = load_checkpoint(tiny_files / "model.pt")
+    engine = CounterfactualEngine(
+        model, DiffusionConfig(), CausalGraph.load(model.schema, BUNDLE / "models" / "graph.json")
+    )
+    chunk = load_evaluation_set(
+        BUNDLE / "sample_data", BUNDLE / "sample_data" / "cohort.csv", ChestPreparer(32), model.schema
+    )
+    run = audit(tiny_files, tmp_path, label_attribute="disease", positive_value="Pleural Effusion")
+    everyone = [k for k, row in enumerate(chunk.factual) if row["age"] + 20 <= 95]  # the images do(age=+20) can take
+    held = run._holding_the_label(engine, parse_intervention(model.schema, "do(age=+20)"), chunk, everyone)
+    assert sorted(k for _, members in held for k in members) == everyone
+    for intervention, members in held:
+        assert set(intervention.names) == {"age", "disease"}
+        (value,) = {chunk.factual[k]["disease"] for k in members}
+        assert intervention.apply(model.schema, chunk.factual[members[0]])["disease"] == value
+    sex = parse_intervention(model.schema, "do(sex=F)")
+    assert run._holding_the_label(engine, sex, chunk, everyone) == [(sex, everyone)], "sex does not cause disease"
