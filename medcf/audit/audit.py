@@ -70,9 +70,9 @@ class AuditRun:
         output_dir: audit.csv, summary.json and report.html go here.
         classifier: a TorchScript file or a MONAI bundle folder; ``classifier_settings`` adapts it.
         model_path, graph_path, predictors_path, preparer, schema: the bundle's generator and instruments.
-        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column); with
-            ``dataset_dir`` None, a held-out phantom export of ``heldout_subjects`` subjects (phantom seed
-            ``heldout_seed``, never a training seed) is made once in ``output_dir/heldout_data`` and used.
+        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column).
+        heldout_subjects: above 0, audit a held-out phantom export of this many subjects instead (phantom seed
+            ``heldout_seed``, never a training seed), made once in ``output_dir/heldout_data``.
         interventions: e.g. ``["do(sex=F)", "do(sex=M)", "do(age=+20)"]``.
         guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``; ``steps`` DDIM steps.
         label_attribute, positive_value: the attribute the classifier predicts, for per-subgroup AUC / TPR / FPR
@@ -102,7 +102,7 @@ class AuditRun:
     batch_size: int = 8
     examples: int = 2
     phantom_kind: str = "cxr"
-    heldout_subjects: int = 200
+    heldout_subjects: int = 0
     heldout_seed: int = 1000
     schema: AttributeSchema | None = None
     pseudonym_key: str | Path | None = None
@@ -145,6 +145,12 @@ class AuditRun:
         return result
 
     def _check_settings(self, schema: AttributeSchema) -> None:
+        if (
+            not isinstance(self.heldout_subjects, int)
+            or isinstance(self.heldout_subjects, bool)
+            or self.heldout_subjects < 0
+        ):
+            raise ValueError(f"heldout_subjects: {self.heldout_subjects!r} must be an integer >= 0")
         if not 0 < self.gate <= 1:
             raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
         for name in ("resamples", "batch_size", "steps"):
@@ -160,7 +166,7 @@ class AuditRun:
 
     def _data(self, output_dir: Path) -> tuple[Path, Path]:
         """The given folder and cohort table, or a held-out phantom export made once (as the evaluate job does)."""
-        if self.dataset_dir is not None:
+        if not self.heldout_subjects:
             if self.labels is None:
                 raise ValueError("labels: a cohort table is needed with dataset_dir")
             return Path(self.dataset_dir), Path(self.labels)
