@@ -35,7 +35,7 @@ def _means(table: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     for column in present:
         numeric[column] = pd.to_numeric(numeric[column], errors="coerce")
     grouped = numeric.groupby(keys, sort=False, dropna=False)[present]
-    return grouped.mean().join(grouped.std(ddof=1), rsuffix="_sd").reset_index()
+    return grouped.mean().join(grouped.std(ddof=1).add_suffix("_sd")).reset_index()
 
 
 def _family(row: pd.Series) -> str:
