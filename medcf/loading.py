@@ -9,8 +9,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from medcf.attributes import AttributeSchema
 from medcf.causal import CausalGraph
+from medcf.devices import resolve_device
 from medcf.diffusion import DiffusionConfig
 from medcf.interventions import Intervention, parse_intervention
 from medcf.model import CounterfactualUNet, load_checkpoint
@@ -34,6 +37,7 @@ class LoadedModel:
     diffusion: DiffusionConfig
     graph: CausalGraph
     sha256: str
+    device: torch.device = torch.device("cpu")
 
 
 def load_model(
@@ -41,9 +45,12 @@ def load_model(
     graph_path: str | Path,
     preparer: Preparer,
     schema: AttributeSchema | None = None,
+    device: str | torch.device = "cpu",
 ) -> LoadedModel:
-    """The model file and its graph; refused when the model is for other attributes than ``schema`` or the
-    preparation makes images of another size or channel count than the model was trained on."""
+    """The model file and its graph, the model on ``device`` (``auto``: CUDA when present); refused when the
+    model is for other attributes than ``schema`` or the preparation makes images of another size or channel
+    count than the model was trained on."""
+    device = resolve_device(device)
     model, payload = load_checkpoint(model_path, expected_schema=schema)
     graph = CausalGraph.load(model.schema, graph_path)
     if model.config.in_channels != 1:
@@ -56,7 +63,8 @@ def load_model(
             f"image_size: prepared images are {size[0]}x{size[1]}, the model was trained at "
             f"{trained[0]}x{trained[1]}: set image_size to match"
         )
-    return LoadedModel(model, DiffusionConfig(**payload["diffusion"]), graph, file_sha256(model_path))
+    sha256 = file_sha256(model_path)
+    return LoadedModel(model.to(device), DiffusionConfig(**payload["diffusion"]), graph, sha256, device)
 
 
 def parse_interventions(schema: AttributeSchema, texts: Sequence[str] | str) -> list[Intervention]:

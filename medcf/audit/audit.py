@@ -32,7 +32,6 @@ from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
 from medcf.audit.report import render_report
 from medcf.audit.statistics import subgroup_rates, summarize
 from medcf.counterfactual import CounterfactualEngine
-from medcf.devices import resolve_device
 from medcf.evaluation.evaluate import guidance_settings_from
 from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
@@ -113,10 +112,8 @@ class AuditRun:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        device = resolve_device(self.device)
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
-        loaded.model.to(device)
-        schema = loaded.model.schema
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, self.device)
+        device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         classifier = AuditedClassifier.load(self.classifier, self.classifier_settings, device)
         interventions = parse_interventions(schema, self.interventions)

@@ -46,7 +46,6 @@ from tqdm import tqdm
 from medcf.atomic import write_csv_atomic, write_json_atomic
 from medcf.attributes import AttributeSchema
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
-from medcf.devices import resolve_device
 from medcf.evaluation import ground_truth, metrics
 from medcf.evaluation.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
 from medcf.evaluation.phantom_truth import PhantomTruth
@@ -165,10 +164,8 @@ class EvaluationRun:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        device = resolve_device(self.device)
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
-        loaded.model.to(device)
-        schema = loaded.model.schema
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, self.device)
+        device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         interventions = parse_interventions(schema, self.interventions)
         settings = guidance_settings_from(self.guidance_settings, self.steps)
