@@ -9,6 +9,15 @@
 # Measured on one H200 (2026-11-26, 16 CPU cores, OMP_NUM_THREADS=2 per process, everything side by side): the
 # three 20-epoch fine-tunes about 130 s each; the five studies 157-199 s; alone, the two shipped-weight
 # studies 114 s (mammogram) and 148 s (chest).
+# The GPU image had Python 3.12 with torch, numpy, scipy, pandas and matplotlib but not MONAI, pydicom, MLflow,
+# pytorch-ignite or the JPEG plugins; they travelled as wheels (about 31 MB) downloaded here with
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux2014_x86_64 -d .whl \
+#     monai==1.6.1 pydicom==3.0.2 pytorch-ignite==0.5.5 mlflow-skinny==3.17.2 mlflow-tracing==3.17.2 ...
+# (the rest: alembic sqlalchemy mako pydantic pydantic-core annotated-types typing-inspection opentelemetry-api
+# opentelemetry-sdk opentelemetry-proto opentelemetry-semantic-conventions cachetools importlib-metadata
+# python-dotenv sqlparse databricks-sdk gitpython gitdb smmap fastapi starlette cryptography cffi pycparser fire
+# termcolor pylibjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls) and installed there with
+#   python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 set -u
 WORK=${WORK:-/tmp/study}; OUT=${OUT:-/tmp/out}; DEADLINE=${DEADLINE:-520}; DEVICE=${DEVICE:-auto}
 SEEDS=${SEEDS:-"0 1 2"}; IMAGES=${IMAGES:-8}; STEPS=${STEPS:-20}; WEIGHTS=${WEIGHTS:-"1 1.5 2 3 5"}
