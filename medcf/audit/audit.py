@@ -52,7 +52,8 @@ AUDIT_COLUMNS = [
 
 @dataclass
 class Triplet:
-    """One example for the report: factual, counterfactual and null reconstruction on [-1, 1], (H, W)."""
+    """One example for the report: a factual image and its counterfactual on [-1, 1], (H, W), and how far the
+    classifier's probability moved (the report draws their difference beside them)."""
 
     attribute: str
     direction: str
