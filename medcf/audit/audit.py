@@ -131,13 +131,16 @@ class AuditRun:
             patients = self._patients(pool, labels, pseudonyms)
             tags = {"medcf.job": "audit", "medcf.device": str(device)}
             with job_run(output_dir, self.experiment, "audit", tags):
-                table, effectiveness = self._measure(engine, classifier, predictor, pool, patients, interventions)
+                p_factual = classifier.probabilities(pool.images)  # once: the rows and the subgroup rates share it
+                table, effectiveness = self._measure(
+                    engine, classifier, predictor, pool, patients, interventions, p_factual
+                )
                 table["source"] = [pseudonyms.image(source) for source in table["source"]]
                 summary = summarize(
                     table, effectiveness, self.classifier_settings.threshold, self.gate, self.resamples, self.seed
                 )
                 audited = list(dict.fromkeys(i.names[0] for i in interventions))
-                summary["subgroups"] = self._subgroups(schema, pool, classifier, audited)
+                summary["subgroups"] = self._subgroups(schema, pool, p_factual, audited)
                 summary["settings"] = self._settings_record(loaded.sha256)
                 result = self._save(output_dir, table, summary, started)
         return result
@@ -196,6 +199,7 @@ class AuditRun:
         pool: EvaluationSet,
         patients: list[str],
         interventions: list[Intervention],
+        p_factual: np.ndarray,
     ) -> tuple[pd.DataFrame, dict[str, float]]:
         schema = engine.model.schema
         rows: list[dict[str, Any]] = []
@@ -205,7 +209,6 @@ class AuditRun:
             for start in chunks:
                 chunk = pool.subset(range(start, min(start + self.batch_size, len(pool))))
                 latents = engine.abduct(chunk.images, chunk.factual)
-                p_factual = classifier.probabilities(chunk.images)
                 predicted_factual = predict_all(predictor, chunk.images)
                 references: dict[str, np.ndarray] = {}
                 for intervention in interventions:
@@ -231,10 +234,10 @@ class AuditRun:
                             source_value, target_value = _direction(intervention, chunk.factual[k])
                             rows.append({
                                 "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
-                                "from": source_value, "to": target_value, "p_factual": float(p_factual[k]),
+                                "from": source_value, "to": target_value, "p_factual": float(p_factual[start + k]),
                                 "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
                             })  # fmt: skip
-                            delta = float(p_cf[j] - p_factual[k])
+                            delta = float(p_cf[j] - p_factual[start + k])
                             direction = f"{source_value} -> {target_value}"
                             self._keep_example(name, direction, chunk.images[k], batch.images[j], delta)
                     bar.update()
@@ -277,14 +280,13 @@ class AuditRun:
         self._triplets = [t for t in self._triplets if id(t) not in drop]
 
     def _subgroups(
-        self, schema: AttributeSchema, pool: EvaluationSet, classifier: AuditedClassifier, audited: list[str]
+        self, schema: AttributeSchema, pool: EvaluationSet, scores: np.ndarray, audited: list[str]
     ) -> dict[str, Any]:
         """Per audited attribute: AUC, TPR and FPR of the classifier on the factual images, per subgroup (a
         continuous attribute in bands of 20), at the one global threshold."""
         if self.label_attribute is None:
             return {}
         labels = np.array([row[self.label_attribute] == self.positive_value for row in pool.factual])
-        scores = classifier.probabilities(pool.images)
         found = {}
         for name in audited:
             if schema[name].kind == "continuous":

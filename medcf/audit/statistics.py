@@ -25,6 +25,8 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
+from medcf.evaluation.metrics import roc_auc
+
 ArrayLike = npt.ArrayLike
 
 #: The columns :func:`summarize` reads. ``source`` and ``flipped`` are part of the table but not read here:
@@ -236,18 +238,6 @@ def summarize(
     }
 
 
-def _auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AUROC = U / (n_pos n_neg), U the Mann-Whitney statistic of the positives' scores (ties count half).
-
-    NaN when one class is absent.
-    """
-    n_positive, n_negative = int(positive.sum()), int((~positive).sum())
-    if n_positive == 0 or n_negative == 0:
-        return math.nan
-    u = stats.mannwhitneyu(scores[positive], scores[~positive]).statistic
-    return float(u / (n_positive * n_negative))
-
-
 def _rate(predicted_positive: np.ndarray) -> float:
     """Fraction of True; NaN when empty."""
     return float(predicted_positive.mean()) if predicted_positive.size else math.nan
@@ -257,7 +247,8 @@ def subgroup_rates(scores: ArrayLike, labels: ArrayLike, groups: ArrayLike, thre
     """Per group (rows in order of first appearance, index ``group``): n, auc, tpr and fpr.
 
     Predictions are scores >= ``threshold``, one global threshold for every group. TPR = P(predicted | label),
-    FPR = P(predicted | not label), each NaN when its class is absent from the group; AUC as in :func:`_auc`.
+    FPR = P(predicted | not label), each NaN when its class is absent from the group; AUC by
+    :func:`medcf.evaluation.metrics.roc_auc`.
     """
     scores = np.asarray(scores, dtype=float).reshape(-1)
     labels = np.asarray(labels, dtype=bool).reshape(-1)
@@ -273,7 +264,7 @@ def subgroup_rates(scores: ArrayLike, labels: ArrayLike, groups: ArrayLike, thre
             {
                 "group": group,
                 "n": int(member.sum()),
-                "auc": _auc(group_scores, group_labels),
+                "auc": roc_auc(group_scores, group_labels),
                 "tpr": _rate(predicted[group_labels]),
                 "fpr": _rate(predicted[~group_labels]),
             }
