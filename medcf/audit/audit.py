@@ -13,7 +13,6 @@ checked before any image is read. Sources and patients appear only as keyed pseu
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ from medcf.tracking import flatten, job_run
 AUDIT_CSV, SUMMARY_JSON, REPORT_HTML = "audit.csv", "summary.json", "report.html"
 AUDIT_COLUMNS = [
     "source", "patient", "attribute", "from", "to", "p_factual", "p_counterfactual", "p_null", "flipped",
+    "recognised",
 ]  # fmt: skip
 
 
@@ -203,7 +203,6 @@ class AuditRun:
     ) -> tuple[pd.DataFrame, dict[str, float]]:
         schema = engine.model.schema
         rows: list[dict[str, Any]] = []
-        recognised: dict[str, list[float]] = {}
         chunks = range(0, len(pool), self.batch_size)
         with tqdm(total=len(chunks) * len(interventions), desc="audit", disable=not self.progress) as bar:
             for start in chunks:
@@ -227,15 +226,14 @@ class AuditRun:
                         before = {name: values[made] for name, values in predicted_factual.items()}
                         name = intervention.names[0]
                         factual = [chunk.factual[k] for k in made]
-                        recognised.setdefault(name, []).extend(
-                            _recognised(schema, name, before, after, batch.attributes, factual)
-                        )
+                        recognised = _recognised(schema, name, before, after, batch.attributes, factual)
                         for j, k in enumerate(made):
                             source_value, target_value = _direction(intervention, chunk.factual[k])
                             rows.append({
                                 "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
                                 "from": source_value, "to": target_value, "p_factual": float(p_factual[start + k]),
                                 "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
+                                "recognised": bool(recognised[j]),
                             })  # fmt: skip
                             delta = float(p_cf[j] - p_factual[start + k])
                             direction = f"{source_value} -> {target_value}"
@@ -244,7 +242,7 @@ class AuditRun:
         table = pd.DataFrame(rows, columns=[c for c in AUDIT_COLUMNS if c != "flipped"])
         threshold = self.classifier_settings.threshold
         table["flipped"] = (table["p_factual"] >= threshold) != (table["p_counterfactual"] >= threshold)
-        effectiveness = {name: float(np.mean(values)) if values else math.nan for name, values in recognised.items()}
+        effectiveness = table.groupby("attribute", sort=False)["recognised"].mean().astype(float).to_dict()
         return table, effectiveness
 
     def _holding_the_label(

@@ -1,16 +1,18 @@
-"""The audit's worked example: two small pleural-effusion classifiers for the chest phantom, one fair and one
-with a sex shortcut, saved as TorchScript files the audit bundle takes.
+"""The audit's worked example: small classifiers trained on a phantom, saved as TorchScript files the audit
+bundle takes (and ships as its default classifiers).
 
-    python -m medcf.audit.example_classifiers --out bundles/cxr_counterfactual/models/classifiers
+    python -m medcf.audit.example_classifiers --kind cxr --out bundles/cxr_counterfactual/models/classifiers
+    python -m medcf.audit.example_classifiers --kind mammo --out bundles/mammo_counterfactual/models/classifiers
         [--manifest PREPARED/manifest.csv] [--epochs 15] [--seed 0]
 
-Both are the same MONAI ``Classifier`` (four strided convolution blocks, one logit), trained the same way on the
-prepared phantom training set (``--manifest``; default: the chest phantom training set, made once in
-``phantom_train_cxr``). The fair one sees the training split as it is (effusion and sex nearly independent).
-The shortcut one sees it with effusion confounded with sex: of the images whose sex "disagrees" with their
-label (effusion in a man, no finding in a woman) only ``--leak`` (5 %) are kept, so that the sex shadows
-predict the label almost as well as the effusion itself. The held-out test split (patients seen by neither)
-gives each one's AUC overall and per sex.
+Every one is the same MONAI ``Classifier`` (four strided convolution blocks, one logit), trained the same way on
+the prepared phantom training set (``--manifest``; default: the phantom training set, made once in
+``phantom_train_<kind>``). Chest: two pleural-effusion classifiers. The fair one sees the training split as it
+is (effusion and sex nearly independent). The shortcut one sees it with effusion confounded with sex: of the
+images whose sex "disagrees" with their label (effusion in a man, no finding in a woman) only ``--leak`` (5 %)
+are kept, so that the sex shadows predict the label almost as well as the effusion itself. Mammogram: one fair
+classifier of density D (extremely dense). The held-out test split (patients seen by none) gives each one's
+AUC, TPR and FPR overall and per subgroup, written to ``classifiers.json`` beside them.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -29,24 +33,44 @@ from torch import nn
 
 from medcf.audit.statistics import subgroup_rates
 
-POSITIVE = "Pleural Effusion"
+
+@dataclass(frozen=True)
+class Example:
+    """One example classifier: ``label`` == ``positive`` is what it predicts; with ``shortcut`` = (attribute,
+    value) its training set is confounded so that ``value`` goes with the positive label; ``subgroups`` names
+    the attribute its test rates are broken down by."""
+
+    name: str
+    label: str
+    positive: str
+    subgroups: str
+    shortcut: tuple[str, str] | None = None
 
 
-def load_split(manifest: str | Path, split: str) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Prepared images (N, 1, H, W) of one split with their effusion labels and sexes."""
+EXAMPLES = {
+    "cxr": (
+        Example("effusion_fair", "disease", "Pleural Effusion", "sex"),
+        Example("effusion_shortcut", "disease", "Pleural Effusion", "sex", shortcut=("sex", "F")),
+    ),
+    "mammo": (Example("density_d_fair", "density", "D", "race"),),
+}
+
+
+def load_split(manifest: str | Path, split: str) -> tuple[torch.Tensor, pd.DataFrame]:
+    """Prepared images (N, 1, H, W) of one split with their manifest rows."""
     manifest = Path(manifest)
     table = pd.read_csv(manifest, dtype=str)
-    table = table[(table["status"] == "ok") & (table["split"] == split)]
+    table = table[(table["status"] == "ok") & (table["split"] == split)].reset_index(drop=True)
     if table.empty:
         raise ValueError(f"{manifest}: no prepared images in split {split!r}")
     images = np.stack([np.load(manifest.parent / output) for output in table["output"]]).astype(np.float32)
-    return torch.from_numpy(images), (table["disease"] == POSITIVE).to_numpy(), table["sex"].to_numpy()
+    return torch.from_numpy(images), table
 
 
-def confounded(labels: np.ndarray, sexes: np.ndarray, leak: float, seed: int) -> np.ndarray:
-    """Positions to keep so that effusion goes with F and no finding with M: every image that agrees, and
-    a random ``leak`` share of those that do not."""
-    agrees = labels == (sexes == "F")
+def confounded(labels: np.ndarray, marked: np.ndarray, leak: float, seed: int) -> np.ndarray:
+    """Positions to keep so that the positive label goes with ``marked`` (e.g. sex F) and the negative with the
+    rest: every image that agrees, and a random ``leak`` share of those that do not."""
+    agrees = labels == marked
     rng = np.random.default_rng(seed)
     return np.flatnonzero(agrees | (rng.random(len(labels)) < leak))
 
@@ -79,10 +103,41 @@ def scores(model: nn.Module, images: torch.Tensor) -> np.ndarray:
     return torch.cat([model(images[k : k + 256])[:, 0].sigmoid() for k in range(0, len(images), 256)]).numpy()
 
 
+def train_example(
+    example: Example, train_split: tuple[torch.Tensor, pd.DataFrame], test_split: tuple[torch.Tensor, pd.DataFrame],
+    out: Path, epochs: int, leak: float, seed: int,
+) -> dict[str, Any]:  # fmt: skip
+    """Train ``example``, save it as ``out/<name>.ts`` and return its card (training set and test rates)."""
+    images, rows = train_split
+    labels = (rows[example.label] == example.positive).to_numpy()
+    keep = np.arange(len(labels))
+    card: dict[str, Any] = {"file": f"{example.name}.ts", "predicts": f"{example.label} = {example.positive}"}
+    if example.shortcut is not None:
+        attribute, value = example.shortcut
+        marked = (rows[attribute] == value).to_numpy()
+        keep = confounded(labels, marked, leak, seed)
+        card["shortcut"] = f"{example.positive} goes with {attribute} = {value}"
+        card["training_label_agrees_with_shortcut"] = float(np.mean(labels[keep] == marked[keep]))
+    model = train(images[keep], labels[keep], epochs, seed)
+    torch.jit.trace(model, images[:2]).save(str(out / card["file"]))
+    test_images, test_rows = test_split
+    test_labels = (test_rows[example.label] == example.positive).to_numpy()
+    test_scores = scores(model, test_images)
+    overall = subgroup_rates(test_scores, test_labels, np.full(len(test_labels), "all"), 0.5)
+    rates = subgroup_rates(test_scores, test_labels, test_rows[example.subgroups].to_numpy(), 0.5)
+    card.update({
+        "training_images": int(len(keep)),
+        "training_positive_share": float(labels[keep].mean()),
+        "test": {str(group): record for group, record in pd.concat([overall, rates]).to_dict("index").items()},
+    })  # fmt: skip
+    return card
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m medcf.audit.example_classifiers", description=__doc__.split("\n\n")[0]
     )
+    parser.add_argument("--kind", choices=sorted(EXAMPLES), default="cxr")
     parser.add_argument("--out", required=True)
     parser.add_argument("--manifest", default=None)
     parser.add_argument("--epochs", type=int, default=15)
@@ -93,35 +148,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if manifest is None:
         from medcf.phantoms.training_set import phantom_training_set
 
-        manifest = phantom_training_set("cxr", "phantom_train_cxr", 2000, 64, 0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    images, labels, sexes = load_split(manifest, "train")
-    test_images, test_labels, test_sexes = load_split(manifest, "test")
+        manifest = phantom_training_set(args.kind, f"phantom_train_{args.kind}", 2000, 64, 0)
+    train_split, test_split = load_split(manifest, "train"), load_split(manifest, "test")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    card = {}
-    for name, keep in (
-        ("fair", np.arange(len(labels))),
-        ("shortcut", confounded(labels, sexes, args.leak, args.seed)),
-    ):
-        model = train(images[keep], labels[keep], args.epochs, args.seed)
-        path = out / f"effusion_{name}.ts"
-        torch.jit.trace(model, images[:2]).save(str(path))
-        rates = subgroup_rates(scores(model, test_images), test_labels, test_sexes, 0.5)
-        overall = subgroup_rates(scores(model, test_images), test_labels, np.full(len(test_labels), "all"), 0.5)
-        agreement = float(np.mean(labels[keep] == (sexes[keep] == "F")))
-        card[name] = {
-            "file": path.name,
-            "training_images": int(len(keep)),
-            "training_effusion_share": float(labels[keep].mean()),
-            "training_label_agrees_with_sex": agreement,
-            "test": {"all": overall.reset_index().to_dict("records")[0], **{
-                str(group): record for group, record in rates.to_dict("index").items()
-            }},
-        }  # fmt: skip
-        print(f"{name}: {len(keep)} training images, label agrees with sex {agreement:.2f}; test AUC "
-              f"{card[name]['test']['all']['auc']:.3f}")  # fmt: skip
-    (out / "classifiers.json").write_text(json.dumps(card, indent=2) + "\n")
+    cards = {}
+    for example in EXAMPLES[args.kind]:
+        cards[example.name] = card = train_example(
+            example, train_split, test_split, out, args.epochs, args.leak, args.seed
+        )
+        print(f"{example.name}: {card['training_images']} training images; test AUC {card['test']['all']['auc']:.3f}")
+    (out / "classifiers.json").write_text(json.dumps(cards, indent=2) + "\n")
     return 0
 
 

@@ -108,7 +108,7 @@ def _verdict_table(attributes: dict[str, Any]) -> str:
 
 def _direction_table(attributes: dict[str, Any]) -> str:
     header = ["attribute", "from", "to", "n", "flip rate", "flips (neg&rarr;pos / pos&rarr;neg)", "delta p",
-              "95 % interval", "corrected", "95 % interval", "adjusted p"]  # fmt: skip
+              "95 % interval", "corrected", "95 % interval", "adjusted p", "effectiveness"]  # fmt: skip
     rows = ["<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>"]
     for name, found in attributes.items():
         for d in found.get("directions", []):
@@ -117,6 +117,7 @@ def _direction_table(attributes: dict[str, Any]) -> str:
                 f"{d.get('neg_to_pos', 0)} / {d.get('pos_to_neg', 0)}", _number(d["delta_p"]),
                 _interval(d.get("delta_p_ci")), _number(d["delta_p_corrected"]),
                 _interval(d.get("delta_p_corrected_ci")), _number(d.get("p_adjusted")),
+                _number(d.get("effectiveness")),
             ]  # fmt: skip
             rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     rows.append("</table>")

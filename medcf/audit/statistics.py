@@ -4,7 +4,8 @@ For an image x and an intervention do(A=a') on a protected attribute, a classifi
 ``p_factual`` = f(x), ``p_counterfactual`` = f(CF(x, do(A=a'))) and ``p_null`` = f(CF(x, do())), the
 null-intervention reconstruction that carries the generator's artefacts alone. The audit table has one row
 per image and intervention with the columns ``source``, ``patient``, ``attribute``, ``from``, ``to``,
-``p_factual``, ``p_counterfactual``, ``p_null`` and ``flipped``.
+``p_factual``, ``p_counterfactual``, ``p_null``, ``flipped`` and (optional) ``recognised``, whether the
+attribute predictors recognise the intervened value on the counterfactual.
 
 - :func:`flip_counts`: how often the thresholded prediction changes, and in which direction.
 - :func:`patient_bootstrap_interval`: percentile interval of a mean, resampling patients, not rows.
@@ -142,7 +143,8 @@ def direction_summary(rows: pd.DataFrame, threshold: float, resamples: int, seed
     ``delta_p_abs`` = mean(|d|), ``delta_p_null`` = mean(d0), ``delta_p_corrected`` = mean(d - d0) =
     mean(p_counterfactual - p_null), the effect beyond the generator's artefacts. The ``_ci`` intervals are
     :func:`patient_bootstrap_interval` (same ``seed`` for both), ``p_value`` is :func:`paired_p_value` of
-    d - d0, and the flip counts come from :func:`flip_counts` at ``threshold``.
+    d - d0, and the flip counts come from :func:`flip_counts` at ``threshold``. Where the rows have a
+    ``recognised`` column (the predictors recognised the intervened value), ``effectiveness`` is its mean.
     """
     directions = rows[["from", "to"]].drop_duplicates()
     if len(directions) != 1:
@@ -153,6 +155,7 @@ def direction_summary(rows: pd.DataFrame, threshold: float, resamples: int, seed
     patients = rows["patient"].to_numpy()
     delta, corrected = counterfactual - factual, counterfactual - null
     counts = flip_counts(factual, counterfactual, threshold)
+    effectiveness = {"effectiveness": float(rows["recognised"].mean())} if "recognised" in rows else {}
     return {
         "from": str(directions["from"].iloc[0]),
         "to": str(directions["to"].iloc[0]),
@@ -168,6 +171,7 @@ def direction_summary(rows: pd.DataFrame, threshold: float, resamples: int, seed
         "delta_p_corrected": float(corrected.mean()),
         "delta_p_corrected_ci": list(patient_bootstrap_interval(corrected, patients, resamples, seed)),
         "p_value": paired_p_value(corrected, patients),
+        **effectiveness,
     }
 
 

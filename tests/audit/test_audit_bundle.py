@@ -78,7 +78,7 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
 
     table = pd.read_csv(out / "audit.csv")
     assert list(table.columns) == ["source", "patient", "attribute", "from", "to", "p_factual",
-                                   "p_counterfactual", "p_null", "flipped"]  # fmt: skip
+                                   "p_counterfactual", "p_null", "flipped", "recognised"]  # fmt: skip
     cohort = pd.read_csv(BUNDLE / "sample_data" / "cohort.csv", dtype=str)
     sex = table[table["attribute"] == "sex"]
     # do(sex=F) only on the male images and do(sex=M) only on the female ones, each once
@@ -92,10 +92,14 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
 
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["attributes"]) == {"sex", "age"}
-    for found in summary["attributes"].values():
+    for name, found in summary["attributes"].items():
         assert found["verdict"] in {"depends", "no dependence detected", "unreliable"}
         assert 0 <= found["effectiveness"] <= 1
+        rows = table[table["attribute"] == name]
+        assert found["effectiveness"] == pytest.approx(rows["recognised"].mean())
         for direction in found["directions"]:
+            chosen = rows[(rows["from"].astype(str) == direction["from"]) & (rows["to"].astype(str) == direction["to"])]
+            assert direction["effectiveness"] == pytest.approx(chosen["recognised"].mean())
             assert DIRECTION_KEYS <= set(direction)
             low, high = direction["delta_p_corrected_ci"]
             assert low <= direction["delta_p_corrected"] <= high

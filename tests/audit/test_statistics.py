@@ -180,6 +180,13 @@ class TestSummarize:
         adjusted = statistics.adjust_p_values([d["p_value"] for d in family])
         assert [d["p_adjusted"] for d in family] == pytest.approx(adjusted.tolist())
 
+    def test_effectiveness_per_direction_from_the_recognised_column(self):
+        table = sex_and_race_table()
+        table["recognised"] = (table["from"] == "M") | (table.index % 2 == 0)  # M->F all, F->M half
+        report = statistics.summarize(table, {"sex": 0.75, "race": 0.9}, resamples=100)
+        to_female, to_male = report["attributes"]["sex"]["directions"]
+        assert to_female["effectiveness"] == 1.0 and to_male["effectiveness"] == 0.5
+
     def test_the_null_intervention_removes_generator_artefacts(self):
         # p_null moves exactly as p_counterfactual: the shift is the generator's, not the attribute's
         table = shifted_rows("sex", "M", "F", 0.15, np.random.default_rng(1), null_follows=True)
