@@ -35,6 +35,7 @@ from medcf.diffusion import DiffusionConfig
 from medcf.guidance import (
     GUIDANCE_MODES,
     GUIDANCE_RULES,
+    PRECISIONS,
     APGParameters,
     GuidancePlan,
     GuidedDenoiser,
@@ -80,6 +81,8 @@ class GuidanceSettings:
             A = difference + beta A_previous, in (-1, 1) (0: none; the APG paper uses -0.5).
         apg_norm_limit: apg: the largest L2 norm of a group's (averaged) guidance difference per image, over its
             pixels on the model's [-1, 1] clean-image scale, > 0; inf: no limit.
+        precision: ``fp32``, or ``bf16``: the network runs under bfloat16 autocast (guidance sums and sampler in
+            float32); faster on GPUs and on CPUs with bf16 instructions, see benchmarks/precision.py.
         interval: None (guide at every step) or (low, high): guide only at the steps whose DDIM noise level
             sigma_t = sqrt((1 - abar_t) / abar_t) lies in (low, high], 0 <= low < high (high may be inf); the
             other steps decode with the conditional prediction alone (w = 1), one network evaluation per image.
@@ -100,10 +103,12 @@ class GuidanceSettings:
     apg_momentum: float = -0.5
     apg_norm_limit: float = math.inf
     interval: tuple[float, float] | None = None
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         _require(self.mode in GUIDANCE_MODES, "guidance", self.mode, f"one of {', '.join(GUIDANCE_MODES)}")
         _require(self.rule in GUIDANCE_RULES, "rule", self.rule, f"one of {', '.join(GUIDANCE_RULES)}")
+        _require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
         weights = {"w": self.weight, "w_aff": self.w_aff, "w_inv": self.w_inv}
         _require(isinstance(self.per_attribute, Mapping), "per_attribute", self.per_attribute, "a mapping")
         weights.update({f"per_attribute.{name}": value for name, value in self.per_attribute.items()})
@@ -206,7 +211,9 @@ class CounterfactualEngine:
         full = DDIMSampler(diffusion.alphas_cumprod(), diffusion.prediction_type, settings.steps)
         self.sampler = full.truncated(settings.inversion_depth)
 
-    def _device(self) -> torch.device:
+    @property
+    def model_device(self) -> torch.device:
+        """Where the model, the guidance batch and the sampler run."""
         return next(self.model.parameters()).device
 
     def _plan(self, affected: set[str]) -> GuidancePlan:
@@ -226,7 +233,7 @@ class CounterfactualEngine:
 
     def _denoiser(self, codes: torch.Tensor, plan: GuidancePlan) -> GuidedDenoiser:
         """A fresh denoiser (one per decode: it counts the decode's evaluations and holds APG's running averages)."""
-        max_rows = default_max_rows(self._device()) if self.settings.max_rows == -1 else self.settings.max_rows
+        max_rows = default_max_rows(self.model_device) if self.settings.max_rows == -1 else self.settings.max_rows
         return GuidedDenoiser(
             self.model,
             codes,
@@ -234,14 +241,15 @@ class CounterfactualEngine:
             max_rows,
             alphas_cumprod=self.sampler.alphas_cumprod,
             prediction_type=self.sampler.prediction_type,
+            precision=self.settings.precision,
         )
 
     @torch.no_grad()
     def abduct(self, images: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]]) -> torch.Tensor:
         """Latents of the images (DDIM inversion under the factual attributes, no guidance)."""
-        codes = encode_attributes(self.model.schema, factual).to(self._device())
+        codes = encode_attributes(self.model.schema, factual).to(self.model_device)
         denoiser = self._denoiser(codes, guidance_plan(self.model.schema, "none"))
-        return self.sampler.invert(denoiser, images.to(self._device()))
+        return self.sampler.invert(denoiser, images.to(self.model_device))
 
     @torch.no_grad()
     def predict(
@@ -261,7 +269,7 @@ class CounterfactualEngine:
         if not made:
             empty = latents[:0]
             return CounterfactualBatch(intervention, affected, plan, [], [], empty, rejected, 0)
-        denoiser = self._denoiser(encode_attributes(schema, rows).to(self._device()), plan)
+        denoiser = self._denoiser(encode_attributes(schema, rows).to(self.model_device), plan)
         images = self.sampler.decode(denoiser, latents[made])
         evaluations = denoiser.evaluations
         return CounterfactualBatch(intervention, affected, plan, made, rows, images, rejected, evaluations)
@@ -275,7 +283,7 @@ class CounterfactualEngine:
         guidance, no attribute changed), so that counterfactual minus reference is the intervention's change."""
         if not len(factual):
             return latents[:0]
-        codes = encode_attributes(self.model.schema, factual).to(self._device())
+        codes = encode_attributes(self.model.schema, factual).to(self.model_device)
         return self.sampler.decode(self._denoiser(codes, self._plan(set(affected))), latents)
 
     def run(

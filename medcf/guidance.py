@@ -307,6 +307,10 @@ def guidance_plan(
     return GuidancePlan(keep, tuple(float(w) for w in weights), tuple(tuple(g) for g in groups), **variant)
 
 
+#: How the network runs inside a :class:`GuidedDenoiser`.
+PRECISIONS = ("fp32", "bf16")
+
+
 class GuidedDenoiser:
     """``predict(x, t)`` for the DDIM sampler: every guidance term of the step in one batched forward.
 
@@ -319,6 +323,8 @@ class GuidedDenoiser:
             per row grows with the batch (activations leave the cache), so calls of about 9 rows are faster.
         alphas_cumprod, prediction_type: the model's noise schedule and parametrisation ("epsilon" or
             "v_prediction"); needed by a guided plan with rule "apg" (clean-image space) or an ``interval``.
+        precision: "fp32", or "bf16": the network runs under bfloat16 autocast (on the input's device) and its
+            predictions come back as float32, so the guidance sums and the sampler stay in float32.
 
     Returns of a call: the prediction, in the model's parametrisation (rule "apg": float64); rule "cfg++": a
     :class:`~medcf.sampling.GuidedPrediction` that re-noises with the null prediction.
@@ -337,8 +343,12 @@ class GuidedDenoiser:
         *,
         alphas_cumprod: torch.Tensor | None = None,
         prediction_type: str | None = None,
+        precision: str = "fp32",
     ) -> None:
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model, self.attributes, self.plan, self.max_rows = model, attributes, plan, max_rows
+        self.precision = precision
         needs_schedule = bool(plan.weights) and (plan.rule == "apg" or plan.interval is not None)
         if needs_schedule and (alphas_cumprod is None or prediction_type is None):
             raise ValueError("GuidedDenoiser needs alphas_cumprod and prediction_type for rule apg or an interval")
@@ -369,12 +379,14 @@ class GuidedDenoiser:
         for start in range(0, batch, images_per_call):
             images = x[start : start + images_per_call]
             n = images.shape[0]
-            predictions = self.model(
-                images.repeat(rows, *([1] * (x.ndim - 1))),
-                torch.full((rows * n,), t, device=x.device, dtype=torch.long),
-                self.attributes[start : start + n].repeat(rows, 1),
-                keep.repeat_interleave(n, dim=0),
-            ).reshape(rows, n, *x.shape[1:])
+            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                predictions = self.model(
+                    images.repeat(rows, *([1] * (x.ndim - 1))),
+                    torch.full((rows * n,), t, device=x.device, dtype=torch.long),
+                    self.attributes[start : start + n].repeat(rows, 1),
+                    keep.repeat_interleave(n, dim=0),
+                )
+            predictions = predictions.to(x.dtype).reshape(rows, n, *x.shape[1:])
             if rule == "linear":
                 outputs.append(self.plan.combine(predictions) if guided else predictions[0])
             elif rule == "cfg++":
