@@ -30,6 +30,7 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import medcf
@@ -45,6 +47,7 @@ from medcf.atomic import remove_temporaries, write_csv_atomic, write_json_atomic
 from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
 from medcf.dicom.reader import DicomReadError, read_header
+from medcf.distributed import Shard
 from medcf.grids import counterfactual_grid
 from medcf.interventions import Intervention
 from medcf.loading import file_sha256, load_model, parse_interventions
@@ -52,7 +55,7 @@ from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
-from medcf.prepare.base import Preparer
+from medcf.prepare.base import PreparedImage, Preparer
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
 from medcf.prepare.runner import discover_inputs
 from medcf.tracking import flatten, job_run
@@ -93,6 +96,10 @@ class InferenceRun:
         pseudonym_key: a file holding the secret of the keyed pseudonyms and UIDs (default: generated once
             into ``output_dir/pseudonym.key``).
         uid_root: root of the generated DICOM UIDs (default ``2.25``, UUID-derived).
+        workers: DataLoader worker processes that read and prepare the DICOM files while the model works
+            (0: in this process).
+        device: where the model, the stacked guidance batch and the sampler run: ``auto`` (CUDA when present),
+            ``cpu``, ``cuda`` or ``cuda:N``. Preparation and writing stay on the CPU.
     """
 
     dataset_dir: str | Path
@@ -111,75 +118,113 @@ class InferenceRun:
     schema: AttributeSchema | None = None
     pseudonym_key: str | Path | None = None
     uid_root: str | None = None
+    workers: int = 0
+    device: str | torch.device = "auto"
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        engine, interventions, model_sha256 = self._checked_engine()
+        shard = Shard.current()
+        engine, interventions, model_sha256 = self._checked_engine(shard)
         dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
         sources = discover_inputs(dataset_dir) if dataset_dir.is_dir() else []
         if not sources:
             raise ValueError(f"dataset_dir: no input files under {dataset_dir}")
         labels = CohortIndex.from_csv(self.labels)
-        with OutputFolderLock(output_dir):
-            remove_temporaries(output_dir)  # files a killed run was writing; their rows were never recorded
-            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
-            self._check_folder(output_dir, pseudonyms)
+        with OutputFolderLock(output_dir) if shard.main else nullcontext():
+            pseudonyms, manifest = self._open_folder(output_dir, shard)
             images = {source: pseudonyms.image(source) for source in sources}
-            _update_source_key(output_dir / SOURCE_KEY, images)
+            if shard.main:
+                _update_source_key(output_dir / SOURCE_KEY, images)
             settings = self._fingerprint(model_sha256, pseudonyms)
             writer = CounterfactualWriter(output_dir, pseudonyms, settings, self.keep_identifiers, self.nifti)
-            first = ("settings", "dicom", "png", "diff", *(("source",) if self.keep_identifiers else ()))
-            with (
-                RunManifest(output_dir, key=("image", "intervention"), first=first) as manifest,
-                job_run(output_dir, self.experiment, "counterfactuals", {"medcf.job": "inference"}),
-            ):
-                mlflow.log_params(
-                    flatten(
-                        {
-                            "interventions": [i.text for i in interventions],
-                            "guidance": asdict(self.guidance),
-                            "model_sha256": model_sha256,
-                            "model_file": str(self.model_path),
-                            "settings_fingerprint": settings,
-                            "images": len(sources),
-                            "batch_size": self.batch_size,
-                            "keep_identifiers": self.keep_identifiers,
-                            "uid_root": pseudonyms.uid_root,
-                        }
-                    )
-                )
-                job = _Job(self, engine, interventions, writer, manifest, settings, output_dir)
-                stats = job.process(sources, images, dataset_dir, labels)
+            device, processes = str(engine.model_device), str(shard.world)
+            tags = {"medcf.job": "inference", "medcf.device": device, "medcf.processes": processes}
+            tracked = job_run(output_dir, self.experiment, "counterfactuals", tags) if shard.main else nullcontext()
+            with manifest, tracked:
+                if shard.main:
+                    parameters = self._parameters(interventions, model_sha256, settings, len(sources), pseudonyms)
+                    mlflow.log_params(flatten(parameters))
+                job = _Job(self, engine, interventions, writer, manifest, settings, output_dir, shard.rank)
+                job.process(shard.pick(sources), images, dataset_dir, labels)
+                totals, grids = shard.gather(job.totals), shard.gather(job.grids)
+                shard.barrier()  # every rank's rows are in its journal
+                if not shard.main:
+                    return {}
+                manifest.collect()
                 table = manifest.save()
-                seconds = time.perf_counter() - started
-                made = stats.pop("made")
-                statuses = [
-                    (manifest.get(im, i.text) or {}).get("status") for im in images.values() for i in interventions
-                ]
-                metrics = {
-                    "counterfactuals": made,
-                    "rows_ok": statuses.count("ok"),
-                    "rows_rejected": statuses.count("rejected"),
-                    "seconds_total": seconds,
-                    **stats,
-                }
+                metrics = self._metrics(manifest, images, interventions, totals, time.perf_counter() - started)
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
                 mlflow.log_text(table.to_csv(index=False), MANIFEST)  # pseudonyms only, unless identifiers are kept
-                for grid in job.grids:
+                for grid in (grid for rank_grids in grids for grid in rank_grids):
                     mlflow.log_artifact(str(grid), artifact_path="grids")
         print(
-            f"{made} counterfactuals made, {metrics['rows_ok']} ok and {metrics['rows_rejected']} rejected rows "
-            f"in {seconds:.1f} s -> {output_dir / MANIFEST}"
+            f"{metrics['counterfactuals']} counterfactuals made, {metrics['rows_ok']} ok and "
+            f"{metrics['rows_rejected']} rejected rows in {metrics['seconds_total']:.1f} s -> {output_dir / MANIFEST}"
         )
         return metrics
 
-    def _checked_engine(self) -> tuple[CounterfactualEngine, list[Intervention], str]:
+    def _open_folder(self, output_dir: Path, shard: Shard) -> tuple[Pseudonyms, RunManifest]:
+        """The folder's pseudonyms and manifest. Rank 0 (or a single process) makes or checks the shared files
+        first; the other ranks of a sharded run open them after that, each recording into its own journal."""
+        first = ("settings", "dicom", "png", "diff", *(("source",) if self.keep_identifiers else ()))
+        key = ("image", "intervention")
+        if shard.main:
+            remove_temporaries(output_dir)  # files a killed run was writing; their rows were never recorded
+            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
+            self._check_folder(output_dir, pseudonyms)
+            manifest = RunManifest(output_dir, key, first)
+            manifest.save()  # folds in what the ranks of a killed sharded run left in their journals
+        shard.barrier()
+        if not shard.main:
+            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
+            manifest = RunManifest(output_dir, key, first, rank=shard.rank, writes_table=False)
+        return pseudonyms, manifest
+
+    def _parameters(
+        self, interventions: list[Intervention], model_sha256: str, settings: str, inputs: int, pseudonyms: Pseudonyms
+    ) -> dict[str, Any]:
+        return {
+            "interventions": [i.text for i in interventions],
+            "guidance": asdict(self.guidance),
+            "model_sha256": model_sha256,
+            "model_file": str(self.model_path),
+            "settings_fingerprint": settings,
+            "images": inputs,
+            "batch_size": self.batch_size,
+            "keep_identifiers": self.keep_identifiers,
+            "uid_root": pseudonyms.uid_root,
+        }
+
+    @staticmethod
+    def _metrics(
+        manifest: RunManifest,
+        images: dict[str, str],
+        interventions: list[Intervention],
+        totals: list[dict[str, float]],
+        seconds: float,
+    ) -> dict[str, float]:
+        """The run's figures, summed over the ranks' totals (seconds per counterfactual: device seconds)."""
+        made = sum(t["made"] for t in totals)
+        statuses = [(manifest.get(im, i.text) or {}).get("status") for im in images.values() for i in interventions]
+        return {
+            "counterfactuals": made,
+            "rows_ok": statuses.count("ok"),
+            "rows_rejected": statuses.count("rejected"),
+            "seconds_total": seconds,
+            "network_evaluations_per_counterfactual": sum(t["evaluations"] for t in totals) / made if made else 0.0,
+            "seconds_per_counterfactual": sum(t["seconds"] for t in totals) / made if made else 0.0,
+        }
+
+    def _checked_engine(self, shard: Shard) -> tuple[CounterfactualEngine, list[Intervention], str]:
         """Model, graph, interventions and settings, all checked before any image is read."""
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema)
+        device = shard.device(self.device)
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, self.guidance)
         interventions = parse_interventions(loaded.model.schema, self.interventions)
         if not isinstance(self.batch_size, int) or self.batch_size < 1:
             raise ValueError(f"batch_size: {self.batch_size!r} must be an integer >= 1")
+        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
+            raise ValueError(f"workers: {self.workers!r} must be an integer >= 0")
         return engine, interventions, loaded.sha256
 
     def _check_folder(self, output_dir: Path, pseudonyms: Pseudonyms) -> None:
@@ -237,25 +282,34 @@ class _Job:
         manifest: RunManifest,
         settings: str,
         output_dir: Path,
+        rank: int = 0,
     ) -> None:
         self.config, self.engine, self.interventions = config, engine, interventions
         self.writer, self.manifest, self.settings, self.output_dir = writer, manifest, settings, output_dir
         self.grid_folder = output_dir / "grids" / time.strftime("%Y%m%d-%H%M%S")
+        self.grid_prefix = "batch_" if rank == 0 else f"rank{rank}_batch_"  # the ranks of a sharded run share it
         self.grids: list[Path] = []
         self.totals = {"evaluations": 0, "made": 0, "seconds": 0.0}
         self.inputs: dict[str, str] = {}  # image -> fingerprint of its file and cohort row
 
-    def process(
-        self, sources: list[str], images: dict[str, str], dataset_dir: Path, labels: CohortIndex
-    ) -> dict[str, float]:
-        pending: list[_Pending] = []
-        for source in tqdm(sources, desc="counterfactuals", disable=not self.config.progress):
+    def process(self, sources: list[str], images: dict[str, str], dataset_dir: Path, labels: CohortIndex) -> None:
+        """Prepare (in DataLoader workers when ``workers`` > 0), batch, generate, write and record every
+        intervention each source still needs; the figures add up in ``totals``."""
+        todo: dict[str, list[Intervention]] = {}
+        for source in sources:
             image = images[source]
             self.inputs[image] = input_fingerprint(dataset_dir / source, source, labels)
-            todo = [i for i in self.interventions if not self._is_made(self.manifest.get(image, i.text), image)]
-            if not todo:
-                continue
-            outcome = self.config.preparer.prepare(str(dataset_dir / source), labels, source)
+            needed = [i for i in self.interventions if not self._is_made(self.manifest.get(image, i.text), image)]
+            if needed:
+                todo[source] = needed
+        pending: list[_Pending] = []
+        prepared = _Preparation(self.config.preparer, dataset_dir, labels, list(todo))
+        loader = DataLoader(
+            prepared, batch_size=None, num_workers=self.config.workers, collate_fn=_as_is, shuffle=False
+        )
+        progress = tqdm(loader, total=len(prepared), desc="counterfactuals", disable=not self.config.progress)
+        for source, outcome in progress:
+            image = images[source]
             attributes: dict[str, AttributeValue] = {}
             if outcome.status == "ok":
                 try:  # the labels as the preparer checked them, then against the model's attribute ranges
@@ -264,22 +318,16 @@ class _Job:
                 except (SchemaError, ValueError) as error:
                     outcome.status, outcome.reason = "rejected", f"labels: {error}"
             if outcome.status != "ok":
-                for intervention in todo:
+                for intervention in todo[source]:
                     self.manifest.record(self._row(image, source, intervention, "rejected", outcome.reason))
                 continue
             item = SourceImage(image, source, dataset_dir / source, outcome.geometry)
-            pending.append(_Pending(item, outcome.array, attributes, todo))
+            pending.append(_Pending(item, outcome.array, attributes, todo[source]))
             if len(pending) == self.config.batch_size:
                 self._generate(pending)
                 pending = []
         if pending:
             self._generate(pending)
-        made = self.totals["made"]
-        return {
-            "made": made,
-            "network_evaluations_per_counterfactual": self.totals["evaluations"] / made if made else 0.0,
-            "seconds_per_counterfactual": self.totals["seconds"] / made if made else 0.0,
-        }
 
     def _is_made(self, row: dict[str, Any] | None, image: str) -> bool:
         """A row to skip: made with the current settings from the same file and labels, and its DICOM is there
@@ -332,7 +380,7 @@ class _Job:
             self.totals["made"] += len(drawn[k])
         shown = {text: column for text, column in shown.items() if any(c is not None for c in column)}
         if shown:
-            grid = self.grid_folder / f"batch_{len(self.grids):03d}.png"
+            grid = self.grid_folder / f"{self.grid_prefix}{len(self.grids):03d}.png"
             self.grids.append(counterfactual_grid(factual_shown, shown, grid, labels))
         self.totals["seconds"] += time.perf_counter() - started
 
@@ -365,6 +413,24 @@ class _Job:
         if self.config.keep_identifiers:
             row["source"] = source
         return row
+
+
+class _Preparation(Dataset):
+    """(source, PreparedImage) per source, for a DataLoader whose workers read and prepare the DICOM files."""
+
+    def __init__(self, preparer: Preparer, dataset_dir: Path, labels: CohortIndex, sources: list[str]) -> None:
+        self.preparer, self.dataset_dir, self.labels, self.sources = preparer, dataset_dir, labels, sources
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def __getitem__(self, index: int) -> tuple[str, PreparedImage]:
+        source = self.sources[index]
+        return source, self.preparer.prepare(str(self.dataset_dir / source), self.labels, source)
+
+
+def _as_is(item: Any) -> Any:
+    return item
 
 
 def input_fingerprint(path: Path, source: str, labels: CohortIndex) -> str:

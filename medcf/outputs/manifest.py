@@ -4,12 +4,18 @@ Shared by the prepare and counterfactual jobs. Files in the job's output folder:
 
     manifest.csv      the table: the key columns, status (ok | rejected), reason, then the other columns
     .journal.jsonl    rows finished since the table was last saved, one JSON line each
+    .journal.rankN.jsonl   the same, of rank N > 0 of a sharded job (torchrun)
 
 A job writes an item's outputs first, then :meth:`RunManifest.record` appends its row to the journal and
 flushes it, so a job killed at any moment loses at most the rows in flight. Opening a folder reads the table
 and replays the journal; :meth:`RunManifest.save` rewrites the table atomically (every ``save_every``
 seconds while rows come in, and when the job ends) and empties the journal. A re-run decides from the rows
 which items are finished (see the jobs).
+
+In a sharded job every rank records into its own journal and only rank 0 writes the table
+(``writes_table``): rank 0 opens the folder first and saves (folding in whatever a killed run left in any
+journal), the other ranks open it after that, and when they have finished rank 0 calls :meth:`collect` and
+saves once more: one table, the same as a single process would have written.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from medcf.atomic import plain_json, write_csv_atomic
 
 MANIFEST = "manifest.csv"
 JOURNAL = ".journal.jsonl"
+JOURNALS = ".journal*.jsonl"
 STATUSES = ("ok", "rejected")
 
 
@@ -39,15 +46,27 @@ class RunManifest:
         first: columns written first, in this order (the key, status and reason are always among them);
             the others follow sorted by name.
         save_every: seconds between rewrites of the table while rows are recorded.
+        rank: this process's rank in a sharded job (its journal's name); writes_table: whether it rewrites
+            manifest.csv (rank 0, or a single process).
     """
 
-    def __init__(self, folder: str | Path, key: Sequence[str], first: Sequence[str] = (), save_every: float = 30.0):
+    def __init__(
+        self,
+        folder: str | Path,
+        key: Sequence[str],
+        first: Sequence[str] = (),
+        save_every: float = 30.0,
+        rank: int = 0,
+        writes_table: bool = True,
+    ):
         self.folder, self.key = Path(folder), tuple(key)
         self.first = tuple(dict.fromkeys((*self.key, "status", "reason", *first)))
-        self.save_every = save_every
+        self.save_every, self.writes_table = save_every, writes_table
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.path, self.journal_path = self.folder / MANIFEST, self.folder / JOURNAL
+        self.path = self.folder / MANIFEST
+        self.journal_path = self.folder / (JOURNAL if rank == 0 else f".journal.rank{rank}.jsonl")
         self.rows: dict[tuple[str, ...], dict[str, Any]] = {}
+        self._collected: set[Path] = set()  # other journals folded into the rows: removed at the next save
         self._load()
         self._journal = open(self.journal_path, "a", encoding="utf-8")
         self._saved_at = time.monotonic()
@@ -67,7 +86,7 @@ class RunManifest:
         self._journal.write(json.dumps(text) + "\n")
         self._journal.flush()
         self.rows[self.key_of(text)] = text
-        if time.monotonic() - self._saved_at >= self.save_every:
+        if self.writes_table and time.monotonic() - self._saved_at >= self.save_every:
             self.save()
 
     def retain(self, keep: Callable[[dict[str, Any]], bool]) -> None:
@@ -84,13 +103,26 @@ class RunManifest:
         return table[list(self.first) + sorted(c for c in table.columns if c not in self.first)].fillna("")
 
     def save(self) -> pd.DataFrame:
-        """Rewrite manifest.csv atomically with every row, then empty the journal."""
+        """Rewrite manifest.csv atomically with every row, then empty the journal and remove the other journals
+        folded in (a process that does not write the table keeps its journal: rank 0 collects it)."""
         table = self.table()
+        if not self.writes_table:
+            return table
         write_csv_atomic(self.path, table)
         self._journal.close()
         self._journal = open(self.journal_path, "w", encoding="utf-8")
+        for path in self._collected:
+            path.unlink(missing_ok=True)
+        self._collected.clear()
         self._saved_at = time.monotonic()
         return table
+
+    def collect(self) -> None:
+        """Fold in the rows of the other journals in the folder (rank 0 of a sharded job, once every other rank
+        has finished); they are removed at the next :meth:`save`."""
+        for path in sorted(self.folder.glob(JOURNALS)):
+            if path != self.journal_path:
+                self._replay(path)
 
     def close(self) -> pd.DataFrame:
         """Save and close the journal."""
@@ -105,13 +137,22 @@ class RunManifest:
         self.close()
 
     def _load(self) -> None:
+        """The table, then every journal in the folder (this process's and what other ranks of a killed sharded
+        run left): rows recorded after the last save."""
         if self.path.exists():
             table = pd.read_csv(self.path, keep_default_na=False, dtype=str, encoding_errors="surrogateescape")
             for row in table.to_dict("records"):
                 self.rows[self.key_of(row)] = row
-        for row in _journal_rows(self.journal_path):
+        self._replay(self.journal_path)
+        if self.writes_table:
+            self.collect()
+
+    def _replay(self, path: Path) -> None:
+        for row in _journal_rows(path):
             if all(name in row for name in self.key):
                 self.rows[self.key_of(row)] = row
+        if path != self.journal_path and path.exists():
+            self._collected.add(path)
 
 
 def as_text(value: Any) -> str:

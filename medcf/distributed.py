@@ -1,0 +1,63 @@
+"""Which share of a job this process does when torchrun starts several (one rule for every sharded job).
+
+A job run by ``torchrun --nproc_per_node=N -m monai.bundle run ...`` with a ``multi_gpu_*.yaml`` overlay that
+initialises the process group sees ``Shard.current()`` as (rank, world size, local rank); a plain run sees
+(0, 1, 0) and every helper below is a no-op. Rank 0 is the main process: it alone holds the output folder's
+lock, writes shared files and the MLflow run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import torch
+import torch.distributed as dist
+
+from medcf.devices import resolve_device
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Shard:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def current(cls) -> Shard:
+        """This process's share: from the initialised process group, else the whole job."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        return cls(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def pick(self, items: Sequence[T]) -> list[T]:
+        """Every ``world``-th item from position ``rank``: shares differ by at most one item."""
+        return list(items)[self.rank :: self.world]
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def gather(self, value: Any) -> list[Any]:
+        """``value`` of every rank, in rank order (a picklable object)."""
+        if self.world == 1:
+            return [value]
+        found: list[Any] = [None] * self.world
+        dist.all_gather_object(found, value)
+        return found
+
+    def device(self, device: str | torch.device | None) -> torch.device:
+        """The job's device for this process: ``auto`` in a sharded run on GPUs is this process's own GPU
+        (``cuda:LOCAL_RANK``); anything else as :func:`medcf.devices.resolve_device` reads it."""
+        chosen = resolve_device(device)
+        if self.world > 1 and chosen.type == "cuda" and chosen.index is None:
+            return resolve_device(f"cuda:{self.local_rank}")
+        return chosen

@@ -1,0 +1,130 @@
+"""Sharded inference as a user runs it: `torchrun --nproc_per_node=2 -m monai.bundle run` with
+multi_gpu_inference.yaml over inference.yaml (gloo on the CPU), against a single-process run of the same inputs."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+import torch
+
+from medcf.causal import CausalGraph
+from medcf.diffusion import DiffusionConfig
+from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.outputs.manifest import RunManifest
+from medcf.phantoms import write_phantom_dataset
+from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
+TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
+#: columns computed from pixels: equal up to float rounding (the shards batch the images differently)
+MEASURED = ("mean_abs_change",)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sharded")
+    data = write_phantom_dataset("cxr", root / "data", 5, 64, seed=4, workers=1, progress=False)
+    cohort = root / "cohort.csv"
+    subprocess.run(
+        [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(data), "--out", str(cohort)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+    )
+    torch.manual_seed(0)
+    save_checkpoint(
+        root / "model.pt", CounterfactualUNet(CXR_SCHEMA, TINY), DiffusionConfig().to_dict(), image_size=[32, 32]
+    )
+    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(1000, np.random.default_rng(0))])
+    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+    return root, data, cohort
+
+
+def infer(inputs, out: Path, processes: int, interventions: str) -> subprocess.CompletedProcess:
+    root, data, cohort = inputs
+    if processes > 1:
+        files = str([str(CONFIGS / "inference.yaml"), str(CONFIGS / "multi_gpu_inference.yaml")])
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    else:
+        files, launcher = str(CONFIGS / "inference.yaml"), [sys.executable]
+    settings = {
+        "dataset_dir": data, "labels": cohort, "output_dir": out, "model_path": root / "model.pt",
+        "graph_path": root / "graph.json", "image_size": 32, "steps": 4, "batch_size": 2, "pseudonym_key": root / "key",
+        "interventions": interventions, "device": "cpu",
+    }  # fmt: skip
+    overrides = [part for name, value in settings.items() for part in (f"--{name}", str(value))]
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    command = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
+    return subprocess.run(command, cwd=out.parent, env=environment, capture_output=True, text=True, check=False)
+
+
+def runs(folder: Path) -> list:
+    """The inference runs in ``folder/mlflow.db``, oldest first."""
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name("medcf-cxr-inference")
+    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+
+
+def test_two_processes_write_what_one_process_writes(inputs, tmp_path):
+    (inputs[0] / "key").write_text("ab" * 32 + "\n")
+    single, sharded = tmp_path / "one" / "out", tmp_path / "two" / "out"
+    single.parent.mkdir(), sharded.parent.mkdir()
+    interventions = "['do(sex=F)','do(age=+10)']"
+    for out, processes in ((single, 1), (sharded, 2)):
+        result = infer(inputs, out, processes, interventions)
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (pd.read_csv(out / "manifest.csv", keep_default_na=False) for out in (single, sharded))
+    images, made = one["image"].nunique(), int((one["status"] == "ok").sum())
+    assert len(one) == 2 * images and images >= 6 and made >= 6
+    assert list(one.columns) == list(two.columns)
+    exact = [c for c in one.columns if c not in MEASURED]
+    pd.testing.assert_frame_equal(one[exact], two[exact])
+    for column in MEASURED:  # empty on rejected rows
+        numbers = [pd.to_numeric(table[column], errors="coerce") for table in (one, two)]
+        np.testing.assert_allclose(*numbers, rtol=1e-4)
+    for path in one.loc[one["status"] == "ok", "dicom"]:
+        a, b = (pydicom.dcmread(out / path) for out in (single, sharded))
+        assert np.abs(a.pixel_array.astype(int) - b.pixel_array.astype(int)).max() <= 1, path
+    assert not list(sharded.glob(".journal*.jsonl")) or all(p.stat().st_size == 0 for p in sharded.glob(".journal*"))
+    grids = sorted(p.name for p in sharded.glob("grids/*/*.png"))
+    assert any(name.startswith("rank1_") for name in grids) and any(name.startswith("batch_") for name in grids)
+
+    (run,) = runs(sharded.parent)  # one MLflow run for the two processes
+    assert run.data.metrics["counterfactuals"] == made and run.data.tags["medcf.processes"] == "2"
+    logged = mlflow.MlflowClient().list_artifacts(run.info.run_id, "grids")
+    assert len(logged) == len(grids)
+
+    # a re-run with one more intervention makes only its rows, on both ranks, and the manifest stays one table
+    result = infer(inputs, sharded, 2, "['do(sex=F)','do(age=+10)','do(race=Black)']")
+    assert result.returncode == 0, result.stderr[-3000:]
+    again = pd.read_csv(sharded / "manifest.csv", keep_default_na=False)
+    assert len(again) == 3 * images
+    latest = runs(sharded.parent)[-1]
+    made = int(((again["intervention"] == "do(race=Black)") & (again["status"] == "ok")).sum())
+    assert latest.data.metrics["counterfactuals"] == made
+
+
+def test_the_journals_of_a_killed_sharded_run_are_folded_in_once(tmp_path):
+    """Rank 1 of a killed run left rows in its journal: the next run's table writer reads them and removes the
+    journal at its first save; a rank that does not write the table never touches the table."""
+    row = {"image": "img-1", "intervention": "do(sex=F)", "status": "ok", "reason": ""}
+    (tmp_path / ".journal.rank1.jsonl").write_text(json.dumps(row) + "\n")
+    reader = RunManifest(tmp_path, ("image", "intervention"), rank=1, writes_table=False)
+    assert reader.get("img-1", "do(sex=F)")["status"] == "ok"
+    reader.record({**row, "image": "img-2"})
+    reader.close()
+    assert not (tmp_path / "manifest.csv").exists()
+    writer = RunManifest(tmp_path, ("image", "intervention"))
+    assert writer.get("img-1", "do(sex=F)") is not None and writer.get("img-2", "do(sex=F)") is not None
+    writer.close()
+    assert not (tmp_path / ".journal.rank1.jsonl").exists()
+    assert sorted(pd.read_csv(tmp_path / "manifest.csv")["image"]) == ["img-1", "img-2"]
