@@ -1,9 +1,21 @@
-"""Device selection: one rule for every job, refused in one line when the device is not usable."""
+"""Device selection (one rule for every job, refused in one line when the device is not usable), bf16 autocast
+against fp32, and the shard rule of sharded jobs."""
+
+import functools
+from pathlib import Path
 
 import pytest
 import torch
 
+from medcf.bundles import bundle_root
+from medcf.conditioning import encode_attributes
+from medcf.counterfactual import GuidanceSettings
 from medcf.devices import resolve_device
+from medcf.distributed import Shard
+from medcf.guidance import GuidedDenoiser, guidance_plan
+from medcf.loading import load_model
+from medcf.model import CounterfactualUNet
+from medcf.prepare import ChestPreparer
 
 
 def test_auto_picks_cuda_only_when_present():
@@ -38,3 +50,54 @@ def test_cuda_without_a_gpu_is_refused():
 def test_cuda_index_past_the_last_device_is_refused():
     with pytest.raises(ValueError, match=r"CUDA device\(s\)"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
+
+
+@functools.cache
+def shipped_chest_model() -> CounterfactualUNet:
+    root = Path(bundle_root("cxr_counterfactual"))
+    return load_model(root / "models/model.pt", root / "models/graph.json", ChestPreparer(64)).model
+
+
+def one_guided_step(precision: str, device: str) -> torch.Tensor:
+    """One DCFG prediction of the shipped chest model for two noisy images, at the middle of the schedule."""
+    model = shipped_chest_model().to(device)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 1, 64, 64, generator=generator).to(device)
+    codes = encode_attributes(model.schema, [{"age": 50.0, "sex": "M", "race": "White", "disease": "No Finding"}] * 2)
+    plan = guidance_plan(model.schema, "dcfg", {"sex"}, w_aff=2.0)
+    with torch.no_grad():
+        prediction = GuidedDenoiser(model, codes.to(device), plan, precision=precision)(x, 500)
+    assert prediction.dtype == torch.float32
+    return prediction.cpu()
+
+
+NEEDS_CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=NEEDS_CUDA)])
+def test_a_bf16_step_stays_within_a_stated_tolerance_of_fp32(device):
+    """bf16 keeps 8 bits of mantissa: one guided prediction of the shipped model (three stacked terms, combined
+    in float32) differs from fp32 by less than 2 % of its mean size on average, and is not identical (the
+    autocast really ran). Whole counterfactuals are compared on real images by benchmarks/device_throughput.py."""
+    fp32, bf16 = one_guided_step("fp32", device), one_guided_step("bf16", device)
+    relative = float((bf16 - fp32).abs().mean() / fp32.abs().mean())
+    assert 0 < relative < 0.02
+
+
+def test_an_unknown_precision_is_refused_in_one_line():
+    with pytest.raises(ValueError, match=r"precision: 'fp16' .* one of fp32, bf16") as caught:
+        GuidanceSettings(precision="fp16")
+    assert "\n" not in str(caught.value)
+
+
+def test_a_single_process_is_the_whole_job():
+    shard = Shard.current()
+    assert (shard.rank, shard.world, shard.main) == (0, 1, True)
+    assert shard.pick(range(5)) == [0, 1, 2, 3, 4] and shard.gather("x") == ["x"]
+    assert shard.device("cpu") == torch.device("cpu")
+
+
+def test_shards_split_the_items_by_rank_without_overlap():
+    picks = [Shard(rank, 3).pick(list(range(10))) for rank in range(3)]
+    assert picks == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
+    assert sorted(item for pick in picks for item in pick) == list(range(10))
