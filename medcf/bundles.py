@@ -1,8 +1,12 @@
-"""Where medcf's MONAI bundles live, for configs run from anywhere (``bundle_root`` in their YAML)."""
+"""Where medcf's MONAI bundles live, for configs run from anywhere (``bundle_root`` in their YAML), and how a
+failing bundle run reports its error (one line)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
+from types import TracebackType
 
 import medcf
 
@@ -15,3 +19,43 @@ def bundle_root(name: str) -> str:
         raise ValueError(f"unknown bundle {name!r}; medcf ships {', '.join(BUNDLE_NAMES)}")
     in_checkout = Path(medcf.__file__).resolve().parents[1] / "bundles" / name
     return str(in_checkout if in_checkout.is_dir() else Path("bundles") / name)
+
+
+#: Errors that describe a bad input or setting in their message: a bundle run ends with that one line.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, IsADirectoryError, PermissionError)
+
+
+def one_line_errors() -> None:
+    """Make a failing bundle run end with one line naming the setting and the problem (``medcf: ...``) instead of
+    MONAI's chain of ConfigExpression tracebacks; the first entry of every bundle's ``run`` list. Only errors
+    of :data:`USER_ERRORS` and medcf's own refusals are shortened; anything else, or any error with
+    ``MEDCF_TRACEBACK=1`` in the environment, keeps its full traceback."""
+    if getattr(sys.excepthook, "medcf", False) or os.environ.get("MEDCF_TRACEBACK") == "1":
+        return
+    default = sys.excepthook
+
+    def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
+        cause = _user_error(error)
+        if cause is None:
+            default(kind, error, trace)
+            return
+        message = " ".join(str(cause).split()) or type(cause).__name__
+        print(f"medcf: {message}  (full traceback: MEDCF_TRACEBACK=1)", file=sys.stderr)
+
+    hook.medcf = True  # type: ignore[attr-defined]
+    sys.excepthook = hook
+
+
+def _user_error(error: BaseException) -> BaseException | None:
+    """The innermost error of the chain that is a refusal with a message for the user, if any."""
+    from medcf.outputs.lock import OutputFolderInUse
+    from medcf.prepare.cohort import CohortMatchError
+    from medcf.prepare.runner import NothingPreparedError
+
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, (*USER_ERRORS, OutputFolderInUse, NothingPreparedError, CohortMatchError)):
+            found = error
+        error = error.__cause__ or error.__context__
+    return found

@@ -51,6 +51,9 @@ def load_model(
     model is for other attributes than ``schema`` or the preparation makes images of another size or channel
     count than the model was trained on."""
     device = resolve_device(device)
+    for setting, path in (("model_path", model_path), ("graph_path", graph_path)):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{setting}: {path} does not exist or is not a file")
     model, payload = load_checkpoint(model_path, expected_schema=schema)
     graph = CausalGraph.load(model.schema, graph_path)
     if model.config.in_channels != 1:

@@ -1,0 +1,76 @@
+"""A failing bundle run ends with one line naming the setting and the problem, as a user sees it on the
+terminal; one intervention may be given as a plain string."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from medcf.causal import CausalGraph
+from medcf.diffusion import DiffusionConfig
+from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
+TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tiny")
+    torch.manual_seed(0)
+    model = CounterfactualUNet(CXR_SCHEMA, TINY)
+    save_checkpoint(root / "model.pt", model, DiffusionConfig().to_dict(), image_size=[32, 32])
+    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(500, np.random.default_rng(0))])
+    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+    return root
+
+
+def bundle(config: str, cwd: Path, *overrides: str, **environment: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config), *overrides]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **environment}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+
+
+def last_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in result.stderr.splitlines() if line.strip()][-3:]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["--guidance", "sideways"], r"medcf: guidance: 'sideways' is not allowed: must be one of none, cfg, dcfg"),
+        (["--w_aff", "-1"], r"medcf: w_aff: -1.* a finite number >= 0"),
+        (["--model_path", "missing.pt"], r"medcf: model_path: missing.pt does not exist"),
+        (["--interventions", "do(sex=X)"], r"medcf: .*sex.*X"),
+    ],
+)
+def test_a_bad_setting_ends_the_run_with_one_line(tmp_path, overrides, message):
+    result = bundle("inference.yaml", tmp_path, "--output_dir", "out", *overrides)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr and "ConfigExpression" not in result.stderr, result.stderr[-2000:]
+    *_, last = last_lines(result)
+    assert re.search(message, last), last
+
+
+def test_the_full_traceback_is_one_setting_away(tmp_path):
+    result = bundle("inference.yaml", tmp_path, "--guidance", "sideways", MEDCF_TRACEBACK="1")
+    assert result.returncode != 0 and "Traceback" in result.stderr and "medcf: " not in result.stderr
+
+
+def test_one_intervention_as_a_plain_string(tmp_path, tiny):
+    result = bundle(
+        "inference.yaml", tmp_path, "--output_dir", "out", "--interventions", "do(sex=F)",
+        "--model_path", str(tiny / "model.pt"), "--graph_path", str(tiny / "graph.json"), "--image_size", "32",
+        "--steps", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    assert set(manifest["intervention"]) == {"do(sex=F)"} and (manifest["status"] == "ok").any()
