@@ -100,8 +100,7 @@ class MLflowTracker:
             self.evaluator.add_event_handler(Events.COMPLETED, self.log_validation, trainer)
 
     def start(self, trainer: Engine) -> None:
-        mlflow.set_tracking_uri(tracking_uri())
-        mlflow.set_experiment(self.experiment)
+        use_experiment(self.experiment)
         run = mlflow.start_run(run_name=self.run_name)
         self.run_id = run.info.run_id
         mlflow.log_params(flatten(self.params))
@@ -163,6 +162,23 @@ def close_killed_run(output_dir: str | Path) -> str | None:
         marker.unlink(missing_ok=True)
 
 
+#: MLflow 3 opens an experiment without this tag in its GenAI view (traces, judges); medcf's runs are model
+#: development: metrics, parameters and image artifacts.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+
+
+def use_experiment(name: str) -> str:
+    """Point MLflow at medcf's tracking store and experiment ``name`` (made when missing, tagged with
+    :data:`EXPERIMENT_KIND` so that ``mlflow ui`` opens it in its model-training view); returns the store URI."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    experiment = mlflow.set_experiment(name)
+    for key, value in EXPERIMENT_KIND.items():
+        if experiment.tags.get(key) != value:
+            mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, key, value)
+    return uri
+
+
 @contextlib.contextmanager
 def job_run(output_dir: str | Path, experiment: str, run_name: str, tags: Mapping[str, str] | None = None):
     """The MLflow run of a batch job writing to ``output_dir`` (hold the folder's lock around it).
@@ -171,9 +187,7 @@ def job_run(output_dir: str | Path, experiment: str, run_name: str, tags: Mappin
     on an error, or KILLED on Ctrl-C; a job killed outright is caught by the next start.
     """
     close_killed_run(output_dir)
-    uri = tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment)
+    uri = use_experiment(experiment)
     marker = Path(output_dir) / RUN_MARKER
     run = mlflow.start_run(run_name=run_name, tags=dict(tags or {}))
     write_json_atomic(marker, {"run_id": run.info.run_id, "tracking_uri": absolute_uri(uri)})

@@ -100,6 +100,8 @@ def test_two_processes_write_what_one_process_writes(inputs, tmp_path):
 
     (run,) = runs(sharded.parent)  # one MLflow run for the two processes
     assert run.data.metrics["counterfactuals"] == made and run.data.tags["medcf.processes"] == "2"
+    experiment = mlflow.MlflowClient().get_experiment_by_name("medcf-cxr-inference")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # mlflow ui: model-training view
     logged = mlflow.MlflowClient().list_artifacts(run.info.run_id, "grids")
     assert len(logged) == len(grids)
 
