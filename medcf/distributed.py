@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -53,6 +54,14 @@ class Shard:
         found: list[Any] = [None] * self.world
         dist.all_gather_object(found, value)
         return found
+
+    def seed(self, seed: int) -> int:
+        """This process's random seed: ``seed`` itself on rank 0 (a single process is unchanged), a distinct
+        seed derived from (``seed``, rank) on the others, so that the ranks of a sharded training draw different
+        noise, timesteps and dropout and a rerun with the same seed draws the same again."""
+        if self.rank == 0:
+            return seed
+        return int(np.random.SeedSequence([seed, self.rank]).generate_state(1)[0] >> 1)
 
     def device(self, device: str | torch.device | None) -> torch.device:
         """The job's device for this process: ``auto`` in a sharded run on GPUs is this process's own GPU

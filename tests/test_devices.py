@@ -101,3 +101,16 @@ def test_shards_split_the_items_by_rank_without_overlap():
     picks = [Shard(rank, 3).pick(list(range(10))) for rank in range(3)]
     assert picks == [[0, 3, 6, 9], [1, 4, 7], [2, 5, 8]]
     assert sorted(item for pick in picks for item in pick) == list(range(10))
+
+
+def test_each_rank_draws_its_own_noise_and_a_rerun_draws_the_same():
+    """The seed of a sharded training's rank: rank 0 keeps the configured seed, the others get distinct seeds
+    derived from it, so the ranks' noise differs, and the same seed and rank give the same noise again."""
+    seeds = [Shard(rank, 4).seed(7) for rank in range(4)]
+    assert seeds[0] == 7 and len(set(seeds)) == 4 and seeds == [Shard(rank, 4).seed(7) for rank in range(4)]
+    assert Shard(1, 4).seed(8) != seeds[1]
+
+    def noise(seed):
+        return torch.randn(4, generator=torch.Generator().manual_seed(seed))
+
+    assert not torch.equal(noise(seeds[0]), noise(seeds[1])) and torch.equal(noise(seeds[1]), noise(seeds[1]))
