@@ -16,7 +16,7 @@ from medcf.causal import CausalGraph
 from medcf.devices import resolve_device
 from medcf.diffusion import DiffusionConfig
 from medcf.interventions import Intervention, parse_intervention
-from medcf.model import CounterfactualUNet, load_checkpoint
+from medcf.model import CHECKPOINT_FORMAT, CounterfactualUNet, load_checkpoint, read_medcf_file
 from medcf.prepare.base import Preparer
 
 
@@ -68,6 +68,23 @@ def load_model(
         )
     sha256 = file_sha256(model_path)
     return LoadedModel(model.to(device), DiffusionConfig(**payload["diffusion"]), graph, sha256, device)
+
+
+def trained_image_size(model_path: str | Path, square: bool = False) -> int | list[int]:
+    """The image size recorded in a model file (the size it was trained at): [height, width], or the side when
+    ``square`` (chest X-rays); a bundle config's default ``image_size``, so that a model trained at another size
+    needs no second setting."""
+    if not Path(model_path).is_file():
+        raise FileNotFoundError(f"model_path: {model_path} does not exist or is not a file")
+    payload, _ = read_medcf_file(model_path, CHECKPOINT_FORMAT, "medcf checkpoint")
+    size = [int(side) for side in payload.get("image_size") or ()]
+    if len(size) != 2:
+        raise ValueError(f"model_path: {model_path} does not record its image size; give --image_size")
+    if square:
+        if size[0] != size[1]:
+            raise ValueError(f"model_path: {model_path} was trained at {size[0]}x{size[1]}, not a square size")
+        return size[0]
+    return size
 
 
 def parse_interventions(schema: AttributeSchema, texts: Sequence[str] | str) -> list[Intervention]:

@@ -6,12 +6,21 @@ from hypothesis import settings
 settings.register_profile("medcf", deadline=None, derandomize=True, max_examples=100)
 settings.load_profile("medcf")
 
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from medcf.attributes import AttributeSchema  # noqa: E402
-from medcf.model import CounterfactualUNet, ModelConfig  # noqa: E402
-from medcf.phantoms.cxr import CXR_SCHEMA  # noqa: E402
+from medcf.causal import CausalGraph  # noqa: E402
+from medcf.diffusion import DiffusionConfig  # noqa: E402
+from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint  # noqa: E402
+from medcf.phantoms import write_phantom_dataset  # noqa: E402
+from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom  # noqa: E402
 from medcf.phantoms.mammo import MAMMO_SCHEMA  # noqa: E402
 
 
@@ -107,3 +116,32 @@ def conditioned_tiny_model() -> CounterfactualUNet:
 def conditioned_tiny_mammo_model() -> CounterfactualUNet:
     """A tiny mammogram model whose output depends on its condition."""
     return conditioned_tiny(MAMMO_SCHEMA)
+
+
+INFERENCE_UNET = ModelConfig(
+    channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16
+)
+
+
+def save_tiny_chest_model(root) -> None:
+    """``root/model.pt`` (an untrained chest model trained "at" 32 x 32, seeded) and ``root/graph.json`` (fitted on
+    1,000 phantom subjects): what the inference job and bundle need besides images."""
+    torch.manual_seed(0)
+    model = CounterfactualUNet(CXR_SCHEMA, INFERENCE_UNET)
+    save_checkpoint(root / "model.pt", model, DiffusionConfig().to_dict(), image_size=[32, 32])
+    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(1000, np.random.default_rng(0))])
+    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+
+
+def chest_export_with_cohort(root, subjects: int, seed: int):
+    """A phantom chest export of ``subjects`` subjects in ``root/data`` and its cohort table, built by the
+    data_prep command a user runs: (export folder, cohort path)."""
+    data = write_phantom_dataset("cxr", root / "data", subjects, 64, seed=seed, workers=1, progress=False)
+    cohort = root / "cohort.csv"
+    subprocess.run(
+        [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(data), "--out", str(cohort)],
+        cwd=Path(__file__).resolve().parents[1],
+        check=True,
+        capture_output=True,
+    )
+    return data, cohort

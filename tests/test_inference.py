@@ -1,30 +1,26 @@
 """The counterfactual inference job on a tiny model: outputs, manifest, MLflow, re-runs, kills and bad settings."""
 
-import subprocess
-import sys
 from dataclasses import replace
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pydicom
 import pytest
 import torch
 
 from medcf.attributes import SchemaError
-from medcf.causal import CausalGraph
 from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
 from medcf.inference import InferenceRun
 from medcf.interventions import InterventionError, parse_intervention
 from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
 from medcf.outputs.writers import CounterfactualWriter, output_folder, slug
-from medcf.phantoms import write_phantom_dataset
-from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import ChestPreparer
 from medcf.tracking import RUN_MARKER
+from tests.conftest import chest_export_with_cohort, save_tiny_chest_model
 
 TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
 REPO = Path(__file__).resolve().parents[1]
@@ -33,19 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("inference")
-    data = write_phantom_dataset("cxr", root / "data", 4, 64, seed=9, workers=1, progress=False)
-    cohort = root / "cohort.csv"
-    subprocess.run(
-        [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(data), "--out", str(cohort)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    torch.manual_seed(0)
-    model = CounterfactualUNet(CXR_SCHEMA, TINY)
-    save_checkpoint(root / "model.pt", model, DiffusionConfig().to_dict(), image_size=[32, 32])
-    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(1000, np.random.default_rng(0))])
-    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+    data, cohort = chest_export_with_cohort(root, 4, seed=9)
+    save_tiny_chest_model(root)
     return root, data, cohort
 
 

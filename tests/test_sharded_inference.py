@@ -12,14 +12,10 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-import torch
 
-from medcf.causal import CausalGraph
-from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.model import ModelConfig
 from medcf.outputs.manifest import RunManifest
-from medcf.phantoms import write_phantom_dataset
-from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+from tests.conftest import chest_export_with_cohort, save_tiny_chest_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
@@ -31,20 +27,8 @@ MEASURED = ("mean_abs_change",)
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
-    data = write_phantom_dataset("cxr", root / "data", 5, 64, seed=4, workers=1, progress=False)
-    cohort = root / "cohort.csv"
-    subprocess.run(
-        [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(data), "--out", str(cohort)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-    )
-    torch.manual_seed(0)
-    save_checkpoint(
-        root / "model.pt", CounterfactualUNet(CXR_SCHEMA, TINY), DiffusionConfig().to_dict(), image_size=[32, 32]
-    )
-    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(1000, np.random.default_rng(0))])
-    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+    data, cohort = chest_export_with_cohort(root, 5, seed=4)
+    save_tiny_chest_model(root)
     return root, data, cohort
 
 

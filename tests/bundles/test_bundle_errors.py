@@ -7,15 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
-import torch
 
-from medcf.causal import CausalGraph
-from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
-from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+from medcf.model import ModelConfig
+from tests.conftest import save_tiny_chest_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
@@ -25,11 +21,7 @@ TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    model = CounterfactualUNet(CXR_SCHEMA, TINY)
-    save_checkpoint(root / "model.pt", model, DiffusionConfig().to_dict(), image_size=[32, 32])
-    table = pd.DataFrame([s.attributes for s in ChestXRayPhantom().sample(500, np.random.default_rng(0))])
-    CausalGraph.fit(CXR_SCHEMA, table).save(root / "graph.json")
+    save_tiny_chest_model(root)
     return root
 
 
@@ -65,11 +57,11 @@ def test_the_full_traceback_is_one_setting_away(tmp_path):
     assert result.returncode != 0 and "Traceback" in result.stderr and "medcf: " not in result.stderr
 
 
-def test_one_intervention_as_a_plain_string(tmp_path, tiny):
+def test_one_intervention_as_a_plain_string_and_the_image_size_from_the_model_file(tmp_path, tiny):
+    """The tiny model was trained at 32 x 32: no --image_size is needed (the bundle's default reads it)."""
     result = bundle(
         "inference.yaml", tmp_path, "--output_dir", "out", "--interventions", "do(sex=F)",
-        "--model_path", str(tiny / "model.pt"), "--graph_path", str(tiny / "graph.json"), "--image_size", "32",
-        "--steps", "2",
+        "--model_path", str(tiny / "model.pt"), "--graph_path", str(tiny / "graph.json"), "--steps", "2",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
