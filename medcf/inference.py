@@ -50,7 +50,7 @@ from medcf.dicom.reader import DicomReadError, read_header
 from medcf.distributed import Shard
 from medcf.grids import counterfactual_grid
 from medcf.interventions import Intervention
-from medcf.loading import file_sha256, load_model, parse_interventions
+from medcf.loading import LoadedModel, file_sha256, load_model, parse_interventions
 from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
@@ -124,7 +124,8 @@ class InferenceRun:
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
         shard = Shard.current()
-        engine, interventions, model_sha256 = self._checked_engine(shard)
+        engine, interventions, loaded = self._checked_engine(shard)
+        model_sha256 = loaded.sha256
         dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
         sources = discover_inputs(dataset_dir) if dataset_dir.is_dir() else []
         if not sources:
@@ -139,6 +140,7 @@ class InferenceRun:
             writer = CounterfactualWriter(output_dir, pseudonyms, settings, self.keep_identifiers, self.nifti)
             device, processes = str(engine.model_device), str(shard.world)
             tags = {"medcf.job": "inference", "medcf.device": device, "medcf.processes": processes}
+            tags.update(loaded.lineage_tags())
             tracked = job_run(output_dir, self.experiment, "counterfactuals", tags) if shard.main else nullcontext()
             with manifest, tracked:
                 if shard.main:
@@ -215,7 +217,7 @@ class InferenceRun:
             "seconds_per_counterfactual": sum(t["seconds"] for t in totals) / made if made else 0.0,
         }
 
-    def _checked_engine(self, shard: Shard) -> tuple[CounterfactualEngine, list[Intervention], str]:
+    def _checked_engine(self, shard: Shard) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
         """Model, graph, interventions and settings, all checked before any image is read."""
         device = shard.device(self.device)
         loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
@@ -225,7 +227,7 @@ class InferenceRun:
             raise ValueError(f"batch_size: {self.batch_size!r} must be an integer >= 1")
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ValueError(f"workers: {self.workers!r} must be an integer >= 0")
-        return engine, interventions, loaded.sha256
+        return engine, interventions, loaded
 
     def _check_folder(self, output_dir: Path, pseudonyms: Pseudonyms) -> None:
         """An output folder keeps one pseudonym key (its names and UIDs stay consistent) and one choice of

@@ -38,6 +38,11 @@ class LoadedModel:
     graph: CausalGraph
     sha256: str
     device: torch.device = torch.device("cpu")
+    training_run_id: str = ""  # the MLflow run that trained it (empty for files made before medcf recorded it)
+
+    def lineage_tags(self) -> dict[str, str]:
+        """MLflow tags linking a job's run to the training run of its model."""
+        return {"medcf.training_run_id": self.training_run_id} if self.training_run_id else {}
 
 
 def load_model(
@@ -67,7 +72,8 @@ def load_model(
             f"{trained[0]}x{trained[1]}: set image_size to match"
         )
     sha256 = file_sha256(model_path)
-    return LoadedModel(model.to(device), DiffusionConfig(**payload["diffusion"]), graph, sha256, device)
+    trained_by = str(payload.get("training_run_id") or "")
+    return LoadedModel(model.to(device), DiffusionConfig(**payload["diffusion"]), graph, sha256, device, trained_by)
 
 
 def trained_image_size(model_path: str | Path, square: bool = False) -> int | list[int]:

@@ -14,7 +14,7 @@ from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
 from medcf.inference import InferenceRun
 from medcf.interventions import InterventionError, parse_intervention
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.model import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
 from medcf.outputs.writers import CounterfactualWriter, output_folder, slug
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
@@ -373,3 +373,13 @@ def test_slugs_are_file_names():
     ]
     assert names == ["sex-F", "age-+20_race-Black", "disease-PleuralEffusion", "null"]
     assert all("/" not in n and " " not in n for n in names)
+
+
+def test_the_run_is_tagged_with_the_training_run_of_its_model(setup, tmp_path):
+    """Lineage: a model file that records the MLflow run that trained it passes that id on as a tag."""
+    root = setup[0]
+    model, payload = load_checkpoint(root / "model.pt")
+    save_checkpoint(tmp_path / "model.pt", model, payload["diffusion"], image_size=[32, 32], training_run_id="abc123")
+    run(setup, tmp_path / "out", interventions=("do(sex=F)",), steps=2, model_path=tmp_path / "model.pt")
+    _, found = only_run("medcf-inference")
+    assert found.data.tags["medcf.training_run_id"] == "abc123"

@@ -129,7 +129,7 @@ class AuditRun:
             pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key)
             patients = self._patients(pool, labels, pseudonyms)
-            tags = {"medcf.job": "audit", "medcf.device": str(device)}
+            tags = {"medcf.job": "audit", "medcf.device": str(device), **loaded.lineage_tags()}
             with job_run(output_dir, self.experiment, "audit", tags):
                 p_factual = classifier.probabilities(pool.images)  # once: the rows and the subgroup rates share it
                 table, effectiveness = self._measure(

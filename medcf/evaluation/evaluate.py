@@ -180,6 +180,7 @@ class EvaluationRun:
                 "medcf.job": "evaluate",
                 "medcf.ground_truth": "phantom" if truth else "none",
                 "medcf.device": str(device),
+                **loaded.lineage_tags(),
             }
             with job_run(output_dir, self.experiment, "evaluate", tags):
                 measure = _Measurements(schema, predictor, pool, truth, self.preparer)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
@@ -54,6 +55,7 @@ class ResumableCheckpoint:
         self.init_weights = Path(init_weights) if init_weights else None
         self.image_size = [image_size] * 2 if isinstance(image_size, int) else list(image_size or [])
         self.graph_manifest = graph_manifest
+        self.training_run_id = ""  # the MLflow run of this training, kept for the export after the run has ended
 
     def attach(self, trainer: Engine) -> None:
         trainer.add_event_handler(Events.STARTED, self.load)
@@ -93,6 +95,7 @@ class ResumableCheckpoint:
         logger.info("started from the weights in %s", self.init_weights)
 
     def save(self, trainer: Engine) -> None:
+        self.training_run_id = _active_run_id() or self.training_run_id
         state: dict[str, Any] = {
             "network": _unwrap(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -118,4 +121,11 @@ class ResumableCheckpoint:
                 trained_epochs=trainer.state.epoch,
                 trained_iterations=trainer.state.iteration,
                 image_size=self.image_size,
+                training_run_id=self.training_run_id,
             )
+
+
+def _active_run_id() -> str:
+    """The MLflow run this process is training under (MLflowTracker starts it), or "" without one."""
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else ""

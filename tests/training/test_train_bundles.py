@@ -103,6 +103,7 @@ def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, 
     model, payload = load_checkpoint(tmp_path / "out" / "model.pt")
     assert [a["name"] for a in payload["schema"]] == list(model.schema.names)
     assert payload["trained_epochs"] == 4 and payload["image_size"] == [32, 32]
+    assert payload["training_run_id"] == run.info.run_id  # lineage: inference, evaluate and audit runs tag it
     graph = CausalGraph.load(model.schema, tmp_path / "out" / "graph.json")
     assert set(graph.mechanisms) == {a.name for a in model.schema.attributes if a.parents}
 
