@@ -65,12 +65,14 @@ def flip_counts(p_factual: ArrayLike, p_counterfactual: ArrayLike, threshold: fl
 
 
 def _per_patient(values: ArrayLike, patients: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-    """(sum of ``values``, number of rows) per distinct patient, in the order of ``np.unique``."""
+    """(sum of ``values``, number of rows) per distinct patient, in the order of first appearance: the rows'
+    order, not the pseudonyms' (which change with the pseudonym key), decides which patient a bootstrap draw
+    picks, so that the same images give the same interval under any key."""
     values = np.asarray(values, dtype=float).reshape(-1)
     patients = np.asarray(patients).reshape(-1)
     if values.shape != patients.shape:
         raise ValueError(f"{values.size} values but {patients.size} patients")
-    _, index = np.unique(patients, return_inverse=True)
+    index, _ = pd.factorize(patients, sort=False)
     return np.bincount(index, weights=values), np.bincount(index).astype(float)
 
 

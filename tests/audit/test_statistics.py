@@ -100,6 +100,16 @@ class TestPatientBootstrap:
         assert interval != statistics.patient_bootstrap_interval(values, patients, resamples=500, seed=8)
         assert interval[0] < values.mean() < interval[1]
 
+    def test_the_pseudonym_key_does_not_change_the_interval(self):
+        """Another key renames every patient (and reorders the names); the rows stay in the same order."""
+        rng = np.random.default_rng(3)
+        values = rng.normal(0.1, 0.2, 60)
+        patients = np.repeat([f"CF-{k:02d}" for k in range(30)], 2)
+        renamed = np.array([f"CF-{99 - int(p[3:]):02d}" for p in patients])  # reversed sort order
+        assert statistics.patient_bootstrap_interval(values, patients, 500, 0) == statistics.patient_bootstrap_interval(
+            values, renamed, 500, 0
+        )
+
     def test_a_constant_gives_a_point(self):
         assert statistics.patient_bootstrap_interval(np.full(7, 0.3), [1, 1, 2, 3, 3, 3, 4]) == (0.3, 0.3)
 
