@@ -59,11 +59,11 @@ def shipped_chest_model() -> CounterfactualUNet:
 
 
 def one_guided_step(precision: str, device: str) -> torch.Tensor:
-    """One DCFG prediction of the shipped chest model for two noisy images, at the middle of the schedule."""
+    """One DCFG prediction of the shipped chest model for a noisy image, at the middle of the schedule."""
     model = shipped_chest_model().to(device)
     generator = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 1, 64, 64, generator=generator).to(device)
-    codes = encode_attributes(model.schema, [{"age": 50.0, "sex": "M", "race": "White", "disease": "No Finding"}] * 2)
+    x = torch.randn(1, 1, 64, 64, generator=generator).to(device)
+    codes = encode_attributes(model.schema, [{"age": 50.0, "sex": "M", "race": "White", "disease": "No Finding"}])
     plan = guidance_plan(model.schema, "dcfg", {"sex"}, w_aff=2.0)
     with torch.no_grad():
         prediction = GuidedDenoiser(model, codes.to(device), plan, precision=precision)(x, 500)
