@@ -56,9 +56,8 @@ def load_model(
     model is for other attributes than ``schema`` or the preparation makes images of another size or channel
     count than the model was trained on."""
     device = resolve_device(device)
-    for setting, path in (("model_path", model_path), ("graph_path", graph_path)):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{setting}: {path} does not exist or is not a file")
+    _require_file("model_path", model_path)
+    _require_file("graph_path", graph_path)
     model, payload = load_checkpoint(model_path, expected_schema=schema)
     graph = CausalGraph.load(model.schema, graph_path)
     if model.config.in_channels != 1:
@@ -76,12 +75,17 @@ def load_model(
     return LoadedModel(model.to(device), DiffusionConfig(**payload["diffusion"]), graph, sha256, device, trained_by)
 
 
+def _require_file(setting: str, path: str | Path) -> None:
+    """FileNotFoundError, one line naming the setting, unless ``path`` is a file."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{setting}: {path} does not exist or is not a file")
+
+
 def trained_image_size(model_path: str | Path, square: bool = False) -> int | list[int]:
     """The image size recorded in a model file (the size it was trained at): [height, width], or the side when
     ``square`` (chest X-rays); a bundle config's default ``image_size``, so that a model trained at another size
     needs no second setting."""
-    if not Path(model_path).is_file():
-        raise FileNotFoundError(f"model_path: {model_path} does not exist or is not a file")
+    _require_file("model_path", model_path)
     payload, _ = read_medcf_file(model_path, CHECKPOINT_FORMAT, "medcf checkpoint")
     size = [int(side) for side in payload.get("image_size") or ()]
     if len(size) != 2:
