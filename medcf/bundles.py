@@ -1,5 +1,6 @@
-"""Where medcf's MONAI bundles live, for configs run from anywhere (``bundle_root`` in their YAML), and how a
-failing bundle run reports its error (one line)."""
+"""Where medcf's MONAI bundles live, for configs run from anywhere (``bundle_root`` in their YAML), what every
+config of a bundle shares (its ``configs/common.yaml``), where training finds its data, and how a failing bundle
+run reports its error (one line)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import medcf
 
@@ -19,6 +21,43 @@ def bundle_root(name: str) -> str:
         raise ValueError(f"unknown bundle {name!r}; medcf ships {', '.join(BUNDLE_NAMES)}")
     in_checkout = Path(medcf.__file__).resolve().parents[1] / "bundles" / name
     return str(in_checkout if in_checkout.is_dir() else Path("bundles") / name)
+
+
+#: The keys of a bundle's configs/common.yaml.
+COMMON_KEYS = ("kind", "attributes", "files", "phantom_training_set", "guidance", "steps")
+
+
+def common(root: str | Path) -> dict[str, Any]:
+    """The settings every config of the bundle at ``root`` shares (``configs/common.yaml``), its ``files``
+    made absolute under ``root``. A config reads it once (``common: $medcf.bundles.common(@bundle_root)``)
+    and takes its attributes, model files, phantom training set and guidance defaults from it."""
+    from monai.bundle import ConfigParser
+
+    path = Path(root) / "configs" / "common.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file (every bundle keeps its shared settings there)")
+    settings = ConfigParser.load_config_file(path)
+    missing = [key for key in COMMON_KEYS if key not in settings]
+    unknown = sorted(set(settings) - set(COMMON_KEYS))
+    if missing or unknown:
+        raise ValueError(f"{path}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}")
+    settings["files"] = {name: str(Path(root) / relative) for name, relative in settings["files"].items()}
+    return settings
+
+
+def training_manifest(
+    manifest: str | Path | None, kind: str, phantom_dir: str | Path, phantom_n: int, image_size: int, seed: int
+) -> str:
+    """The preparation manifest a training bundle reads: ``manifest`` when given, else the bundle's phantom
+    training set (made once in ``phantom_dir`` by the phantoms package; in a distributed run rank 0 makes it
+    while the others wait). Training itself only ever sees this path."""
+    if manifest:
+        if not Path(manifest).is_file():
+            raise FileNotFoundError(f"manifest: {manifest} is not a file (OUT/manifest.csv of prepare.yaml)")
+        return str(manifest)
+    from medcf.phantoms.training_set import phantom_training_set_once
+
+    return str(phantom_training_set_once(kind, phantom_dir, phantom_n, image_size, seed))
 
 
 #: Errors that describe a bad input or setting in their message: a bundle run ends with that one line.

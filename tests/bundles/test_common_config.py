@@ -1,0 +1,69 @@
+"""Every config of a bundle takes what they share from its configs/common.yaml, so training, inference, evaluation
+and the audit cannot drift apart."""
+
+from pathlib import Path
+
+import pytest
+from monai.bundle import ConfigParser
+
+from medcf.bundles import BUNDLE_NAMES, bundle_root, common, training_manifest
+
+CONFIGS = ("train", "train_predictors", "inference", "evaluate", "audit")
+
+
+def parsed(bundle: str, config: str, *keys: str) -> list:
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_root(bundle)) / "configs" / f"{config}.yaml"))
+    return [parser.get_parsed_content(key) for key in keys]
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_every_config_takes_the_shared_attributes_and_files(bundle):
+    shared = common(bundle_root(bundle))
+    for config in CONFIGS:
+        (attributes,) = parsed(bundle, config, "attributes")
+        assert attributes == shared["attributes"], config
+        text = (Path(bundle_root(bundle)) / "configs" / f"{config}.yaml").read_text()
+        assert "{name:" not in text, f"{config}.yaml lists attributes of its own"
+    for config in ("inference", "evaluate", "audit"):
+        model, graph = parsed(bundle, config, "model_path", "graph_path")
+        assert (model, graph) == (shared["files"]["model"], shared["files"]["graph"]), config
+        assert Path(model).is_file() and Path(graph).is_file()
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_the_audit_audits_the_guidance_inference_uses(bundle):
+    mode, weight, w_aff, w_inv, steps = parsed(bundle, "inference", "guidance", "w", "w_aff", "w_inv", "steps")
+    audited, audited_steps = parsed(bundle, "audit", "guidance", "steps")
+    assert audited == {"mode": mode, "weight": weight, "w_aff": w_aff, "w_inv": w_inv}
+    assert audited_steps == steps == 50
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_training_and_predictors_share_one_phantom_training_set(bundle):
+    keys = ("phantom_dir", "phantom_n", "image_size")
+    assert parsed(bundle, "train", *keys) == parsed(bundle, "train_predictors", *keys)
+    assert parsed(bundle, "train", "phantom_dir")[0] == common(bundle_root(bundle))["phantom_training_set"]["dir"]
+
+
+def test_a_missing_or_malformed_common_file_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="common.yaml"):
+        common(tmp_path)
+    (tmp_path / "configs").mkdir()
+    source = Path(bundle_root("cxr_counterfactual")) / "configs" / "common.yaml"
+    (tmp_path / "configs" / "common.yaml").write_text(source.read_text() + "colour: blue\n")
+    with pytest.raises(ValueError, match=r"unknown \['colour'\]"):
+        common(tmp_path)
+    text = source.read_text().replace("kind: cxr\n", "")
+    (tmp_path / "configs" / "common.yaml").write_text(text)
+    with pytest.raises(ValueError, match=r"missing \['kind'\]"):
+        common(tmp_path)
+
+
+def test_training_reads_the_given_manifest_or_names_it(tmp_path):
+    manifest = tmp_path / "manifest.csv"
+    with pytest.raises(FileNotFoundError, match="manifest.csv is not a file"):
+        training_manifest(manifest, "cxr", tmp_path / "phantoms", 10, 32, 0)
+    manifest.write_text("status\n")
+    assert training_manifest(manifest, "cxr", tmp_path / "phantoms", 10, 32, 0) == str(manifest)
+    assert not (tmp_path / "phantoms").exists(), "a given manifest makes no phantom set"
