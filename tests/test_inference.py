@@ -117,6 +117,25 @@ def test_outputs_manifest_source_key_and_mlflow(setup, tmp_path):
     assert (out / "source_key.csv").stat().st_mode & 0o777 == 0o600, "the link back is readable by its owner only"
 
 
+def test_preparing_in_worker_processes_writes_what_one_process_writes(setup, tmp_path):
+    """workers > 0 (the default on a GPU machine): DataLoader workers read and prepare the DICOM files; the rows,
+    their order of statuses and the counterfactual pixels are those of a run that prepares in the main process."""
+    run(setup, tmp_path / "main", workers=0)
+    run(setup, tmp_path / "workers", workers=2, pseudonym_key=tmp_path / "main" / "pseudonym.key")
+    main, workers = read_manifest(tmp_path / "main"), read_manifest(tmp_path / "workers")
+    key = ["image", "intervention"]
+    main, workers = main.sort_values(key).reset_index(drop=True), workers.sort_values(key).reset_index(drop=True)
+    assert (main["status"] == "ok").sum() >= 4
+    pd.testing.assert_frame_equal(
+        main.drop(columns=["seconds"], errors="ignore"), workers.drop(columns=["seconds"], errors="ignore")
+    )
+    for dicom in main.loc[main["status"] == "ok", "dicom"]:
+        assert (
+            pydicom.dcmread(tmp_path / "main" / dicom).pixel_array
+            == pydicom.dcmread(tmp_path / "workers" / dicom).pixel_array
+        ).all(), dicom
+
+
 def test_rerun_skips_finished_rows_and_redoes_missing_files(setup, tmp_path):
     """A second run changes nothing that is finished and gives the same UIDs; a deleted output is made again."""
     out = tmp_path / "out"
@@ -347,7 +366,7 @@ def test_a_corrected_label_makes_that_images_rows_again(setup, tmp_path):
 
 
 def test_inference_bundles_declare_the_attributes_of_their_training_bundles():
-    """inference.yaml repeats train.yaml's attributes (the check above relies on them being the same)."""
+    """inference.yaml and train.yaml take the same attributes (from common.yaml; the check above relies on it)."""
     from monai.bundle import ConfigParser
 
     for bundle in ("cxr_counterfactual", "mammo_counterfactual"):
