@@ -21,6 +21,7 @@ from medcf.model import load_checkpoint
 from medcf.phantoms.training_set import phantom_training_set
 
 REPO = Path(__file__).resolve().parents[2]
+RANK_ITEMS = Path(__file__).with_name("rank_items.yaml")  # overlay: each rank writes what its datasets hold
 TINY = [
     "--image_size",
     "32",
@@ -45,10 +46,12 @@ def config(bundle: str, name: str) -> str:
     return str(REPO / "bundles" / bundle / "configs" / name)
 
 
-def train(bundle: str, cwd: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess:
+def train(
+    bundle: str, cwd: Path, *overrides: str, nproc: int = 1, overlays: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
     files = config(bundle, "train.yaml")
     if nproc > 1:
-        files = str([files, config(bundle, "multi_gpu_train.yaml")])
+        files = str([files, config(bundle, "multi_gpu_train.yaml"), *map(str, overlays)])
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     else:
         launcher = [sys.executable]
@@ -127,29 +130,35 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
 
 
 @pytest.mark.parametrize("balance", [None, "disease"])
-def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path, manifests, balance):
-    """`torchrun --nproc_per_node=2` (gloo on CPU): each rank runs half the iterations of an epoch, with plain
-    shards and with --balance (weighted draws within each rank's shard, as many as the shard holds)."""
-    result = train(
-        "cxr_counterfactual",
-        tmp_path,
-        "--manifest",
-        str(manifests["cxr"]),
-        "--max_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--output_dir",
-        str(tmp_path / "out"),
-        *(["--balance", balance] if balance else []),
-        nproc=2,
-    )
+def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, manifests, balance):
+    """`torchrun --nproc_per_node=2` (gloo on CPU): each rank caches only its half of the train split (both
+    halves the same size, together the whole split) and of the val split (each image once), draws from its own
+    items (with --balance: weighted by the values among its own items) and runs half the iterations of an epoch."""
+    out = tmp_path / "out"
+    common = ["--manifest", str(manifests["cxr"]), "--max_epochs", "1", "--val_interval", "1", "--output_dir", str(out)]
+    balanced = ["--balance", balance] if balance else []
+    result = train("cxr_counterfactual", tmp_path, *common, *balanced, nproc=2, overlays=(RANK_ITEMS,))
     assert result.returncode == 0, result.stderr[-3000:]
-    train_images = len(pd.read_csv(manifests["cxr"]).query("status == 'ok' and split == 'train'"))
+    table = pd.read_csv(manifests["cxr"]).query("status == 'ok'")
+    table.index = [str(manifests["cxr"].parent / output) for output in table["output"]]
+    split = {name: set(table.index[table["split"] == name]) for name in ("train", "val")}
+    cached = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    train_images = len(split["train"])
+    assert [len(rank["train"]) for rank in cached] == [math.ceil(train_images / 2)] * 2
+    assert set(cached[0]["train"]) | set(cached[1]["train"]) == split["train"]
+    assert len(set(cached[0]["train"]) & set(cached[1]["train"])) == train_images % 2  # topped up from the head
+    assert sorted(cached[0]["val"] + cached[1]["val"]) == sorted(split["val"])
+    for rank in cached:
+        if balance is None:
+            assert sorted(rank["draws"]) == list(range(len(rank["train"])))  # a shuffle of the rank's own items
+        else:
+            values = table.loc[rank["train"], balance].tolist()
+            assert rank["weights"] == pytest.approx([1 / values.count(value) for value in values])
+            assert len(rank["draws"]) == len(rank["train"]) and set(rank["draws"]) <= set(range(len(rank["train"])))
     per_rank = math.ceil(math.ceil(train_images / 2) / 8)
     iterations = {int(m) for m in re.findall(r"Iter: \d+/(\d+)", result.stdout + result.stderr)}
     assert iterations == {per_rank}
-    assert (tmp_path / "out" / "model.pt").is_file()
+    assert (out / "model.pt").is_file()
 
 
 def test_balance_switches_the_loader_from_shuffling_to_balanced_draws(manifests):
