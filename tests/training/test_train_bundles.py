@@ -2,6 +2,7 @@
 real MLflow store. Tiny networks at 32 x 32 so that each run takes seconds on a CPU."""
 
 import difflib
+import hashlib
 import json
 import math
 import re
@@ -42,6 +43,10 @@ TINY = [
 ]
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def config(bundle: str, name: str) -> str:
     return str(REPO / "bundles" / bundle / "configs" / name)
 
@@ -77,8 +82,9 @@ def runs(cwd: Path, experiment: str) -> list:
 
 @pytest.mark.parametrize(("bundle", "kind"), [("cxr_counterfactual", "cxr"), ("mammo_counterfactual", "mammo")])
 def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, bundle, kind):
-    """Three epochs through the bundle: the loss falls, the model file carries the schema, and MLflow holds
-    the run with its parameters, loss curve, validation metric, config and a sample-grid image."""
+    """Four epochs through the bundle: the loss falls, the model file carries the schema, and MLflow holds
+    the run with its parameters, loss curve, validation metric, config, a sample-grid image and the exported
+    model file and causal graph."""
     result = train(
         bundle,
         tmp_path,
@@ -109,6 +115,10 @@ def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, 
     assert payload["training_run_id"] == run.info.run_id  # lineage: inference, evaluate and audit runs tag it
     graph = CausalGraph.load(model.schema, tmp_path / "out" / "graph.json")
     assert set(graph.mechanisms) == {a.name for a in model.schema.attributes if a.parents}
+    logged = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "logged")))
+    assert sorted(path.name for path in logged.iterdir()) == ["graph.json", "model.pt"]
+    for name in ("model.pt", "graph.json"):  # the run holds the very files inference loads
+        assert sha256((logged / name).read_bytes()) == sha256((tmp_path / "out" / name).read_bytes())
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, manifests):
