@@ -122,7 +122,9 @@ def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, 
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, manifests):
-    """A second run on the same output_dir continues at the saved epoch and iteration, not from zero."""
+    """A second run on the same output_dir continues at the saved epoch and iteration, not from zero, and in the
+    same MLflow run: one run, FINISHED, whose loss curve goes on after the saved step; the setting changed on
+    resuming is tagged (MLflow keeps a parameter's first value)."""
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--output_dir", str(out), "--val_interval", "5"]
     assert train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "2").returncode == 0
@@ -134,9 +136,13 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
     )
     second = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (second["epoch"], second["iteration"]) == (3, first["iteration"] * 3 // 2)
-    earlier, later = runs(tmp_path, "medcf-cxr")
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(later.info.run_id, "train_loss")]
-    assert min(steps) > first["iteration"]
+    (run,) = runs(tmp_path, "medcf-cxr")
+    assert run.info.status == "FINISHED"
+    assert first["training_run_id"] == second["training_run_id"] == run.info.run_id
+    assert load_checkpoint(out / "model.pt")[1]["training_run_id"] == run.info.run_id
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, second["iteration"] + 1))  # --log_every 1: every step once, in one run
+    assert run.data.params["max_epochs"] == "2" and run.data.tags["medcf.resumed.max_epochs"] == "3"
 
 
 @pytest.mark.parametrize("balance", [None, "disease"])
