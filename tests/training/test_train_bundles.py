@@ -148,8 +148,9 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
 @pytest.mark.parametrize("balance", [None, "disease"])
 def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, manifests, balance):
     """`torchrun --nproc_per_node=2` (gloo on CPU): each rank caches only its half of the train split (both
-    halves the same size, together the whole split) and of the val split (each image once), draws from its own
-    items (with --balance: weighted by the values among its own items) and runs half the iterations of an epoch."""
+    halves the same size, together the whole split) and of the val split (each image once; val_loss is over
+    the whole split), draws from its own items (with --balance: weighted by the values among its own items) and
+    runs half the iterations of an epoch."""
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--max_epochs", "1", "--val_interval", "1", "--output_dir", str(out)]
     balanced = ["--balance", balance] if balance else []
@@ -164,6 +165,7 @@ def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, man
     assert set(cached[0]["train"]) | set(cached[1]["train"]) == split["train"]
     assert len(set(cached[0]["train"]) & set(cached[1]["train"])) == train_images % 2  # topped up from the head
     assert sorted(cached[0]["val"] + cached[1]["val"]) == sorted(split["val"])
+    assert [rank["val_scored"] for rank in cached] == [len(split["val"])] * 2  # val_loss gathered from both ranks
     for rank in cached:
         if balance is None:
             assert sorted(rank["draws"]) == list(range(len(rank["train"])))  # a shuffle of the rank's own items
