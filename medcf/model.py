@@ -123,8 +123,11 @@ def save_checkpoint(
         torch.save(payload, temporary)
 
 
-def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu", what: str = "medcf checkpoint") -> Any:
-    """The contents of a file written with ``torch.save``, read safely: tensors and plain data only.
+def read_torch_file(
+    path: str | Path, map_location: str | torch.device = "cpu", what: str = "medcf checkpoint", mmap: bool = False
+) -> Any:
+    """The contents of a file written with ``torch.save``, read safely: tensors and plain data only
+    (``mmap``: tensors mapped from the file, not read, for a look at its plain entries).
 
     ``torch.load(weights_only=True)`` refuses every other Python object, so a file carrying a pickle payload
     (code that runs when the file is loaded) is rejected before anything in it runs. Every medcf model file
@@ -135,7 +138,7 @@ def read_torch_file(path: str | Path, map_location: str | torch.device = "cpu", 
             other than weights).
     """
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as error:
         found = next((line.strip() for line in str(error).splitlines() if "GLOBAL" in line), None)
         if found is None:  # not a pickle at all (a text file, say)

@@ -19,11 +19,16 @@ from typing import Any
 import mlflow
 import torch.distributed as dist
 from ignite.engine import Engine, Events
+from mlflow.exceptions import MlflowException
 from monai.handlers import from_engine
 
 from medcf.atomic import write_json_atomic
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RESUMED_FROM_TAG = "medcf.resumed_from_run_id"
+"""Tag of a new run started by a resumed training whose own run is not in the tracking store."""
+
+logger = logging.getLogger("medcf.tracking")
 
 
 def tracking_uri() -> str:
@@ -67,6 +72,11 @@ class MLflowTracker:
         samples: ``samples(epoch, folder) -> PNG path`` drawn every ``sample_every`` epochs and at the end.
         sample_every: epochs between sample grids.
         output_transform: engine output -> loss (default: MONAI's decollated "loss" of the first item).
+        resume_run_id: the run of the training being resumed (its checkpoint's
+            :func:`~medcf.training.checkpoint.saved_run_id`): reopened, so that the resumed training's metrics
+            continue it at the saved iteration. When this store does not hold it, a warning and a new run tagged
+            ``medcf.resumed_from_run_id``. A setting changed on resuming keeps its first value as the run's
+            parameter (MLflow parameters are immutable) and the new one as the tag ``medcf.resumed.<name>``.
     """
 
     def __init__(
@@ -80,12 +90,14 @@ class MLflowTracker:
         samples: Callable[[int, Path], Path] | None = None,
         sample_every: int = 5,
         output_transform: Callable[[Any], Any] | None = None,
+        resume_run_id: str = "",
     ) -> None:
         self.experiment, self.run_name = experiment, run_name
         self.params, self.config_files = dict(params or {}), list(config_files or [])
         self.log_every, self.evaluator = max(1, log_every), evaluator
         self.samples, self.sample_every = samples, max(1, sample_every)
         self.output_transform = output_transform or from_engine(["loss"], first=True)
+        self.resume_run_id = resume_run_id
         self.run_id: str | None = None
 
     def attach(self, trainer: Engine) -> None:
@@ -101,12 +113,45 @@ class MLflowTracker:
 
     def start(self, trainer: Engine) -> None:
         use_experiment(self.experiment)
-        run = mlflow.start_run(run_name=self.run_name)
+        run = self._continued_run() or self._new_run()
         self.run_id = run.info.run_id
-        mlflow.log_params(flatten(self.params))
         for path in self.config_files:
             if Path(path).is_file():
                 mlflow.log_artifact(str(path), artifact_path="config")
+
+    def _new_run(self) -> mlflow.ActiveRun:
+        tags = {RESUMED_FROM_TAG: self.resume_run_id} if self.resume_run_id else None
+        run = mlflow.start_run(run_name=self.run_name, tags=tags)
+        mlflow.log_params(flatten(self.params))
+        return run
+
+    def _continued_run(self) -> mlflow.ActiveRun | None:
+        """The run of the resumed training (``resume_run_id``) reopened; None when there is none to reopen."""
+        if not self.resume_run_id:
+            return None
+        experiment_id = mlflow.get_experiment_by_name(self.experiment).experiment_id
+        try:
+            previous = mlflow.MlflowClient().get_run(self.resume_run_id)
+            found = previous.info.lifecycle_stage == "active" and previous.info.experiment_id == experiment_id
+        except MlflowException:  # not in this store (another MLFLOW_TRACKING_URI)
+            found = False
+        if not found:
+            logger.warning(
+                "resuming a training whose MLflow run %s is not in experiment %r of %s: starting a new run, tagged %s",
+                self.resume_run_id,
+                self.experiment,
+                tracking_uri(),
+                RESUMED_FROM_TAG,
+            )
+            return None
+        run = mlflow.start_run(run_id=self.resume_run_id)
+        recorded, params = previous.data.params, flatten(self.params)
+        mlflow.log_params({name: value for name, value in params.items() if name not in recorded})
+        changed = {name: value for name, value in params.items() if recorded.get(name, value) != value}
+        if changed:
+            mlflow.set_tags({f"medcf.resumed.{name}": value for name, value in changed.items()})
+        logger.info("continuing MLflow run %s", self.resume_run_id)
+        return run
 
     def log_iteration(self, trainer: Engine) -> None:
         loss = self.output_transform(trainer.state.output)

@@ -28,11 +28,13 @@ def _unwrap(network: nn.Module) -> nn.Module:
 
 
 class ResumableCheckpoint:
-    """Every ``every`` epochs (and at the end) save network, optimizer, EMA, the trainer's position and the
-    batch RNG to ``path`` (atomically); at start, load them when ``path`` exists so training continues from
-    the saved step. With ``export_path`` the EMA weights are also exported as a medcf model file (weights +
-    attribute schema + architecture + diffusion settings), which inference loads. Without a checkpoint,
-    ``init_weights`` (a medcf model file) warm-starts the network and its EMA.
+    """Every ``every`` epochs (and at the end) save network, optimizer, EMA, the trainer's position, the
+    batch RNG and the MLflow run to ``path`` (atomically); at start, load them when ``path`` exists so training
+    continues from the saved step (and in the saved run: :func:`saved_run_id`). With ``export_path`` the EMA
+    weights are also exported as a medcf model file (weights + attribute schema + architecture + diffusion
+    settings), which inference loads; at the end of training it (and graph.json beside it) is logged to the
+    MLflow training run as artifacts ``model/``. Without a checkpoint, ``init_weights`` (a medcf model file)
+    warm-starts the network and its EMA.
     """
 
     def __init__(
@@ -62,6 +64,7 @@ class ResumableCheckpoint:
         if is_main_process():
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self.save)
             trainer.add_event_handler(Events.COMPLETED, self.save)
+            trainer.add_event_handler(Events.COMPLETED, self.log_model)
 
     def load(self, trainer: Engine) -> None:
         if not self.path.exists():
@@ -75,6 +78,7 @@ class ResumableCheckpoint:
         if self.prepare_batch is not None and "batch_rng" in state:
             self.prepare_batch.generator.set_state(state["batch_rng"])
         trainer.state.epoch, trainer.state.iteration = int(state["epoch"]), int(state["iteration"])
+        self.training_run_id = str(state.get("training_run_id", ""))
         logger.info(
             "resumed from %s at epoch %d, iteration %d", self.path, trainer.state.epoch, trainer.state.iteration
         )
@@ -101,6 +105,7 @@ class ResumableCheckpoint:
             "optimizer": self.optimizer.state_dict(),
             "epoch": trainer.state.epoch,
             "iteration": trainer.state.iteration,
+            "training_run_id": self.training_run_id,
         }
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
@@ -123,6 +128,24 @@ class ResumableCheckpoint:
                 image_size=self.image_size,
                 training_run_id=self.training_run_id,
             )
+
+    def log_model(self, trainer: Engine) -> None:
+        """Log the exported model file and graph.json as artifacts ``model/`` of the training run. The run may
+        have ended already (the MLflow tracker closes it at COMPLETED too), so it is named by its id."""
+        if self.export_path is None or not self.training_run_id:
+            return
+        client = mlflow.MlflowClient()
+        for path in (self.export_path, self.export_path.with_name("graph.json")):
+            if path.is_file():
+                client.log_artifact(self.training_run_id, str(path), artifact_path="model")
+
+
+def saved_run_id(path: str | Path) -> str:
+    """The MLflow run of the training checkpoint at ``path`` ("" when there is no checkpoint or it predates
+    the record): a resumed training continues that run (``MLflowTracker(resume_run_id=...)``)."""
+    if not Path(path).exists():
+        return ""
+    return str(read_torch_file(path, what="medcf training checkpoint", mmap=True).get("training_run_id", ""))
 
 
 def _active_run_id() -> str:

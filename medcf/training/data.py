@@ -3,18 +3,24 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pandas as pd
 import torch
-from monai.data import CacheDataset, DistributedSampler, DistributedWeightedRandomSampler
+from monai.data import CacheDataset, partition_dataset
 from monai.transforms import LoadImaged
-from torch.utils.data import Sampler, WeightedRandomSampler
+from torch.utils.data import DistributedSampler, Sampler, WeightedRandomSampler
 
 from medcf.attributes import AttributeSchema, SchemaError
 from medcf.conditioning import encode_attributes
+from medcf.distributed import Shard
+
+logger = logging.getLogger("medcf.training")
+T = TypeVar("T")
 
 
 def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | None = None) -> list[dict[str, Any]]:
@@ -45,17 +51,38 @@ def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | N
     ]
 
 
+def shard_items(items: Sequence[T], shard: Shard, even_divisible: bool = True) -> list[T]:
+    """This process's part of ``items`` (every ``world``-th from position ``rank``). ``even_divisible``: all
+    parts the same size, the shorter ones topped up from the head of ``items`` (every rank of a DDP training
+    must run as many iterations, or it hangs); else each item exactly once (validation)."""
+    if shard.world == 1:
+        return list(items)
+    return partition_dataset(items, num_partitions=shard.world, even_divisible=even_divisible)[shard.rank]
+
+
 def prepared_dataset(
     manifest: str | Path,
     schema: AttributeSchema,
     split: str | None = None,
     cache_rate: float = 1.0,
     num_workers: int = 0,
+    shard: Shard | None = None,
+    even_divisible: bool = True,
 ) -> CacheDataset:
-    """A MONAI CacheDataset of prepared arrays (1 x H x W in [-1, 1]) with their attribute codes."""
+    """A MONAI CacheDataset of prepared arrays (1 x H x W in [-1, 1]) with their attribute codes; with
+    ``shard`` (a torchrun process's :class:`~medcf.distributed.Shard`) only that process's part, as
+    :func:`shard_items` cuts it, is cached."""
     items = manifest_items(manifest, schema, split)
     if not items:
         raise SchemaError(f"{manifest}: no prepared images in split {split!r}")
+    if shard is not None and shard.world > 1:
+        total = len(items)
+        if total < shard.world:
+            raise SchemaError(f"{manifest}: split {split!r} has {total} images, fewer than the {shard.world} processes")
+        items = shard_items(items, shard, even_divisible)
+        logger.info(
+            "rank %d of %d caches %d of the %d images of split %r", shard.rank, shard.world, len(items), total, split
+        )
     return CacheDataset(
         items,
         transform=LoadImaged(keys="image", reader="NumpyReader", image_only=True),
@@ -82,21 +109,19 @@ def training_sampler(
     schema: AttributeSchema,
     balance: str | None = None,
     seed: int = 0,
-    distributed: bool = False,
-    num_replicas: int | None = None,
-    rank: int | None = None,
+    sharded: bool = False,
 ) -> Sampler | None:
-    """The training sampler: None (the loader shuffles) or, with ``distributed``, a shard per process; with
-    ``balance``, draws (with replacement) that give every value of that categorical attribute an equal
-    share. Weighting by the condition leaves each p(image | condition) the model learns unchanged; a rare
-    value (a skin marker on a quarter of the images) just gets as many gradient steps as a common one. The
-    unconditional (dropped-condition) branch then learns the balanced mix instead of the data's.
-    ``num_replicas`` and ``rank`` default to the initialised process group's."""
-    shard = {"num_replicas": num_replicas, "rank": rank}
-    generator = torch.Generator().manual_seed(seed)
-    if balance is None:
-        return DistributedSampler(dataset, even_divisible=True, shuffle=True, **shard) if distributed else None
-    weights = balancing_weights(dataset, schema, balance)
-    if distributed:
-        return DistributedWeightedRandomSampler(dataset, weights.tolist(), generator=generator, **shard)
-    return WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=generator)
+    """The training sampler: None (the loader shuffles), or for a process's own shard (``sharded``: a dataset
+    made with ``prepared_dataset(shard=...)``) a shuffle seeded by ``seed`` and the epoch (MONAI's engines call
+    ``set_epoch``; a rerun or a resumed run draws the same orders). With ``balance``, draws (with replacement)
+    that give every value of that categorical attribute an equal share of the dataset, a shard's weights from
+    that shard's items. Weighting by the condition leaves each p(image | condition) the model learns unchanged;
+    a rare value (a skin marker on a quarter of the images) just gets as many gradient steps as a common one.
+    The unconditional (dropped-condition) branch then learns the balanced mix instead of the data's."""
+    if balance is not None:
+        weights = balancing_weights(dataset, schema, balance)
+        generator = torch.Generator().manual_seed(seed)
+        return WeightedRandomSampler(torch.as_tensor(weights), len(weights), replacement=True, generator=generator)
+    if sharded:  # one replica: the whole (already sharded) dataset, reshuffled each epoch
+        return DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=seed)
+    return None

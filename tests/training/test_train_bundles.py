@@ -2,6 +2,7 @@
 real MLflow store. Tiny networks at 32 x 32 so that each run takes seconds on a CPU."""
 
 import difflib
+import hashlib
 import json
 import math
 import re
@@ -21,6 +22,7 @@ from medcf.model import load_checkpoint
 from medcf.phantoms.training_set import phantom_training_set
 
 REPO = Path(__file__).resolve().parents[2]
+RANK_ITEMS = Path(__file__).with_name("rank_items.yaml")  # overlay: each rank writes what its datasets hold
 TINY = [
     "--image_size",
     "32",
@@ -41,14 +43,20 @@ TINY = [
 ]
 
 
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
 def config(bundle: str, name: str) -> str:
     return str(REPO / "bundles" / bundle / "configs" / name)
 
 
-def train(bundle: str, cwd: Path, *overrides: str, nproc: int = 1) -> subprocess.CompletedProcess:
+def train(
+    bundle: str, cwd: Path, *overrides: str, nproc: int = 1, overlays: tuple[Path, ...] = ()
+) -> subprocess.CompletedProcess:
     files = config(bundle, "train.yaml")
     if nproc > 1:
-        files = str([files, config(bundle, "multi_gpu_train.yaml")])
+        files = str([files, config(bundle, "multi_gpu_train.yaml"), *map(str, overlays)])
         launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     else:
         launcher = [sys.executable]
@@ -74,8 +82,9 @@ def runs(cwd: Path, experiment: str) -> list:
 
 @pytest.mark.parametrize(("bundle", "kind"), [("cxr_counterfactual", "cxr"), ("mammo_counterfactual", "mammo")])
 def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, bundle, kind):
-    """Three epochs through the bundle: the loss falls, the model file carries the schema, and MLflow holds
-    the run with its parameters, loss curve, validation metric, config and a sample-grid image."""
+    """Four epochs through the bundle: the loss falls, the model file carries the schema, and MLflow holds
+    the run with its parameters, loss curve, validation metric, config, a sample-grid image and the exported
+    model file and causal graph."""
     result = train(
         bundle,
         tmp_path,
@@ -106,10 +115,16 @@ def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, 
     assert payload["training_run_id"] == run.info.run_id  # lineage: inference, evaluate and audit runs tag it
     graph = CausalGraph.load(model.schema, tmp_path / "out" / "graph.json")
     assert set(graph.mechanisms) == {a.name for a in model.schema.attributes if a.parents}
+    logged = Path(client.download_artifacts(run.info.run_id, "model", str(tmp_path / "logged")))
+    assert sorted(path.name for path in logged.iterdir()) == ["graph.json", "model.pt"]
+    for name in ("model.pt", "graph.json"):  # the run holds the very files inference loads
+        assert sha256((logged / name).read_bytes()) == sha256((tmp_path / "out" / name).read_bytes())
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, manifests):
-    """A second run on the same output_dir continues at the saved epoch and iteration, not from zero."""
+    """A second run on the same output_dir continues at the saved epoch and iteration, not from zero, and in the
+    same MLflow run: one run, FINISHED, whose loss curve goes on after the saved step; the setting changed on
+    resuming is tagged (MLflow keeps a parameter's first value)."""
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--output_dir", str(out), "--val_interval", "5"]
     assert train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "2").returncode == 0
@@ -121,35 +136,47 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
     )
     second = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (second["epoch"], second["iteration"]) == (3, first["iteration"] * 3 // 2)
-    earlier, later = runs(tmp_path, "medcf-cxr")
-    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(later.info.run_id, "train_loss")]
-    assert min(steps) > first["iteration"]
+    (run,) = runs(tmp_path, "medcf-cxr")
+    assert run.info.status == "FINISHED"
+    assert first["training_run_id"] == second["training_run_id"] == run.info.run_id
+    assert load_checkpoint(out / "model.pt")[1]["training_run_id"] == run.info.run_id
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(steps) == list(range(1, second["iteration"] + 1))  # --log_every 1: every step once, in one run
+    assert run.data.params["max_epochs"] == "2" and run.data.tags["medcf.resumed.max_epochs"] == "3"
 
 
 @pytest.mark.parametrize("balance", [None, "disease"])
-def test_torchrun_two_processes_train_on_disjoint_shards(tmp_path, manifests, balance):
-    """`torchrun --nproc_per_node=2` (gloo on CPU): each rank runs half the iterations of an epoch, with plain
-    shards and with --balance (weighted draws within each rank's shard, as many as the shard holds)."""
-    result = train(
-        "cxr_counterfactual",
-        tmp_path,
-        "--manifest",
-        str(manifests["cxr"]),
-        "--max_epochs",
-        "1",
-        "--val_interval",
-        "1",
-        "--output_dir",
-        str(tmp_path / "out"),
-        *(["--balance", balance] if balance else []),
-        nproc=2,
-    )
+def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, manifests, balance):
+    """`torchrun --nproc_per_node=2` (gloo on CPU): each rank caches only its half of the train split (both
+    halves the same size, together the whole split) and of the val split (each image once; val_loss is over
+    the whole split), draws from its own items (with --balance: weighted by the values among its own items) and
+    runs half the iterations of an epoch."""
+    out = tmp_path / "out"
+    common = ["--manifest", str(manifests["cxr"]), "--max_epochs", "1", "--val_interval", "1", "--output_dir", str(out)]
+    balanced = ["--balance", balance] if balance else []
+    result = train("cxr_counterfactual", tmp_path, *common, *balanced, nproc=2, overlays=(RANK_ITEMS,))
     assert result.returncode == 0, result.stderr[-3000:]
-    train_images = len(pd.read_csv(manifests["cxr"]).query("status == 'ok' and split == 'train'"))
+    table = pd.read_csv(manifests["cxr"]).query("status == 'ok'")
+    table.index = [str(manifests["cxr"].parent / output) for output in table["output"]]
+    split = {name: set(table.index[table["split"] == name]) for name in ("train", "val")}
+    cached = [json.loads((out / f"rank{rank}.json").read_text()) for rank in (0, 1)]
+    train_images = len(split["train"])
+    assert [len(rank["train"]) for rank in cached] == [math.ceil(train_images / 2)] * 2
+    assert set(cached[0]["train"]) | set(cached[1]["train"]) == split["train"]
+    assert len(set(cached[0]["train"]) & set(cached[1]["train"])) == train_images % 2  # topped up from the head
+    assert sorted(cached[0]["val"] + cached[1]["val"]) == sorted(split["val"])
+    assert [rank["val_scored"] for rank in cached] == [len(split["val"])] * 2  # val_loss gathered from both ranks
+    for rank in cached:
+        if balance is None:
+            assert sorted(rank["draws"]) == list(range(len(rank["train"])))  # a shuffle of the rank's own items
+        else:
+            values = table.loc[rank["train"], balance].tolist()
+            assert rank["weights"] == pytest.approx([1 / values.count(value) for value in values])
+            assert len(rank["draws"]) == len(rank["train"]) and set(rank["draws"]) <= set(range(len(rank["train"])))
     per_rank = math.ceil(math.ceil(train_images / 2) / 8)
     iterations = {int(m) for m in re.findall(r"Iter: \d+/(\d+)", result.stdout + result.stderr)}
     assert iterations == {per_rank}
-    assert (tmp_path / "out" / "model.pt").is_file()
+    assert (out / "model.pt").is_file()
 
 
 def test_balance_switches_the_loader_from_shuffling_to_balanced_draws(manifests):
