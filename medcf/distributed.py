@@ -9,7 +9,7 @@ lock, writes shared files and the MLflow run.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -55,6 +55,11 @@ class Shard:
         dist.all_gather_object(found, value)
         return found
 
+    def once(self, make: Callable[[], T]) -> T:
+        """``make()`` run by rank 0 alone (e.g. it writes a shared file), its result handed to every rank once it
+        has returned: the other ranks wait for it."""
+        return self.gather(make() if self.main else None)[0]
+
     def seed(self, seed: int) -> int:
         """This process's random seed: ``seed`` itself on rank 0 (a single process is unchanged), a distinct
         seed derived from (``seed``, rank) on the others, so that the ranks of a sharded training draw different
@@ -70,3 +75,28 @@ class Shard:
         if self.world > 1 and chosen.type == "cuda" and chosen.index is None:
             return resolve_device(f"cuda:{self.local_rank}")
         return chosen
+
+
+def init_process_group() -> None:
+    """Join the process group of a job that torchrun started (the ``multi_gpu_*.yaml`` configs call this first):
+    NCCL on GPUs with each process bound to its own GPU, ``cuda:LOCAL_RANK`` (NCCL's object gathers run on the
+    current GPU, and NCCL refuses two ranks on one), gloo on the CPU. Nothing when the group is up already."""
+    if dist.is_initialized():
+        return
+    if not torch.cuda.is_available():
+        dist.init_process_group(backend="gloo")
+        return
+    local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if local_rank >= gpus:
+        raise ValueError(
+            f"torchrun started process {local_rank} on a node with {gpus} GPU(s): one process per GPU "
+            f"(--nproc_per_node={gpus} at most)"
+        )
+    torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl")
+
+
+def destroy_process_group() -> None:
+    """Leave the process group (the configs' ``finalize``), if one is up."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -6,10 +6,14 @@ from hypothesis import settings
 settings.register_profile("medcf", deadline=None, derandomize=True, max_examples=100)
 settings.load_profile("medcf")
 
+import os  # noqa: E402
+import signal  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
+from collections.abc import Sequence  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import mlflow  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -18,10 +22,13 @@ import torch  # noqa: E402
 from medcf.attributes import AttributeSchema  # noqa: E402
 from medcf.causal import CausalGraph  # noqa: E402
 from medcf.diffusion import DiffusionConfig  # noqa: E402
+from medcf.evaluation.predictors import AttributePredictor, save_predictors  # noqa: E402
 from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint  # noqa: E402
 from medcf.phantoms import write_phantom_dataset  # noqa: E402
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom  # noqa: E402
 from medcf.phantoms.mammo import MAMMO_SCHEMA  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -140,8 +147,60 @@ def chest_export_with_cohort(root, subjects: int, seed: int):
     cohort = root / "cohort.csv"
     subprocess.run(
         [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(data), "--out", str(cohort)],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=REPO,
         check=True,
         capture_output=True,
     )
     return data, cohort
+
+
+class BrightnessLogit(torch.nn.Module):
+    """A classifier that reads brightness: logit = 3 x the image's mean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3.0 * x.mean(dim=(1, 2, 3))[:, None]
+
+
+def save_tiny_evaluation_files(root) -> None:
+    """What the evaluate and audit jobs need besides images and the bundle's graph, tiny and seeded:
+    ``root/model.pt`` (a conditioned chest model trained "at" 32 x 32), ``root/predictors.pt`` (untrained attribute
+    predictors) and ``root/classifier.ts`` (TorchScript :class:`BrightnessLogit`)."""
+    save_checkpoint(root / "model.pt", conditioned_tiny(CXR_SCHEMA), DiffusionConfig().to_dict(), image_size=[32, 32])
+    torch.manual_seed(0)
+    save_predictors(AttributePredictor(CXR_SCHEMA), root / "predictors.pt")
+    torch.jit.script(BrightnessLogit()).save(str(root / "classifier.ts"))
+
+
+def run_bundle(
+    configs: Sequence[Path], cwd: Path, processes: int = 1, timeout: float = 600, **settings
+) -> subprocess.CompletedProcess:
+    """``python -m monai.bundle run`` as a user types it: ``configs`` layered in order, ``--name value`` per setting,
+    in ``cwd`` with MLflow in ``cwd/mlflow.db`` and one thread per process. With ``processes`` > 1 under
+    ``torchrun --standalone --nproc_per_node`` (it picks a free port; gloo on the CPU). A run past ``timeout``
+    seconds (a rank stuck waiting for another) is killed with its workers and fails the test."""
+    files = str([str(c) for c in configs]) if len(configs) > 1 else str(configs[0])
+    launcher = [sys.executable]
+    if processes > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    overrides = [part for name, value in settings.items() for part in (f"--{name}", str(value))]
+    command = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
+    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    with subprocess.Popen(
+        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    ) as process:  # fmt: skip
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)  # the launcher's session: torchrun and its workers
+            stdout, stderr = process.communicate()
+            pytest.fail(f"{' '.join(command[:8])} ... did not end in {timeout:g} s:\n{stderr[-3000:]}")
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
+
+
+def mlflow_runs(folder: Path, experiment: str) -> list:
+    """The runs of ``experiment`` in ``folder/mlflow.db``, oldest first (none when it has no such experiment)."""
+    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    found = client.get_experiment_by_name(experiment)
+    return [] if found is None else client.search_runs([found.experiment_id], order_by=["attributes.start_time"])

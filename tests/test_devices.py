@@ -2,16 +2,18 @@
 against fp32, and the shard rule of sharded jobs."""
 
 import functools
+import socket
 from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from medcf.bundles import bundle_root
 from medcf.conditioning import encode_attributes
 from medcf.counterfactual import GuidanceSettings
 from medcf.devices import resolve_device
-from medcf.distributed import Shard
+from medcf.distributed import Shard, destroy_process_group, init_process_group
 from medcf.guidance import GuidedDenoiser, guidance_plan
 from medcf.loading import load_model
 from medcf.model import CounterfactualUNet
@@ -94,7 +96,29 @@ def test_a_single_process_is_the_whole_job():
     shard = Shard.current()
     assert (shard.rank, shard.world, shard.main) == (0, 1, True)
     assert shard.pick(range(5)) == [0, 1, 2, 3, 4] and shard.gather("x") == ["x"]
+    assert shard.once(lambda: "made by rank 0") == "made by rank 0"
     assert shard.device("cpu") == torch.device("cpu")
+
+
+def test_the_multi_gpu_configs_join_a_process_group_and_leave_it(monkeypatch):
+    """What torchrun gives a process of one: the group is joined once (a second call is a no-op), a job sees
+    itself as rank 0 of 1, and leaving twice is harmless."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
+    for name, value in {**environment, "LOCAL_RANK": "0"}.items():
+        monkeypatch.setenv(name, value)
+    try:
+        init_process_group()
+        init_process_group()
+        assert dist.is_initialized() and (Shard.current().rank, Shard.current().world) == (0, 1)
+        assert dist.get_backend() == ("nccl" if torch.cuda.is_available() else "gloo")
+        assert Shard.current().once(lambda: [1, 2]) == [1, 2]
+    finally:
+        destroy_process_group()
+        destroy_process_group()
+    assert not dist.is_initialized()
 
 
 def test_shards_split_the_items_by_rank_without_overlap():

@@ -2,9 +2,7 @@
 multi_gpu_inference.yaml over inference.yaml (gloo on the CPU), against a single-process run of the same inputs."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -15,7 +13,7 @@ import pytest
 
 from medcf.model import ModelConfig
 from medcf.outputs.manifest import RunManifest
-from tests.conftest import chest_export_with_cohort, save_tiny_chest_model
+from tests.conftest import chest_export_with_cohort, mlflow_runs, run_bundle, save_tiny_chest_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
@@ -34,28 +32,13 @@ def inputs(tmp_path_factory):
 
 def infer(inputs, out: Path, processes: int, interventions: str) -> subprocess.CompletedProcess:
     root, data, cohort = inputs
-    if processes > 1:
-        files = str([str(CONFIGS / "inference.yaml"), str(CONFIGS / "multi_gpu_inference.yaml")])
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    else:
-        files, launcher = str(CONFIGS / "inference.yaml"), [sys.executable]
+    configs = [CONFIGS / "inference.yaml", *([CONFIGS / "multi_gpu_inference.yaml"] if processes > 1 else [])]
     settings = {
         "dataset_dir": data, "labels": cohort, "output_dir": out, "model_path": root / "model.pt",
         "graph_path": root / "graph.json", "image_size": 32, "steps": 4, "batch_size": 2, "pseudonym_key": root / "key",
         "interventions": interventions, "device": "cpu",
     }  # fmt: skip
-    overrides = [part for name, value in settings.items() for part in (f"--{name}", str(value))]
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
-    command = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    return subprocess.run(command, cwd=out.parent, env=environment, capture_output=True, text=True, check=False)
-
-
-def runs(folder: Path) -> list:
-    """The inference runs in ``folder/mlflow.db``, oldest first."""
-    mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")
-    client = mlflow.MlflowClient()
-    experiment = client.get_experiment_by_name("medcf-cxr-inference")
-    return client.search_runs([experiment.experiment_id], order_by=["attributes.start_time"])
+    return run_bundle(configs, out.parent, processes, **settings)
 
 
 def test_two_processes_write_what_one_process_writes(inputs, tmp_path):
@@ -82,7 +65,7 @@ def test_two_processes_write_what_one_process_writes(inputs, tmp_path):
     grids = sorted(p.name for p in sharded.glob("grids/*/*.png"))
     assert any(name.startswith("rank1_") for name in grids) and any(name.startswith("batch_") for name in grids)
 
-    (run,) = runs(sharded.parent)  # one MLflow run for the two processes
+    (run,) = mlflow_runs(sharded.parent, "medcf-cxr-inference")  # one MLflow run for the two processes
     assert run.data.metrics["counterfactuals"] == made and run.data.tags["medcf.processes"] == "2"
     experiment = mlflow.MlflowClient().get_experiment_by_name("medcf-cxr-inference")
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # mlflow ui: model-training view
@@ -94,7 +77,7 @@ def test_two_processes_write_what_one_process_writes(inputs, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     again = pd.read_csv(sharded / "manifest.csv", keep_default_na=False)
     assert len(again) == 3 * images
-    latest = runs(sharded.parent)[-1]
+    latest = mlflow_runs(sharded.parent, "medcf-cxr-inference")[-1]
     made = int(((again["intervention"] == "do(race=Black)") & (again["status"] == "ok")).sum())
     assert latest.data.metrics["counterfactuals"] == made
 

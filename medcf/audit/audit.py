@@ -9,13 +9,19 @@ An intervention only counts for images whose attribute it changes (do(sex=F) is 
 ``+20``). The statistics are :mod:`medcf.audit.statistics`; the classifier is :mod:`medcf.audit.classifier`.
 Everything that can be checked (model, predictors, classifier file, interventions, guidance settings) is
 checked before any image is read. Sources and patients appear only as keyed pseudonyms.
+
+Under torchrun with ``multi_gpu_audit.yaml`` each process abducts, decodes and scores (classifier and
+predictors) every N-th chunk of ``batch_size`` images (:class:`medcf.distributed.Shard`); rank 0 puts the rows
+back in the order of the chunks, computes the statistics and alone writes the outputs and the MLflow run: the
+rows a single process writes, since decoding draws no noise and the chunks are the same.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +37,7 @@ from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
 from medcf.audit.report import render_report
 from medcf.audit.statistics import subgroup_rates, summarize
 from medcf.counterfactual import CounterfactualEngine
+from medcf.distributed import Shard
 from medcf.evaluation.evaluate import guidance_settings_from
 from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
@@ -109,11 +116,11 @@ class AuditRun:
     device: str | torch.device = "auto"
     experiment: str = "medcf-audit"
     progress: bool = True
-    _triplets: list[Triplet] = field(default_factory=list, repr=False)
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, self.device)
+        shard = Shard.current()
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, shard.device(self.device))
         device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         classifier = AuditedClassifier.load(self.classifier, self.classifier_settings, device)
@@ -124,17 +131,20 @@ class AuditRun:
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
         self._check_settings(schema)
         output_dir = Path(self.output_dir)
-        with OutputFolderLock(output_dir):
-            dataset_dir, labels = self._data(output_dir)
+        with OutputFolderLock(output_dir) if shard.main else nullcontext():
+            dataset_dir, labels = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
             pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
-            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key)
-            patients = self._patients(pool, labels, pseudonyms)
-            tags = {"medcf.job": "audit", "medcf.device": str(device), **loaded.lineage_tags()}
-            with job_run(output_dir, self.experiment, "audit", tags):
-                p_factual = classifier.probabilities(pool.images)  # once: the rows and the subgroup rates share it
-                table, effectiveness = self._measure(
-                    engine, classifier, predictor, pool, patients, interventions, p_factual
-                )
+            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key) if shard.main else None
+            patients = shard.once(lambda: self._patients(pool, labels, pseudonyms))  # the key stays with rank 0
+            tags = {"medcf.job": "audit", "medcf.device": str(device), "medcf.processes": str(shard.world)}
+            tags.update(loaded.lineage_tags())
+            with job_run(output_dir, self.experiment, "audit", tags) if shard.main else nullcontext():
+                # once per process (one classifier pass): the rows and the subgroup rates share it
+                p_factual = classifier.probabilities(pool.images)
+                measured = self._measure(engine, classifier, predictor, pool, patients, interventions, p_factual, shard)
+                if measured is None:
+                    return {}  # rank 0 computes the statistics and writes the outputs
+                table, effectiveness, examples = measured
                 table["source"] = [pseudonyms.image(source) for source in table["source"]]
                 summary = summarize(
                     table, effectiveness, self.classifier_settings.threshold, self.gate, self.resamples, self.seed
@@ -142,7 +152,7 @@ class AuditRun:
                 audited = list(dict.fromkeys(i.names[0] for i in interventions))
                 summary["subgroups"] = self._subgroups(schema, pool, p_factual, audited)
                 summary["settings"] = self._settings_record(loaded.sha256)
-                result = self._save(output_dir, table, summary, started)
+                result = self._save(output_dir, table, summary, examples, started)
         return result
 
     def _check_settings(self, schema: AttributeSchema) -> None:
@@ -177,7 +187,7 @@ class AuditRun:
             self.phantom_kind, output_dir / "heldout_data", self.heldout_subjects, max(64, 2 * side), self.heldout_seed
         )
 
-    def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms) -> list[str]:
+    def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms | None) -> list[str]:
         """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""
         cohort = CohortIndex.from_csv(labels)
         patients = []
@@ -200,50 +210,86 @@ class AuditRun:
         patients: list[str],
         interventions: list[Intervention],
         p_factual: np.ndarray,
-    ) -> tuple[pd.DataFrame, dict[str, float]]:
-        schema = engine.model.schema
-        rows: list[dict[str, Any]] = []
-        chunks = range(0, len(pool), self.batch_size)
-        with tqdm(total=len(chunks) * len(interventions), desc="audit", disable=not self.progress) as bar:
-            for start in chunks:
-                chunk = pool.subset(range(start, min(start + self.batch_size, len(pool))))
-                latents = engine.abduct(chunk.images, chunk.factual)
-                predicted_factual = predict_all(predictor, chunk.images)
-                references: dict[str, np.ndarray] = {}
-                for intervention in interventions:
-                    changed = [
-                        k for k, attributes in enumerate(chunk.factual) if _changes(schema, intervention, attributes)
-                    ]
-                    for decoded, positions in self._holding_the_label(engine, intervention, chunk, changed):
-                        batch = engine.predict(latents[positions], [chunk.factual[k] for k in positions], decoded)
-                        made = [positions[k] for k in batch.made]
-                        key = batch.plan.describe()
-                        if key not in references:  # one null reconstruction per guidance plan and chunk
-                            null = engine.reconstruct(latents, chunk.factual, batch.affected).cpu()
-                            references[key] = classifier.probabilities(null)
-                        p_cf = classifier.probabilities(batch.images.cpu())
-                        after = predict_all(predictor, batch.images.cpu())
-                        before = {name: values[made] for name, values in predicted_factual.items()}
-                        name = intervention.names[0]
-                        factual = [chunk.factual[k] for k in made]
-                        recognised = _recognised(schema, name, before, after, batch.attributes, factual)
-                        for j, k in enumerate(made):
-                            source_value, target_value = _direction(intervention, chunk.factual[k])
-                            rows.append({
-                                "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
-                                "from": source_value, "to": target_value, "p_factual": float(p_factual[start + k]),
-                                "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
-                                "recognised": bool(recognised[j]),
-                            })  # fmt: skip
-                            delta = float(p_cf[j] - p_factual[start + k])
-                            direction = f"{source_value} -> {target_value}"
-                            self._keep_example(name, direction, chunk.images[k], batch.images[j], delta)
-                    bar.update()
-        table = pd.DataFrame(rows, columns=[c for c in AUDIT_COLUMNS if c != "flipped"])
+        shard: Shard,
+    ) -> tuple[pd.DataFrame, dict[str, float], list[Triplet]] | None:
+        """The rows, chunk by chunk of ``batch_size`` images: each process measures every ``world``-th chunk, rank 0
+        gets the rows in the order of the chunks, the effectiveness per attribute and the report's examples of
+        every process (the other ranks get None)."""
+        starts = shard.pick(range(0, len(pool), self.batch_size))
+        chunks, examples = [], _Examples(self.examples)
+        with tqdm(total=len(starts) * len(interventions), desc="audit", disable=not self.progress) as bar:
+            for start in starts:
+                rows = self._chunk(
+                    start, engine, classifier, predictor, pool, patients, interventions, p_factual, examples, bar
+                )
+                chunks.append((start, rows))
+        gathered = shard.gather((chunks, examples.kept))
+        if not shard.main:
+            return None
+        ordered = sorted((chunk for found, _ in gathered for chunk in found), key=lambda chunk: chunk[0])
+        table = pd.DataFrame(
+            [row for _, rows in ordered for row in rows], columns=[c for c in AUDIT_COLUMNS if c != "flipped"]
+        )
         threshold = self.classifier_settings.threshold
         table["flipped"] = (table["p_factual"] >= threshold) != (table["p_counterfactual"] >= threshold)
         effectiveness = table.groupby("attribute", sort=False)["recognised"].mean().astype(float).to_dict()
-        return table, effectiveness
+        every = _Examples(self.examples)
+        for order, triplet in sorted((entry for _, kept in gathered for entry in kept), key=lambda entry: entry[0]):
+            every.add(order, triplet)
+        return table, effectiveness, every.triplets
+
+    def _chunk(
+        self,
+        start: int,
+        engine: CounterfactualEngine,
+        classifier: AuditedClassifier,
+        predictor: AttributePredictor,
+        pool: EvaluationSet,
+        patients: list[str],
+        interventions: list[Intervention],
+        p_factual: np.ndarray,
+        examples: _Examples,
+        bar: tqdm,
+    ) -> list[dict[str, Any]]:
+        """The rows of the ``batch_size`` images from position ``start`` of the pool (one abduction), every
+        intervention after the other; their examples go to ``examples``."""
+        schema = engine.model.schema
+        rows: list[dict[str, Any]] = []
+        chunk = pool.subset(range(start, min(start + self.batch_size, len(pool))))
+        latents = engine.abduct(chunk.images, chunk.factual)
+        predicted_factual = predict_all(predictor, chunk.images)
+        references: dict[str, np.ndarray] = {}
+        for intervention in interventions:
+            changed = [k for k, attributes in enumerate(chunk.factual) if _changes(schema, intervention, attributes)]
+            for decoded, positions in self._holding_the_label(engine, intervention, chunk, changed):
+                batch = engine.predict(latents[positions], [chunk.factual[k] for k in positions], decoded)
+                made = [positions[k] for k in batch.made]
+                key = batch.plan.describe()
+                if key not in references:  # one null reconstruction per guidance plan and chunk
+                    null = engine.reconstruct(latents, chunk.factual, batch.affected).cpu()
+                    references[key] = classifier.probabilities(null)
+                p_cf = classifier.probabilities(batch.images.cpu())
+                after = predict_all(predictor, batch.images.cpu())
+                before = {name: values[made] for name, values in predicted_factual.items()}
+                name = intervention.names[0]
+                factual = [chunk.factual[k] for k in made]
+                recognised = _recognised(schema, name, before, after, batch.attributes, factual)
+                for j, k in enumerate(made):
+                    source_value, target_value = _direction(intervention, chunk.factual[k])
+                    delta = float(p_cf[j] - p_factual[start + k])
+                    direction = f"{source_value} -> {target_value}"
+                    triplet = Triplet(
+                        name, direction, delta, chunk.images[k][0].cpu().numpy(), batch.images[j][0].cpu().numpy()
+                    )
+                    examples.add((start, len(rows)), triplet)
+                    rows.append({
+                        "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
+                        "from": source_value, "to": target_value, "p_factual": float(p_factual[start + k]),
+                        "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
+                        "recognised": bool(recognised[j]),
+                    })  # fmt: skip
+            bar.update()
+        return rows
 
     def _holding_the_label(
         self, engine: CounterfactualEngine, intervention: Intervention, chunk: EvaluationSet, positions: list[int]
@@ -265,17 +311,6 @@ class AuditRun:
             text = f"{intervention.text[:-1]}, {label}={value})"
             held.append((parse_intervention(schema, text), members))
         return held
-
-    def _keep_example(
-        self, attribute: str, direction: str, factual: torch.Tensor, counterfactual: torch.Tensor, delta: float
-    ) -> None:
-        """Keep, per attribute, the ``examples`` images whose prediction moved most."""
-        self._triplets.append(
-            Triplet(attribute, direction, delta, factual[0].cpu().numpy(), counterfactual[0].cpu().numpy())
-        )
-        mine = sorted((t for t in self._triplets if t.attribute == attribute), key=lambda t: -abs(t.delta_p))
-        drop = {id(t) for t in mine[self.examples :]}
-        self._triplets = [t for t in self._triplets if id(t) not in drop]
 
     def _subgroups(
         self, schema: AttributeSchema, pool: EvaluationSet, scores: np.ndarray, audited: list[str]
@@ -308,12 +343,14 @@ class AuditRun:
             "seed": self.seed,
         }
 
-    def _save(self, output_dir: Path, table: pd.DataFrame, summary: dict[str, Any], started: float) -> dict[str, Any]:
+    def _save(
+        self, output_dir: Path, table: pd.DataFrame, summary: dict[str, Any], examples: list[Triplet], started: float
+    ) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(output_dir / AUDIT_CSV, table[AUDIT_COLUMNS])
         summary["seconds"] = round(time.perf_counter() - started, 1)
         write_json_atomic(output_dir / SUMMARY_JSON, summary)
-        write_text_atomic(output_dir / REPORT_HTML, render_report(table, summary, self._triplets))
+        write_text_atomic(output_dir / REPORT_HTML, render_report(table, summary, examples))
         mlflow.log_params(flatten(summary["settings"]))
         for name, found in summary["attributes"].items():
             mlflow.log_metric(f"{name}.effectiveness", found["effectiveness"])
@@ -329,6 +366,26 @@ class AuditRun:
         verdicts = ", ".join(f"{name}: {found['verdict']}" for name, found in summary["attributes"].items())
         print(f"{len(table)} rows in {summary['seconds']:.0f} s -> {output_dir / REPORT_HTML} ({verdicts})")
         return summary
+
+
+class _Examples:
+    """The report's examples: per attribute the ``count`` triplets whose prediction moved most (of equal moves the
+    earlier row's), each with its row's place in a single process's order, ``(chunk start, row in the chunk)``."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.kept: list[tuple[tuple[int, int], Triplet]] = []
+
+    def add(self, order: tuple[int, int], triplet: Triplet) -> None:
+        self.kept.append((order, triplet))
+        mine = [entry for entry in self.kept if entry[1].attribute == triplet.attribute]
+        mine.sort(key=lambda entry: (-abs(entry[1].delta_p), entry[0]))
+        dropped = {id(entry) for entry in mine[self.count :]}
+        self.kept = [entry for entry in self.kept if id(entry) not in dropped]
+
+    @property
+    def triplets(self) -> list[Triplet]:
+        return [triplet for _, triplet in self.kept]
 
 
 def _changes(schema: AttributeSchema, intervention: Intervention, factual: Mapping[str, AttributeValue]) -> bool:

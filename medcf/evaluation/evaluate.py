@@ -26,6 +26,12 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
   counterfactual - source image (what a viewer sees: drift of decoding and amplification included).
 
 Settings, interventions, model and predictors are all checked before any image is read.
+
+Under torchrun with ``multi_gpu_evaluate.yaml`` each process abducts, decodes and scores with the predictors its
+share of every seed's images (every N-th, :class:`medcf.distributed.Shard`); rank 0 puts the shares back
+together in the order of the seed's images, computes the metrics and alone writes the outputs and the MLflow
+run. DDIM inversion and decoding draw no noise and a seed's images are drawn by the seed alone, so the rows are
+a single process's up to float rounding.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -44,8 +51,9 @@ import torch
 from tqdm import tqdm
 
 from medcf.atomic import write_csv_atomic, write_json_atomic
-from medcf.attributes import AttributeSchema
+from medcf.attributes import AttributeSchema, AttributeValue
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
+from medcf.distributed import Shard
 from medcf.evaluation import ground_truth, metrics
 from medcf.evaluation.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
 from medcf.evaluation.phantom_truth import PhantomTruth
@@ -164,7 +172,8 @@ class EvaluationRun:
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, self.device)
+        shard = Shard.current()
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, shard.device(self.device))
         device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         interventions = parse_interventions(schema, self.interventions)
@@ -172,25 +181,27 @@ class EvaluationRun:
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
         self._check_numbers()
         output_dir = Path(self.output_dir)
-        with OutputFolderLock(output_dir):
-            dataset_dir, labels = self._data(output_dir)
+        with OutputFolderLock(output_dir) if shard.main else nullcontext():
+            dataset_dir, labels = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
             truth = PhantomTruth.find(dataset_dir, schema, self.phantom_kind)
             pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
             tags = {
                 "medcf.job": "evaluate",
                 "medcf.ground_truth": "phantom" if truth else "none",
                 "medcf.device": str(device),
+                "medcf.processes": str(shard.world),
                 **loaded.lineage_tags(),
             }
-            with job_run(output_dir, self.experiment, "evaluate", tags):
-                measure = _Measurements(schema, predictor, pool, truth, self.preparer)
+            with job_run(output_dir, self.experiment, "evaluate", tags) if shard.main else nullcontext():
+                measure = _Measurements(schema, predictor, pool, truth, self.preparer) if shard.main else None
                 rows = []
                 total = len(self.seeds) * len(engines)
                 with tqdm(total=total, desc="evaluate", unit="setting", disable=not self.progress) as bar:
                     for seed in self.seeds:
                         chosen = pool.draw(self.images_per_seed, seed)
-                        seed_rows = self._seed(seed, chosen, engines, interventions, measure, bar)
-                        rows.extend(seed_rows)
+                        rows.extend(self._seed(seed, chosen, engines, interventions, predictor, measure, shard, bar))
+                if measure is None:
+                    return {}  # rank 0 measured the rows and writes the outputs
                 table = pd.DataFrame(rows)
                 result = self._save(output_dir, table, pool, truth, loaded.sha256, started)
         print(summary_text(table))
@@ -234,48 +245,104 @@ class EvaluationRun:
         chosen: EvaluationSet,
         engines: list[CounterfactualEngine],
         interventions: list[Intervention],
-        measure: _Measurements,
+        predictor: AttributePredictor,
+        measure: _Measurements | None,
+        shard: Shard,
         bar: tqdm,
     ) -> list[dict[str, Any]]:
-        """Every setting x intervention on one seed's images, from one abduction."""
-        latents = engines[0].abduct(chosen.images, chosen.factual)
-        context = measure.context(chosen)
+        """Every setting x intervention on one seed's images, from one abduction. Each process decodes its share of
+        the images (every ``world``-th); rank 0 (``measure`` given) joins the shares and measures the rows, the
+        other ranks return none."""
+        share = shard.pick(range(len(chosen)))
+        mine = chosen.subset(share)
+        latents = engines[0].abduct(mine.images, mine.factual) if share else None
+        context = measure.context(chosen) if measure is not None else {}
         rows = []
         for engine in engines:
-            label = guidance_label(engine.settings)
-            composition = self._composition(engine, chosen, latents)
-            references: dict[str, torch.Tensor] = {}
-            for intervention in interventions:
-                started = time.perf_counter()
-                batch = _on_cpu(engine.predict(latents, chosen.factual, intervention))
-                row: dict[str, Any] = {
-                    "intervention": intervention.text,
-                    "guidance": label,
-                    **_setting_columns(engine.settings),
-                    "seed": seed,
-                    "images": len(batch.made),
-                    "rejected": len(batch.rejected),
-                    **composition,
-                }
-                if batch.made:
-                    key = batch.plan.describe()
-                    if key not in references:  # CFG's plan is the same for every intervention: decode it once
-                        references[key] = engine.reconstruct(latents, chosen.factual, batch.affected).cpu()
-                    reference = references[key][batch.made]
-                    back = self._reversed(engine, batch, chosen) if self.reversibility else None
-                    row.update(measure.row(context, intervention, batch, reference, back))
-                row["network_evaluations_per_image"] = batch.network_evaluations
-                row["seconds"] = round(time.perf_counter() - started, 2)
-                rows.append(row)
+            shares = shard.gather(self._decode(engine, mine, share, latents, interventions, predictor))
+            if measure is not None:
+                decoded = _Decoded.joined(shares)
+                rows.extend(self._rows(seed, engine, interventions, decoded, measure, context))
             bar.update()
         return rows
 
+    def _decode(
+        self,
+        engine: CounterfactualEngine,
+        mine: EvaluationSet,
+        share: list[int],
+        latents: torch.Tensor | None,
+        interventions: list[Intervention],
+        predictor: AttributePredictor,
+    ) -> _Decoded:
+        """One setting on this process's images (``mine``, at positions ``share`` of the seed's set, abducted to
+        ``latents``): the composition cycles of those among the first ``composition_images``, and per intervention
+        the counterfactuals, their null-intervention reference, the way back and what the predictors read."""
+        cycled = [position for position in share if position < self.composition_images]
+        composition = self._composition(engine, mine, latents, len(cycled))
+        made: dict[str, _Made] = {}
+        references: dict[str, torch.Tensor] = {}
+        for intervention in interventions:
+            started = time.perf_counter()
+            if latents is None:  # no image in this share
+                made[intervention.text] = _Made([], [], rejected=0, network_evaluations=0)
+                continue
+            batch = _on_cpu(engine.predict(latents, mine.factual, intervention))
+            found = _Made(
+                [share[k] for k in batch.made], batch.attributes, len(batch.rejected), batch.network_evaluations
+            )
+            if batch.made:
+                key = batch.plan.describe()
+                if key not in references:  # CFG's plan is the same for every intervention: decode it once
+                    references[key] = engine.reconstruct(latents, mine.factual, batch.affected).cpu()
+                found.images, found.reference = batch.images, references[key][batch.made]
+                found.back = self._reversed(engine, batch, mine) if self.reversibility else None
+                found.after = predict_all(predictor, batch.images)
+                found.reconstructed = predict_all(predictor, found.reference)
+                found.features = _features(predictor, batch.images)
+            found.seconds = time.perf_counter() - started
+            made[intervention.text] = found
+        return _Decoded(cycled, composition, made)
+
+    def _rows(
+        self,
+        seed: int,
+        engine: CounterfactualEngine,
+        interventions: list[Intervention],
+        decoded: _Decoded,
+        measure: _Measurements,
+        context: Mapping[str, Any],
+    ) -> list[dict[str, Any]]:
+        """The rows of one setting on one seed's images (``seconds``: decoding, summed over the processes, and
+        measuring)."""
+        label = guidance_label(engine.settings)
+        composition = {name: float(values.mean()) for name, values in decoded.composition.items()}
+        rows = []
+        for intervention in interventions:
+            started = time.perf_counter()
+            made = decoded.made[intervention.text]
+            row: dict[str, Any] = {
+                "intervention": intervention.text,
+                "guidance": label,
+                **_setting_columns(engine.settings),
+                "seed": seed,
+                "images": len(made.positions),
+                "rejected": made.rejected,
+                **composition,
+            }
+            if made.positions:
+                row.update(measure.row(context, intervention, made, engine.graph.affected(intervention.names)))
+            row["network_evaluations_per_image"] = made.network_evaluations
+            row["seconds"] = round(made.seconds + time.perf_counter() - started, 2)
+            rows.append(row)
+        return rows
+
     def _composition(
-        self, engine: CounterfactualEngine, chosen: EvaluationSet, latents: torch.Tensor
-    ) -> dict[str, float]:
-        """L1 (0-255) and SSIM to the sources after 1 and ``composition_cycles`` null-intervention cycles."""
-        count = min(self.composition_images, len(chosen))
-        if count == 0:
+        self, engine: CounterfactualEngine, chosen: EvaluationSet, latents: torch.Tensor | None, count: int
+    ) -> dict[str, torch.Tensor]:
+        """Per image of the first ``count``: L1 (0-255) and SSIM to its source after 1 and ``composition_cycles``
+        null-intervention cycles."""
+        if count == 0 or latents is None:
             return {}
         sources, factual = chosen.images[:count], chosen.factual[:count]
         images, found = sources, {}
@@ -283,8 +350,8 @@ class EvaluationRun:
             cycle_latents = latents[:count] if cycle == 1 else engine.abduct(images, factual)
             images = engine.reconstruct(cycle_latents, factual, set()).cpu()
             if cycle in (1, self.composition_cycles):
-                found[f"composition_{cycle}"] = float(metrics.l1_255(images, sources).mean())
-                found[f"composition_ssim_{cycle}"] = float(metrics.ssim(images, sources).mean())
+                found[f"composition_{cycle}"] = metrics.l1_255(images, sources)
+                found[f"composition_ssim_{cycle}"] = metrics.ssim(images, sources)
         return found
 
     @staticmethod
@@ -378,6 +445,84 @@ def _metric_key(text: str) -> str:
     return "".join(out).strip("_")
 
 
+def _in_order(positions: Sequence[int], items: Sequence[Any]) -> list[Any]:
+    """``items`` sorted by their ``positions`` (the processes' shares back in the order of the seed's images)."""
+    return [item for _, item in sorted(zip(positions, items, strict=True), key=lambda pair: pair[0])]
+
+
+def _joined(positions: Sequence[int], tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """The shares' per-image tensors as one, rows in the order of ``positions`` (None where one share has none)."""
+    if not tensors or any(t is None for t in tensors):
+        return None
+    rows = [row for tensor in tensors for row in tensor]
+    return torch.stack(_in_order(positions, rows))
+
+
+@dataclass
+class _Made:
+    """One intervention's counterfactuals under one setting, for the images of the seed's set at ``positions``
+    (one process's share, or every share joined): their attributes and images, the null-intervention
+    ``reference``, the way ``back`` (with reversibility), the predictors' outputs on the counterfactuals
+    (``after``) and on the references (``reconstructed``), and their ``features`` (FID)."""
+
+    positions: list[int]
+    attributes: list[dict[str, AttributeValue]]
+    rejected: int
+    network_evaluations: int
+    images: torch.Tensor | None = None
+    reference: torch.Tensor | None = None
+    back: torch.Tensor | None = None
+    after: dict[str, torch.Tensor] = field(default_factory=dict)
+    reconstructed: dict[str, torch.Tensor] = field(default_factory=dict)
+    features: torch.Tensor | None = None
+    seconds: float = 0.0
+
+    @classmethod
+    def joined(cls, shares: Sequence[_Made]) -> _Made:
+        """Every process's share as one, in the order of the seed's images."""
+        filled = [share for share in shares if share.positions]
+        positions = [k for share in filled for k in share.positions]
+
+        def join(pick: Any) -> torch.Tensor | None:
+            return _joined(positions, [pick(share) for share in filled])
+
+        names = list(filled[0].after) if filled else []
+        return cls(
+            positions=sorted(positions),
+            attributes=_in_order(positions, [a for share in filled for a in share.attributes]),
+            rejected=sum(share.rejected for share in shares),
+            network_evaluations=max(share.network_evaluations for share in shares),
+            images=join(lambda share: share.images),
+            reference=join(lambda share: share.reference),
+            back=join(lambda share: share.back),
+            after={name: join(lambda share, n=name: share.after[n]) for name in names},
+            reconstructed={name: join(lambda share, n=name: share.reconstructed[n]) for name in names},
+            features=join(lambda share: share.features),
+            seconds=sum(share.seconds for share in shares),
+        )
+
+
+@dataclass
+class _Decoded:
+    """One setting on a seed's images (one process's share, or every share joined): L1 and SSIM per image of the
+    composition cycles (``cycled``: the positions of those images) and each intervention's counterfactuals."""
+
+    cycled: list[int]
+    composition: dict[str, torch.Tensor]
+    made: dict[str, _Made]
+
+    @classmethod
+    def joined(cls, shares: Sequence[_Decoded]) -> _Decoded:
+        """Every process's share as one, in the order of the seed's images."""
+        cycled = [k for share in shares for k in share.cycled]
+        names = next((list(share.composition) for share in shares if share.composition), [])
+        composition = {
+            name: _joined(cycled, [share.composition[name] for share in shares if share.cycled]) for name in names
+        }
+        made = {text: _Made.joined([share.made[text] for share in shares]) for text in shares[0].made}
+        return cls(sorted(cycled), composition, made)
+
+
 class _Measurements:
     """The predictors' view of the held-out set and, on phantoms, the true changes: computed once per seed."""
 
@@ -400,35 +545,32 @@ class _Measurements:
         return context
 
     def row(
-        self,
-        context: Mapping[str, Any],
-        intervention: Intervention,
-        batch: CounterfactualBatch,
-        reference: torch.Tensor,
-        back: torch.Tensor | None,
+        self, context: Mapping[str, Any], intervention: Intervention, made: _Made, affected: set[str]
     ) -> dict[str, Any]:
+        """The metrics of one intervention's counterfactuals (``affected``: the intervened attributes and their
+        descendants)."""
         chosen: EvaluationSet = context["set"]
-        made = batch.made
-        sources = chosen.images[made]
-        factual = [chosen.factual[p] for p in made]
-        before = {name: values[made] for name, values in context["factual_predictions"].items()}
-        after = predict_all(self.predictor, batch.images)
+        positions = made.positions
+        sources = chosen.images[positions]
+        factual = [chosen.factual[p] for p in positions]
+        before = {name: values[positions] for name, values in context["factual_predictions"].items()}
+        after = made.after
         row: dict[str, Any] = {}
         for k, name in enumerate(intervention.names):
-            scores = metrics.effectiveness(self.schema, name, after, batch.attributes)
+            scores = metrics.effectiveness(self.schema, name, after, made.attributes)
             for metric, value in scores.items():
                 row[f"effectiveness.{name}.{metric}"] = value
             if k == 0:
                 metric = "mae" if self.schema[name].kind == "continuous" else "accuracy"
                 row["effectiveness"], row["effectiveness_metric"] = scores[metric], metric
                 row["auroc"] = scores.get("auroc", math.nan)
-        untouched = [n for n in self.schema.names if n not in batch.affected]
+        untouched = [n for n in self.schema.names if n not in affected]
         changes = metrics.off_target_change(self.schema, untouched, before, after, factual)
         categorical = [n for n in untouched if self.schema[n].kind == "categorical"]
         for name, change in changes.items():
             row[f"off_target.{name}"] = change["absolute"]
             row[f"off_target_signed.{name}"] = change["signed"]
-        reconstructed = predict_all(self.predictor, reference)
+        reconstructed = made.reconstructed
         control = metrics.off_target_change(self.schema, untouched, before, reconstructed, factual)
         net = metrics.off_target_change(self.schema, untouched, reconstructed, after, factual)
 
@@ -437,31 +579,27 @@ class _Measurements:
 
         row["off_target"], row["off_target_signed"] = mean(changes), mean(changes, "signed")
         row["off_target_null"], row["off_target_vs_null"] = mean(control), mean(net)
+        back = made.back
         row["reversibility"] = float(metrics.l1_255(back, sources).mean()) if back is not None else math.nan
         intervened_categorical = [n for n in intervention.names if self.schema[n].kind == "categorical"]
         row["minimality"] = metrics.minimality(
-            sources, batch.images, batch.attributes, self.pool.images, self.pool.factual, intervened_categorical
+            sources, made.images, made.attributes, self.pool.images, self.pool.factual, intervened_categorical
         )
-        row["fid"] = metrics.frechet_distance(_features(self.predictor, batch.images), self.real_features)
+        row["fid"] = metrics.frechet_distance(made.features, self.real_features)
         if "truth" in context:
-            row.update(self._truth_row(context, intervention, batch, reference, sources, untouched))
+            row.update(self._truth_row(context, intervention, made, sources, untouched))
         return row
 
     @staticmethod
     def _truth_row(
-        context: Mapping[str, Any],
-        intervention: Intervention,
-        batch: CounterfactualBatch,
-        reference: torch.Tensor,
-        sources: torch.Tensor,
-        untouched: list[str],
+        context: Mapping[str, Any], intervention: Intervention, made: _Made, sources: torch.Tensor, untouched: list[str]
     ) -> dict[str, float]:
         """truth_error, target_ratio and, per untouched attribute, the off-target error of the intervention's
         change (against the null reconstruction under the same guidance: ``truth_off_target``) and of the whole
         change a viewer sees (against the source image: ``truth_off_target_source``, which adds what decoding
         under this guidance moves on its own, e.g. CFG amplifying attributes nobody intervened on)."""
-        changes = {"truth_off_target": batch.images - reference, "truth_off_target_source": batch.images - sources}
-        true_change = context["truth"].of_intervention(intervention, batch.made)
+        changes = {"truth_off_target": made.images - made.reference, "truth_off_target_source": made.images - sources}
+        true_change = context["truth"].of_intervention(intervention, made.positions)
         target = ground_truth.unit_direction(true_change)
         change = changes["truth_off_target"]
         row = {

@@ -11,18 +11,13 @@ from pathlib import Path
 import mlflow
 import pandas as pd
 import pytest
-import torch
-from torch import nn
 
 from medcf.audit.audit import AuditRun
 from medcf.audit.classifier import ClassifierError, ClassifierSettings
 from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.predictors import AttributePredictor, save_predictors
 from medcf.interventions import InterventionError
-from medcf.model import save_checkpoint
-from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.prepare import ChestPreparer
-from tests.conftest import conditioned_tiny
+from tests.conftest import save_tiny_evaluation_files
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_counterfactual"
@@ -30,17 +25,10 @@ DIRECTION_KEYS = {"from", "to", "n", "flip_rate", "delta_p", "delta_p_ci", "delt
                   "delta_p_corrected_ci", "p_adjusted"}  # fmt: skip
 
 
-class BrightnessLogit(nn.Module):
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return 3.0 * x.mean(dim=(1, 2, 3))[:, None]
-
-
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny_audit")
-    save_checkpoint(root / "model.pt", conditioned_tiny(CXR_SCHEMA), DiffusionConfig().to_dict(), image_size=[32, 32])
-    save_predictors(AttributePredictor(CXR_SCHEMA), root / "predictors.pt")
-    torch.jit.script(BrightnessLogit()).save(str(root / "classifier.ts"))
+    save_tiny_evaluation_files(root)  # classifier.ts reads brightness
     return root
 
 

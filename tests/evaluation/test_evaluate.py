@@ -13,16 +13,12 @@ import pandas as pd
 import pytest
 import torch
 
-from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.evaluate import EvaluationRun, guidance_label, guidance_settings_from
 from medcf.evaluation.evaluation_set import EvaluationDataError
 from medcf.evaluation.phantom_truth import TruthError
-from medcf.evaluation.predictors import AttributePredictor, save_predictors
 from medcf.interventions import InterventionError
-from medcf.model import save_checkpoint
-from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.prepare import ChestPreparer
-from tests.conftest import conditioned_tiny
+from tests.conftest import save_tiny_evaluation_files
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_counterfactual"
@@ -35,8 +31,7 @@ CONTRACT = [
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     root = tmp_path_factory.mktemp("tiny")
-    save_checkpoint(root / "model.pt", conditioned_tiny(CXR_SCHEMA), DiffusionConfig().to_dict(), image_size=[32, 32])
-    save_predictors(AttributePredictor(CXR_SCHEMA), root / "predictors.pt")
+    save_tiny_evaluation_files(root)
     return root
 
 
