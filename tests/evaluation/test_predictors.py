@@ -240,7 +240,5 @@ def test_the_two_predictor_configs_differ_only_where_the_bundles_differ():
     mammo = Path(config("mammo")).read_text().splitlines()
     changed = [line for line in difflib.unified_diff(cxr, mammo, lineterm="", n=0) if line[:1] in "+-"]
     changed = [line for line in changed if not line.startswith(("+++", "---"))]
-    allowed = re.compile(
-        r"^[+-](#|bundle_root|output_dir|      experiment)"
-    )
+    allowed = re.compile(r"^[+-](#|bundle_root|output_dir|      experiment)")
     assert changed and all(allowed.match(line) for line in changed), changed
