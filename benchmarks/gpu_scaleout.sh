@@ -40,12 +40,12 @@ for workers in 0 4; do
   run_in "infer_workers$workers" python3 -m monai.bundle run --config_file "$cxr/inference.yaml" --device $DEVICE \
     --dataset_dir "$WORK/data/export" --labels "$WORK/data/cohort.csv" --batch_size 64 --workers $workers --steps $STEPS --output_dir out
 done
-torchrun1() { python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m monai.bundle run "$@"; }
-run_in train_nccl torchrun1 --config_file "['$cxr/train.yaml','$cxr/multi_gpu_train.yaml']" --phantom_n $TRAIN_N \
+torchrun1=(python3 -m torch.distributed.run --standalone --nproc_per_node=1 -m monai.bundle run)
+run_in train_nccl "${torchrun1[@]}" --config_file "['$cxr/train.yaml','$cxr/multi_gpu_train.yaml']" --phantom_n $TRAIN_N \
   --max_epochs 3 --val_interval 3 --output_dir runs
-run_in evaluate_nccl torchrun1 --config_file "['$cxr/evaluate.yaml','$cxr/multi_gpu_evaluate.yaml']" --output_dir out \
+run_in evaluate_nccl "${torchrun1[@]}" --config_file "['$cxr/evaluate.yaml','$cxr/multi_gpu_evaluate.yaml']" --output_dir out \
   --device $DEVICE --steps $STEPS --heldout_subjects 24
-run_in audit_nccl torchrun1 --config_file "['$cxr/audit.yaml','$cxr/multi_gpu_audit.yaml']" --output_dir out \
+run_in audit_nccl "${torchrun1[@]}" --config_file "['$cxr/audit.yaml','$cxr/multi_gpu_audit.yaml']" --output_dir out \
   --heldout_subjects ${AUDIT_N:-50} --batch_size 64 --device $DEVICE --steps $STEPS
 python3 - "$WORK" > "$OUT/summary.txt" 2>&1 <<'PY'
 import sys, glob, mlflow
