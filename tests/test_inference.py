@@ -8,7 +8,9 @@ import pandas as pd
 import pydicom
 import pytest
 import torch
+from PIL import Image
 
+import medcf.inference
 from medcf.attributes import SchemaError
 from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
@@ -134,6 +136,17 @@ def test_preparing_in_worker_processes_writes_what_one_process_writes(setup, tmp
             pydicom.dcmread(tmp_path / "main" / dicom).pixel_array
             == pydicom.dcmread(tmp_path / "workers" / dicom).pixel_array
         ).all(), dicom
+
+
+def test_a_batch_grid_shows_its_first_images_and_every_image_is_written(setup, tmp_path, monkeypatch):
+    """A GPU-sized batch draws only GRID_ROWS rows in its preview grid (matplotlib is slow), never fewer files."""
+    monkeypatch.setattr(medcf.inference, "GRID_ROWS", 2)
+    run(setup, tmp_path / "out", batch_size=8)
+    manifest = read_manifest(tmp_path / "out")
+    ok = manifest[manifest["status"] == "ok"]
+    assert ok["image"].nunique() > 2 and all((tmp_path / "out" / d).is_file() for d in ok["dicom"])
+    (grid,) = (tmp_path / "out" / "grids").rglob("*.png")
+    assert Image.open(grid).height == round((1.7 * 2 + 0.3) * 110), "two rows, as a figure of two rows is tall"
 
 
 def test_rerun_skips_finished_rows_and_redoes_missing_files(setup, tmp_path):
