@@ -8,18 +8,15 @@
 #      phantom set), multi_gpu_evaluate.yaml and multi_gpu_audit.yaml.
 #   WORK=/tmp/gpu OUT=/tmp/out N=512 bash benchmarks/gpu_scaleout.sh
 # A dry run on a CPU: DEVICE=cpu N=4 STEPS=2 TRAIN_N=24 AUDIT_N=4 bash benchmarks/gpu_scaleout.sh
-# Wheels the GPU image lacks (MONAI, pydicom, MLflow, ignite, the JPEG-LS / JPEG 2000 codecs the phantoms
-# write) travel in .whl (see docs/guidance_study/run_on_gpu.sh) and are installed into WORK/site first.
+# Wheels the GPU image lacks travel in .whl and go into WORK/site first (benchmarks/gpu_env.sh). Run on an H100 on
+# 2026-11-26: 403 s with N=512 (the inference runs 124 s each, before the preview grids were capped at 8 rows).
 set -u
 WORK=${WORK:-/tmp/gpu}; OUT=${OUT:-/tmp/out}; N=${N:-512}; STEPS=${STEPS:-50}; TRAIN_N=${TRAIN_N:-256}
 DEVICE=${DEVICE:-cuda}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 mkdir -p "$WORK/logs" "$OUT"
 started=$(date +%s)
-if [ -d .whl ] && ! python3 -c "import monai, pydicom, mlflow" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target "$WORK/site" .whl/*.whl > "$WORK/logs/pip.log" 2>&1
-fi
-export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+source "$(dirname "$0")/gpu_env.sh"   # wheels into WORK/site, the SciPy shim
 event() { echo "$1 after $(( $(date +%s) - started )) s" | tee -a "$WORK/logs/events.log"; }
 run_in() {  # run_in NAME command...: in WORK/NAME with its own MLflow store, timed
   local name=$1; shift

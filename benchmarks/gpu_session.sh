@@ -17,16 +17,7 @@ WORK=${WORK:-/tmp/gpu}; OUT=${OUT:-/tmp/out}; DEADLINE=${DEADLINE:-400}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2} PYTHONUNBUFFERED=1
 mkdir -p "$WORK/logs" "$OUT"
 started=$(date +%s)
-if [ -d .whl ] && ! python3 -c "import monai, pydicom, mlflow" 2>/dev/null; then
-  python3 -m pip install -q --no-index --no-deps --target "$WORK/site" .whl/*.whl > "$WORK/logs/pip.log" 2>&1
-fi
-export PYTHONPATH="$WORK/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if python3 -c "import inspect, sys, scipy.linalg as l; sys.exit('disp' in inspect.signature(l.sqrtm).parameters)"; then
-  mkdir -p "$WORK/shim"  # MONAI 1.6.1's FID calls sqrtm(disp=False), which SciPy >= 1.18 rejects (medcf pins <1.18)
-  printf 'import scipy.linalg as _l\n_s = _l.sqrtm\ndef _sqrtm(a, disp=True, **k):\n    r = _s(a, **k)\n    return r if disp else (r, 0.0)\n_l.sqrtm = _sqrtm\n' \
-    > "$WORK/shim/sitecustomize.py"
-  export PYTHONPATH="$WORK/shim:$PYTHONPATH"
-fi
+source "$(dirname "$0")/gpu_env.sh"   # wheels into WORK/site, the SciPy shim
 event() { echo "$1 after $(( $(date +%s) - started )) s" | tee -a "$WORK/logs/events.log"; }
 bundle() {  # bundle NAME CONFIG [arguments]: python -m monai.bundle run in WORK/NAME with its own MLflow store
   local name=$1 config=$2; shift 2
