@@ -67,12 +67,6 @@ def phantom_training_set(
 
 def phantom_training_set_once(kind: str, folder: str | Path, n: int, size: int, seed: int = 0) -> Path:
     """:func:`phantom_training_set` in a distributed run: rank 0 makes it while the other ranks wait."""
-    import torch.distributed as dist
+    from medcf.distributed import Shard
 
-    distributed = dist.is_available() and dist.is_initialized()
-    manifest = Path(folder) / "prepared" / "manifest.csv"
-    if not distributed or dist.get_rank() == 0:
-        manifest = phantom_training_set(kind, folder, n, size, seed)
-    if distributed:
-        dist.barrier()
-    return manifest
+    return Shard.current().once(lambda: phantom_training_set(kind, folder, n, size, seed))
