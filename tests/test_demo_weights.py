@@ -1,5 +1,5 @@
 """The shipped demo weights: abduction then the null intervention do() (no guidance, 50 DDIM steps) gives back
-the bundle's sample images within the reconstruction bar (mean absolute error <= 0.03 on a [0, 1] scale)."""
+the bundle's first 8 sample images within the reconstruction bar (mean absolute error <= 0.03 on a [0, 1] scale)."""
 
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from medcf.prepare.runner import discover_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 RECONSTRUCTION_BAR = 0.03
+RECONSTRUCTED = 8  # sample images reconstructed (the first, in file order)
 
 
 def sample_images(bundle: str, model) -> tuple[torch.Tensor, list[dict]]:
@@ -45,7 +46,8 @@ def test_demo_weights_reconstruct_held_out_images(bundle):
     model, payload = load_checkpoint(models / "model.pt")
     graph = CausalGraph.load(model.schema, models / "graph.json")
     images, factual = sample_images(bundle, model)
-    assert len(images) >= 8
+    assert len(images) >= RECONSTRUCTED
+    images, factual = images[:RECONSTRUCTED], factual[:RECONSTRUCTED]  # the suite's time: 8 of the mammograms' 12
     assert tuple(images.shape[-2:]) == tuple(payload["image_size"])
     engine = CounterfactualEngine(
         model, DiffusionConfig(**payload["diffusion"]), graph, GuidanceSettings(mode="none", steps=50)
