@@ -1,7 +1,7 @@
 """Attribute effect maps: does the model change the image where, and the way, the phantom does?
 
     python -m medcf.evaluation.attribute_effects --model MODEL.pt --phantom cxr|mammo [--seeds 16]
-        [--steps 25] [--subjects 64] [--guidance-weight 1] [--figure effects.png]
+        [--steps 25] [--subjects 64] [--guidance-weight 1] [--figure effects.png] [--device auto]
 
 For each attribute, the contrast is its sweep's first value against its last (age 18 -> 95, sex M -> F,
 density A -> D, ...) with every other attribute at the sweep base of
@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from medcf.attributes import AttributeSchema, SchemaError
+from medcf.devices import resolve_device
 from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.report import report
 from medcf.grids import save_figure
@@ -146,10 +147,14 @@ def evaluate(
     guidance_weight: float = 1.0,
     figure: str | Path | None = None,
     subjects: int = 64,
+    device: str = "auto",
 ) -> dict[str, Any]:
-    """Effect maps of a medcf model file against its phantom; optionally saves the figure."""
+    """Effect maps of a medcf model file (sampled on ``device``: auto = CUDA when present) against its phantom;
+    optionally saves the figure."""
     phantom = make_phantom(phantom_kind)
+    chosen = resolve_device(device)
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
+    model = model.to(chosen)
     size = square_image_size(payload)
     diffusion = DiffusionConfig(**payload["diffusion"])
     model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight)
@@ -160,7 +165,7 @@ def evaluate(
         labels = {name: f"{name}: {first[name]} -> {last[name]}" for name, (first, last) in contrasts.items()}
         save_effect_grid(true_maps, model_maps, agreement, labels, figure)
     settings = {"seeds": seeds, "steps": steps, "subjects": subjects, "guidance_weight": guidance_weight}
-    return {**settings, "attributes": agreement}
+    return {**settings, "device": str(chosen), "attributes": agreement}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -174,13 +179,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=64, help="phantom subjects to average the truth over")
     parser.add_argument("--guidance-weight", type=float, default=1.0, help="CFG weight (1: plain conditional)")
     parser.add_argument("--figure", help="PNG to write the phantom and model maps to")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if min(args.seeds, args.steps, args.subjects) < 1:
         parser.error("--seeds, --steps and --subjects must be at least 1")
     return report(
         parser.prog,
         lambda: evaluate(
-            args.model, args.phantom, args.seeds, args.steps, args.guidance_weight, args.figure, args.subjects
+            args.model,
+            args.phantom,
+            args.seeds,
+            args.steps,
+            args.guidance_weight,
+            args.figure,
+            args.subjects,
+            args.device,
         ),
     )
 

@@ -1,6 +1,6 @@
 """Skin-marker presence: does a mammogram model draw the phantom's ring marker when asked to?
 
-    python -m medcf.evaluation.marker_presence --model MODEL.pt [--subjects 48] [--steps 25]
+    python -m medcf.evaluation.marker_presence --model MODEL.pt [--subjects 48] [--steps 25] [--device auto]
         [--guidance-weight 1]
 
 Effect maps (:mod:`medcf.evaluation.attribute_effects`) cannot answer this: the marker lies at a random
@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 
+from medcf.devices import resolve_device
 from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.attribute_effects import square_image_size
 from medcf.evaluation.report import report
@@ -108,11 +109,14 @@ def model_pairs(
 
 
 def evaluate(
-    model_path: str | Path, subjects: int = 48, steps: int = 25, guidance_weight: float = 1.0
+    model_path: str | Path, subjects: int = 48, steps: int = 25, guidance_weight: float = 1.0, device: str = "auto"
 ) -> dict[str, Any]:
-    """Marker presence in a mammogram model's samples, next to the phantom's own (the ceiling)."""
+    """Marker presence in a mammogram model's samples (drawn on ``device``: auto = CUDA when present), next to the
+    phantom's own (the ceiling)."""
     phantom = make_phantom("mammo")
+    chosen = resolve_device(device)
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
+    model = model.to(chosen)
     height, width = square_image_size(payload)
     template = marker_template(phantom, height)
     drawn = phantom.sample(subjects, np.random.default_rng(1))
@@ -120,7 +124,7 @@ def evaluate(
     samples = model_pairs(
         model, DiffusionConfig(**payload["diffusion"]), drawn, steps, (height, width), guidance_weight
     )
-    settings = {"subjects": subjects, "steps": steps, "guidance_weight": guidance_weight}
+    settings = {"subjects": subjects, "steps": steps, "guidance_weight": guidance_weight, "device": str(chosen)}
     return {
         **settings,
         "phantom": separation(*(marker_scores(images, template) for images in truth)),
@@ -136,10 +140,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--subjects", type=int, default=48, help="phantom subjects whose attributes to sample")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
     parser.add_argument("--guidance-weight", type=float, default=1.0, help="CFG weight (1: plain conditional)")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.subjects < 2 or args.steps < 1:
         parser.error("--subjects must be at least 2 and --steps at least 1")
-    return report(parser.prog, lambda: evaluate(args.model, args.subjects, args.steps, args.guidance_weight))
+    return report(
+        parser.prog, lambda: evaluate(args.model, args.subjects, args.steps, args.guidance_weight, args.device)
+    )
 
 
 if __name__ == "__main__":

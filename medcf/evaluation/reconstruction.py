@@ -1,7 +1,7 @@
 """Reconstruction through DDIM inversion: the abduction-prediction round trip under the factual attributes.
 
     python -m medcf.evaluation.reconstruction --model MODEL.pt --manifest OUT/manifest.csv [--split test]
-        [--count 64] [--steps 50]
+        [--count 64] [--steps 50] [--device auto|cpu|cuda|cuda:N]
 
 Each held-out image is inverted to its latent and decoded again under its own attributes, without
 guidance. The error is reported on the [0, 1] intensity scale (half the error on the [-1, 1] scale the
@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medcf.devices import resolve_device
 from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.report import report
 from medcf.model import CounterfactualUNet, load_checkpoint
@@ -36,27 +37,37 @@ def reconstruction_errors(
     steps: int = 50,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """Mean absolute error per image on the [0, 1] scale after invert + decode under the factual attributes."""
+    """Mean absolute error per image on the [0, 1] scale after invert + decode under the factual attributes, on the
+    model's device."""
     model.eval()
+    device = next(model.parameters()).device
     sampler = DDIMSampler(diffusion.alphas_cumprod(), diffusion.prediction_type, steps)
     errors = []
     for start in range(0, len(images), batch_size):
-        x0, codes = images[start : start + batch_size], attributes[start : start + batch_size]
+        x0, codes = images[start : start + batch_size].to(device), attributes[start : start + batch_size].to(device)
         keep = torch.ones_like(codes, dtype=torch.bool)
 
         def predict(x: torch.Tensor, t: int, codes: torch.Tensor = codes, keep: torch.Tensor = keep) -> torch.Tensor:
-            return model(x, torch.full((x.shape[0],), t), codes, keep)
+            return model(x, torch.full((x.shape[0],), t, device=device), codes, keep)
 
         rebuilt = sampler.decode(predict, sampler.invert(predict, x0))
-        errors.append(((rebuilt - x0).abs() / 2).flatten(1).mean(1))
+        errors.append(((rebuilt - x0).abs() / 2).flatten(1).mean(1).cpu())
     return torch.cat(errors).numpy()
 
 
 def evaluate(
-    model_path: str | Path, manifest: str | Path, split: str = "test", count: int = 64, steps: int = 50
+    model_path: str | Path,
+    manifest: str | Path,
+    split: str = "test",
+    count: int = 64,
+    steps: int = 50,
+    device: str = "auto",
 ) -> dict[str, float]:
-    """Load a medcf model file and measure its reconstruction error on ``count`` images of ``split``."""
+    """Load a medcf model file and measure its reconstruction error on ``count`` images of ``split`` (the model
+    on ``device``: auto = CUDA when present)."""
+    chosen = resolve_device(device)
     model, payload = load_checkpoint(model_path)
+    model = model.to(chosen)
     diffusion = DiffusionConfig(**payload["diffusion"])
     items = sorted(manifest_items(manifest, model.schema, split), key=lambda item: item["image"])[:count]
     images = torch.stack([torch.from_numpy(np.load(item["image"])) for item in items]).float()
@@ -71,6 +82,7 @@ def evaluate(
         "mae_p95": float(np.percentile(errors, 95)),
         "mae_max": float(errors.max()),
         "seconds": round(time.perf_counter() - started, 1),
+        "device": str(chosen),
     }
 
 
@@ -83,8 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="test")
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    return report(parser.prog, lambda: evaluate(args.model, args.manifest, args.split, args.count, args.steps))
+    return report(
+        parser.prog, lambda: evaluate(args.model, args.manifest, args.split, args.count, args.steps, args.device)
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from medcf.diffusion import DiffusionConfig
@@ -73,6 +74,10 @@ def test_command_line_writes_json_and_figure_and_refuses_a_foreign_schema(condit
     assert main([*args, "--phantom", "cxr"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result["attributes"]) == set(CXR_SCHEMA.names) and result["seeds"] == 1
+    assert result["device"] == ("cuda" if torch.cuda.is_available() else "cpu"), "--device auto"
     assert Image.open(figure).size[0] > Image.open(figure).size[1], "four attribute columns, two rows"
     assert main([*args, "--phantom", "mammo"]) == 2
     assert "schema" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main([*args, "--phantom", "cxr", "--device", "cuda"]) == 2
+        assert "device: 'cuda' asked for, but no CUDA GPU is usable here" in capsys.readouterr().err

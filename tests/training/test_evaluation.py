@@ -61,6 +61,11 @@ def test_command_line_reports_json_and_fails_clearly(prepared, tmp_path, capsys)
     save_checkpoint(tmp_path / "model.pt", model, DiffusionConfig().to_dict())
     assert main(["--model", str(tmp_path / "model.pt"), "--manifest", str(prepared), "--steps", "5"]) == 0
     assert '"images": 2' in capsys.readouterr().out
+    model = ["--model", str(tmp_path / "model.pt"), "--manifest", str(prepared)]
+    assert main([*model, "--steps", "2", "--device", "cpu"]) == 0
+    assert '"device": "cpu"' in capsys.readouterr().out
+    assert main([*model, "--device", "gpu"]) == 2
+    assert "device: 'gpu' is not a device" in capsys.readouterr().err
     (tmp_path / "junk.pt").write_text("not a model")
     assert main(["--model", str(tmp_path / "junk.pt"), "--manifest", str(prepared)]) == 2
     assert "not a medcf checkpoint" in capsys.readouterr().err

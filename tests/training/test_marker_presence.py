@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from medcf.diffusion import DiffusionConfig
 from medcf.evaluation.marker_presence import (
@@ -70,5 +71,8 @@ def test_command_line_reports_phantom_and_model_and_refuses_a_chest_model(
     result = json.loads(capsys.readouterr().out)
     assert result["phantom"]["auc"] == 1.0 and 0.0 <= result["model"]["auc"] <= 1.0
     assert (result["subjects"], result["steps"]) == (4, 2)
+    assert result["device"] == ("cuda" if torch.cuda.is_available() else "cpu"), "--device auto"
+    assert main(["--model", str(mammo_file), "--subjects", "2", "--steps", "1", "--device", "cpu"]) == 0
+    assert json.loads(capsys.readouterr().out)["device"] == "cpu"
     assert main(["--model", str(chest_file), "--subjects", "4", "--steps", "2"]) == 2
     assert "schema" in capsys.readouterr().err
