@@ -57,8 +57,21 @@ class Shard:
 
     def once(self, make: Callable[[], T]) -> T:
         """``make()`` run by rank 0 alone (e.g. it writes a shared file), its result handed to every rank once it
-        has returned: the other ranks wait for it."""
-        return self.gather(make() if self.main else None)[0]
+        has returned: the other ranks wait for it. If it fails, every rank fails (rank 0 with its own error, the
+        others naming it) instead of waiting for a result that never comes."""
+        if self.world == 1:
+            return make()
+        outcome: tuple[bool, Any] = (True, None)
+        if self.main:
+            try:
+                outcome = (True, make())
+            except Exception as error:
+                self.gather((False, f"{type(error).__name__}: {error}"))
+                raise
+        done, value = self.gather(outcome)[0]
+        if not done:
+            raise RuntimeError(f"rank 0 failed, so this rank stops too: {value}")
+        return value
 
     def seed(self, seed: int) -> int:
         """This process's random seed: ``seed`` itself on rank 0 (a single process is unchanged), a distinct
@@ -77,20 +90,27 @@ class Shard:
         return chosen
 
 
-def init_process_group() -> None:
-    """Join the process group of a job that torchrun started (the ``multi_gpu_*.yaml`` configs call this first):
-    NCCL on GPUs with each process bound to its own GPU, ``cuda:LOCAL_RANK`` (NCCL's object gathers run on the
-    current GPU, and NCCL refuses two ranks on one), gloo on the CPU. Nothing when the group is up already."""
+def init_process_group(device: str | torch.device | None = "auto") -> None:
+    """Join the process group of a job that torchrun started (the ``multi_gpu_*.yaml`` configs call this first,
+    with the job's ``device``): on GPUs NCCL, each process bound to its own GPU, ``cuda:LOCAL_RANK`` (NCCL's object
+    gathers run on the current GPU, and NCCL refuses two ranks on one); with ``device`` cpu (or no GPU) gloo.
+    Nothing when the group is up already."""
     if dist.is_initialized():
         return
-    if not torch.cuda.is_available():
+    chosen = resolve_device(device)
+    if chosen.type != "cuda":
         dist.init_process_group(backend="gloo")
         return
     local_rank, gpus = int(os.environ.get("LOCAL_RANK", "0")), torch.cuda.device_count()
+    if chosen.index is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            f"device: {str(device)!r} names one GPU, but each of the torchrun processes takes its own "
+            "(cuda:LOCAL_RANK); use --device cuda or auto"
+        )
     if local_rank >= gpus:
         raise ValueError(
             f"torchrun started process {local_rank} on a node with {gpus} GPU(s): one process per GPU "
-            f"(--nproc_per_node={gpus} at most)"
+            f"(--nproc_per_node={gpus} at most), or --device cpu"
         )
     torch.cuda.set_device(local_rank)
     dist.init_process_group(backend="nccl")

@@ -290,7 +290,7 @@ class _Job:
         output_dir: Path,
         rank: int = 0,
     ) -> None:
-        self.config, self.engine, self.interventions = config, engine, interventions
+        self.config, self.engine, self.interventions, self.rank = config, engine, interventions, rank
         self.writer, self.manifest, self.settings, self.output_dir = writer, manifest, settings, output_dir
         self.grid_folder = output_dir / "grids" / time.strftime("%Y%m%d-%H%M%S")
         self.grid_prefix = "batch_" if rank == 0 else f"rank{rank}_batch_"  # the ranks of a sharded run share it
@@ -313,7 +313,8 @@ class _Job:
         loader = DataLoader(
             prepared, batch_size=None, num_workers=self.config.workers, collate_fn=_as_is, shuffle=False
         )
-        progress = tqdm(loader, total=len(prepared), desc="counterfactuals", disable=not self.config.progress)
+        quiet = not self.config.progress or self.rank > 0  # one bar per job: rank 0's share
+        progress = tqdm(loader, total=len(prepared), desc="counterfactuals", disable=quiet)
         for source, outcome in progress:
             image = images[source]
             attributes: dict[str, AttributeValue] = {}

@@ -2,6 +2,7 @@
 against fp32, and the shard rule of sharded jobs."""
 
 import functools
+import multiprocessing
 import socket
 from pathlib import Path
 
@@ -103,12 +104,7 @@ def test_a_single_process_is_the_whole_job():
 def test_the_multi_gpu_configs_join_a_process_group_and_leave_it(monkeypatch):
     """What torchrun gives a process of one: the group is joined once (a second call is a no-op), a job sees
     itself as rank 0 of 1, and leaving twice is harmless."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    environment = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "RANK": "0", "WORLD_SIZE": "1"}
-    for name, value in {**environment, "LOCAL_RANK": "0"}.items():
-        monkeypatch.setenv(name, value)
+    one_process_group(monkeypatch)
     try:
         init_process_group()
         init_process_group()
@@ -119,6 +115,71 @@ def test_the_multi_gpu_configs_join_a_process_group_and_leave_it(monkeypatch):
         destroy_process_group()
         destroy_process_group()
     assert not dist.is_initialized()
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def one_process_group(monkeypatch, world: int = 1) -> None:
+    for name, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0",
+                        "WORLD_SIZE": str(world), "LOCAL_RANK": "0"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+
+
+def test_a_cpu_job_joins_with_gloo_even_where_a_gpu_is_present(monkeypatch):
+    """--device cpu under torchrun on a GPU machine: gloo, not NCCL (which would need a GPU per process)."""
+    one_process_group(monkeypatch)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    try:
+        init_process_group("cpu")
+        assert dist.get_backend() == "gloo"
+    finally:
+        destroy_process_group()
+
+
+def test_one_named_gpu_for_several_processes_is_refused_in_one_line(monkeypatch):
+    one_process_group(monkeypatch, world=2)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    with pytest.raises(ValueError, match=r"device: 'cuda:1' names one GPU, but each of the torchrun processes"):
+        init_process_group("cuda:1")
+    assert not dist.is_initialized()
+
+
+def _once_in_a_group(rank: int, port: int, folder: str) -> None:
+    """A rank of a 2-process gloo group whose rank 0 fails inside Shard.once; writes what this rank raised."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0")
+    init_process_group("cpu")
+    try:
+        Shard.current().once(lambda: (_ for _ in ()).throw(ValueError("labels: no cohort table")))
+        found = "nothing"
+    except Exception as error:  # what each rank ends with
+        found = f"{type(error).__name__}: {error}"
+    finally:
+        destroy_process_group()
+    (Path(folder) / f"rank{rank}.txt").write_text(found)
+
+
+def test_when_rank_0_fails_in_once_every_rank_stops_instead_of_waiting(tmp_path):
+    context, port = multiprocessing.get_context("spawn"), free_port()
+    ranks = [context.Process(target=_once_in_a_group, args=(rank, port, str(tmp_path))) for rank in (0, 1)]
+    for process in ranks:
+        process.start()
+    for process in ranks:
+        process.join(timeout=90)
+    stuck = [process.is_alive() for process in ranks]
+    for process in ranks:
+        process.kill()
+    assert stuck == [False, False], "a rank still waits for rank 0"
+    assert (tmp_path / "rank0.txt").read_text() == "ValueError: labels: no cohort table"
+    assert (tmp_path / "rank1.txt").read_text() == (
+        "RuntimeError: rank 0 failed, so this rank stops too: ValueError: labels: no cohort table"
+    )
 
 
 def test_shards_split_the_items_by_rank_without_overlap():

@@ -140,7 +140,7 @@ def test_each_multi_gpu_config_layers_the_process_group_over_its_job(bundle, job
     base = ConfigParser()
     base.read_config(str(configs / f"{job}.yaml"))
     assert parser["run"] == base["run"]
-    assert parser["initialize"][-1] == "$medcf.distributed.init_process_group()"
+    assert parser["initialize"][-1] == "$medcf.distributed.init_process_group(@device)"  # gloo for --device cpu
     assert parser["finalize"] == ["$medcf.distributed.destroy_process_group()"]
     named = re.findall(r"'(bundles/[^']+\.yaml)'", overlay.read_text())
     assert named == [f"bundles/{bundle}/configs/{job}.yaml", f"bundles/{bundle}/configs/multi_gpu_{job}.yaml"]

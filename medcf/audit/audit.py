@@ -217,7 +217,8 @@ class AuditRun:
         every process (the other ranks get None)."""
         starts = shard.pick(range(0, len(pool), self.batch_size))
         chunks, examples = [], _Examples(self.examples)
-        with tqdm(total=len(starts) * len(interventions), desc="audit", disable=not self.progress) as bar:
+        quiet = not (self.progress and shard.main)  # one bar per job: rank 0's share
+        with tqdm(total=len(starts) * len(interventions), desc="audit", disable=quiet) as bar:
             for start in starts:
                 rows = self._chunk(
                     start, engine, classifier, predictor, pool, patients, interventions, p_factual, examples, bar

@@ -196,7 +196,8 @@ class EvaluationRun:
                 measure = _Measurements(schema, predictor, pool, truth, self.preparer) if shard.main else None
                 rows = []
                 total = len(self.seeds) * len(engines)
-                with tqdm(total=total, desc="evaluate", unit="setting", disable=not self.progress) as bar:
+                quiet = not (self.progress and shard.main)  # one bar per job: rank 0's share
+                with tqdm(total=total, desc="evaluate", unit="setting", disable=quiet) as bar:
                     for seed in self.seeds:
                         chosen = pool.draw(self.images_per_seed, seed)
                         rows.extend(self._seed(seed, chosen, engines, interventions, predictor, measure, shard, bar))
