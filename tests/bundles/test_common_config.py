@@ -37,11 +37,15 @@ def test_the_audit_audits_the_guidance_inference_uses(bundle):
     audited, audited_steps = parsed(bundle, "audit", "guidance", "steps")
     assert audited == {"mode": mode, "weight": weight, "w_aff": w_aff, "w_inv": w_inv}
     assert audited_steps == steps == 50
+    parser = ConfigParser()
+    parser.read_config(str(Path(bundle_root(bundle)) / "configs" / "audit.yaml"))
+    parser["guidance#w_aff"] = 3.0  # what --guidance#w_aff 3 does: one weight changed, the others kept
+    assert parser.get_parsed_content("guidance") == {**audited, "w_aff": 3.0}
 
 
 @pytest.mark.parametrize("bundle", BUNDLE_NAMES)
 def test_training_and_predictors_share_one_phantom_training_set(bundle):
-    keys = ("phantom_dir", "phantom_n", "image_size")
+    keys = ("phantom_dir", "phantom_n", "image_size", "phantom_seed")
     assert parsed(bundle, "train", *keys) == parsed(bundle, "train_predictors", *keys)
     assert parsed(bundle, "train", "phantom_dir")[0] == common(bundle_root(bundle))["phantom_training_set"]["dir"]
 
