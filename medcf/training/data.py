@@ -54,10 +54,10 @@ def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | N
 def shard_items(items: Sequence[T], shard: Shard, even_divisible: bool = True) -> list[T]:
     """This process's part of ``items`` (every ``world``-th from position ``rank``). ``even_divisible``: all
     parts the same size, the shorter ones topped up from the head of ``items`` (every rank of a DDP training
-    must run as many iterations, or it hangs); else each item exactly once (validation)."""
-    if shard.world == 1:
-        return list(items)
-    return partition_dataset(items, num_partitions=shard.world, even_divisible=even_divisible)[shard.rank]
+    must run as many iterations, or it hangs); else each item exactly once (validation: :meth:`Shard.pick`)."""
+    if shard.world == 1 or not even_divisible:
+        return shard.pick(items)
+    return partition_dataset(items, num_partitions=shard.world, even_divisible=True)[shard.rank]
 
 
 def prepared_dataset(
