@@ -1,7 +1,10 @@
 """The classifier under audit: loading (TorchScript, MONAI bundle folder), input adaptation, output reading,
-and one-line errors for everything that does not fit."""
+and one-line errors for everything that does not fit. A bundle folder is data: nothing in it runs."""
 
+import importlib.util
 import json
+import os
+import re
 
 import numpy as np
 import pytest
@@ -10,6 +13,8 @@ from monai.networks.nets import Classifier
 from torch import nn
 
 from medcf.audit.classifier import AuditedClassifier, ClassifierError, ClassifierSettings, parse_class_names
+from tests.audit.test_audit_bundle import run_bundle
+from tests.conftest import save_tiny_evaluation_files
 
 
 class MeanLogit(nn.Module):
@@ -125,3 +130,166 @@ def test_files_that_are_not_classifiers_are_refused(tmp_path):
         AuditedClassifier.load(tmp_path / "missing.ts")
     with pytest.raises(ClassifierError, match=r"has no configs/"):
         AuditedClassifier.load(tmp_path)
+
+
+SMALL = {"in_shape": [1, 16, 16], "classes": 2, "channels": [4], "strides": [2]}  # a MONAI Classifier's arguments
+
+
+class RunsCommand:
+    """Pickles as a call of os.system: loading a file holding it with plain pickle would run ``command``."""
+
+    def __init__(self, command: str) -> None:
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+def classifier_folder(folder, network_def, config="inference.json", weights=None):
+    """A MONAI bundle folder as a user hands it to --classifier: configs/<config> with ``network_def`` (a JSON
+    value, or YAML text for a .yaml config) and models/model.pt (``weights``: a state dict, or any object)."""
+    (folder / "configs").mkdir(parents=True)
+    (folder / "models").mkdir()
+    text = json.dumps({"network_def": network_def}) if config.endswith(".json") else network_def
+    (folder / "configs" / config).write_text(text)
+    if weights is None:
+        weights = Classifier(in_shape=(1, 16, 16), classes=2, channels=(4,), strides=(2,)).state_dict()
+    torch.save(weights, folder / "models" / "model.pt")
+    return folder
+
+
+def refused(folder) -> str:
+    with pytest.raises(ClassifierError) as caught:
+        AuditedClassifier.load(folder)
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith("classifier: ")
+    # no error underneath: a bundle run reports the innermost ValueError of the chain, which is then this one
+    assert caught.value.__context__ is None and caught.value.__cause__ is None
+    return message
+
+
+def test_a_target_that_runs_a_command_is_refused_and_runs_nothing(tmp_path):
+    marker = tmp_path / "MARKER"
+    folder = classifier_folder(tmp_path / "folder", {"_target_": "os.system", "command": f"touch {marker}"})
+    message = refused(folder)
+    assert "configs/inference.json: network_def _target_ 'os.system' is not an allowed network" in message
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("network_def", "reason"),
+    [
+        # a $ expression that would write a file and return a real network
+        ("$open(MARKER, 'w').close() or monai.networks.nets.Classifier((1, 16, 16), 2, (4,), (2,))",
+         r"network_def is a \$ expression \(\"\$open\(MARKER"),
+        ({"_target_": "Classifier", **SMALL, "classes": "$open(MARKER, 'w').close() or 2"},
+         r"network_def.classes is a \$ expression"),
+        ({"_target_": "Classifier", **SMALL, "in_shape": "@shape"}, r"network_def.in_shape is an @ reference"),
+        ("%configs/other.json#network_def", r"network_def is a % macro"),
+        ({"_target_": "Classifier", **SMALL, "_requires_": "x"},
+         r"network_def key '_requires_' is MONAI config syntax"),
+        ({"_target_": "Classifier", **SMALL, "_disabled_": False}, r"network_def key '_disabled_' is MONAI config"),
+        ({"_target_": "Classifier", **SMALL, "act": {"_target_": "torch.nn.ReLU"}},
+         r"network_def.act holds a nested _target_"),
+        ({"_target_": "torch.nn.Linear", "in_features": 256, "out_features": 2},
+         r"_target_ 'torch.nn.Linear' is not an allowed network; allowed: a class of monai.networks.nets"),
+        ({"_target_": "builtins.eval", "source": "1"}, r"_target_ 'builtins.eval' is not an allowed network"),
+        ({"_target_": "monai.networks.nets.unet.Classifier", **SMALL}, r"'monai.networks.nets.unet.Classifier' is not"),
+        ({"_target_": "DenseNet121", "spatial_dims": 2, "in_channels": 1, "out_channels": 2, "pretrained": True},
+         r"network_def pretrained: True would fetch weights from elsewhere"),
+        ({"_target_": "Classifier", **SMALL, "bogus": 1},
+         r"network_def Classifier cannot be built from its arguments \(TypeError: .*unexpected keyword argument"),
+        ({"_target_": "Classifier", **SMALL, "classes": 3},
+         r"model.pt does not fit network_def Classifier of .*inference.json: 2 of another shape \(e.g. "
+         r"'final.1.weight': \[2, 256\] in the file, \[3, 256\] in the network\)"),
+    ],
+)  # fmt: skip
+def test_anything_but_an_allow_listed_class_with_literal_arguments_is_refused_in_one_line(
+    tmp_path, monkeypatch, network_def, reason
+):
+    monkeypatch.chdir(tmp_path)  # MARKER would be made here
+    message = refused(classifier_folder(tmp_path / "folder", network_def))
+    assert re.search(reason, message), message
+    assert not (tmp_path / "MARKER").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")
+def test_a_torchvision_builder_without_torchvision_is_refused_in_one_line(tmp_path):
+    folder = classifier_folder(tmp_path / "folder", {"_target_": "torchvision.models.resnet18", "num_classes": 2})
+    assert refused(folder) == (
+        f"classifier: {folder / 'configs' / 'inference.json'}: network_def torchvision.models.resnet18 needs "
+        "torchvision, which is not installed (pip install torchvision, or use a class of monai.networks.nets)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "reason"),
+    [
+        ("network_def: !!python/object/apply:os.system ['touch MARKER']\n",
+         r"inference.yaml cannot be read as YAML \(could not determine a constructor for the tag"),
+        ("network_def:\n  _target_: Classifier\n  in_shape: &shape [1, 16, 16]\n  x: *shape\n",
+         r"network_def.x repeats a YAML anchor"),
+        ("network_def:\n  _target_: Classifier\n  when: 2026-01-01\n", r"network_def.when is a date; arguments are"),
+    ],
+)  # fmt: skip
+def test_a_yaml_config_is_read_as_plain_data(tmp_path, monkeypatch, text, reason):
+    monkeypatch.chdir(tmp_path)
+    message = refused(classifier_folder(tmp_path / "folder", text, config="inference.yaml"))
+    assert re.search(reason, message), message
+    assert not (tmp_path / "MARKER").exists()
+
+
+def test_a_config_over_one_megabyte_is_not_read(tmp_path):
+    folder = classifier_folder(tmp_path / "folder", {"_target_": "Classifier", **SMALL, "pad": "x" * 1_000_001})
+    assert re.search(
+        r"inference.json is 1,000,\d{3} bytes; a network_def config may hold at most 1,000,000", refused(folder)
+    )
+
+
+def test_a_pickle_payload_in_the_weights_is_refused_in_one_line_and_runs_nothing(tmp_path):
+    marker = tmp_path / "MARKER"
+    weights = {"final.1.weight": RunsCommand(f"touch {marker}")}
+    folder = classifier_folder(tmp_path / "folder", {"_target_": "Classifier", **SMALL}, weights=weights)
+    message = refused(folder)
+    assert message.startswith(f"classifier: {folder / 'models' / 'model.pt'}: refused: the file holds Python objects")
+    assert "posix.system" in message and not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("target", "config", "wrapped"),
+    [("Classifier", "inference.yaml", False), ("monai.networks.nets.classifier.Classifier", "train.json", True)],
+)
+def test_an_allow_listed_network_with_its_weights_gives_the_probabilities_of_that_network(
+    tmp_path, target, config, wrapped
+):
+    """A bare MONAI class name in YAML, or a module path in train.json with MONAI's {"model": state} checkpoint."""
+    torch.manual_seed(0)
+    network = Classifier(in_shape=(1, 16, 16), classes=2, channels=(4,), strides=(2,))
+    definition = {"_target_": target, **SMALL}
+    if config.endswith(".yaml"):
+        definition = "network_def:\n" + "".join(f"  {key}: {json.dumps(value)}\n" for key, value in definition.items())
+    weights = {"model": network.state_dict(), "epoch": 3} if wrapped else network.state_dict()
+    folder = classifier_folder(tmp_path / "folder", definition, config=config, weights=weights)
+    images = torch.rand(3, 1, 16, 16) * 2 - 1
+    with torch.no_grad():
+        expected = network.eval()(images)[:, 1].sigmoid().double().numpy()
+    loaded = AuditedClassifier.load(folder, ClassifierSettings(index=1)).probabilities(images)
+    assert loaded == pytest.approx(expected, abs=1e-6) and not np.allclose(expected, expected[0])
+
+
+def test_a_hostile_folder_ends_the_audit_bundle_with_one_line_and_runs_nothing(tmp_path):
+    """python -m monai.bundle run ... audit.yaml --classifier FOLDER, a pickle payload in models/model.pt: the
+    refusal comes before any image is read."""
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    save_tiny_evaluation_files(tiny)
+    marker = tmp_path / "MARKER"
+    weights = {"final.1.weight": RunsCommand(f"touch {marker}")}
+    folder = classifier_folder(tmp_path / "folder", {"_target_": "Classifier", **SMALL}, weights=weights)
+    result = run_bundle(tiny, tmp_path, classifier=folder)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("medcf:")]
+    assert len(lines) == 1 and lines[0] == result.stderr.strip().splitlines()[-1], result.stderr[-3000:]
+    assert lines[0].startswith(f"medcf: classifier: {folder / 'models' / 'model.pt'}: refused: the file holds Python")
+    assert not marker.exists() and not (tmp_path / "OUT").exists()
