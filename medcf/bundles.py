@@ -96,5 +96,10 @@ def _user_error(error: BaseException) -> BaseException | None:
         seen.add(id(error))
         if isinstance(error, (*USER_ERRORS, OutputFolderInUse, NothingPreparedError, CohortMatchError)):
             found = error
-        error = error.__cause__ or error.__context__
+        # as Python prints a chain: the explicit cause, else the context unless ``raise ... from None`` hid it
+        error = (
+            error.__cause__
+            if error.__cause__ is not None
+            else (None if error.__suppress_context__ else error.__context__)
+        )
     return found

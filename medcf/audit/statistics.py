@@ -8,11 +8,18 @@ per image and intervention with the columns ``source``, ``patient``, ``attribute
 attribute predictors recognise the intervened value on the counterfactual.
 
 - :func:`flip_counts`: how often the thresholded prediction changes, and in which direction.
-- :func:`patient_bootstrap_interval`: percentile interval of a mean, resampling patients, not rows.
+- :func:`patient_bootstrap`: a mean and its percentile interval, resampling patients, not rows, on one
+  arithmetic path (the interval contains its estimate by construction).
 - :func:`paired_p_value`: Wilcoxon signed-rank test on per-patient mean deltas.
 - :func:`adjust_p_values`: Benjamini-Hochberg adjustment that keeps NaNs out of the family.
-- :func:`direction_summary`, :func:`verdict`, :func:`summarize`: the audit's report per attribute.
-- :func:`subgroup_rates`: AUC, TPR and FPR per subgroup at one global threshold.
+- :func:`minimum_patients`, :func:`detectable_effect`: what a direction could have shown at all: the fewest
+  patients with which its test can reach significance in the family, and the smallest effect it detects with
+  80 % power.
+- :func:`direction_summary`, :func:`verdict`, :func:`summarize`: the audit's report per attribute, with the
+  verdicts "depends", "no dependence detected" (always with its detectable effect), "unreliable" (the
+  generator's effectiveness is below the gate) and "insufficient data" (too few patients to have seen an
+  effect, or a degenerate bootstrap).
+- :func:`subgroup_rates`: AUC, TPR and FPR per subgroup at one global threshold, withheld on too few images.
 """
 
 from __future__ import annotations
@@ -35,6 +42,18 @@ ArrayLike = npt.ArrayLike
 REQUIRED_COLUMNS = ("patient", "attribute", "from", "to", "p_factual", "p_counterfactual", "p_null")
 
 SIGNIFICANCE = 0.05
+#: The power at which :func:`detectable_effect` states what an audit could have seen.
+POWER = 0.8
+
+DEPENDS, NO_DEPENDENCE = "depends", "no dependence detected"
+UNRELIABLE, INSUFFICIENT = "unreliable", "insufficient data"
+VERDICTS = (DEPENDS, NO_DEPENDENCE, UNRELIABLE, INSUFFICIENT)
+
+#: Subgroup rates on fewer images than this, or fewer than MIN_SUBGROUP_CLASS of the class they are taken over,
+#: are withheld as TOO_SMALL (:func:`subgroup_rates`).
+MIN_SUBGROUP_IMAGES = 20
+MIN_SUBGROUP_CLASS = 5
+TOO_SMALL = "n too small"
 
 #: Patients drawn per block of resamples, to bound the memory of the bootstrap.
 RESAMPLING_BLOCK = 1 << 20
@@ -87,27 +106,37 @@ def _resampled_means(sums: np.ndarray, counts: np.ndarray, resamples: int, rng: 
     return np.concatenate(means)
 
 
-def patient_bootstrap_interval(
+def patient_bootstrap(
     values: ArrayLike, patients: ArrayLike, resamples: int = 2000, seed: int = 0, level: float = 0.95
-) -> tuple[float, float]:
-    """Percentile bootstrap interval of mean(values), resampling patients with replacement.
+) -> tuple[float, tuple[float, float]]:
+    """mean(values) and its percentile bootstrap interval, resampling patients with replacement.
 
     Each resample draws P patients out of the P present; every row of a drawn patient enters, once per draw.
     With S_j, n_j the sum and row count of patient j and c_rj how often resample r drew it, the resample's mean
-    is sum_j c_rj S_j / sum_j c_rj n_j. The interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of
-    the ``resamples`` means. Values are centred on their first element first, so a constant c gives (c, c)
-    exactly. (NaN, NaN) without values.
+    is sum_j c_rj S_j / sum_j c_rj n_j, and the estimate is the same expression with every c_rj = 1: one
+    arithmetic path for both. The interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of the
+    ``resamples`` means, widened to the estimate where it would fall outside (which only rounding or a
+    bootstrap distribution piled on one side can do), so that the interval contains its estimate by
+    construction. Values are centred on their first element first, so a constant c gives (c, (c, c)) exactly.
+    (NaN, (NaN, NaN)) without values.
     """
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
     values = np.asarray(values, dtype=float).reshape(-1)
     if values.size == 0:
-        return math.nan, math.nan
+        return math.nan, (math.nan, math.nan)
     origin = values[0]
     sums, counts = _per_patient(values - origin, patients)
+    estimate = sums.sum() / counts.sum()
     means = _resampled_means(sums, counts, resamples, np.random.default_rng(seed))
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(origin + low), float(origin + high)
+    return float(origin + estimate), (float(origin + min(low, estimate)), float(origin + max(high, estimate)))
+
+
+def _patient_means(values: ArrayLike, patients: ArrayLike) -> np.ndarray:
+    """The mean of ``values`` per distinct patient, in the order of first appearance."""
+    sums, counts = _per_patient(values, patients)
+    return sums / counts
 
 
 def paired_p_value(deltas: ArrayLike, patients: ArrayLike) -> float:
@@ -116,13 +145,70 @@ def paired_p_value(deltas: ArrayLike, patients: ArrayLike) -> float:
     The deltas are averaged per patient, m_j = S_j / n_j, and the m_j go to the Wilcoxon signed-rank test
     (``scipy.stats.wilcoxon``). 1.0 when every m_j is exactly 0; NaN with fewer than 2 patients.
     """
-    sums, counts = _per_patient(deltas, patients)
-    if sums.size < 2:
+    patient_means = _patient_means(deltas, patients)
+    if patient_means.size < 2:
         return math.nan
-    patient_means = sums / counts
     if np.all(patient_means == 0):
         return 1.0
     return float(stats.wilcoxon(patient_means).pvalue)
+
+
+def smallest_p_value(patients: int) -> float:
+    """The smallest p-value :func:`paired_p_value` can give on ``patients`` patients: that of the most extreme
+    outcome (every patient mean of one sign, all distinct), through the same ``scipy.stats.wilcoxon`` call. For
+    the exact test (up to 50 patients) it is 2 / 2**n; 1.0 below 2 patients, where no test runs."""
+    if patients < 2:
+        return 1.0
+    return float(stats.wilcoxon(np.arange(1.0, patients + 1.0)).pvalue)
+
+
+def minimum_patients(directions: int, alpha: float = SIGNIFICANCE) -> int:
+    """The fewest patients with which one direction of a family of ``directions`` can reach significance.
+
+    Benjamini-Hochberg over m directions rejects a direction whatever the others show when its p-value is at
+    most alpha / m (the threshold of the family's smallest p-value); below that it depends on the other
+    directions also being significant. The rule asks for that guarantee: the smallest n with
+    :func:`smallest_p_value` (n) <= alpha / m, i.e. 2**(1 - n) <= alpha / m for the exact signed-rank test
+    (m = 1: 6 patients; 2: 7; 4: 8; 10: 9; alpha 0.05).
+    """
+    if directions < 1:
+        raise ValueError(f"directions must be at least 1, got {directions}")
+    level = alpha / directions
+    n = 2
+    while smallest_p_value(n) > level:
+        n += 1
+    return n
+
+
+def detectable_effect(patient_means: ArrayLike, level: float, power: float = POWER, draws: int = 1000) -> float:
+    """The smallest |mean shift| the audit's paired test detects with probability ``power`` at ``level``.
+
+    Monte Carlo power of the test itself (:func:`paired_p_value`'s signed-rank test, exact up to 50 patients)
+    on n per-patient means drawn from a normal distribution with the observed standard deviation s of
+    ``patient_means``: the same ``draws`` standard normal samples z (seed 0) for every shift delta, so that the
+    power P(p(delta + s z) < level) rises with delta, and bisection for the smallest delta whose power reaches
+    ``power`` (to 0.1 % of s). A simulation rather than a normal approximation, because at the patient counts of
+    an audit the exact test's few attainable p-values matter (7 patients at level 0.025: a normal approximation
+    promises 80 % power where the test has about 64 %). NaN with fewer patients than the test needs to reach
+    ``level`` at all, or with all patient means equal, where no power can be stated.
+    """
+    patient_means = np.asarray(patient_means, dtype=float).reshape(-1)
+    n = patient_means.size
+    if smallest_p_value(n) >= level or np.ptp(patient_means) == 0 or not np.isfinite(patient_means).all():
+        return math.nan
+    spread = float(patient_means.std(ddof=1))
+    noise = spread * np.random.default_rng(0).standard_normal((draws, n))
+
+    def reached(delta: float) -> float:
+        return float(np.mean(stats.wilcoxon(delta + noise, axis=1).pvalue < level))
+
+    low, high = 0.0, spread
+    while reached(high) < power:
+        low, high = high, 2.0 * high
+    while high - low > 1e-3 * spread:
+        middle = (low + high) / 2.0
+        low, high = (low, middle) if reached(middle) >= power else (middle, high)
+    return high
 
 
 def adjust_p_values(p_values: ArrayLike) -> np.ndarray:
@@ -138,15 +224,24 @@ def adjust_p_values(p_values: ArrayLike) -> np.ndarray:
     return adjusted
 
 
-def direction_summary(rows: pd.DataFrame, threshold: float, resamples: int, seed: int) -> dict[str, Any]:
+def direction_summary(
+    rows: pd.DataFrame, threshold: float, resamples: int, seed: int, family: int = 1
+) -> dict[str, Any]:
     """Effects of one intervention direction (one attribute, one ``from`` -> ``to``) on the classifier.
 
     With d = p_counterfactual - p_factual and d0 = p_null - p_factual per row: ``delta_p`` = mean(d),
     ``delta_p_abs`` = mean(|d|), ``delta_p_null`` = mean(d0), ``delta_p_corrected`` = mean(d - d0) =
-    mean(p_counterfactual - p_null), the effect beyond the generator's artefacts. The ``_ci`` intervals are
-    :func:`patient_bootstrap_interval` (same ``seed`` for both), ``p_value`` is :func:`paired_p_value` of
-    d - d0, and the flip counts come from :func:`flip_counts` at ``threshold``. Where the rows have a
-    ``recognised`` column (the predictors recognised the intervened value), ``effectiveness`` is its mean.
+    mean(p_counterfactual - p_null), the effect beyond the generator's artefacts. ``delta_p`` and
+    ``delta_p_corrected`` and their ``_ci`` intervals come from :func:`patient_bootstrap` (same ``seed`` for
+    both), ``p_value`` is :func:`paired_p_value` of d - d0, and the flip counts come from :func:`flip_counts`
+    at ``threshold``. Where the rows have a ``recognised`` column (the predictors recognised the intervened
+    value), ``effectiveness`` is its mean.
+
+    What the direction could have shown, in a Benjamini-Hochberg family of ``family`` directions:
+    ``patients`` (distinct), ``min_patients`` (:func:`minimum_patients`), ``detectable_effect`` (the
+    :func:`detectable_effect` of the per-patient corrected deltas at alpha / family) and ``insufficient``, the
+    reason in words when the direction cannot support a verdict (too few patients, a zero-width interval or no
+    p-value), else None.
     """
     directions = rows[["from", "to"]].drop_duplicates()
     if len(directions) != 1:
@@ -158,23 +253,51 @@ def direction_summary(rows: pd.DataFrame, threshold: float, resamples: int, seed
     delta, corrected = counterfactual - factual, counterfactual - null
     counts = flip_counts(factual, counterfactual, threshold)
     effectiveness = {"effectiveness": float(rows["recognised"].mean())} if "recognised" in rows else {}
-    return {
+    delta_p, delta_p_ci = patient_bootstrap(delta, patients, resamples, seed)
+    delta_p_corrected, corrected_ci = patient_bootstrap(corrected, patients, resamples, seed)
+    summary = {
         "from": str(directions["from"].iloc[0]),
         "to": str(directions["to"].iloc[0]),
         "n": counts["n"],
+        "patients": int(pd.unique(patients).size),
         "flip_rate": float(counts["flip_rate"]),
         "flips": counts["flips"],
         "neg_to_pos": counts["neg_to_pos"],
         "pos_to_neg": counts["pos_to_neg"],
-        "delta_p": float(delta.mean()),
-        "delta_p_ci": list(patient_bootstrap_interval(delta, patients, resamples, seed)),
+        "delta_p": delta_p,
+        "delta_p_ci": list(delta_p_ci),
         "delta_p_abs": float(np.abs(delta).mean()),
         "delta_p_null": float((null - factual).mean()),
-        "delta_p_corrected": float(corrected.mean()),
-        "delta_p_corrected_ci": list(patient_bootstrap_interval(corrected, patients, resamples, seed)),
+        "delta_p_corrected": delta_p_corrected,
+        "delta_p_corrected_ci": list(corrected_ci),
         "p_value": paired_p_value(corrected, patients),
+        "min_patients": minimum_patients(family),
+        "detectable_effect": detectable_effect(_patient_means(corrected, patients), SIGNIFICANCE / family),
         **effectiveness,
     }
+    summary["insufficient"] = _insufficiency(summary, family)
+    return summary
+
+
+def _insufficiency(direction: Mapping[str, Any], family: int) -> str | None:
+    """Why a direction cannot support a verdict, in words naming its counts; None when it can."""
+    name = f"{direction['from']} -> {direction['to']}"
+    patients, needed = direction["patients"], direction["min_patients"]
+    if patients < needed:
+        return (
+            f"{name}: {_count(patients, 'patient')} ({_count(direction['n'], 'image')}); the signed-rank test "
+            f"needs at least {needed} to reach p < {SIGNIFICANCE:g} after correcting for {_count(family, 'direction')}"
+        )
+    low, high = direction["delta_p_corrected_ci"]
+    if not low < high:
+        return f"{name}: the bootstrap interval has zero width (every patient's corrected delta p is {low:+.3g})"
+    if math.isnan(direction["p_value"]):
+        return f"{name}: no p-value"
+    return None
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}{'' if number == 1 else 's'}"
 
 
 def _excludes_zero(interval: Sequence[float]) -> bool:
@@ -183,18 +306,60 @@ def _excludes_zero(interval: Sequence[float]) -> bool:
     return low > 0 or high < 0
 
 
-def verdict(directions: Sequence[Mapping[str, Any]], effectiveness: float, gate: float) -> str:
-    """The audit's verdict on one attribute.
+def _significant(direction: Mapping[str, Any]) -> bool:
+    """A testable direction whose corrected interval excludes 0 and whose adjusted p is below alpha."""
+    return (
+        not direction.get("insufficient")
+        and _excludes_zero(direction["delta_p_corrected_ci"])
+        and direction["p_adjusted"] < SIGNIFICANCE
+    )
 
-    "unreliable" when the counterfactuals' effectiveness is NaN or below ``gate`` (the generator does not
-    change the attribute well enough to test the classifier); else "depends" when some direction's
-    ``delta_p_corrected_ci`` excludes 0 and its ``p_adjusted`` < 0.05; else "no dependence detected".
+
+def verdict(directions: Sequence[Mapping[str, Any]], effectiveness: float, gate: float) -> tuple[str, str]:
+    """The audit's verdict on one attribute, and its reason in words.
+
+    In this order: "insufficient data" when no direction can support a verdict (see :func:`direction_summary`'s
+    ``insufficient``); "unreliable" when the counterfactuals' effectiveness is NaN or below ``gate`` (the
+    generator does not change the attribute well enough to test the classifier); "depends" when a testable
+    direction's ``delta_p_corrected_ci`` excludes 0 and its ``p_adjusted`` < 0.05; "insufficient data" when
+    some direction could not have shown an effect; else "no dependence detected", with the effect each
+    direction would have detected at 80 % power.
     """
+    short = [d["insufficient"] for d in directions if d.get("insufficient")]
+    if len(short) == len(directions):
+        return INSUFFICIENT, "; ".join(short) or "no counterfactuals"
     if math.isnan(effectiveness) or effectiveness < gate:
-        return "unreliable"
-    if any(_excludes_zero(d["delta_p_corrected_ci"]) and d["p_adjusted"] < SIGNIFICANCE for d in directions):
-        return "depends"
-    return "no dependence detected"
+        return UNRELIABLE, f"effectiveness {effectiveness:.2f} is below the gate {gate:g}"
+    found = [d for d in directions if _significant(d)]
+    if found:
+        return DEPENDS, "; ".join(
+            f"{d['from']} -> {d['to']}: corrected delta p {d['delta_p_corrected']:+.3f} "
+            f"[{d['delta_p_corrected_ci'][0]:+.3f}, {d['delta_p_corrected_ci'][1]:+.3f}], "
+            f"adjusted p {d['p_adjusted']:.2g}"
+            for d in found
+        )
+    if short:
+        return INSUFFICIENT, "; ".join(short)
+    return NO_DEPENDENCE, "would have detected " + ", ".join(
+        f"|corrected delta p| >= {d['detectable_effect']:.3f} ({d['from']} -> {d['to']}, {d['patients']} patients)"
+        for d in directions
+    ) + f" with {POWER:.0%} power"
+
+
+def verdict_line(name: str, found: Mapping[str, Any]) -> str:
+    """One attribute's verdict for the job's one-line summary: what an undetected effect could have been, or
+    which direction had too little data."""
+    text = f"{name}: {found['verdict']}"
+    if found["verdict"] == NO_DEPENDENCE:
+        text += f" (|corrected delta p| >= {found['detectable_effect']:.3f} detectable at {POWER:.0%} power)"
+    elif found["verdict"] == INSUFFICIENT:
+        counts = ", ".join(
+            f"{d['from']} -> {d['to']}: {d['patients']} of {d['min_patients']} patients"
+            for d in found["directions"]
+            if d.get("insufficient")
+        )
+        text += f" ({counts})"
+    return text
 
 
 def _check_table(table: pd.DataFrame, effectiveness: Mapping[str, float]) -> None:
@@ -219,42 +384,52 @@ def summarize(
 
     Attributes, and their (from, to) directions, come in the order of first appearance in ``table``. The
     p-values of all directions of all attributes form one Benjamini-Hochberg family; each direction gets its
-    ``p_adjusted``. Returns ``{"attributes": {name: {"verdict", "effectiveness", "directions": [...]}}}``.
+    ``p_adjusted``. Returns ``{"attributes": {name: {"verdict", "reason", "effectiveness",
+    "detectable_effect", "directions": [...]}}}``; ``detectable_effect`` is the largest of the directions' (what
+    the weakest direction could have seen; NaN unless the verdict is "no dependence detected").
     """
     _check_table(table, effectiveness)
-    directions = {
-        name: [
-            direction_summary(group, threshold, resamples, seed)
-            for _, group in rows.groupby(["from", "to"], sort=False, dropna=False)
-        ]
+    groups = {
+        name: [group for _, group in rows.groupby(["from", "to"], sort=False, dropna=False)]
         for name, rows in table.groupby("attribute", sort=False, dropna=False)
+    }
+    size = max(1, sum(len(found) for found in groups.values()))
+    directions = {
+        name: [direction_summary(group, threshold, resamples, seed, size) for group in found]
+        for name, found in groups.items()
     }
     family = [direction for summaries in directions.values() for direction in summaries]
     for direction, adjusted in zip(family, adjust_p_values([d["p_value"] for d in family]), strict=True):
         direction["p_adjusted"] = float(adjusted)
-    return {
-        "attributes": {
-            str(name): {
-                "verdict": verdict(summaries, float(effectiveness[name]), gate),
-                "effectiveness": float(effectiveness[name]),
-                "directions": summaries,
-            }
-            for name, summaries in directions.items()
+    attributes = {}
+    for name, summaries in directions.items():
+        found, reason = verdict(summaries, float(effectiveness[name]), gate)
+        detectable = max(d["detectable_effect"] for d in summaries) if found == NO_DEPENDENCE else math.nan
+        attributes[str(name)] = {
+            "verdict": found,
+            "reason": reason,
+            "effectiveness": float(effectiveness[name]),
+            "detectable_effect": detectable,
+            "directions": summaries,
         }
-    }
+    return {"attributes": attributes}
 
 
-def _rate(predicted_positive: np.ndarray) -> float:
-    """Fraction of True; NaN when empty."""
-    return float(predicted_positive.mean()) if predicted_positive.size else math.nan
-
-
-def subgroup_rates(scores: ArrayLike, labels: ArrayLike, groups: ArrayLike, threshold: float) -> pd.DataFrame:
-    """Per group (rows in order of first appearance, index ``group``): n, auc, tpr and fpr.
+def subgroup_rates(
+    scores: ArrayLike,
+    labels: ArrayLike,
+    groups: ArrayLike,
+    threshold: float,
+    min_images: int = MIN_SUBGROUP_IMAGES,
+    min_class: int = MIN_SUBGROUP_CLASS,
+) -> pd.DataFrame:
+    """Per group (rows in order of first appearance, index ``group``): n, positives, negatives, auc, tpr, fpr.
 
     Predictions are scores >= ``threshold``, one global threshold for every group. TPR = P(predicted | label),
-    FPR = P(predicted | not label), each NaN when its class is absent from the group; AUC by
-    :func:`medcf.evaluation.metrics.roc_auc`.
+    FPR = P(predicted | not label), AUC by :func:`medcf.evaluation.metrics.roc_auc`. A rate is :data:`TOO_SMALL`
+    instead of a number when the group has fewer than ``min_images`` images or the class it is taken over
+    (TPR: positives; FPR: negatives; AUC: both) has fewer than ``min_class`` (and at least one): a rate over k
+    images has a 95 % interval of about +-1 / sqrt(k), +-0.22 at the default 20, so fewer images give noise.
     """
     scores = np.asarray(scores, dtype=float).reshape(-1)
     labels = np.asarray(labels, dtype=bool).reshape(-1)
@@ -266,13 +441,20 @@ def subgroup_rates(scores: ArrayLike, labels: ArrayLike, groups: ArrayLike, thre
         member = groups == group
         group_scores, group_labels = scores[member], labels[member]
         predicted = group_scores >= threshold
+        n, positives = int(member.sum()), int(group_labels.sum())
+        negatives = n - positives
+        # the class counts a rate rests on must reach the minimum, in a group that reaches its own
+        least = max(1, min_class) if n >= min_images else n + 1
         records.append(
             {
                 "group": group,
-                "n": int(member.sum()),
-                "auc": roc_auc(group_scores, group_labels),
-                "tpr": _rate(predicted[group_labels]),
-                "fpr": _rate(predicted[~group_labels]),
+                "n": n,
+                "positives": positives,
+                "negatives": negatives,
+                "auc": roc_auc(group_scores, group_labels) if min(positives, negatives) >= least else TOO_SMALL,
+                "tpr": float(predicted[group_labels].mean()) if positives >= least else TOO_SMALL,
+                "fpr": float(predicted[~group_labels].mean()) if negatives >= least else TOO_SMALL,
             }
         )
-    return pd.DataFrame.from_records(records, columns=["group", "n", "auc", "tpr", "fpr"]).set_index("group")
+    columns = ["group", "n", "positives", "negatives", "auc", "tpr", "fpr"]
+    return pd.DataFrame.from_records(records, columns=columns).set_index("group")
