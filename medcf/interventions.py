@@ -130,6 +130,11 @@ def _assignment(schema: AttributeSchema, name: str, raw: str, text: str) -> Assi
     if raw[0] in "+-":
         if not math.isfinite(number):
             raise InterventionError(f"{text!r}: {name}: {raw!r} is not a finite shift")
+        if abs(number) > attribute.high - attribute.low:
+            raise InterventionError(
+                f"{text!r}: {name}: a shift of {raw} takes every {name} in [{attribute.low:g}, {attribute.high:g}] "
+                "outside that range"
+            )
         return Assignment(name, number, relative=True)
     try:
         return Assignment(name, attribute.parse(number))

@@ -87,6 +87,14 @@ class TestApply:
         with pytest.raises(InterventionError, match="age 60 \\+40 = 100 is outside \\[18, 95\\]"):
             parse_intervention(CXR_SCHEMA, "do(age=+40)").apply(CXR_SCHEMA, FACTUAL)
 
+    @pytest.mark.parametrize("shift", ["+1000", "-78", "+77.5"])
+    def test_a_shift_wider_than_the_range_is_refused_when_parsed(self, shift):
+        """No age in [18, 95] can take a shift of more than 77 years: refused before any image is seen."""
+        with pytest.raises(InterventionError, match=r"takes every age in \[18, 95\] outside that range") as error:
+            parse_intervention(CXR_SCHEMA, f"do(age={shift})")
+        assert "\n" not in str(error.value)
+        assert parse_intervention(CXR_SCHEMA, "do(age=+77)").apply(CXR_SCHEMA, {**FACTUAL, "age": 18.0})["age"] == 95
+
     def test_relative_is_only_for_continuous_attributes(self):
         """A signed value for a categorical attribute is an unknown category."""
         with pytest.raises(InterventionError, match="density: unknown value"):

@@ -35,7 +35,7 @@ from medcf.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
 from medcf.attributes import AttributeSchema, AttributeValue
 from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
 from medcf.audit.report import render_report
-from medcf.audit.statistics import subgroup_rates, summarize
+from medcf.audit.statistics import subgroup_rates, summarize, verdict_line
 from medcf.counterfactual import CounterfactualEngine
 from medcf.distributed import Shard
 from medcf.evaluation.evaluate import guidance_settings_from
@@ -77,9 +77,10 @@ class AuditRun:
         output_dir: audit.csv, summary.json and report.html go here.
         classifier: a TorchScript file or a MONAI bundle folder; ``classifier_settings`` adapts it.
         model_path, graph_path, predictors_path, preparer, schema: the bundle's generator and instruments.
-        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column).
-        heldout_subjects: above 0, audit a held-out phantom export of this many subjects instead (phantom seed
-            ``heldout_seed``, never a training seed), made once in ``output_dir/heldout_data``.
+        dataset_dir, labels: the DICOM files and their cohort table (with a ``patient`` column; default
+            ``dataset_dir/cohort.csv``); None: the held-out phantom set below.
+        heldout_subjects: without ``dataset_dir``, audit a held-out phantom export of this many subjects (phantom
+            seed ``heldout_seed``, never a training seed), made once in ``output_dir/heldout_data``.
         interventions: e.g. ``["do(sex=F)", "do(sex=M)", "do(age=+20)"]``.
         guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``; ``steps`` DDIM steps.
         label_attribute, positive_value: the attribute the classifier predicts, for per-subgroup AUC / TPR / FPR
@@ -134,6 +135,7 @@ class AuditRun:
         with OutputFolderLock(output_dir) if shard.main else nullcontext():
             dataset_dir, labels = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
             pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
+            _refuse_inapplicable(schema, interventions, pool.factual)
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key) if shard.main else None
             patients = shard.once(lambda: self._patients(pool, labels, pseudonyms))  # the key stays with rank 0
             tags = {"medcf.job": "audit", "medcf.device": str(device), "medcf.processes": str(shard.world)}
@@ -151,6 +153,7 @@ class AuditRun:
                 )
                 audited = list(dict.fromkeys(i.names[0] for i in interventions))
                 summary["subgroups"] = self._subgroups(schema, pool, p_factual, audited)
+                summary["images"] = _images_record(pool, pseudonyms)
                 summary["settings"] = self._settings_record(loaded.sha256)
                 result = self._save(output_dir, table, summary, examples, started)
         return result
@@ -162,6 +165,10 @@ class AuditRun:
             or self.heldout_subjects < 0
         ):
             raise ValueError(f"heldout_subjects: {self.heldout_subjects!r} must be an integer >= 0")
+        if self.dataset_dir is not None and not self._labels().is_file():
+            raise ValueError(f"labels: {self._labels()} does not exist; give the cohort table of dataset_dir")
+        if self.dataset_dir is None and not self.heldout_subjects:
+            raise ValueError("dataset_dir: none given and heldout_subjects is 0; give one of them")
         if not 0 < self.gate <= 1:
             raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
         for name in ("resamples", "batch_size", "steps"):
@@ -175,12 +182,15 @@ class AuditRun:
             if self.positive_value not in values:
                 raise ValueError(f"positive_value: {self.positive_value!r} is not a value of {self.label_attribute}")
 
+    def _labels(self) -> Path:
+        """The cohort table of ``dataset_dir``: ``labels``, by default the folder's ``cohort.csv``."""
+        return Path(self.dataset_dir) / "cohort.csv" if self.labels is None else Path(self.labels)
+
     def _data(self, output_dir: Path) -> tuple[Path, Path]:
-        """The given folder and cohort table, or a held-out phantom export made once (as the evaluate job does)."""
-        if not self.heldout_subjects:
-            if self.labels is None:
-                raise ValueError("labels: a cohort table is needed with dataset_dir")
-            return Path(self.dataset_dir), Path(self.labels)
+        """The given folder and its cohort table (default ``dataset_dir/cohort.csv``), or without a folder a
+        held-out phantom export of ``heldout_subjects`` subjects made once (as the evaluate job does)."""
+        if self.dataset_dir is not None:
+            return Path(self.dataset_dir), self._labels()
         size = getattr(self.preparer, "image_size", 64)
         side = size if isinstance(size, int) else max(size)
         return phantom_export_with_cohort(
@@ -231,6 +241,11 @@ class AuditRun:
         table = pd.DataFrame(
             [row for _, rows in ordered for row in rows], columns=[c for c in AUDIT_COLUMNS if c != "flipped"]
         )
+        if table.empty:
+            raise ValueError(
+                f"audit: no counterfactual could be made for any of the {len(pool)} images under "
+                f"{', '.join(i.text for i in interventions)}; nothing to report"
+            )
         threshold = self.classifier_settings.threshold
         table["flipped"] = (table["p_factual"] >= threshold) != (table["p_counterfactual"] >= threshold)
         effectiveness = table.groupby("attribute", sort=False)["recognised"].mean().astype(float).to_dict()
@@ -355,16 +370,19 @@ class AuditRun:
         mlflow.log_params(flatten(summary["settings"]))
         for name, found in summary["attributes"].items():
             mlflow.log_metric(f"{name}.effectiveness", found["effectiveness"])
+            if np.isfinite(found["detectable_effect"]):
+                mlflow.log_metric(f"{name}.detectable_effect", found["detectable_effect"])
             for direction in found["directions"]:
                 prefix = f"{name}.{direction['from']}-{direction['to']}".replace("+", "p")
                 mlflow.log_metrics({
                     f"{prefix}.delta_p_corrected": direction["delta_p_corrected"],
                     f"{prefix}.flip_rate": direction["flip_rate"],
+                    f"{prefix}.patients": direction["patients"],
                 })  # fmt: skip
             mlflow.set_tag(f"medcf.verdict.{name}", found["verdict"])
         for artifact in (AUDIT_CSV, SUMMARY_JSON, REPORT_HTML):
             mlflow.log_artifact(str(output_dir / artifact))
-        verdicts = ", ".join(f"{name}: {found['verdict']}" for name, found in summary["attributes"].items())
+        verdicts = "; ".join(verdict_line(name, found) for name, found in summary["attributes"].items())
         print(f"{len(table)} rows in {summary['seconds']:.0f} s -> {output_dir / REPORT_HTML} ({verdicts})")
         return summary
 
@@ -387,6 +405,37 @@ class _Examples:
     @property
     def triplets(self) -> list[Triplet]:
         return [triplet for _, triplet in self.kept]
+
+
+def _refuse_inapplicable(
+    schema: AttributeSchema, interventions: Sequence[Intervention], factual: Sequence[Mapping[str, AttributeValue]]
+) -> None:
+    """ValueError, one line, for an intervention that changes none of the images (before any is decoded): every
+    image already has the value, or the shift takes every image outside the attribute's range."""
+    for intervention in interventions:
+        if any(_changes(schema, intervention, attributes) for attributes in factual):
+            continue
+        name = intervention.names[0]
+        try:
+            for attributes in factual:
+                intervention.apply(schema, attributes)
+        except InterventionError:
+            attribute = schema[name]
+            values = [float(attributes[name]) for attributes in factual]
+            raise ValueError(
+                f"interventions: {intervention.text} takes {name} outside [{attribute.low:g}, {attribute.high:g}] for "
+                f"every one of the {len(factual)} images ({name} {min(values):g}-{max(values):g}); nothing to audit"
+            ) from None
+        raise ValueError(
+            f"interventions: {intervention.text} changes none of the {len(factual)} images (each already has "
+            f"{name} = {intervention.assignments[0].value}); nothing to audit"
+        )
+
+
+def _images_record(pool: EvaluationSet, pseudonyms: Pseudonyms) -> dict[str, Any]:
+    """How many images the audit used, and every rejected one (as a pseudonym) with its reason."""
+    rejected = [{"source": pseudonyms.image(source), "reason": reason} for source, reason in pool.rejected.items()]
+    return {"audited": len(pool), "rejected": rejected}
 
 
 def _changes(schema: AttributeSchema, intervention: Intervention, factual: Mapping[str, AttributeValue]) -> bool:

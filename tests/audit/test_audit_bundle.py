@@ -21,8 +21,9 @@ from tests.conftest import save_tiny_evaluation_files
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_counterfactual"
-DIRECTION_KEYS = {"from", "to", "n", "flip_rate", "delta_p", "delta_p_ci", "delta_p_corrected",
-                  "delta_p_corrected_ci", "p_adjusted"}  # fmt: skip
+DIRECTION_KEYS = {"from", "to", "n", "patients", "min_patients", "flip_rate", "delta_p", "delta_p_ci",
+                  "delta_p_corrected", "delta_p_corrected_ci", "p_adjusted", "detectable_effect",
+                  "insufficient"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +38,7 @@ def run_bundle(tiny_files, cwd, **changes):
     arguments = {
         "output_dir": "OUT", "classifier": tiny_files / "classifier.ts", "model_path": tiny_files / "model.pt",
         "predictors_path": tiny_files / "predictors.pt", "image_size": 32, "steps": 2, "resamples": 200,
+        "dataset_dir": BUNDLE / "sample_data",
         "interventions": "['do(sex=F)', 'do(sex=M)', 'do(age=+20)']", **changes,
     }  # fmt: skip
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "audit.yaml")]
@@ -60,7 +62,7 @@ class _Collector(HTMLParser):
 
 
 def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_contained_report(tiny_files, tmp_path):
-    result = run_bundle(tiny_files, tmp_path)
+    result = run_bundle(tiny_files, tmp_path)  # the 8 sample images: too few patients for any verdict
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "OUT"
 
@@ -80,8 +82,12 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
 
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["attributes"]) == {"sex", "age"}
+    # the two lateral views of the sample data are rejected rows of the summary, by pseudonym
+    assert summary["images"]["audited"] == 8
+    assert [r["reason"] for r in summary["images"]["rejected"]] == ["view LL is not frontal (AP/PA)"] * 2
+    assert all(r["source"].startswith("img-") for r in summary["images"]["rejected"])
     for name, found in summary["attributes"].items():
-        assert found["verdict"] in {"depends", "no dependence detected", "unreliable"}
+        assert found["verdict"] in {"depends", "no dependence detected", "unreliable", "insufficient data"}
         assert 0 <= found["effectiveness"] <= 1
         rows = table[table["attribute"] == name]
         assert found["effectiveness"] == pytest.approx(rows["recognised"].mean())
@@ -89,12 +95,19 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
             chosen = rows[(rows["from"].astype(str) == direction["from"]) & (rows["to"].astype(str) == direction["to"])]
             assert direction["effectiveness"] == pytest.approx(chosen["recognised"].mean())
             assert DIRECTION_KEYS <= set(direction)
+            assert direction["patients"] == chosen["patient"].nunique() and direction["n"] == len(chosen)
             low, high = direction["delta_p_corrected_ci"]
             assert low <= direction["delta_p_corrected"] <= high
-    # an untrained predictor does not recognise the counterfactuals: below the gate the verdict is unreliable
-    assert summary["attributes"]["sex"]["effectiveness"] < 0.8 <= 1
-    assert summary["attributes"]["sex"]["verdict"] == "unreliable"
+    # 3 directions in the family: a direction needs 7 patients; the sample data's sex directions have 4 (5 images) and 1 (3 images)
+    sex = summary["attributes"]["sex"]
+    assert [(d["patients"], d["min_patients"]) for d in sex["directions"]] == [(4, 7), (1, 7)]
+    assert sex["verdict"] == "insufficient data" and "1 patient (3 images)" in sex["reason"]
+    assert "sex: insufficient data (M -> F: 4 of 7 patients, F -> M: 1 of 7 patients)" in result.stdout
+    # 8 images in groups of 3 and 5: every subgroup rate is withheld, every row says its n
     assert {"sex", "age"} <= set(summary["subgroups"])
+    for records in summary["subgroups"].values():
+        assert sum(record["n"] for record in records) == 8
+        assert all(record[key] == "n too small" for record in records for key in ("auc", "tpr", "fpr"))
 
     html = (out / "report.html").read_text()
     collector = _Collector()
@@ -103,11 +116,14 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
     assert "<script" not in html.lower() and "@import" not in html and "url(" not in html
     text = " ".join(collector.text)
     for name, found in summary["attributes"].items():
-        assert name in text and found["verdict"] in text
+        assert name in text and found["verdict"] in text and found["reason"] in text
+    assert "n too small" in text and "AUC 0" not in text
+    assert 'alt="forest plot of the corrected delta p per direction"' in html
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["medcf-cxr-audit"], output_format="list")
-    assert run.info.status == "FINISHED" and run.data.tags["medcf.verdict.sex"] == "unreliable"
+    assert run.info.status == "FINISHED" and run.data.tags["medcf.verdict.sex"] == "insufficient data"
+    assert run.data.metrics["sex.M-F.patients"] == 4
     assert {"audit.csv", "summary.json", "report.html"} <= {
         a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)
     }
@@ -143,6 +159,9 @@ def audit(tiny_files, tmp_path, **changes):
         ({"label_attribute": "sex", "positive_value": "X"}, ValueError, r"positive_value: 'X' is not a value of sex"),
         ({"label_attribute": "height"}, ValueError, r"label_attribute: 'height' is not one of"),
         ({"gate": 0}, ValueError, r"gate: 0 must lie in \(0, 1\]"),
+        ({"interventions": ["do(age=+1000)"]}, InterventionError, r"takes every age in \[18, 95\] outside that range"),
+        ({"labels": None, "dataset_dir": REPO / "tests"}, ValueError, r"labels: .*cohort.csv does not exist"),
+        ({"dataset_dir": None}, ValueError, r"dataset_dir: none given and heldout_subjects is 0"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_output(tiny_files, tmp_path, changes, error, message):
@@ -150,6 +169,28 @@ def test_bad_input_fails_in_one_line_before_any_output(tiny_files, tmp_path, cha
         audit(tiny_files, tmp_path, **changes).run()
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_an_intervention_no_image_can_take_ends_before_decoding_and_leaves_no_report(tiny_files, tmp_path):
+    """The sample images are 54-91 years old: do(age=+70) takes every one past 95. One line, exit non-zero, no
+    table, summary or report (a report with verdicts on nothing would read as a result)."""
+    result = run_bundle(tiny_files, tmp_path, interventions="['do(sex=F)', 'do(age=+70)']")
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("medcf:")]
+    assert "do(age=+70) takes age outside [18, 95] for every one of the 8 images (age 54-91)" in line
+    assert not any((tmp_path / "OUT" / name).exists() for name in ("audit.csv", "summary.json", "report.html"))
+
+
+def test_an_audit_without_a_usable_image_exits_without_a_report(tiny_files, tmp_path):
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "broken.dcm").write_bytes(b"not a dicom file")
+    pd.read_csv(BUNDLE / "sample_data" / "cohort.csv").to_csv(folder / "cohort.csv", index=False)
+    result = run_bundle(tiny_files, tmp_path, dataset_dir=folder)
+    assert result.returncode != 0
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("medcf:")]
+    assert "none of the 1 files" in line and "not_dicom" in line
+    assert not any((tmp_path / "OUT" / name).exists() for name in ("audit.csv", "summary.json", "report.html"))
 
 
 def test_a_cohort_without_patients_is_refused(tiny_files, tmp_path):

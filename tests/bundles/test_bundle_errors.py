@@ -66,3 +66,20 @@ def test_one_intervention_as_a_plain_string_and_the_image_size_from_the_model_fi
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
     assert set(manifest["intervention"]) == {"do(sex=F)"} and (manifest["status"] == "ok").any()
+
+
+def test_the_one_line_is_the_refusal_not_what_it_replaced():
+    """``raise ValueError(...) from None`` replaces the error it was raised in: the one line shows the new message
+    (as Python's own traceback would), not the hidden one, even through MONAI's wrapping RuntimeError."""
+    from medcf.bundles import _user_error
+
+    try:
+        try:
+            try:
+                raise ValueError("age 80 +70 = 150 is outside [18, 95]")
+            except ValueError:
+                raise ValueError("interventions: do(age=+70) takes age outside [18, 95] for every image") from None
+        except ValueError as refusal:
+            raise RuntimeError("Failed to evaluate ConfigExpression") from refusal
+    except RuntimeError as wrapped:
+        assert str(_user_error(wrapped)).startswith("interventions: do(age=+70)")
