@@ -1,8 +1,10 @@
 """Counterfactual grids for people: one row per image, columns factual | counterfactual | |difference| for each
-intervention (what the inference job logs to MLflow and writes under ``OUT/grids/``)."""
+intervention (what the inference job logs to MLflow and writes under ``OUT/grids/``); a counterfactual that was
+not made shows why in its cell."""
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -26,16 +28,30 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
 
 def counterfactual_grid(
     factual: Sequence[np.ndarray],
-    counterfactuals: Mapping[str, Sequence[np.ndarray | None]],
+    counterfactuals: Mapping[str, Sequence[np.ndarray | str | None]],
     path: str | Path,
     row_labels: Sequence[str] | None = None,
 ) -> Path:
-    """Save a labelled grid PNG atomically.
+    """Save a labelled grid PNG atomically (the figure of :func:`counterfactual_figure`)."""
+    return save_figure(counterfactual_figure(factual, counterfactuals, row_labels), path, dpi=110)
+
+
+#: Characters per line and lines of the text printed in a cell whose counterfactual was not made.
+CELL_TEXT_WIDTH, CELL_TEXT_LINES = 30, 8
+
+
+def counterfactual_figure(
+    factual: Sequence[np.ndarray],
+    counterfactuals: Mapping[str, Sequence[np.ndarray | str | None]],
+    row_labels: Sequence[str] | None = None,
+):
+    """The grid as a matplotlib figure: per row the factual image, then counterfactual and |difference| per
+    intervention.
 
     Args:
         factual: one image per row on a [0, 1] scale.
-        counterfactuals: intervention text -> one image per row on [0, 1] (None: not made, left blank).
-        path: the PNG to write.
+        counterfactuals: intervention text -> per row an image on [0, 1], or for a counterfactual that was not
+            made the reason as text (printed, wrapped, in its cell), or None (left blank).
         row_labels: a short label per row (e.g. the source file).
     """
     import matplotlib
@@ -60,6 +76,12 @@ def counterfactual_grid(
             counterfactual = images[row]
             if counterfactual is None:
                 continue
+            if isinstance(counterfactual, str):  # not made: why, in the counterfactual's cell
+                cell = axes[row, 1 + 2 * k]
+                cell.text(
+                    0.5, 0.5, cell_text(counterfactual), fontsize=6, ha="center", va="center", transform=cell.transAxes
+                )
+                continue
             axes[row, 1 + 2 * k].imshow(counterfactual, cmap="gray", vmin=0, vmax=1)
             axes[row, 2 + 2 * k].imshow(np.abs(counterfactual - image), cmap="magma", vmin=0, vmax=0.25)
     axes[0, 0].set_title("factual", fontsize=7)
@@ -67,4 +89,16 @@ def counterfactual_grid(
         axes[0, 1 + 2 * k].set_title(name, fontsize=7)
         axes[0, 2 + 2 * k].set_title("|difference| (0-0.25)", fontsize=7)
     fig.tight_layout()
-    return save_figure(fig, path, dpi=110)
+    return fig
+
+
+def cell_text(text: str) -> str:
+    """``text`` wrapped to fit a grid cell: :data:`CELL_TEXT_WIDTH` characters a line, at most
+    :data:`CELL_TEXT_LINES` lines (the last ending in "..." when cut)."""
+    lines = textwrap.wrap(" ".join(text.split()), CELL_TEXT_WIDTH, break_on_hyphens=False) or [""]
+    if len(lines) > CELL_TEXT_LINES:
+        lines = [
+            *lines[: CELL_TEXT_LINES - 1],
+            textwrap.shorten(" ".join(lines[CELL_TEXT_LINES - 1 :]), CELL_TEXT_WIDTH, placeholder=" ..."),
+        ]
+    return "\n".join(lines)

@@ -66,6 +66,8 @@ FOLDER_SETTINGS = "inference.json"
 GRID_ROWS = 8
 """Images shown in each batch's preview grid: matplotlib takes about 0.17 s a row, so a GPU batch of 64 drawn in
 full (11 s) took longer than decoding it; the DICOM and PNG files of every image are written regardless."""
+MADE_EARLIER = "made by an earlier run"
+"""A grid cell's text for an intervention this run skipped (a column of only these is not drawn)."""
 
 
 @dataclass
@@ -356,6 +358,7 @@ class _Job:
         self.totals["evaluations"] += len(batch) * len(self.engine.sampler.timesteps)
         factual_displays = [_unit(image) for image in images[:, 0].numpy()]
         drawn: dict[int, list[tuple[Drawn, dict[str, Any]]]] = defaultdict(list)
+        not_made: dict[int, dict[str, str]] = defaultdict(dict)  # the grid prints the manifest's reason
         for intervention in self.interventions:
             members = [k for k, p in enumerate(batch) if intervention in p.todo]
             if not members:
@@ -365,11 +368,13 @@ class _Job:
             for position, reason in result.rejected.items():
                 p = batch[members[position]]
                 self.manifest.record(self._row(p.item.image, p.item.source, intervention, "rejected", reason))
+                shown_reason = reason.removeprefix(f"{intervention.text}: ")  # the column's title says it
+                not_made[members[position]][intervention.text] = f"not made: {shown_reason}"
             description = self._describe(result)
             for j, position in enumerate(result.made):
                 display = _unit(result.images[j, 0].cpu().numpy())
                 drawn[members[position]].append((Drawn(intervention, display, description), self._extra(result, j)))
-        shown: dict[str, list[np.ndarray | None]] = {i.text: [] for i in self.interventions}
+        shown: dict[str, list[np.ndarray | str]] = {i.text: [] for i in self.interventions}
         factual_shown, labels = [], []
         for k, p in enumerate(batch):
             if not drawn[k]:
@@ -384,10 +389,10 @@ class _Job:
             if len(factual_shown) == GRID_ROWS:
                 continue
             for text, column in shown.items():
-                column.append(displays.get(text))
+                column.append(displays.get(text, not_made[k].get(text, MADE_EARLIER)))
             factual_shown.append(written.factual)
             labels.append(output_folder(p.item.source, p.item.image, self.config.keep_identifiers))
-        shown = {text: column for text, column in shown.items() if any(c is not None for c in column)}
+        shown = {text: column for text, column in shown.items() if any(c is not MADE_EARLIER for c in column)}
         if shown:
             grid = self.grid_folder / f"{self.grid_prefix}{len(self.grids):03d}.png"
             self.grids.append(counterfactual_grid(factual_shown, shown, grid, labels))

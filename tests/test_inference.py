@@ -3,7 +3,9 @@
 from dataclasses import replace
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import mlflow
+import numpy as np
 import pandas as pd
 import pydicom
 import pytest
@@ -14,6 +16,7 @@ import medcf.inference
 from medcf.attributes import SchemaError
 from medcf.counterfactual import GuidanceSettings
 from medcf.diffusion import DiffusionConfig
+from medcf.grids import CELL_TEXT_LINES, CELL_TEXT_WIDTH, counterfactual_figure, counterfactual_grid
 from medcf.inference import InferenceRun
 from medcf.interventions import InterventionError, parse_intervention
 from medcf.model import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
@@ -221,6 +224,49 @@ def test_a_shift_past_the_range_rejects_that_image_only(setup, tmp_path):
     manifest = read_manifest(out)
     rejected = manifest[manifest["reason"].str.contains("is outside")]
     assert len(rejected) and rejected["reason"].str.startswith("do(age=+60): age").all()
+
+
+def test_a_grid_cell_that_was_not_made_shows_why():
+    """A cell given as text prints it, wrapped to the cell; None stays blank; images are drawn."""
+    image = np.full((8, 8), 0.5)
+    reason = "not made: age 80 +20 = 100 is outside [18, 95]"
+    long = "not made: " + "a reason far too long for one cell " * 10
+    figure = counterfactual_figure(
+        [image, image], {"do(age=+20)": [image, reason], "do(sex=F)": [None, long]}, ["one", "two"]
+    )
+    axes = np.array(figure.axes).reshape(2, 5)
+    texts = [[[t.get_text() for t in ax.texts] for ax in row] for row in axes]
+    images = [[len(ax.images) for ax in row] for row in axes]
+    plt.close(figure)
+    assert images == [[1, 1, 1, 0, 0], [1, 0, 0, 0, 0]]
+    (shown,) = texts[1][1]
+    assert shown.replace("\n", " ") == reason and all(len(line) <= CELL_TEXT_WIDTH for line in shown.split("\n"))
+    (cut,) = texts[1][3]
+    assert len(cut.split("\n")) == CELL_TEXT_LINES and cut.endswith("...")
+    assert texts[0][3] == [] and texts[1][2] == [] and texts[1][4] == [], "blank and difference cells hold no text"
+
+
+def test_the_grid_shows_the_manifests_reason_where_a_shift_is_past_the_range(setup, tmp_path, monkeypatch):
+    """do(age=+30) is past 95 for the 66- and 67-year-olds: their cells print the manifest's reason (without the
+    intervention, the column's title); the 64- and 58-year-olds' are drawn."""
+    grids = []
+
+    def recording(factual, counterfactuals, path, row_labels=None):
+        grids.append(counterfactuals)
+        return counterfactual_grid(factual, counterfactuals, path, row_labels)
+
+    monkeypatch.setattr(medcf.inference, "counterfactual_grid", recording)
+    out = tmp_path / "out"
+    run(setup, out, interventions=("do(sex=F)", "do(age=+30)"), steps=2, batch_size=8)
+    manifest = read_manifest(out)
+    rejected = manifest.loc[manifest["reason"].str.contains("is outside"), "reason"]
+    (grid,) = grids
+    cells = grid["do(age=+30)"]
+    texts = sorted(cell for cell in cells if isinstance(cell, str))
+    assert texts == sorted("not made: " + r.removeprefix("do(age=+30): ") for r in rejected)
+    assert texts == ["not made: age 66 +30 = 96 is outside [18, 95]", "not made: age 67 +30 = 97 is outside [18, 95]"]
+    assert sum(isinstance(cell, np.ndarray) for cell in cells) == 2
+    assert all(isinstance(cell, np.ndarray) for cell in grid["do(sex=F)"])
 
 
 def test_a_kill_keeps_every_row_whose_files_are_written(setup, tmp_path, monkeypatch):
