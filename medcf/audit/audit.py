@@ -349,7 +349,7 @@ class AuditRun:
     def _settings_record(self, model_sha256: str) -> dict[str, Any]:
         return {
             "model_sha256": model_sha256,
-            "classifier_sha256": file_sha256(self.classifier) if Path(self.classifier).is_file() else "bundle folder",
+            "classifier_sha256": file_sha256(_classifier_file(Path(self.classifier))),
             "interventions": [self.interventions] if isinstance(self.interventions, str) else list(self.interventions),
             "guidance": dict(self.guidance),
             "steps": self.steps,
@@ -405,6 +405,11 @@ class _Examples:
     @property
     def triplets(self) -> list[Triplet]:
         return [triplet for _, triplet in self.kept]
+
+
+def _classifier_file(classifier: Path) -> Path:
+    """The file that holds the classifier's weights: the TorchScript file, or a bundle folder's models/model.pt."""
+    return classifier / "models" / "model.pt" if classifier.is_dir() else classifier
 
 
 def _refuse_inapplicable(

@@ -16,6 +16,7 @@ from medcf.audit.audit import AuditRun
 from medcf.audit.classifier import ClassifierError, ClassifierSettings
 from medcf.diffusion import DiffusionConfig
 from medcf.interventions import InterventionError
+from medcf.loading import file_sha256
 from medcf.prepare import ChestPreparer
 from tests.conftest import save_tiny_evaluation_files
 
@@ -82,6 +83,7 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
 
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["attributes"]) == {"sex", "age"}
+    assert summary["settings"]["classifier_sha256"] == file_sha256(tiny_files / "classifier.ts")
     # the two lateral views of the sample data are rejected rows of the summary, by pseudonym
     assert summary["images"]["audited"] == 8
     assert [r["reason"] for r in summary["images"]["rejected"]] == ["view LL is not frontal (AP/PA)"] * 2
@@ -98,7 +100,7 @@ def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_conta
             assert direction["patients"] == chosen["patient"].nunique() and direction["n"] == len(chosen)
             low, high = direction["delta_p_corrected_ci"]
             assert low <= direction["delta_p_corrected"] <= high
-    # 3 directions in the family: a direction needs 7 patients; the sample data's sex directions have 4 (5 images) and 1 (3 images)
+    # 3 directions in the family: 7 patients needed; the sample sex directions have 4 (5 images) and 1 (3 images)
     sex = summary["attributes"]["sex"]
     assert [(d["patients"], d["min_patients"]) for d in sex["directions"]] == [(4, 7), (1, 7)]
     assert sex["verdict"] == "insufficient data" and "1 patient (3 images)" in sex["reason"]
