@@ -24,7 +24,7 @@ def bundle_root(name: str) -> str:
 
 
 #: The keys of a bundle's configs/common.yaml.
-COMMON_KEYS = ("kind", "attributes", "files", "phantom_training_set", "guidance", "steps")
+COMMON_KEYS = ("kind", "attributes", "files", "phantom_training_set", "guidance", "steps", "max_pixel_bytes")
 
 
 def common(root: str | Path) -> dict[str, Any]:

@@ -56,7 +56,7 @@ from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
-from medcf.prepare.base import PreparedImage, Preparer
+from medcf.prepare.base import PreparedImage, Preparer, Rejected, dataset_file
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
 from medcf.prepare.runner import discover_inputs
 from medcf.tracking import flatten, job_run
@@ -306,7 +306,7 @@ class _Job:
         todo: dict[str, list[Intervention]] = {}
         for source in sources:
             image = images[source]
-            self.inputs[image] = input_fingerprint(dataset_dir / source, source, labels)
+            self.inputs[image] = input_fingerprint(dataset_dir, source, labels)
             needed = [i for i in self.interventions if not self._is_made(self.manifest.get(image, i.text), image)]
             if needed:
                 todo[source] = needed
@@ -440,21 +440,23 @@ class _Preparation(Dataset):
 
     def __getitem__(self, index: int) -> tuple[str, PreparedImage]:
         source = self.sources[index]
-        return source, self.preparer.prepare(str(self.dataset_dir / source), self.labels, source)
+        return source, self.preparer.prepare_input(self.dataset_dir, source, self.labels)
 
 
 def _as_is(item: Any) -> Any:
     return item
 
 
-def input_fingerprint(path: Path, source: str, labels: CohortIndex) -> str:
+def input_fingerprint(dataset_dir: Path, source: str, labels: CohortIndex) -> str:
     """What decides an input's counterfactuals besides the settings: its file (size, modification time) and
-    its cohort row. A re-run makes a row again when either changed (a corrected label, a replaced file)."""
+    its cohort row. A re-run makes a row again when either changed (a corrected label, a replaced file). A file
+    outside ``dataset_dir`` (through a symbolic link) is not looked at (see :func:`dataset_file`)."""
     try:
+        path = dataset_file(dataset_dir, source)
         stat = path.stat()
         uid = read_header(path).sop_instance_uid if labels.by_uid is not None else None
         file = [stat.st_size, stat.st_mtime_ns]
-    except (OSError, DicomReadError) as error:
+    except (OSError, DicomReadError, Rejected) as error:
         file, uid = [type(error).__name__], None
     try:
         row: dict[str, Any] = labels.labels_for(source, uid)

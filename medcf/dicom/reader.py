@@ -69,6 +69,7 @@ REASONS: dict[str, str] = {
     "multi_frame": "the image has more than one frame",
     "not_grayscale": "the image is not grayscale",
     "unsupported": "the dataset is not a supported image",
+    "too_large": "the image is larger than the pixel budget",
 }
 """Machine codes of :class:`DicomReadError` and their meaning in words."""
 
@@ -101,6 +102,15 @@ VIEW_MEANINGS: dict[str, str] = {
     "lateral": "LATERAL",
 }
 """View Code Sequence (0054,0220) Code Meanings (CID 4014 / 4010, lower case, hyphens as spaces) -> view."""
+
+DEFAULT_MAX_PIXEL_BYTES = 128 * 2**20
+"""The default pixel budget (128 MiB: 8192 x 8192 x 16 bit): the most bytes of decoded pixel data (Rows x Columns x
+frames x samples x bytes per sample) a file may declare before it is decoded. Real radiographs need well under half
+of it: FFDM up to about 4.7k x 5.9k x 16 bit (56 MB), scanned film about 4.5k x 2.8k (25 MB), CR and DX up to
+about 4.3k x 4.3k (37 MB). A header claiming more is refused ``too_large`` from the header alone, so that a small
+compressed file cannot decode into gigabytes (a 27 MB RLE file claiming 30000 x 30000 x 16 bit is 1.8 GB decoded).
+Reading a file at the budget takes about 4 x the budget (the file's bytes, the stored array, its float32 display
+image): measured 520 MiB more peak memory to prepare an uncompressed 8192 x 8192 x 16-bit chest file."""
 
 AGE_UNITS_IN_YEARS = {"D": 1 / 365.25, "W": 7 / 365.25, "M": 1 / 12, "Y": 1.0}
 AGE_PATTERN = re.compile(r"(\d{1,3})([DWMY])")
@@ -173,6 +183,7 @@ class RadiographHeader:
     number_of_frames: int
     samples_per_pixel: int
     bits_stored: int
+    bits_allocated: int
     transfer_syntax: str
     spacing_mm: tuple[float, float] | None
     spacing_source: str | None
@@ -181,6 +192,13 @@ class RadiographHeader:
     burned_in_annotation: str | None
     voi_source: str
     presentation_lut_shape: str | None
+
+    @property
+    def pixel_bytes(self) -> int:
+        """Bytes of decoded pixel data the header declares: Rows x Columns x frames x samples x bytes per sample
+        (Bits Allocated rounded up to whole bytes, at least one: pydicom unpacks 1-bit data to a byte each)."""
+        per_sample = max(1, math.ceil(max(self.bits_allocated, self.bits_stored) / 8))
+        return self.rows * self.columns * self.number_of_frames * self.samples_per_pixel * per_sample
 
     @property
     def inverted(self) -> bool:
@@ -210,14 +228,20 @@ def read_header(path: PathLike) -> RadiographHeader:
     return _header_from_dataset(_read_dataset(path, header_only=True), path)
 
 
-def read_radiograph(path: PathLike) -> tuple[np.ndarray, RadiographHeader]:
+def read_radiograph(
+    path: PathLike, max_pixel_bytes: int | None = DEFAULT_MAX_PIXEL_BYTES
+) -> tuple[np.ndarray, RadiographHeader]:
     """The display image (float32, shape (Rows, Columns), [0, 1], bright = attenuating) and the header.
 
-    See the module docstring for the pipeline. Raises DicomReadError with reason ``not_dicom``,
-    ``truncated``, ``no_pixel_data``, ``unsupported``, ``multi_frame``, ``not_grayscale`` or
-    ``undecodable``.
+    See the module docstring for the pipeline. With a ``max_pixel_bytes`` budget (default
+    :data:`DEFAULT_MAX_PIXEL_BYTES`; None: no limit) the header is read first, without the pixel data, and a file
+    declaring more decoded bytes is refused (``too_large``, see :func:`check_pixel_budget`) before the rest of the
+    file is read or anything is decoded. Raises DicomReadError with reason ``not_dicom``, ``truncated``,
+    ``no_pixel_data``, ``unsupported``, ``too_large``, ``multi_frame``, ``not_grayscale`` or ``undecodable``.
     """
     path = Path(path)
+    if max_pixel_bytes is not None:
+        check_pixel_budget(read_header(path), max_pixel_bytes)
     ds = _read_dataset(path, header_only=False)
     if not any(keyword in ds for keyword in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
         raise DicomReadError(path, "no_pixel_data", "no (7FE0,0010) Pixel Data or float pixel data element")
@@ -225,6 +249,26 @@ def read_radiograph(path: PathLike) -> tuple[np.ndarray, RadiographHeader]:
     _check_single_grayscale_frame(header)
     stored = _decode_pixels(ds, header)
     return _render(stored, ds, header), header
+
+
+def check_pixel_budget(header: RadiographHeader, max_pixel_bytes: int) -> None:
+    """Raise DicomReadError ``too_large`` when the header declares more than ``max_pixel_bytes`` bytes of decoded
+    pixel data (:attr:`RadiographHeader.pixel_bytes`); the detail gives the dimensions, the bytes and the budget."""
+    if (needed := header.pixel_bytes) > max_pixel_bytes:
+        bytes_per_sample = needed // (header.rows * header.columns * header.number_of_frames * header.samples_per_pixel)
+        raise DicomReadError(
+            header.path,
+            "too_large",
+            f"the header declares {header.rows} x {header.columns} pixels x {header.number_of_frames} frame(s) x "
+            f"{header.samples_per_pixel} sample(s) x {bytes_per_sample} byte(s) = {needed:,} bytes "
+            f"({_mib(needed)} MiB), over the budget of {max_pixel_bytes:,} bytes "
+            f"({_mib(max_pixel_bytes)} MiB; setting max_pixel_bytes); it was not decoded",
+        )
+
+
+def _mib(count: int) -> str:
+    """A byte count in MiB, one decimal at most: ``128``, ``0.1``, ``1,716.6``."""
+    return f"{count / 2**20:,.1f}".removesuffix(".0")
 
 
 def inverts_display(photometric: str, presentation_lut_shape: str | None) -> bool:
@@ -424,6 +468,7 @@ def _header_from_dataset(ds: Dataset, path: Path) -> RadiographHeader:
     photometric = _text(ds, "PhotometricInterpretation")
     if photometric is None:
         raise DicomReadError(path, "unsupported", "the dataset has no PhotometricInterpretation")
+    bits_stored = _required_int(ds, "BitsStored", path)
     return RadiographHeader(
         path=path,
         modality=_text(ds, "Modality"),
@@ -442,7 +487,8 @@ def _header_from_dataset(ds: Dataset, path: Path) -> RadiographHeader:
         columns=_required_int(ds, "Columns", path),
         number_of_frames=_required_int(ds, "NumberOfFrames", path, default=1),
         samples_per_pixel=_required_int(ds, "SamplesPerPixel", path),
-        bits_stored=_required_int(ds, "BitsStored", path),
+        bits_stored=bits_stored,
+        bits_allocated=_required_int(ds, "BitsAllocated", path, default=bits_stored),
         transfer_syntax=_transfer_syntax(ds),
         spacing_mm=spacing,
         spacing_source=spacing_source,

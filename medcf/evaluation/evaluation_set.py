@@ -73,7 +73,7 @@ def load_evaluation_set(
     cohort = CohortIndex.from_csv(labels)
     images, factual, kept, headers, rejected = [], [], [], [], {}
     for source in sources:
-        prepared = preparer.prepare(str(folder / source), cohort, source)
+        prepared = preparer.prepare_input(folder, source, cohort)
         if prepared.status != "ok":
             rejected[source] = prepared.reason
             continue

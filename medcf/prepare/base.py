@@ -4,21 +4,38 @@ A :class:`Preparer` turns one DICOM file into a training-ready array (channel-fi
 or rejects it with a short, specific reason. Policy (which files are acceptable) lives in
 :meth:`Preparer.check_header`, which runs on the header alone so that unsuitable files are never decoded;
 pixel work lives in :meth:`Preparer.prepare_pixels`.
+
+Two checks come before any policy and apply to every job that reads DICOM files (prepare, inference, evaluate,
+audit), all through :meth:`Preparer.prepare_input`:
+
+- the file must lie inside the data set folder: a file whose resolved path (through symbolic links, of the file
+  or of a folder above it) is outside ``dataset_dir`` is rejected ``outside_dataset`` without being opened;
+- the pixel budget: a header declaring more than ``max_pixel_bytes`` bytes of decoded pixel data (Rows x Columns
+  x frames x samples x bytes per sample) is rejected ``too_large`` before anything is decoded.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.transforms import Resize
 
-from medcf.dicom.reader import DicomReadError, RadiographHeader, read_header, read_radiograph
+from medcf.dicom.reader import (
+    DEFAULT_MAX_PIXEL_BYTES,
+    DicomReadError,
+    RadiographHeader,
+    check_pixel_budget,
+    read_header,
+    read_radiograph,
+)
 from medcf.geometry import Geometry
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
 
@@ -29,6 +46,42 @@ class Rejected(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class OutsideDataset(Rejected):
+    """An input whose resolved path lies outside the data set folder (a symbolic link out of it)."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "outside_dataset: its resolved path (through a symbolic link) lies outside dataset_dir; "
+            "files outside dataset_dir are never read"
+        )
+
+
+def dataset_file(dataset_dir: str | os.PathLike[str], source: str) -> Path:
+    """``dataset_dir / source``, when its resolved path lies inside the resolved ``dataset_dir``.
+
+    The one rule for symbolic links, in every job that reads the data set: a link (to a file, or a folder above
+    it) whose target stays inside ``dataset_dir`` is followed; one whose target is outside raises
+    :class:`OutsideDataset`, before anything of the target is read. (A link may still be swapped between this
+    check and the read; the rule guards against exports that point outside, not against a hostile owner of the
+    folder.)
+    """
+    path = Path(dataset_dir, source)
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError):  # a loop of symbolic links (RuntimeError before Python 3.13)
+        raise Rejected("unreadable: a loop of symbolic links") from None
+    if not resolved.is_relative_to(Path(dataset_dir).resolve()):
+        raise OutsideDataset()
+    return path
+
+
+def checked_pixel_budget(value: Any) -> int:
+    """``max_pixel_bytes`` as a positive integer (an integral float such as ``2.5e8`` is accepted)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() or value < 1:
+        raise ValueError(f"max_pixel_bytes: {value!r} must be a positive whole number of bytes")
+    return int(value)
 
 
 @dataclass
@@ -75,6 +128,8 @@ class Preparer(ABC):
     kind: str
     #: attributes a cohort row must provide
     required_labels: tuple[str, ...] = ()
+    #: the pixel budget (see :func:`medcf.dicom.reader.check_pixel_budget`); subclasses take it as a setting
+    max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES
 
     @abstractmethod
     def check_header(self, header: RadiographHeader) -> None:
@@ -89,7 +144,11 @@ class Preparer(ABC):
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
-        """The settings that determine the output (an output folder is only resumed with the same ones)."""
+        """The settings that determine the prepared arrays (an output folder is only resumed with the same ones).
+
+        ``max_pixel_bytes`` is not among them: it never changes an array, only which files are refused before
+        decoding; the preparation runner records it next to these (inference retries refused files anyway).
+        """
 
     def check_attributes(self, header: RadiographHeader, attributes: Mapping[str, Any]) -> None:
         """Checks that need the header and the final attributes together (cohort or header); none here."""
@@ -113,6 +172,18 @@ class Preparer(ABC):
                 raise Rejected(f"contradictory labels: cohort {name}={given}, DICOM header says {from_header}")
         return dict(labels)
 
+    def prepare_input(
+        self, dataset_dir: str | os.PathLike[str], source: str, cohort: CohortIndex | None = None
+    ) -> PreparedImage:
+        """:meth:`prepare` for the file ``source`` (relative path) of the data set folder ``dataset_dir``: what
+        prepare, inference, evaluate and audit call for every input. A file whose resolved path lies outside
+        ``dataset_dir`` is rejected ``outside_dataset`` and never opened (see :func:`dataset_file`)."""
+        try:
+            path = dataset_file(dataset_dir, source)
+        except Rejected as rejection:
+            return PreparedImage("rejected", rejection.reason)
+        return self.prepare(str(path), cohort, source)
+
     def prepare(self, path: str, cohort: CohortIndex | None = None, source: str | None = None) -> PreparedImage:
         """Read, check and prepare one file; every failure becomes a rejection with its reason.
 
@@ -123,12 +194,14 @@ class Preparer(ABC):
                 without exactly one row is rejected. Without a cohort the attributes come from the header.
             source: the file's path relative to the data set folder.
 
-        Reasons never contain the file's path (paths of hospital exports hold patient and study IDs).
+        Reasons never contain the file's path (paths of hospital exports hold patient and study IDs). A header
+        declaring more decoded pixel bytes than ``max_pixel_bytes`` is rejected ``too_large`` before decoding.
         """
         try:
             header = read_header(path)
             details = header_details(header)
             try:
+                self._check_budget(header)
                 if header.number_of_frames > 1:
                     raise Rejected(f"multi_frame: {header.number_of_frames} frames; one image per file expected")
                 if header.samples_per_pixel != 1:
@@ -139,7 +212,7 @@ class Preparer(ABC):
                 else:
                     kept = self.check_labels(header, self._cohort_row(cohort, source or path, header))
                 self.check_attributes(header, kept)
-                image, header = read_radiograph(path)
+                image, header = read_radiograph(path, self.max_pixel_bytes)
                 array, geometry, extra = self.prepare_pixels(image, header)
             except Rejected as rejection:
                 return PreparedImage("rejected", rejection.reason, details=details)
@@ -151,6 +224,13 @@ class Preparer(ABC):
         details.update(geometry.to_record())
         details.update(kept)
         return PreparedImage("ok", array=array, details=details, geometry=geometry)
+
+    def _check_budget(self, header: RadiographHeader) -> None:
+        """Raise :class:`Rejected` ``too_large: ...`` when the header declares more pixel bytes than the budget."""
+        try:
+            check_pixel_budget(header, self.max_pixel_bytes)
+        except DicomReadError as error:
+            raise Rejected(f"{error.reason}: {error.without_path}") from None
 
     @staticmethod
     def _cohort_row(cohort: CohortIndex, source: str, header: RadiographHeader) -> dict[str, Any]:

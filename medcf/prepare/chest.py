@@ -13,9 +13,16 @@ from typing import Any
 
 import numpy as np
 
-from medcf.dicom.reader import RadiographHeader
+from medcf.dicom.reader import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader
 from medcf.geometry import Geometry
-from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range, source_spacing
+from medcf.prepare.base import (
+    Preparer,
+    Rejected,
+    checked_pixel_budget,
+    resize_area,
+    robust_unit_range,
+    source_spacing,
+)
 
 CHEST_MODALITIES = ("CR", "DX", "DR")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "")
@@ -28,16 +35,22 @@ class ChestPreparer(Preparer):
     Args:
         image_size: output side in pixels (192 for real data as in the literature; the phantom demo uses 64).
         square_crop: crop the centre square before resizing instead of squeezing the aspect ratio.
+        max_pixel_bytes: the pixel budget: a file whose header declares more bytes of decoded pixel data is
+            rejected ``too_large`` before decoding (default 128 MiB, 8192 x 8192 x 16 bit; see
+            :data:`medcf.dicom.reader.DEFAULT_MAX_PIXEL_BYTES`).
     """
 
     kind = "cxr"
     required_labels = ("age", "sex", "race", "disease")
 
-    def __init__(self, image_size: int = 192, square_crop: bool = False) -> None:
+    def __init__(
+        self, image_size: int = 192, square_crop: bool = False, max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES
+    ) -> None:
         if not isinstance(image_size, int) or image_size < 16:
             raise ValueError(f"image_size: {image_size!r} must be an integer >= 16")
         self.image_size = image_size
         self.square_crop = bool(square_crop)
+        self.max_pixel_bytes = checked_pixel_budget(max_pixel_bytes)
 
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "image_size": self.image_size, "square_crop": self.square_crop}

@@ -19,9 +19,16 @@ from typing import Any
 
 import numpy as np
 
-from medcf.dicom.reader import RadiographHeader
+from medcf.dicom.reader import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader
 from medcf.geometry import Geometry
-from medcf.prepare.base import Preparer, Rejected, resize_area, robust_unit_range, source_spacing
+from medcf.prepare.base import (
+    Preparer,
+    Rejected,
+    checked_pixel_budget,
+    resize_area,
+    robust_unit_range,
+    source_spacing,
+)
 from medcf.prepare.breast import breast_mask, chest_wall_on_right, crop_box
 
 MAMMO_VIEWS = {"CC": "CC", "XCCL": "CC", "MLO": "MLO"}
@@ -34,16 +41,24 @@ class MammoPreparer(Preparer):
 
     Args:
         image_size: output (height, width): 192 x 192 as in the diffusion papers; the phantom demo 64 x 64.
+        max_pixel_bytes: the pixel budget: a file whose header declares more bytes of decoded pixel data is
+            rejected ``too_large`` before decoding (default 128 MiB, 8192 x 8192 x 16 bit: the largest FFDM,
+            about 4.7k x 5.9k x 16 bit, needs 56 MB; see :data:`medcf.dicom.reader.DEFAULT_MAX_PIXEL_BYTES`).
     """
 
     kind = "mammo"
     required_labels = ("age", "race", "density", "view")
 
-    def __init__(self, image_size: tuple[int, int] | list[int] | int = (192, 192)) -> None:
+    def __init__(
+        self,
+        image_size: tuple[int, int] | list[int] | int = (192, 192),
+        max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES,
+    ) -> None:
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
         if len(size) != 2 or not all(isinstance(s, int) and s >= 16 for s in size):
             raise ValueError(f"image_size: {image_size!r} must be one or two integers >= 16")
         self.image_size: tuple[int, int] = (int(size[0]), int(size[1]))
+        self.max_pixel_bytes = checked_pixel_budget(max_pixel_bytes)
 
     def settings(self) -> dict[str, Any]:
         return {"kind": self.kind, "image_size": list(self.image_size)}

@@ -70,16 +70,53 @@ def discover_inputs(dataset_dir: Path) -> list[str]:
     """Relative paths (POSIX) of every candidate DICOM file under ``dataset_dir``, recursively, sorted.
 
     A candidate is any file whose suffix is not a known non-DICOM one (DICOM files often have no suffix,
-    or odd ones); files that turn out not to be DICOM become rejected rows, never silently skipped.
+    or odd ones); files that turn out not to be DICOM become rejected rows, never silently skipped. Names
+    starting with a dot are skipped, files and folders alike.
+
+    Symbolic links follow one rule (:func:`medcf.prepare.base.dataset_file`): a link whose target lies inside
+    ``dataset_dir`` is followed (a linked folder is searched too; a link back to a folder above it, a loop,
+    is not searched again); a link whose target lies outside, to a file or to a folder, is listed as it is, one
+    candidate per link, and becomes a rejected ``outside_dataset`` row: nothing outside is listed or read.
     """
-    found = []
-    for root, dirs, files in os.walk(dataset_dir):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if name.startswith(".") or Path(name).suffix.lower() in NOT_DICOM_SUFFIXES:
+    root = Path(dataset_dir)
+    real_root = root.resolve()
+    found: list[str] = []
+    pending = [(root, frozenset({_identity(root)}))]
+    while pending:
+        folder, above = pending.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError as error:  # an unreadable folder: said once, without its path (paths hold patient IDs)
+            logger.warning("a folder under dataset_dir cannot be listed (%s); its files are not inputs", error.strerror)
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
                 continue
-            found.append(Path(root, name).relative_to(dataset_dir).as_posix())
+            path = Path(entry.path)
+            if _is_folder(entry):
+                if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+                    found.append(path.relative_to(root).as_posix())  # outside: a rejected row, never searched
+                    continue
+                identity = _identity(path)
+                if identity not in above:  # a link back to a folder above is a loop
+                    pending.append((path, above | {identity}))
+            elif path.suffix.lower() not in NOT_DICOM_SUFFIXES:
+                found.append(path.relative_to(root).as_posix())
     return sorted(found)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """Whether a folder entry is a folder, through symbolic links (a broken or looping link is not)."""
+    try:
+        return entry.is_dir(follow_symlinks=True)
+    except OSError:
+        return False
+
+
+def _identity(folder: Path) -> tuple[int, int]:
+    """(device, inode) of a folder, through symbolic links."""
+    stat = folder.stat()
+    return stat.st_dev, stat.st_ino
 
 
 def output_name(source: str) -> str:
@@ -96,7 +133,7 @@ def _init_worker(preparer: Preparer, dataset_dir: Path, output_dir: Path, cohort
 
 def _prepare_one(source: str) -> dict[str, Any]:
     """Prepare one file in a worker; returns its manifest record (the array is already on disk)."""
-    outcome = _worker["preparer"].prepare(str(_worker["dataset_dir"] / source), _worker["cohort"], source)
+    outcome = _worker["preparer"].prepare_input(_worker["dataset_dir"], source, _worker["cohort"])
     record: dict[str, Any] = {"source": source, "status": outcome.status, "reason": outcome.reason, "output": ""}
     if outcome.array is not None:
         record["output"] = output_name(source)
@@ -181,10 +218,18 @@ class PreparationRun:
                     bar.update()
 
     def _check_settings(self, output_dir: Path) -> dict[str, Any]:
-        settings = {**self.preparer.settings(), "cohort": str(self.cohort) if self.cohort else None}
+        """The run's settings: the preparer's, the pixel budget and the cohort. An earlier run's folder is only
+        resumed with the same ones (its rejected rows are final, so a budget is one of them); a folder prepared
+        before the budget existed (no ``max_pixel_bytes`` recorded) is resumed and gets the current one."""
+        settings = {
+            **self.preparer.settings(),
+            "max_pixel_bytes": self.preparer.max_pixel_bytes,
+            "cohort": str(self.cohort) if self.cohort else None,
+        }
         previous = output_dir / SETTINGS
         if previous.exists():
             earlier = json.loads(previous.read_text())["settings"]
+            earlier.setdefault("max_pixel_bytes", settings["max_pixel_bytes"])
             if earlier != settings:
                 raise ValueError(
                     f"output_dir {output_dir} holds a preparation with other settings ({earlier}); "

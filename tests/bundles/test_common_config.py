@@ -71,3 +71,23 @@ def test_training_reads_the_given_manifest_or_names_it(tmp_path):
     manifest.write_text("status\n")
     assert training_manifest(manifest, "cxr", tmp_path / "phantoms", 10, 32, 0) == str(manifest)
     assert not (tmp_path / "phantoms").exists(), "a given manifest makes no phantom set"
+
+
+DICOM_CONFIGS = ("prepare", "inference", "evaluate", "audit")
+
+
+@pytest.mark.parametrize("bundle", BUNDLE_NAMES)
+def test_every_config_that_reads_dicom_takes_its_pixel_budget_from_common(bundle):
+    """prepare, inference, evaluate and audit give their preparer common.yaml's max_pixel_bytes (128 MiB), and
+    ``--max_pixel_bytes N`` (the top-level key) changes the preparer's budget."""
+    budget = common(bundle_root(bundle))["max_pixel_bytes"]
+    assert budget == 128 * 2**20
+    for config in DICOM_CONFIGS:
+        key, preparer = parsed(bundle, config, "max_pixel_bytes", "preparer")
+        assert key == preparer.max_pixel_bytes == budget, config
+        text = (Path(bundle_root(bundle)) / "configs" / f"{config}.yaml").read_text()
+        assert "$@common['max_pixel_bytes']" in text and "134217728" not in text, config
+        parser = ConfigParser()
+        parser.read_config(str(Path(bundle_root(bundle)) / "configs" / f"{config}.yaml"))
+        parser["max_pixel_bytes"] = 2**30  # what --max_pixel_bytes 1073741824 does
+        assert parser.get_parsed_content("preparer").max_pixel_bytes == 2**30, config

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import pickle
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from pydicom.uid import JPEGBaseline8Bit
 
 from medcf.dicom.encode import decode_display
 from medcf.dicom.reader import (
+    DEFAULT_MAX_PIXEL_BYTES,
     REASONS,
     DicomReadError,
     RadiographHeader,
@@ -36,6 +38,7 @@ from medcf.dicom.reader import (
 )
 from medcf.phantoms import write_phantom_dataset
 from medcf.phantoms.writer import TRUTH_FILE
+from tests.dicom.bombs import write_rle_bomb, write_sparse_uncompressed
 
 SIZE = 64
 RG1_UNCR, RG1_J2KR, RG1_J2KI = (get_testdata_file(f"RG1_{name}.dcm") for name in ("UNCR", "J2KR", "J2KI"))
@@ -428,6 +431,71 @@ class TestBadFiles:
         assert (copy.reason, copy.path, str(copy)) == ("truncated", error.path, str(error))
         assert set(REASONS) >= {"not_dicom", "truncated", "no_pixel_data", "undecodable", "multi_frame"}
         assert isinstance(error, ValueError)
+
+
+def traced_peak(function, *args, **kwargs) -> tuple[object, int]:
+    """(what ``function`` returned or raised, the peak bytes Python and numpy allocated meanwhile)."""
+    tracemalloc.start()
+    try:
+        try:
+            result: object = function(*args, **kwargs)
+        except DicomReadError as error:
+            result = error
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+class TestPixelBudget:
+    """A header declaring more decoded pixel bytes than the budget is refused before anything is decoded."""
+
+    def test_rle_bomb_is_refused_from_its_header(self, cxr_dir, tmp_path):
+        """A 4.5 MB RLE Lossless file declaring 12000 x 12000 x 16 bit (288 MB decoded) is too_large, naming its
+        dimensions, bytes and the budget, with under 2 MB allocated: its pixel data is not even read."""
+        path = write_rle_bomb(phantom_files(cxr_dir)[0], tmp_path / "bomb.dcm", 12000, 12000)
+        assert path.stat().st_size < 5 * 2**20
+        error, peak = traced_peak(read_radiograph, path)
+        assert isinstance(error, DicomReadError) and error.reason == "too_large"
+        assert "12000 x 12000 pixels x 1 frame(s) x 1 sample(s) x 2 byte(s) = 288,000,000 bytes" in error.detail
+        assert f"budget of {DEFAULT_MAX_PIXEL_BYTES:,} bytes (128 MiB" in error.detail
+        assert str(path) not in error.without_path and str(tmp_path) not in error.without_path
+        assert peak < 2 * 2**20, peak
+
+    def test_the_budget_is_inclusive_and_the_bomb_file_is_valid(self, cxr_dir, tmp_path):
+        """The same kind of file at 64 x 64 decodes (to zeros) with a budget of exactly its 8192 bytes and is
+        too_large with one byte less; None means no budget."""
+        path = write_rle_bomb(phantom_files(cxr_dir)[0], tmp_path / "small.dcm", 64, 64)
+        assert read_header(path).pixel_bytes == 64 * 64 * 2
+        pixels, header = read_radiograph(path, max_pixel_bytes=8192)
+        assert pixels.shape == (64, 64) and header.transfer_syntax == "1.2.840.10008.1.2.5"
+        assert_read_error(path, "too_large", read=lambda p: read_radiograph(p, max_pixel_bytes=8191))
+        assert read_radiograph(path, max_pixel_bytes=None)[0].shape == (64, 64)
+
+    def test_header_of_a_huge_uncompressed_file_reads_no_pixel_bytes(self, cxr_dir, tmp_path):
+        """read_header of a 1.8 GB uncompressed file (30000 x 30000 x 16 bit, sparse on disk) allocates under
+        2 MB, and read_radiograph refuses a 288 MB one as too_large without reading its Pixel Data."""
+        source = phantom_files(cxr_dir)[0]
+        huge = write_sparse_uncompressed(source, tmp_path / "huge.dcm", 30000, 30000)
+        assert huge.stat().st_size > 1_800_000_000
+        header, peak = traced_peak(read_header, huge)
+        assert isinstance(header, RadiographHeader) and header.pixel_bytes == 1_800_000_000
+        assert (header.rows, header.columns, header.bits_allocated) == (30000, 30000, 16)
+        assert peak < 2 * 2**20, peak
+        large = write_sparse_uncompressed(source, tmp_path / "large.dcm", 12000, 12000)
+        error, peak = traced_peak(read_radiograph, large)
+        assert isinstance(error, DicomReadError) and error.reason == "too_large"
+        assert peak < 2 * 2**20, peak
+
+    def test_pixel_bytes_count_frames_samples_and_allocated_bits(self, rg1):
+        """Rows x Columns x frames x samples x bytes per sample: Bits Allocated in whole bytes, at least one."""
+        header = rg1[1]
+        assert (header.bits_allocated, header.bits_stored) == (16, 15)
+        assert header.pixel_bytes == 1955 * 1841 * 2
+        frames = dataclasses.replace(header, number_of_frames=3, samples_per_pixel=3)
+        assert frames.pixel_bytes == 1955 * 1841 * 2 * 9
+        assert dataclasses.replace(header, bits_allocated=1, bits_stored=1).pixel_bytes == 1955 * 1841
+        assert dataclasses.replace(header, bits_allocated=32, bits_stored=32).pixel_bytes == 1955 * 1841 * 4
+        assert "too_large" in REASONS
 
 
 class TestHeader:
