@@ -341,7 +341,7 @@ def verdict(directions: Sequence[Mapping[str, Any]], effectiveness: float, gate:
     if short:
         return INSUFFICIENT, "; ".join(short)
     return NO_DEPENDENCE, "would have detected " + ", ".join(
-        f"|corrected delta p| >= {d['detectable_effect']:.3f} ({d['from']} -> {d['to']}, {d['patients']} patients)"
+        f"|corrected delta p| >= {d['detectable_effect']:.2g} ({d['from']} -> {d['to']}, {d['patients']} patients)"
         for d in directions
     ) + f" with {POWER:.0%} power"
 
@@ -351,7 +351,7 @@ def verdict_line(name: str, found: Mapping[str, Any]) -> str:
     which direction had too little data."""
     text = f"{name}: {found['verdict']}"
     if found["verdict"] == NO_DEPENDENCE:
-        text += f" (|corrected delta p| >= {found['detectable_effect']:.3f} detectable at {POWER:.0%} power)"
+        text += f" (|corrected delta p| >= {found['detectable_effect']:.2g} detectable at {POWER:.0%} power)"
     elif found["verdict"] == INSUFFICIENT:
         counts = ", ".join(
             f"{d['from']} -> {d['to']}: {d['patients']} of {d['min_patients']} patients"

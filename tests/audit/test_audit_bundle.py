@@ -228,3 +228,31 @@ def test_the_classifiers_label_is_held_when_it_descends_from_the_intervened_attr
         assert intervention.apply(model.schema, chunk.factual[members[0]])["disease"] == value
     sex = parse_intervention(model.schema, "do(sex=F)")
     assert run._holding_the_label(engine, sex, chunk, everyone) == [(sex, everyone)], "sex does not cause disease"
+
+
+def test_the_default_chest_audit_has_the_patients_for_a_verdict_on_sex(tmp_path):
+    """The no-argument chest audit's data (held-out phantom subjects, the bundle's preparer) gives every default
+    direction at least the patients its test needs to reach significance in the family: it can reach a verdict
+    (the full run, 5 minutes on 2 CPU cores, is measured in the README)."""
+    from monai.bundle import ConfigParser
+
+    from medcf.audit.statistics import minimum_patients
+    from medcf.evaluation.evaluation_set import load_evaluation_set
+    from medcf.interventions import parse_intervention
+    from medcf.phantoms.training_set import phantom_export_with_cohort
+
+    parser = ConfigParser()
+    parser.read_config(str(BUNDLE / "configs" / "audit.yaml"))
+    assert parser.get_parsed_content("dataset_dir") is None
+    subjects, seed = parser.get_parsed_content("heldout_subjects"), parser.get_parsed_content("heldout_seed")
+    schema, preparer = parser.get_parsed_content("schema"), parser.get_parsed_content("preparer")
+    interventions = [parse_intervention(schema, text) for text in parser.get_parsed_content("interventions")]
+    assert {i.names[0] for i in interventions} == {"sex"}
+    export, cohort = phantom_export_with_cohort("cxr", tmp_path, subjects, 128, seed)
+    pool = load_evaluation_set(export, cohort, preparer, schema)
+    patients = pd.read_csv(cohort, dtype=str).set_index("path")["patient"]
+    needed = minimum_patients(len(interventions))
+    for intervention in interventions:
+        changed = {patients[s] for s, row in zip(pool.sources, pool.factual, strict=True)
+                   if intervention.apply(schema, row)["sex"] != row["sex"]}  # fmt: skip
+        assert len(changed) >= needed, f"{intervention.text}: {len(changed)} patients, {needed} needed"
