@@ -97,11 +97,8 @@ def load_network(path: str | Path | None, device: torch.device | str = "cpu") ->
     try:
         network = torch.jit.load(str(path), map_location=device)
     except (RuntimeError, ValueError) as error:
-        failure = _first_line(error)
-    else:
-        return network.eval()
-    # raised outside the except clause: a bundle run's one-line report shows the innermost ValueError of the chain
-    raise ClassifierError(f"classifier: {path} is not a TorchScript file ({failure})")
+        raise ClassifierError(f"classifier: {path} is not a TorchScript file ({_first_line(error)})") from None
+    return network.eval()
 
 
 #: The largest config file of a classifier folder that is read (bytes).
@@ -141,21 +138,17 @@ def bundle_network(folder: str | Path, device: torch.device | str = "cpu") -> nn
         raise ClassifierError(f"classifier: {folder} has no models/model.pt (the weights of network_def)")
     try:
         state: object = read_torch_file(weights, "cpu", "weights file")
-        failure = None
     except ValueError as error:  # the one line naming the file (a pickle payload is refused before it runs)
-        failure = str(error)
-    if failure is not None:  # raised outside the except clause, as every refusal here (see load_network)
-        raise ClassifierError(f"classifier: {failure}")
+        raise ClassifierError(f"classifier: {error}") from None
     state = _state_dict(weights, state)
     builder = _builder(config, target, arguments)
     try:
         network = builder(**arguments)
     except Exception as error:  # any class refuses arguments in its own way (TypeError, ValueError, assert ...)
         failure = f"{type(error).__name__}: {_first_line(error)}"
-    if failure is not None:
         raise ClassifierError(
             f"classifier: {config}: network_def {target} cannot be built from its arguments ({failure})"
-        )
+        ) from None
     if not isinstance(network, nn.Module):
         raise ClassifierError(f"classifier: {config}: network_def {target} gave a {type(network).__name__}")
     _load_weights(network, state, weights, config, target)
@@ -195,7 +188,7 @@ def _parse(config: Path, raw: bytes) -> object:
         return json.loads(text) if kind == "JSON" else yaml.safe_load(text)
     except (ValueError, RecursionError, yaml.YAMLError) as error:  # JSON and UTF-8 errors are ValueErrors
         reason = " ".join(str(error).split())[:200] or type(error).__name__  # YAML's messages span lines
-    raise ClassifierError(f"classifier: {config} cannot be read as {kind} ({reason})")  # outside: see load_network
+        raise ClassifierError(f"classifier: {config} cannot be read as {kind} ({reason})") from None
 
 
 def _checked_definition(config: Path, definition: object) -> tuple[str, dict[str, object]]:
