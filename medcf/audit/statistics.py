@@ -47,7 +47,6 @@ POWER = 0.8
 
 DEPENDS, NO_DEPENDENCE = "depends", "no dependence detected"
 UNRELIABLE, INSUFFICIENT = "unreliable", "insufficient data"
-VERDICTS = (DEPENDS, NO_DEPENDENCE, UNRELIABLE, INSUFFICIENT)
 
 #: Subgroup rates on fewer images than this, or fewer than MIN_SUBGROUP_CLASS of the class they are taken over,
 #: are withheld as TOO_SMALL (:func:`subgroup_rates`).

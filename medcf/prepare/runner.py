@@ -35,7 +35,7 @@ from tqdm import tqdm
 from medcf.atomic import atomic_path, remove_temporaries, write_json_atomic
 from medcf.outputs.lock import LOCK_FILE, OutputFolderLock
 from medcf.outputs.manifest import JOURNAL, MANIFEST, RunManifest
-from medcf.prepare.base import Preparer
+from medcf.prepare.base import Preparer, Rejected, dataset_file
 from medcf.prepare.cohort import CohortIndex
 
 logger = logging.getLogger("medcf.prepare")
@@ -79,7 +79,6 @@ def discover_inputs(dataset_dir: Path) -> list[str]:
     candidate per link, and becomes a rejected ``outside_dataset`` row: nothing outside is listed or read.
     """
     root = Path(dataset_dir)
-    real_root = root.resolve()
     found: list[str] = []
     pending = [(root, frozenset({_identity(root)}))]
     while pending:
@@ -94,7 +93,7 @@ def discover_inputs(dataset_dir: Path) -> list[str]:
                 continue
             path = Path(entry.path)
             if _is_folder(entry):
-                if entry.is_symlink() and not path.resolve().is_relative_to(real_root):
+                if entry.is_symlink() and not _inside(root, path.relative_to(root).as_posix()):
                     found.append(path.relative_to(root).as_posix())  # outside: a rejected row, never searched
                     continue
                 identity = _identity(path)
@@ -103,6 +102,15 @@ def discover_inputs(dataset_dir: Path) -> list[str]:
             elif path.suffix.lower() not in NOT_DICOM_SUFFIXES:
                 found.append(path.relative_to(root).as_posix())
     return sorted(found)
+
+
+def _inside(dataset_dir: Path, source: str) -> bool:
+    """Whether ``source`` resolves inside ``dataset_dir``: the rule of :func:`medcf.prepare.base.dataset_file`."""
+    try:
+        dataset_file(dataset_dir, source)
+    except Rejected:
+        return False
+    return True
 
 
 def _is_folder(entry: os.DirEntry) -> bool:

@@ -304,7 +304,8 @@ class TestSummarize:
         assert direction["delta_p_null"] == pytest.approx(direction["delta_p"])
         assert direction["delta_p_corrected"] == 0.0 and direction["delta_p_corrected_ci"] == [0.0, 0.0]
         assert direction["p_value"] == 1.0
-        assert attribute["verdict"] != "depends"
+        # a classifier that never moves beyond the generator: every patient's delta is 0, a degenerate bootstrap
+        assert attribute["verdict"] == "insufficient data" and "zero width" in attribute["reason"]
 
     @pytest.mark.parametrize("effectiveness", [0.5, math.nan])
     def test_ineffective_counterfactuals_are_unreliable_even_for_a_strong_effect(self, effectiveness):
