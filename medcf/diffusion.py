@@ -47,3 +47,15 @@ class DiffusionConfig:
         if self.prediction_type == "epsilon":
             return noise
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
+
+    def min_snr_weight(self, alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+        """Min-SNR-gamma loss weight (Hang et al. 2023, arXiv 2303.09556) of a sample at abar, for this config's
+        target: with SNR = abar / (1 - abar), min(SNR, gamma) / SNR for epsilon and min(SNR, gamma) / (SNR + 1)
+        for v-prediction. Both equal the weight that makes the loss min(SNR, gamma) ||x0_hat - x0||^2, so the
+        nearly clean steps (large SNR), whose easy targets otherwise dominate the gradient, count no more than the
+        steps at SNR gamma."""
+        if not gamma > 0:
+            raise ValueError(f"min-SNR gamma: {gamma!r} must be > 0")
+        snr = alpha_bar / (1 - alpha_bar)
+        clipped = snr.clamp(max=gamma)
+        return clipped / snr if self.prediction_type == "epsilon" else clipped / (snr + 1)

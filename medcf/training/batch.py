@@ -1,4 +1,5 @@
-"""From a batch of clean images to the denoising task: noisy images, target, timesteps and kept attributes."""
+"""From a batch of clean images to the denoising task: noisy images, target, timesteps and kept attributes, and
+the inferer that applies a per-sample loss weight (min-SNR-gamma) inside MONAI's plain MSE training loop."""
 
 from __future__ import annotations
 
@@ -6,10 +7,15 @@ from typing import Any
 
 import torch
 from monai.engines.utils import PrepareBatch
+from monai.inferers import Inferer
+from torch import nn
 
 from medcf.attributes import AttributeSchema
 from medcf.conditioning import ConditionDropout
 from medcf.diffusion import DiffusionConfig
+
+#: Per-sample loss weightings of :class:`NoisingPrepareBatch`.
+LOSS_WEIGHTINGS = ("none", "min_snr")
 
 
 class NoisingPrepareBatch(PrepareBatch):
@@ -21,6 +27,12 @@ class NoisingPrepareBatch(PrepareBatch):
         schema: attribute order of the ``attributes`` tensors.
         dropout: condition dropout policy (validation passes ``ConditionDropout(whole=0)``).
         seed: seed the noise, timesteps and dropout (validation uses a fixed seed to be comparable).
+        reseed_every_call: draw the same noise at every call (validation).
+        loss_weighting: ``none`` (every sample weighs 1: the plain MSE of the target) or ``min_snr``
+            (:meth:`~medcf.diffusion.DiffusionConfig.min_snr_weight` with ``snr_gamma``). The weight w reaches the
+            loss as sqrt(w) on the target here and on the prediction in :class:`LossWeightedInferer`, so that
+            MSE(sqrt(w) pred, sqrt(w) target) = mean of w (pred - target)^2.
+        snr_gamma: gamma of min_snr (the paper's 5).
     """
 
     def __init__(
@@ -30,7 +42,14 @@ class NoisingPrepareBatch(PrepareBatch):
         dropout: ConditionDropout,
         seed: int | None = None,
         reseed_every_call: bool = False,
+        loss_weighting: str = "none",
+        snr_gamma: float = 5.0,
     ) -> None:
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting: {loss_weighting!r} is not one of {', '.join(LOSS_WEIGHTINGS)}")
+        if loss_weighting == "min_snr" and not snr_gamma > 0:
+            raise ValueError(f"snr_gamma: {snr_gamma!r} must be > 0")
+        self.loss_weighting, self.snr_gamma = loss_weighting, float(snr_gamma)
         self.diffusion, self.schema, self.dropout = diffusion, schema, dropout
         self.alphas_cumprod = diffusion.alphas_cumprod()
         self.seed, self.reseed_every_call = seed, reseed_every_call
@@ -57,9 +76,20 @@ class NoisingPrepareBatch(PrepareBatch):
         target = self.diffusion.target(x0, noise, alpha_bar)
         keep = self.dropout.keep_mask(self.schema, batch, self.generator)
         move = {"device": device, "non_blocking": non_blocking}
-        return (
-            x_t.to(**move),
-            target.to(**move),
-            (),
-            {"timesteps": timesteps.to(**move), "attributes": attributes.to(**move), "keep": keep.to(**move)},
-        )
+        extra = {"timesteps": timesteps.to(**move), "attributes": attributes.to(**move), "keep": keep.to(**move)}
+        if self.loss_weighting == "min_snr":
+            scale = self.diffusion.min_snr_weight(alpha_bar, self.snr_gamma).sqrt()
+            target = target * scale
+            extra["loss_scale"] = scale.to(**move)
+        return x_t.to(**move), target.to(**move), (), extra
+
+
+class LossWeightedInferer(Inferer):
+    """MONAI inferer of the denoising network: ``network(x_t, **kwargs)``, times ``loss_scale`` (the per-sample
+    sqrt of the loss weight, shaped to broadcast) when the batch carries one. Without it (validation, or
+    ``loss_weighting: none``) it is MONAI's SimpleInferer."""
+
+    def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        scale = kwargs.pop("loss_scale", None)
+        prediction = network(inputs, *args, **kwargs)
+        return prediction if scale is None else prediction * scale.to(prediction.dtype)

@@ -92,31 +92,50 @@ def prepared_dataset(
     )
 
 
-def balancing_weights(dataset: CacheDataset, schema: AttributeSchema, attribute: str) -> np.ndarray:
-    """Per-item weights 1 / (number of items sharing its value of the categorical ``attribute``): a sampler
-    drawing with them gives every value that occurs the same share of the draws."""
-    if attribute not in schema.names:
-        raise SchemaError(f"balance: {attribute!r} is not an attribute of the schema ({', '.join(schema.names)})")
-    if schema[attribute].kind != "categorical":
-        raise SchemaError(f"balance: {attribute!r} is continuous; only a categorical attribute can be balanced")
-    column = schema.names.index(attribute)
-    codes = np.array([int(item["attributes"][column]) for item in dataset.data])
-    return 1.0 / np.bincount(codes)[codes]
+def balancing_weights(dataset: CacheDataset, schema: AttributeSchema, attributes: str | Sequence[str]) -> np.ndarray:
+    """Per-item weights that give every value of each named categorical attribute the same share of the draws.
+
+    One attribute: 1 / (number of items sharing its value). Several: the product of these factors, one per
+    attribute; each attribute's values then get equal shares as far as the data's joint counts allow
+    (exactly when the attributes are independent in the data).
+
+    Args:
+        dataset: items with an ``attributes`` code vector.
+        schema: attribute order of the codes.
+        attributes: a categorical attribute, or a list of them (e.g. ``[disease, race]``).
+
+    Returns:
+        One weight per item (unnormalised: a weighted sampler only needs their ratios).
+    """
+    names = [attributes] if isinstance(attributes, str) else list(attributes)
+    if not names:
+        raise SchemaError("balance: name at least one categorical attribute (or null for none)")
+    weights = np.ones(len(dataset.data))
+    for attribute in names:
+        if attribute not in schema.names:
+            raise SchemaError(f"balance: {attribute!r} is not an attribute of the schema ({', '.join(schema.names)})")
+        if schema[attribute].kind != "categorical":
+            raise SchemaError(f"balance: {attribute!r} is continuous; only a categorical attribute can be balanced")
+        column = schema.names.index(attribute)
+        codes = np.array([int(item["attributes"][column]) for item in dataset.data])
+        weights = weights / np.bincount(codes)[codes]
+    return weights
 
 
 def training_sampler(
     dataset: CacheDataset,
     schema: AttributeSchema,
-    balance: str | None = None,
+    balance: str | Sequence[str] | None = None,
     seed: int = 0,
     sharded: bool = False,
 ) -> Sampler | None:
     """The training sampler: None (the loader shuffles), or for a process's own shard (``sharded``: a dataset
     made with ``prepared_dataset(shard=...)``) a shuffle seeded by ``seed`` and the epoch (MONAI's engines call
-    ``set_epoch``; a rerun or a resumed run draws the same orders). With ``balance``, draws (with replacement)
-    that give every value of that categorical attribute an equal share of the dataset, a shard's weights from
-    that shard's items. Weighting by the condition leaves each p(image | condition) the model learns unchanged;
-    a rare value (a skin marker on a quarter of the images) just gets as many gradient steps as a common one.
+    ``set_epoch``; a rerun or a resumed run draws the same orders). With ``balance`` (a categorical attribute or a
+    list of them, :func:`balancing_weights`), draws (with replacement) that give every value an equal share, a
+    shard's weights from that shard's items. Weighting by the condition leaves each p(image | condition) the
+    model learns unchanged; a rare value (a skin marker on a quarter of the images) just gets as many gradient
+    steps as a common one.
     The unconditional (dropped-condition) branch then learns the balanced mix instead of the data's."""
     if balance is not None:
         weights = balancing_weights(dataset, schema, balance)

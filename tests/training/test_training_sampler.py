@@ -81,3 +81,20 @@ def test_balanced_draws_of_a_shard_are_weighted_by_the_shard_alone():
     assert len(sampler) == 8 and sampler.weights.tolist() == [1 / 2] + [1 / 6] * 3 + [1 / 2] + [1 / 6] * 3
     indices = drawn(sampler, epochs=40)
     assert set(indices) <= set(range(8)) and 0.4 < np.mean(indices % 4 == 0) < 0.6
+
+
+def test_balancing_two_attributes_gives_each_of_their_values_half_of_the_draws():
+    """--balance [marker, view]: the weights multiply, so with independent attributes each value of each gets
+    half of the draws although both are rare in the data (a marker on every 4th item, MLO on every 3rd)."""
+    codes = np.zeros((48, len(MAMMO_SCHEMA.names)), dtype=np.float32)
+    codes[::4, MARKER] = 1
+    view = MAMMO_SCHEMA.names.index("view")
+    codes[::3, view] = 1
+    dataset = Dataset([{"image": f"{i}.npy", "attributes": code} for i, code in enumerate(codes)])
+    weights = balancing_weights(dataset, MAMMO_SCHEMA, ["marker", "view"])
+    share = {
+        name: weights[codes[:, column] == 1].sum() / weights.sum() for name, column in (("marker", MARKER), ("view", view))
+    }
+    assert share == pytest.approx({"marker": 0.5, "view": 0.5})
+    with pytest.raises(SchemaError, match="name at least one"):
+        balancing_weights(dataset, MAMMO_SCHEMA, [])
