@@ -8,8 +8,8 @@ attributes, in memory (no files, no MLflow), shared by the inference, evaluation
    descendants and names the affected group (intervened + descendants). An image the intervention cannot
    apply to (a shift past the attribute's range) is left out with the reason.
 3. Prediction: DDIM decoding from the same latent under the counterfactual attributes with the chosen
-   guidance (none, cfg, dcfg, dcfg_per_attribute), every guidance term of a step in one batched forward, combined
-   by the chosen rule (linear, cfg++, apg), optionally only inside a band of noise levels.
+   guidance (none, cfg, dcfg, dcfg_per_attribute, calibrated), every guidance term of a step in one batched
+   forward, combined by the chosen rule (linear, cfg++, apg), optionally only inside a band of noise levels.
 
 Settings are checked when the engine is built, before any image is inverted.
 
@@ -58,16 +58,48 @@ def _is_number(value: object, allow_inf: bool = False) -> bool:
     return allow_inf and value == math.inf or math.isfinite(value)
 
 
+def _band(setting: str, band: object) -> tuple[float, float] | None:
+    """A guidance interval as (low, high) floats, or None; a one-line error naming ``setting`` otherwise."""
+    if band is None:
+        return None
+    _require(
+        isinstance(band, Sequence)
+        and not isinstance(band, str)
+        and len(band) == 2
+        and _is_number(band[0])
+        and _is_number(band[1], allow_inf=True)
+        and 0 <= band[0] < band[1],
+        setting,
+        band,
+        "None or [low, high] noise levels sigma with 0 <= low < high (high may be inf)",
+    )
+    return float(band[0]), float(band[1])
+
+
+def calibrated_interval(settings: GuidanceSettings, affected: set[str]) -> tuple[float, float] | None:
+    """The band a ``calibrated`` decode is guided in: the smallest band holding every affected attribute's band
+    (None, every step, as soon as one affected attribute has none); ``settings.interval`` when none is affected."""
+    if not affected:
+        return settings.interval
+    bands = [settings.intervals.get(name) for name in sorted(affected)]
+    if any(band is None for band in bands):
+        return None
+    return min(band[0] for band in bands), max(band[1] for band in bands)
+
+
 @dataclass(frozen=True)
 class GuidanceSettings:
     """How counterfactuals are decoded; every value is checked when the settings are made.
 
     Args:
         mode: ``none`` (conditional, no guidance), ``cfg`` (one global ``weight``), ``dcfg`` (``w_aff`` for the
-            intervened attributes and their descendants, ``w_inv`` for the rest) or ``dcfg_per_attribute``.
+            intervened attributes and their descendants, ``w_inv`` for the rest), ``dcfg_per_attribute`` or
+            ``calibrated`` (each affected attribute its own group with its ``per_attribute`` weight and its
+            ``intervals`` band, the rest one group with ``w_inv``: what a calibrated guidance plan sets, see
+            :meth:`medcf.calibration.plan.CalibratedPlan.settings`).
         weight: the CFG weight (bundle key ``w``), a finite number >= 0.
         w_aff, w_inv: the DCFG group weights, finite numbers >= 0.
-        per_attribute: ``dcfg_per_attribute`` weights by attribute name (others get w_aff / w_inv).
+        per_attribute: ``dcfg_per_attribute`` / ``calibrated`` weights by attribute name (others get w_aff / w_inv).
         steps: DDIM steps (>= 1).
         inversion_depth: fraction of the schedule inverted, in (0, 1].
         max_rows: rows per forward call; -1: the whole batch on a GPU, about 9 rows on a CPU; None: all.
@@ -86,6 +118,9 @@ class GuidanceSettings:
         interval: None (guide at every step) or (low, high): guide only at the steps whose DDIM noise level
             sigma_t = sqrt((1 - abar_t) / abar_t) lies in (low, high], 0 <= low < high (high may be inf); the
             other steps decode with the conditional prediction alone (w = 1), one network evaluation per image.
+        intervals: ``calibrated``: a band (or None) per attribute; a decode is guided inside the smallest band
+            holding every affected attribute's band (None when one of them has none; ``interval`` for ``do()``).
+        plan: ``calibrated``: the plan's identity (file name and SHA-256 prefix), recorded with every output.
 
     The defaults (rule linear, no interval) are plain CFG / DCFG; the APG values are then unused.
     """
@@ -104,6 +139,8 @@ class GuidanceSettings:
     apg_norm_limit: float = math.inf
     interval: tuple[float, float] | None = None
     precision: str = "fp32"
+    intervals: Mapping[str, tuple[float, float] | None] = field(default_factory=dict)
+    plan: str | None = None
 
     def __post_init__(self) -> None:
         _require(self.mode in GUIDANCE_MODES, "guidance", self.mode, f"one of {', '.join(GUIDANCE_MODES)}")
@@ -133,20 +170,14 @@ class GuidanceSettings:
         )
         for name in ("apg_eta", "apg_momentum", "apg_norm_limit"):  # 0 and 0.0 in a YAML file are one setting
             object.__setattr__(self, name, float(getattr(self, name)))
-        if self.interval is not None:
-            band = self.interval
+        object.__setattr__(self, "interval", _band("interval", self.interval))
+        _require(isinstance(self.intervals, Mapping), "intervals", self.intervals, "a mapping")
+        bands = {name: _band(f"intervals.{name}", band) for name, band in self.intervals.items()}
+        object.__setattr__(self, "intervals", bands)
+        if self.mode == "calibrated":
             _require(
-                isinstance(band, Sequence)
-                and not isinstance(band, str)
-                and len(band) == 2
-                and _is_number(band[0])
-                and _is_number(band[1], allow_inf=True)
-                and 0 <= band[0] < band[1],
-                "interval",
-                band,
-                "None or [low, high] noise levels sigma with 0 <= low < high (high may be inf)",
+                isinstance(self.plan, str) and bool(self.plan), "plan", self.plan, "the plan's name for mode calibrated"
             )
-            object.__setattr__(self, "interval", (float(band[0]), float(band[1])))
         _require(
             isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
             "steps",
@@ -218,6 +249,7 @@ class CounterfactualEngine:
 
     def _plan(self, affected: set[str]) -> GuidancePlan:
         s = self.settings
+        interval = calibrated_interval(s, affected) if s.mode == "calibrated" else s.interval
         return guidance_plan(
             self.model.schema,
             s.mode,
@@ -228,7 +260,7 @@ class CounterfactualEngine:
             s.per_attribute,
             rule=s.rule,
             apg=APGParameters(s.apg_eta, s.apg_momentum, s.apg_norm_limit),
-            interval=s.interval,
+            interval=interval,
         )
 
     def _denoiser(self, codes: torch.Tensor, plan: GuidancePlan) -> GuidedDenoiser:

@@ -43,8 +43,8 @@ from torch import nn
 from medcf.attributes import AttributeSchema
 from medcf.sampling import GuidedPrediction, noise_level, prediction_from_x0, split_prediction
 
-GuidanceMode = Literal["none", "cfg", "dcfg", "dcfg_per_attribute"]
-GUIDANCE_MODES: tuple[str, ...] = ("none", "cfg", "dcfg", "dcfg_per_attribute")
+GuidanceMode = Literal["none", "cfg", "dcfg", "dcfg_per_attribute", "calibrated"]
+GUIDANCE_MODES: tuple[str, ...] = ("none", "cfg", "dcfg", "dcfg_per_attribute", "calibrated")
 GuidanceRule = Literal["linear", "cfg++", "apg"]
 GUIDANCE_RULES: tuple[str, ...] = ("linear", "cfg++", "apg")
 
@@ -268,7 +268,9 @@ def guidance_plan(
         schema: the model's attributes (column order of the keep-masks).
         mode: "none" (conditional, w = 1), "cfg" (one global ``weight``), "dcfg" (affected group with
             ``w_aff``, invariant group with ``w_inv``), "dcfg_per_attribute" (one weight per attribute from
-            ``per_attribute``, missing ones get ``w_inv`` if not affected else ``w_aff``).
+            ``per_attribute``, missing ones get ``w_inv`` if not affected else ``w_aff``), "calibrated" (each affected
+            attribute its own group with its ``per_attribute`` weight, ``w_aff`` where it has none; the other
+            attributes one invariant group with ``w_inv``).
         affected: intervened attributes and their descendants (for the DCFG modes).
         rule: "linear" (the weighted sum), "cfg++" (weights in [0, 1]) or "apg" (with ``apg``, default
             :class:`APGParameters`).
@@ -297,6 +299,14 @@ def guidance_plan(
             raise ValueError(f"per-attribute weights for unknown attributes {sorted(extra)}")
         groups = [(n,) for n in names]
         weights = [per_attribute.get(n, w_aff if n in affected else w_inv) for n in names]
+    elif mode == "calibrated":
+        per_attribute = dict(per_attribute or {})
+        extra = set(per_attribute) - set(names)
+        if extra:
+            raise ValueError(f"calibrated weights for unknown attributes {sorted(extra)}")
+        invariant_group = tuple(n for n in names if n not in affected)
+        groups = [(n,) for n in names if n in affected] + ([invariant_group] if invariant_group else [])
+        weights = [per_attribute.get(n, w_aff) for n in names if n in affected] + ([w_inv] if invariant_group else [])
     else:
         raise ValueError(f"guidance mode {mode!r} is not one of {', '.join(GUIDANCE_MODES)}")
     if rule == "cfg++" and not all(0.0 <= w <= 1.0 for w in weights):

@@ -400,8 +400,9 @@ class _Job:
 
     def _describe(self, result: CounterfactualBatch) -> str:
         g = self.config.guidance
+        mode = f"{g.mode} (plan {g.plan})" if g.plan else g.mode
         return (
-            f"medcf {result.intervention.text}; guidance {g.mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
+            f"medcf {result.intervention.text}; guidance {mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
             f"inversion depth {g.inversion_depth:g}; affected {','.join(sorted(result.affected)) or 'none'}"
         )
 

@@ -36,8 +36,9 @@ from medcf.attributes import AttributeSchema, AttributeValue
 from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
 from medcf.audit.report import render_report
 from medcf.audit.statistics import subgroup_rates, summarize, verdict_line
-from medcf.counterfactual import CounterfactualEngine
+from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.distributed import Shard
+from medcf.calibration.plan import plan_if_used
 from medcf.evaluation.evaluate import guidance_settings_from
 from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
@@ -82,7 +83,8 @@ class AuditRun:
         heldout_subjects: without ``dataset_dir``, audit a held-out phantom export of this many subjects (phantom
             seed ``heldout_seed``, never a training seed), made once in ``output_dir/heldout_data``.
         interventions: e.g. ``["do(sex=F)", "do(sex=M)", "do(age=+20)"]``.
-        guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``; ``steps`` DDIM steps.
+        guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``, or ``{mode: calibrated}``: the
+            plan at ``guidance_plan`` (the bundle's default); ``steps`` DDIM steps.
         label_attribute, positive_value: the attribute the classifier predicts, for per-subgroup AUC / TPR / FPR
             (None: no labels).
         gate: the least effectiveness (predictors recognising the intervened value) for a verdict.
@@ -101,6 +103,7 @@ class AuditRun:
     labels: str | Path | None
     interventions: Sequence[str] | str
     guidance: Mapping[str, Any]
+    guidance_plan: str | Path | None = None
     steps: int = 50
     label_attribute: str | None = None
     positive_value: str | None = None
@@ -128,7 +131,8 @@ class AuditRun:
         interventions = parse_interventions(schema, self.interventions)
         if any(i.is_null for i in interventions):
             raise ValueError("interventions: do() is the control the audit adds itself; name attributes to change")
-        (settings,) = guidance_settings_from([self.guidance], self.steps)
+        plan = plan_if_used(self.guidance, self.guidance_plan, schema, loaded.sha256)
+        (settings,) = guidance_settings_from([self.guidance], self.steps, plan=plan)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
         self._check_settings(schema)
         output_dir = Path(self.output_dir)
@@ -154,7 +158,7 @@ class AuditRun:
                 audited = list(dict.fromkeys(i.names[0] for i in interventions))
                 summary["subgroups"] = self._subgroups(schema, pool, p_factual, audited)
                 summary["images"] = _images_record(pool, pseudonyms)
-                summary["settings"] = self._settings_record(loaded.sha256)
+                summary["settings"] = self._settings_record(loaded.sha256, settings)
                 result = self._save(output_dir, table, summary, examples, started)
         return result
 
@@ -346,12 +350,15 @@ class AuditRun:
             found[name] = sorted(rates.reset_index().to_dict("records"), key=lambda record: str(record["group"]))
         return found
 
-    def _settings_record(self, model_sha256: str) -> dict[str, Any]:
+    def _settings_record(self, model_sha256: str, settings: GuidanceSettings) -> dict[str, Any]:
+        guidance = dict(self.guidance)
+        if settings.plan:  # what the plan resolved to, and which plan
+            guidance.update(plan=settings.plan, per_attribute=dict(settings.per_attribute), w_inv=settings.w_inv)
         return {
             "model_sha256": model_sha256,
             "classifier_sha256": file_sha256(_classifier_file(Path(self.classifier))),
             "interventions": [self.interventions] if isinstance(self.interventions, str) else list(self.interventions),
-            "guidance": dict(self.guidance),
+            "guidance": guidance,
             "steps": self.steps,
             "threshold": self.classifier_settings.threshold,
             "gate": self.gate,

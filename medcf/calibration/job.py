@@ -1,0 +1,392 @@
+"""The calibrate job: choose each attribute's DCFG weight on held-out images by matching the predictors' reading
+of the counterfactuals to real images' (:mod:`medcf.calibration.matching`), and write the guidance plan.
+
+    held-out images + labels (never the phantom truth) -> one abduction and one do() output per image ->
+    per attribute (descendants first): decode every image moved to another value at weight w, read it with
+    the attribute predictors, shift ratio R(w) -> the weight with R = 1 -> OUT/guidance_plan.json,
+    OUT/calibration.csv (every weight tried) -> one MLflow run
+
+Each image is moved once per attribute: a categorical attribute to the next of its other values (image k takes
+the (k mod n)-th of them), so every value is a target; a continuous one by the bundle's shift (``do(age=+20)``;
+images it would carry past the range are left out). The attributes an intervention's descendants change are
+guided with the descendants' own calibrated weights, which is why descendants are calibrated first. An
+attribute whose values the real images do not tell apart (no detected effect, e.g. race in the mammogram
+phantom) has no size to match: it gets the weight among ``no_effect_weights`` that changes the images least.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+import medcf
+from medcf.atomic import write_csv_atomic
+from medcf.attributes import AttributeSchema, AttributeValue
+from medcf.calibration.matching import (
+    ExpectedEffect,
+    WeightSearch,
+    expected_effect,
+    raw_readings,
+    reading,
+    search_weight,
+    shift_ratio,
+)
+from medcf.calibration.plan import AttributeGuidance, CalibratedPlan
+from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
+from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.evaluation.predictors import AttributePredictor, load_predictors
+from medcf.interventions import Assignment, Intervention
+from medcf.loading import LoadedModel, file_sha256, load_model
+from medcf.outputs.lock import OutputFolderLock
+from medcf.phantoms.training_set import phantom_export_with_cohort
+from medcf.prepare.base import Preparer
+from medcf.tracking import flatten, job_run
+
+PLAN_FILE, CALIBRATION_CSV = "guidance_plan.json", "calibration.csv"
+
+
+@dataclass
+class _Move:
+    """The images moved to one target value of one attribute (or by one shift)."""
+
+    intervention: Intervention
+    positions: list[int]
+
+
+@dataclass
+class CalibrationRun:
+    """Calibrate a model's guidance on held-out data (see the module docstring).
+
+    Args:
+        output_dir: where guidance_plan.json, calibration.csv and the MLflow marker go.
+        model_path, graph_path, predictors_path: the model, its causal graph and the attribute predictors.
+        preparer: the preparation the model was trained with.
+        phantom_kind: ``cxr`` or ``mammo`` (the held-out phantom set made when ``dataset_dir`` is None).
+        dataset_dir, labels: held-out DICOM files and their cohort table (never the training images); None: a
+            held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``, which neither the
+            training sets nor the evaluate job use) made once in ``output_dir/calibration_data``. Its ground
+            truth is never read.
+        plan_path: where the plan is written (default ``output_dir/guidance_plan.json``; a bundle's
+            ``models/guidance_plan.json`` installs it as the bundle's default).
+        attributes: the attributes to calibrate (None: every attribute of the model).
+        shifts: continuous attribute -> the shift its intervention is calibrated with (e.g. ``{age: 20}``).
+        images: at most this many calibration images (drawn by ``seed``); every held-out image is the real
+            reference the counterfactuals are compared with.
+        steps: DDIM steps; w_inv: the invariant group's weight.
+        bounds, start, tolerance, max_evaluations: the weight search
+            (:func:`~medcf.calibration.matching.search_weight`).
+        min_z: standard errors a real effect must exceed to be matched.
+        no_effect_weights: the weights tried for an attribute the data show no effect of.
+        schema: the bundle's attributes; device: ``auto``, ``cpu`` or ``cuda[:N]``.
+    """
+
+    output_dir: str | Path
+    model_path: str | Path
+    graph_path: str | Path
+    predictors_path: str | Path
+    preparer: Preparer
+    phantom_kind: str
+    dataset_dir: str | Path | None = None
+    labels: str | Path | None = None
+    plan_path: str | Path | None = None
+    attributes: Sequence[str] | None = None
+    shifts: Mapping[str, float] = field(default_factory=dict)
+    heldout_subjects: int = 200
+    heldout_seed: int = 2000
+    images: int = 24
+    seed: int = 0
+    steps: int = 50
+    w_inv: float = 1.0
+    bounds: Sequence[float] = (0.0, 8.0)
+    start: Sequence[float] = (1.0, 2.0)
+    tolerance: float = 0.05
+    max_evaluations: int = 5
+    min_z: float = 3.0
+    no_effect_weights: Sequence[float] = (0.0, 1.0)
+    schema: AttributeSchema | None = None
+    experiment: str = "medcf-calibrate"
+    device: str | torch.device = "auto"
+    progress: bool = True
+
+    def run(self) -> CalibratedPlan:
+        """Calibrate, write the plan and the table, and return the plan."""
+        started = time.perf_counter()
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, self.device)
+        schema = loaded.model.schema
+        predictor = load_predictors(self.predictors_path, expected_schema=schema).to(loaded.device).eval()
+        names = self._check(schema)
+        output_dir = Path(self.output_dir)
+        plan_path = Path(self.plan_path) if self.plan_path is not None else output_dir / PLAN_FILE
+        with OutputFolderLock(output_dir):
+            dataset_dir, labels, description = self._data(output_dir)
+            pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
+            chosen = pool.draw(self.images, self.seed)
+            tags = {"medcf.job": "calibrate", "medcf.device": str(loaded.device), **loaded.lineage_tags()}
+            with job_run(output_dir, self.experiment, "calibrate", tags):
+                calibrator = _Calibrator(self, loaded, predictor, pool, chosen)
+                attributes, rows = calibrator.calibrate(names)
+                plan = CalibratedPlan(
+                    attributes=attributes,
+                    w_inv=float(self.w_inv),
+                    steps=self.steps,
+                    model_sha256=loaded.sha256,
+                    predictors_sha256=file_sha256(self.predictors_path),
+                    data={
+                        "fingerprint": _fingerprint(chosen),
+                        "images": len(chosen),
+                        "reference_images": len(pool),
+                        "description": description,
+                    },
+                    created=datetime.now(UTC).isoformat(timespec="seconds"),
+                    medcf=medcf.__version__,
+                )
+                plan.save(plan_path)
+                plan = CalibratedPlan.load(plan_path, schema, loaded.sha256)
+                table = pd.DataFrame(rows)
+                write_csv_atomic(output_dir / CALIBRATION_CSV, table)
+                seconds = time.perf_counter() - started
+                self._track(plan, plan_path, output_dir, table, seconds)
+        for line in summary_lines(plan):
+            print(line)
+        print(f"guidance plan -> {plan_path} ({seconds:.0f} s)")
+        return plan
+
+    def _check(self, schema: AttributeSchema) -> list[str]:
+        names = list(schema.names) if self.attributes is None else list(self.attributes)
+        unknown = sorted(set(names) - set(schema.names))
+        if unknown or not names:
+            raise ValueError(
+                f"attributes: {unknown or names!r} must name attributes of the model ({', '.join(schema.names)})"
+            )
+        for name in names:
+            if schema[name].kind == "continuous":
+                shift = self.shifts.get(name)
+                if (
+                    not isinstance(shift, int | float)
+                    or isinstance(shift, bool)
+                    or not math.isfinite(shift)
+                    or shift == 0
+                ):
+                    raise ValueError(f"shifts.{name}: {shift!r} must be a non-zero number (e.g. {{{name}: 20}})")
+        for setting in ("images", "steps", "heldout_subjects", "max_evaluations"):
+            value = getattr(self, setting)
+            if (
+                not isinstance(value, int)
+                or isinstance(value, bool)
+                or value < (2 if setting == "max_evaluations" else 1)
+            ):
+                raise ValueError(
+                    f"{setting}: {value!r} must be an integer >= {2 if setting == 'max_evaluations' else 1}"
+                )
+        low, high = (float(b) for b in self.bounds)
+        if not (0 <= low < high and math.isfinite(high)):
+            raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
+        GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps)  # w_inv and steps checked as everywhere
+        return _descendants_first(schema, names)
+
+    def _data(self, output_dir: Path) -> tuple[Path, Path, str]:
+        if self.dataset_dir is not None:
+            if self.labels is None:
+                raise ValueError("labels: a cohort table is needed with dataset_dir")
+            return Path(self.dataset_dir), Path(self.labels), "user data set (dataset_dir with its cohort table)"
+        size = getattr(self.preparer, "image_size", 64)
+        side = size if isinstance(size, int) else max(size)
+        folder = output_dir / "calibration_data"
+        export, cohort = phantom_export_with_cohort(
+            self.phantom_kind, folder, self.heldout_subjects, max(64, 2 * side), self.heldout_seed
+        )
+        return (
+            export,
+            cohort,
+            f"held-out {self.phantom_kind} phantom set ({self.heldout_subjects} subjects, seed {self.heldout_seed})",
+        )
+
+    def _track(
+        self, plan: CalibratedPlan, plan_path: Path, output_dir: Path, table: pd.DataFrame, seconds: float
+    ) -> None:
+        mlflow.log_params(
+            flatten(
+                {
+                    "images": plan.data["images"],
+                    "steps": self.steps,
+                    "w_inv": self.w_inv,
+                    "bounds": list(self.bounds),
+                    "shifts": dict(self.shifts),
+                    "model_sha256": plan.model_sha256,
+                    "data_fingerprint": plan.data["fingerprint"],
+                }
+            )
+        )
+        mlflow.log_metrics({f"weight.{name}": g.weight for name, g in plan.attributes.items()})
+        mlflow.log_metric("seconds", seconds)
+        mlflow.set_tags({f"medcf.calibration.{name}": g.status for name, g in plan.attributes.items()})
+        mlflow.log_artifact(str(plan_path), artifact_path="plan")
+        mlflow.log_artifact(str(output_dir / CALIBRATION_CSV), artifact_path="plan")
+
+
+class _Calibrator:
+    """The decoding and measuring of one calibration: one abduction and one do() output per image."""
+
+    def __init__(
+        self,
+        run: CalibrationRun,
+        loaded: LoadedModel,
+        predictor: AttributePredictor,
+        pool: EvaluationSet,
+        chosen: EvaluationSet,
+    ) -> None:
+        self.run, self.loaded, self.predictor, self.pool, self.chosen = run, loaded, predictor, pool, chosen
+        self.schema = loaded.model.schema
+        self.weights: dict[str, float] = {}
+        engine = self._engine({})
+        self.latents = engine.abduct(chosen.images, chosen.factual)
+        reference = engine.predict(self.latents, chosen.factual, Intervention(())).images.cpu()
+        self.reference = reference
+        self.reference_readings = raw_readings(predictor, reference)
+        self.real_readings = raw_readings(predictor, pool.images)
+
+    def _engine(self, weights: Mapping[str, float]) -> CounterfactualEngine:
+        settings = GuidanceSettings(
+            mode="calibrated",
+            per_attribute=dict(weights),
+            w_aff=1.0,  # an attribute not calibrated yet is decoded conditionally
+            w_inv=self.run.w_inv,
+            steps=self.run.steps,
+            plan="calibrating",
+        )
+        return CounterfactualEngine(self.loaded.model, self.loaded.diffusion, self.loaded.graph, settings)
+
+    def calibrate(self, names: Sequence[str]) -> tuple[dict[str, AttributeGuidance], list[dict[str, Any]]]:
+        attributes, rows = {}, []
+        with tqdm(names, desc="calibrate", unit="attribute", disable=not self.run.progress) as bar:
+            for name in bar:
+                guidance, tried = self._attribute(name)
+                attributes[name] = guidance
+                self.weights[name] = guidance.weight
+                rows.extend({"attribute": name, **row} for row in tried)
+        return {name: attributes[name] for name in self.schema.names if name in attributes}, rows
+
+    def _moves(self, name: str) -> list[_Move]:
+        attribute = self.schema[name]
+        if attribute.kind == "continuous":
+            shift = float(self.run.shifts[name])
+            return [_Move(Intervention((Assignment(name, shift, relative=True),)), list(range(len(self.chosen))))]
+        targets: dict[AttributeValue, list[int]] = {}
+        for k, factual in enumerate(self.chosen.factual):
+            others = [v for v in attribute.values if v != factual[name]]
+            targets.setdefault(others[k % len(others)], []).append(k)
+        return [_Move(Intervention((Assignment(name, value),)), positions) for value, positions in targets.items()]
+
+    def _decode(self, name: str, weight: float, effect: ExpectedEffect) -> dict[str, Any]:
+        """The moves of ``name`` decoded at ``weight``: shift ratio, mean |change| and what the predictors read."""
+        engine = self._engine({**self.weights, name: weight})
+        measured, expected, changes, hits, moved = [], [], [], [], 0
+        for move in self._moves(name):
+            factual = [self.chosen.factual[p] for p in move.positions]
+            batch = engine.predict(self.latents[move.positions], factual, move.intervention)
+            if not batch.made:
+                continue
+            positions = [move.positions[j] for j in batch.made]
+            images = batch.images.cpu()
+            readings = raw_readings(self.predictor, images)[name]
+            before = self.reference_readings[name][positions]
+            for j, position in enumerate(positions):
+                source, target = self.chosen.factual[position][name], batch.attributes[j][name]
+                after_j = reading(self.schema, name, readings[j : j + 1], source, target)
+                before_j = reading(self.schema, name, before[j : j + 1], source, target)
+                measured.append(float(after_j - before_j))
+                expected.append(effect.of(source, target))
+                if self.schema[name].kind == "categorical":
+                    hits.append(float(after_j) > 0)  # the predictor prefers the target value over the source
+            changes.append((images - self.reference[positions]).abs().flatten(1).mean(1))
+            moved += len(positions)
+        change = float(torch.cat(changes).mean()) if changes else math.nan
+        return {
+            "weight": weight,
+            "shift_ratio": shift_ratio(measured, expected),
+            "measured_shift": float(np.mean(measured)) if measured else math.nan,
+            "expected_shift": float(np.nanmean(expected)) if expected and np.isfinite(expected).any() else math.nan,
+            "mean_abs_change": change,
+            "target_preferred": float(np.mean(hits)) if hits else math.nan,
+            "images": moved,
+        }
+
+    def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
+        labels = [f[name] for f in self.pool.factual]
+        effect = expected_effect(self.schema, name, self.real_readings[name], labels, self.run.min_z)
+        tried: list[dict[str, Any]] = []
+        if not effect.detected:
+            for weight in self.run.no_effect_weights:
+                tried.append(self._decode(name, float(weight), effect))
+            best = min(tried, key=lambda row: row["mean_abs_change"])
+            figures = {"expected": effect.to_dict(), "mean_abs_change": _rounded(best["mean_abs_change"])}
+            return AttributeGuidance(best["weight"], None, "no_effect", {**figures, "tried": _tried(tried)}), tried
+
+        def ratio_at(weight: float) -> float:
+            tried.append(self._decode(name, weight, effect))
+            return tried[-1]["shift_ratio"]
+
+        search: WeightSearch = search_weight(
+            ratio_at,
+            start=tuple(float(w) for w in self.run.start),
+            bounds=(float(self.run.bounds[0]), float(self.run.bounds[1])),
+            tolerance=self.run.tolerance,
+            max_evaluations=self.run.max_evaluations,
+        )
+        figures = {
+            "expected": effect.to_dict(),
+            "shift_ratio_at_weights": {f"{w:g}": _rounded(r) for w, r in search.tried.items()},
+            "tried": _tried(tried),
+        }
+        return AttributeGuidance(search.weight, None, search.status, figures), tried
+
+
+def _rounded(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 4)
+
+
+def _tried(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    return [{key: _rounded(value) if isinstance(value, float) else value for key, value in row.items()} for row in rows]
+
+
+def _descendants_first(schema: AttributeSchema, names: Sequence[str]) -> list[str]:
+    """``names`` ordered so that an attribute comes after every descendant of it (deepest first, then schema order)."""
+
+    def depth(name: str) -> int:
+        parents = schema[name].parents
+        return 0 if not parents else 1 + max(depth(p) for p in parents)
+
+    return sorted(names, key=lambda n: (-depth(n), schema.names.index(n)))
+
+
+def _fingerprint(chosen: EvaluationSet) -> str:
+    """SHA-256 of the calibration images' prepared pixels and labels (no paths: they may carry identifiers)."""
+    digest = hashlib.sha256(chosen.images.numpy().tobytes())
+    digest.update(json.dumps(chosen.factual, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def summary_lines(plan: CalibratedPlan) -> list[str]:
+    """One line per attribute, e.g. ``sex: w = 1.35 (matched; shift ratio 0.82 at w=1, 1.31 at w=2)``."""
+    lines = []
+    for name, guidance in plan.attributes.items():
+        if guidance.status == "no_effect":
+            detail = f"no effect in the data; mean |change| {guidance.figures.get('mean_abs_change')}"
+        else:
+            ratios = guidance.figures.get("shift_ratio_at_weights") or {}
+            detail = "shift ratio " + ", ".join(f"{r:.2f} at w={w}" for w, r in ratios.items() if r is not None)
+        lines.append(f"{name}: w = {guidance.weight:g} ({guidance.status}; {detail})")
+    return lines

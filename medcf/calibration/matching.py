@@ -1,0 +1,274 @@
+"""Matching, not maximising: how far the attribute predictors see a counterfactual move, against how far real
+images with the new value differ from real images with the old one. No phantom truth is used.
+
+Readings are the predictors' raw outputs, which do not saturate as probabilities do near 0 and 1:
+
+- a categorical attribute moved from u to v is read as the contrast logit L_vu = logit_v - logit_u (the log odds of
+  v against u);
+- a continuous attribute (age) is read as the age head's unclamped value in its units.
+
+For image i moved from u_i to v_i, with r_i its ``do()`` output (the null intervention, the control that takes the
+decoding's own drift out) and c_i its counterfactual:
+
+- measured shift m_i = reading(c_i) - reading(r_i);
+- expected shift e_i: categorical, mean L_vu over the real images whose label is v_i minus mean L_vu over those
+  whose label is u_i; continuous, b (v_i - u_i) with b the slope of the reading on the label over the real images
+  (the predictor's own scale, which shrinks towards the mean);
+- the **shift ratio** R = sum_i m_i e_i / sum_i e_i^2: 1 = the counterfactuals moved as far as real images differ,
+  above 1 = overshoot.
+
+:func:`expected_effect` also says whether the real images show an effect at all (the class means differ by more
+than ``min_z`` standard errors); an attribute without one has no size to match.
+
+:func:`search_weight` finds the weight with R = 1 by secant steps on a monotone R(w), bracketing and interpolating
+between the two closest weights tried.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from medcf.attributes import AttributeSchema, AttributeValue
+from medcf.evaluation.predictors import AttributePredictor
+
+
+@torch.no_grad()
+def raw_readings(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
+    """Attribute -> the predictor's unsaturated reading of each image, on the CPU: logits (N, values) of a
+    categorical attribute, the unclamped value in its units (N,) of a continuous one.
+
+    Args:
+        predictor: the attribute predictors (evaluated in eval mode).
+        images: (N, 1, H, W) on the model's [-1, 1] scale.
+        batch_size: images per forward call.
+
+    Returns:
+        The readings by attribute name.
+    """
+    was_training = predictor.training
+    predictor.eval()
+    device = next(predictor.parameters()).device
+    try:
+        outputs = torch.cat(
+            [predictor(images[i : i + batch_size].to(device)).cpu() for i in range(0, len(images), batch_size)]
+        )
+    finally:
+        predictor.train(was_training)
+    readings = {}
+    for k, (name, output) in enumerate(predictor.split_outputs(outputs).items()):
+        if predictor.schema[name].kind == "categorical":
+            readings[name] = output.double()
+        else:
+            low, high = float(predictor.low[k]), float(predictor.high[k])
+            readings[name] = low + output[:, 0].double() * (high - low)
+    return readings
+
+
+def reading(
+    schema: AttributeSchema, name: str, values: torch.Tensor, source: AttributeValue, target: AttributeValue
+) -> torch.Tensor:
+    """The reading of ``name`` that a move from ``source`` to ``target`` is judged on: the contrast logit
+    logit_target - logit_source (categorical) or the value itself (continuous), per image."""
+    attribute = schema[name]
+    if attribute.kind == "continuous":
+        return values
+    return values[:, attribute.values.index(target)] - values[:, attribute.values.index(source)]
+
+
+@dataclass(frozen=True)
+class ExpectedEffect:
+    """How real images with the attribute's values differ, in the predictor's reading.
+
+    Attributes:
+        shifts: per (source, target) pair of a categorical attribute the difference of mean contrast logits
+            (target's images minus source's); a continuous attribute has ``slope`` instead.
+        slope: continuous: the least-squares slope of the reading on the label.
+        z: the largest |effect| / standard error over the pairs (the slope's for a continuous attribute).
+        detected: z >= the job's ``min_z`` with at least two real images per value involved.
+        counts: real images per value (categorical).
+    """
+
+    shifts: Mapping[tuple[str, str], float] = field(default_factory=dict)
+    slope: float = math.nan
+    z: float = math.nan
+    detected: bool = False
+    counts: Mapping[str, int] = field(default_factory=dict)
+
+    def of(self, source: AttributeValue, target: AttributeValue) -> float:
+        """Expected shift of one move (NaN where the data cannot say: a value without real images)."""
+        if not math.isnan(self.slope):
+            return self.slope * (float(target) - float(source))
+        return self.shifts.get((str(source), str(target)), math.nan)
+
+    def to_dict(self) -> dict[str, object]:
+        found: dict[str, object] = {"z": _finite(self.z), "detected": self.detected}
+        if not math.isnan(self.slope):
+            found["slope"] = _finite(self.slope)
+        else:
+            found["shifts"] = {f"{u}->{v}": _finite(s) for (u, v), s in self.shifts.items()}
+            found["counts"] = dict(self.counts)
+        return found
+
+
+def _finite(value: float) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+
+
+def expected_effect(
+    schema: AttributeSchema,
+    name: str,
+    readings: torch.Tensor,
+    labels: Sequence[AttributeValue],
+    min_z: float = 3.0,
+) -> ExpectedEffect:
+    """The attribute's effect on the predictor's reading over real images (see the module docstring).
+
+    Args:
+        schema: the attributes.
+        name: the attribute.
+        readings: its raw readings of the real images (:func:`raw_readings`).
+        labels: the real images' values of the attribute.
+        min_z: standard errors the effect must exceed to count as detected.
+
+    Returns:
+        The expected shifts (or slope) and whether the data show an effect.
+    """
+    attribute = schema[name]
+    if attribute.kind == "continuous":
+        x = np.asarray(labels, dtype=float)
+        y = readings.numpy()
+        if len(x) < 3 or np.ptp(x) == 0:
+            return ExpectedEffect(slope=math.nan, z=math.nan, detected=False)
+        slope, intercept = np.polyfit(x, y, 1)
+        residual = y - (slope * x + intercept)
+        se = math.sqrt(float(residual @ residual) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+        z = abs(slope) / se if se > 0 else math.inf
+        return ExpectedEffect(slope=float(slope), z=float(z), detected=bool(z >= min_z))
+    labels = [str(v) for v in labels]
+    counts = {value: labels.count(value) for value in attribute.values}
+    shifts, z_best = {}, 0.0
+    for source in attribute.values:
+        for target in attribute.values:
+            if source == target or counts[source] < 2 or counts[target] < 2:
+                continue
+            contrast = reading(schema, name, readings, source, target).numpy()
+            a = contrast[[k for k, v in enumerate(labels) if v == target]]
+            b = contrast[[k for k, v in enumerate(labels) if v == source]]
+            shift = float(a.mean() - b.mean())
+            se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+            shifts[(source, target)] = shift
+            z_best = max(z_best, abs(shift) / se if se > 0 else math.inf)
+    detected = bool(shifts) and z_best >= min_z
+    return ExpectedEffect(shifts=shifts, z=z_best if shifts else math.nan, detected=detected, counts=counts)
+
+
+def shift_ratio(measured: Sequence[float], expected: Sequence[float]) -> float:
+    """R = sum_i m_i e_i / sum_i e_i^2 over the moves with a finite expected shift (NaN when none)."""
+    m, e = np.asarray(measured, dtype=float), np.asarray(expected, dtype=float)
+    keep = np.isfinite(e) & np.isfinite(m)
+    denominator = float(e[keep] @ e[keep])
+    return float(m[keep] @ e[keep]) / denominator if denominator > 0 else math.nan
+
+
+@dataclass(frozen=True)
+class WeightSearch:
+    """The outcome of :func:`search_weight`.
+
+    Attributes:
+        weight: the chosen weight.
+        status: ``matched`` (R = 1 bracketed, or met within the tolerance) or ``bound`` (R = 1 lies beyond the
+            search bounds; the bound closest to it).
+        tried: weight -> R for every weight evaluated, in the order tried.
+    """
+
+    weight: float
+    status: str
+    tried: dict[float, float]
+
+
+def search_weight(
+    ratio_at: Callable[[float], float],
+    start: Sequence[float] = (1.0, 2.0),
+    bounds: tuple[float, float] = (0.0, 8.0),
+    tolerance: float = 0.05,
+    max_evaluations: int = 5,
+) -> WeightSearch:
+    """The weight w with shift ratio R(w) = 1, for an R that grows with w.
+
+    Starts from two weights, then takes secant steps (clipped to ``bounds``) until |R - 1| <= ``tolerance`` or
+    ``max_evaluations`` weights are spent; the answer interpolates linearly between the two tried weights that
+    bracket R = 1 and lie closest to it.
+
+    Args:
+        ratio_at: w -> R(w) (a decode of the calibration images at weight w, measured).
+        start: the first two weights.
+        bounds: the weights allowed (low, high).
+        tolerance: |R - 1| accepted without a further step.
+        max_evaluations: at most this many weights are decoded.
+
+    Returns:
+        The chosen weight, its status and every weight tried.
+    """
+    low, high = bounds
+    if not (0 <= low < high) or len(start) != 2 or max_evaluations < 2:
+        raise ValueError("search_weight: needs 0 <= low < high, two start weights and max_evaluations >= 2")
+    tried: dict[float, float] = {}
+    for w in start:
+        tried[float(min(max(w, low), high))] = ratio_at(float(min(max(w, low), high)))
+    while len(tried) < max_evaluations:
+        best = min(tried, key=lambda w: abs(tried[w] - 1) if math.isfinite(tried[w]) else math.inf)
+        if math.isfinite(tried[best]) and abs(tried[best] - 1) <= tolerance:
+            break
+        proposal = _next_weight(tried, low, high)
+        if proposal is None or any(abs(proposal - w) < 1e-3 for w in tried):
+            break
+        tried[proposal] = ratio_at(proposal)
+    return _choose(tried, low, high, tolerance)
+
+
+def _bracket(tried: Mapping[float, float]) -> tuple[float, float] | None:
+    """The two adjacent tried weights whose R straddle 1 (the pair closest to R = 1), or None."""
+    points = sorted((w, r) for w, r in tried.items() if math.isfinite(r))
+    pairs = [(a, b) for a, b in zip(points, points[1:], strict=False) if (a[1] - 1) * (b[1] - 1) <= 0]
+    if not pairs:
+        return None
+    a, b = min(pairs, key=lambda pair: abs(pair[0][1] - 1) + abs(pair[1][1] - 1))
+    return a[0], b[0]
+
+
+def _interpolate(tried: Mapping[float, float], a: float, b: float) -> float:
+    ra, rb = tried[a], tried[b]
+    if ra == rb:
+        return a
+    return a + (1 - ra) * (b - a) / (rb - ra)
+
+
+def _next_weight(tried: Mapping[float, float], low: float, high: float) -> float | None:
+    bracket = _bracket(tried)
+    if bracket is not None:
+        return _interpolate(tried, *bracket)
+    points = sorted((w, r) for w, r in tried.items() if math.isfinite(r))
+    if len(points) < 2:
+        return None
+    (w1, r1), (w2, r2) = sorted(points, key=lambda p: abs(p[1] - 1))[:2]
+    if r1 == r2 or (r2 - r1) / (w2 - w1) <= 0:  # flat or falling: step towards the side that should help
+        step = high if r1 < 1 else low
+        return None if any(abs(step - w) < 1e-3 for w in tried) else step
+    return float(min(max(w1 + (1 - r1) * (w2 - w1) / (r2 - r1), low), high))
+
+
+def _choose(tried: Mapping[float, float], low: float, high: float, tolerance: float) -> WeightSearch:
+    finite = {w: r for w, r in tried.items() if math.isfinite(r)}
+    if not finite:
+        return WeightSearch(1.0, "bound", dict(tried))
+    bracket = _bracket(finite)
+    if bracket is not None:
+        return WeightSearch(round(_interpolate(finite, *bracket), 3), "matched", dict(tried))
+    best = min(finite, key=lambda w: abs(finite[w] - 1))
+    status = "matched" if abs(finite[best] - 1) <= tolerance else "bound"
+    return WeightSearch(round(best, 3), status, dict(tried))

@@ -1,0 +1,85 @@
+"""The calibrate job as a user types it (with small settings so it runs in about a minute on two cores): it writes
+a plan the bundle's inference then decodes with, and records which plan in the DICOM and in MLflow."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pandas as pd
+import pydicom
+
+from medcf.calibration.plan import STATUSES, CalibratedPlan
+from medcf.loading import file_sha256
+from medcf.phantoms.cxr import CXR_SCHEMA
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
+SMALL = ["--images", "4", "--steps", "4", "--max_evaluations", "3", "--heldout_subjects", "16"]
+
+
+def bundle(config: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config), *overrides]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
+    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+
+
+def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
+    result = bundle("calibrate.yaml", tmp_path, "--output_dir", "cal", *SMALL)
+    assert result.returncode == 0, result.stderr[-3000:]
+    model = REPO / "bundles" / "cxr_counterfactual" / "models" / "model.pt"
+    plan_path = tmp_path / "cal" / "guidance_plan.json"
+    plan = CalibratedPlan.load(plan_path, CXR_SCHEMA, model_sha256=file_sha256(model))
+    assert list(plan.attributes) == list(CXR_SCHEMA.names)
+    for name, guidance in plan.attributes.items():
+        assert guidance.status in STATUSES and 0.0 <= guidance.weight <= 8.0, name
+        assert f"{name}: w = {guidance.weight:g} ({guidance.status}" in result.stdout
+    assert plan.data["images"] == 4 and len(plan.data["fingerprint"]) == 64
+    assert "calibration_data" not in json.dumps(plan.to_dict()), "no paths in the plan"
+    tried = pd.read_csv(tmp_path / "cal" / "calibration.csv")
+    assert set(tried["attribute"]) == set(CXR_SCHEMA.names)
+    assert tried.groupby("attribute").size().min() >= 2 and tried.groupby("attribute").size().max() <= 3
+    matched = [n for n, g in plan.attributes.items() if g.status != "no_effect"]
+    for name in matched:  # the plan's figures are the table's rows
+        rows = tried[tried["attribute"] == name]
+        recorded = plan.attributes[name].figures["shift_ratio_at_weights"]
+        assert sorted(float(w) for w in recorded) == sorted(rows["weight"].round(6).tolist())
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient()
+    (run,) = client.search_runs([client.get_experiment_by_name("medcf-cxr-calibrate").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["weight.sex"] == plan.attributes["sex"].weight
+    assert run.data.params["model_sha256"] == file_sha256(model)
+
+    made = bundle(
+        "inference.yaml",
+        tmp_path,
+        "--guidance_plan",
+        str(plan_path),
+        "--steps",
+        "4",
+        "--interventions",
+        "['do(sex=F)']",
+        "--output_dir",
+        "out",
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    manifest = pd.read_csv(tmp_path / "out" / "manifest.csv", keep_default_na=False)
+    row = manifest[manifest["status"] == "ok"].iloc[0]
+    description = pydicom.dcmread(tmp_path / "out" / row["dicom"]).DerivationDescription
+    assert f"guidance calibrated (plan {plan.label})" in description
+    assert f"sex w={plan.attributes['sex'].weight:g}" in description
+    (run,) = client.search_runs([client.get_experiment_by_name("medcf-cxr-inference").experiment_id])
+    assert run.data.params["guidance.plan"] == plan.label
+    assert run.data.params["guidance.mode"] == "calibrated"
+
+    content = json.loads(plan_path.read_text())
+    plan_path.write_text(json.dumps({**content, "model_sha256": "0" * 64}))
+    refused = bundle("inference.yaml", tmp_path, "--guidance_plan", str(plan_path), "--output_dir", "refused")
+    assert refused.returncode != 0
+    last = [line for line in refused.stderr.splitlines() if line.strip()][-1]
+    assert "guidance_plan:" in last and "was calibrated for model sha256:000000000000, not this model" in last
+    assert not (tmp_path / "refused").exists()

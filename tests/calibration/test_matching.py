@@ -1,0 +1,84 @@
+"""Matching statistics: expected shifts from real images, the shift ratio and the weight search."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from medcf.calibration.matching import expected_effect, raw_readings, reading, search_weight, shift_ratio
+from medcf.evaluation.predictors import AttributePredictor
+from medcf.phantoms.cxr import CXR_SCHEMA
+
+
+def test_expected_shift_is_the_difference_of_class_means_of_the_contrast_logit():
+    rng = np.random.default_rng(0)
+    labels = ["M"] * 30 + ["F"] * 30
+    logits = torch.zeros(60, 2, dtype=torch.float64)
+    logits[:30, 0] = torch.from_numpy(rng.normal(2.0, 0.5, 30))  # M images: logit_M high
+    logits[30:, 1] = torch.from_numpy(rng.normal(3.0, 0.5, 30))  # F images: logit_F high
+    effect = expected_effect(CXR_SCHEMA, "sex", logits, labels)
+    contrast = (logits[:, 1] - logits[:, 0]).numpy()
+    assert effect.of("M", "F") == pytest.approx(contrast[30:].mean() - contrast[:30].mean())
+    assert effect.of("F", "M") == pytest.approx(effect.of("M", "F"))  # L_MF = -L_FM, and the classes swap
+    assert effect.detected and effect.z > 20 and effect.counts == {"M": 30, "F": 30}
+    assert torch.equal(reading(CXR_SCHEMA, "sex", logits, "M", "F"), logits[:, 1] - logits[:, 0])
+
+
+def test_no_effect_is_detected_where_the_classes_read_alike_or_a_value_has_one_image():
+    rng = np.random.default_rng(1)
+    logits = torch.from_numpy(rng.normal(0, 1, (40, 3)))
+    alike = expected_effect(CXR_SCHEMA, "race", logits, ["White", "Black"] * 20)
+    assert not alike.detected and alike.z < 3
+    lone = expected_effect(CXR_SCHEMA, "race", logits, ["White"] * 39 + ["Asian"])
+    assert not lone.detected and math.isnan(lone.of("White", "Asian"))
+
+
+def test_a_continuous_attribute_expects_the_predictors_own_slope_times_the_shift():
+    ages = np.linspace(20, 90, 50)
+    read = torch.from_numpy(40 + 0.5 * ages + np.random.default_rng(2).normal(0, 1, 50))
+    effect = expected_effect(CXR_SCHEMA, "age", read, list(ages))
+    assert effect.slope == pytest.approx(0.5, abs=0.03) and effect.detected
+    assert effect.of(40.0, 60.0) == pytest.approx(20 * effect.slope)
+
+
+def test_shift_ratio_projects_measured_on_expected_and_skips_unknown_moves():
+    assert shift_ratio([2.0, 4.0], [1.0, 2.0]) == pytest.approx(2.0)
+    assert shift_ratio([1.0, 5.0, 3.0], [1.0, math.nan, 3.0]) == pytest.approx(1.0)
+    assert math.isnan(shift_ratio([1.0], [0.0]))
+
+
+def test_search_finds_the_weight_of_ratio_one_on_a_monotone_response():
+    calls = []
+
+    def ratio(w):
+        calls.append(w)
+        return 0.2 + 0.4 * w**1.2  # R = 1 at w = 2 ** (1 / 1.2)
+
+    found = search_weight(ratio, start=(1.0, 2.0), bounds=(0.0, 8.0), tolerance=0.01, max_evaluations=5)
+    assert found.status == "matched" and found.weight == pytest.approx(2 ** (1 / 1.2), abs=0.02)
+    assert calls[:2] == [1.0, 2.0] and len(calls) <= 5
+
+
+def test_search_reports_the_bound_when_the_match_lies_beyond_it():
+    found = search_weight(lambda w: 0.05 + 0.02 * w, bounds=(0.0, 8.0), max_evaluations=4)
+    assert found.status == "bound" and found.weight == 8.0
+    overshoot = search_weight(lambda w: 1.5 + 0.5 * w, bounds=(0.0, 8.0), max_evaluations=4)
+    assert overshoot.status == "bound" and overshoot.weight == 0.0
+    with pytest.raises(ValueError, match="search_weight"):
+        search_weight(lambda w: 1.0, bounds=(3.0, 1.0))
+
+
+def test_raw_readings_do_not_clamp_age_or_squash_logits():
+    torch.manual_seed(0)
+    predictor = AttributePredictor(CXR_SCHEMA)
+    images = torch.randn(3, 1, 32, 32)
+    readings = raw_readings(predictor, images)
+    predictor.eval()
+    with torch.no_grad():
+        raw = predictor.split_outputs(predictor(images))
+    assert torch.allclose(readings["sex"], raw["sex"].double())
+    assert torch.allclose(readings["age"], (18 + raw["age"][:, 0] * (95 - 18)).double())
+    predictor.train()
+    raw_readings(predictor, images)
+    assert predictor.training
