@@ -23,7 +23,12 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
 - on a phantom data set (``phantom_truth.csv`` beside the images): truth_error, target_ratio and
   truth_off_target (:mod:`medcf.evaluation.ground_truth`), with change = counterfactual - null-intervention
   reconstruction under the same guidance; truth_off_target_source: the same off-target error with change =
-  counterfactual - source image (what a viewer sees: drift of decoding and amplification included).
+  counterfactual - source image (what a viewer sees: drift of decoding and amplification included); and, per
+  image against the phantom's exact counterfactual (:mod:`medcf.evaluation.ground_truth`), exact_target_ratio
+  (1 = right size, > 1 overshoot), exact_off_target (movement along each image's own unit effect of the
+  untouched attributes, relative to the true change's size), texture_ratio (fine texture of the counterfactual
+  against the exact one, relative to what decoding keeps: well below 1 = washed out) and mean_abs_change (mean
+  |change| on [-1, 1]: what counts for an attribute whose true effect is zero).
 
 Settings, interventions, model and predictors are all checked before any image is read.
 
@@ -543,6 +548,7 @@ class _Measurements:
         if self.truth is not None:
             changes = TrueChanges(self.truth, chosen, self.preparer)
             context["truth"], context["directions"] = changes, changes.directions()
+            context["image_directions"] = changes.image_directions()
         return context
 
     def row(
@@ -598,14 +604,26 @@ class _Measurements:
         """truth_error, target_ratio and, per untouched attribute, the off-target error of the intervention's
         change (against the null reconstruction under the same guidance: ``truth_off_target``) and of the whole
         change a viewer sees (against the source image: ``truth_off_target_source``, which adds what decoding
-        under this guidance moves on its own, e.g. CFG amplifying attributes nobody intervened on)."""
+        under this guidance moves on its own, e.g. CFG amplifying attributes nobody intervened on); and, per image
+        against the exact counterfactual, exact_target_ratio, exact_off_target (along each image's own unit effect
+        of the untouched attributes), texture_ratio (against the phantom's factual render and its exact
+        counterfactual) and mean_abs_change."""
         changes = {"truth_off_target": made.images - made.reference, "truth_off_target_source": made.images - sources}
-        true_change = context["truth"].of_intervention(intervention, made.positions)
+        truth: TrueChanges = context["truth"]
+        positions = made.positions
+        true_change = truth.of_intervention(intervention, positions)
         target = ground_truth.unit_direction(true_change)
         change = changes["truth_off_target"]
+        own = {name: context["image_directions"][name][positions] for name in untouched}
         row = {
             "truth_error": ground_truth.truth_error(change, true_change),
             "target_ratio": ground_truth.target_ratio(change, true_change, target),
+            "exact_target_ratio": ground_truth.exact_target_ratio(change, true_change),
+            "exact_off_target": ground_truth.exact_off_target(change, true_change, own),
+            "texture_ratio": ground_truth.texture_ratio(
+                made.images, made.reference, truth.factual[positions], true_change
+            ),
+            "mean_abs_change": ground_truth.mean_abs_change(change),
         }
         for column, moved in changes.items():
             errors = {}
@@ -644,6 +662,10 @@ SUMMARY_COLUMNS = (
     "target_ratio",
     "truth_off_target",
     "truth_off_target_source",
+    "exact_target_ratio",
+    "exact_off_target",
+    "texture_ratio",
+    "mean_abs_change",
 )
 
 

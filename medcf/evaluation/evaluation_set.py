@@ -5,7 +5,8 @@ phantom data set, the true change of any intervention.
   cohort table, exactly as inference does; files the preparation refuses are listed with their reason.
 - :class:`TrueChanges` renders, for the images of a phantom data set, the true change of an intervention
   (true counterfactual minus factual, both rendered and prepared the same way) and each attribute's own
-  direction (its controlled effect: only that attribute changed, first against last value of its sweep).
+  direction (its controlled effect: only that attribute changed, first against last value of its sweep),
+  averaged over the set or per image.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import torch
 
 from medcf.attributes import AttributeSchema, AttributeValue
 from medcf.dicom.reader import RadiographHeader, read_header
-from medcf.evaluation.ground_truth import unit_direction
+from medcf.evaluation.ground_truth import unit_direction, unit_maps
 from medcf.evaluation.phantom_truth import PhantomTruth
 from medcf.interventions import Intervention, InterventionError
 from medcf.prepare.base import Preparer
@@ -105,6 +106,7 @@ class TrueChanges:
         self.truth, self.images, self.preparer = truth, images, preparer
         self.subjects = [truth.subject(source) for source in images.sources]
         self.factual = torch.stack([self._prepared(k, subject) for k, subject in enumerate(self.subjects)])
+        self._effects: dict[str, torch.Tensor] | None = None
 
     def _prepared(self, position: int, subject: Any) -> torch.Tensor:
         source, header = self.images.sources[position], self.images.headers[position]
@@ -126,18 +128,31 @@ class TrueChanges:
             changes.append(self._prepared(position, counterfactual) - self.factual[position])
         return torch.stack(changes)
 
+    def controlled_effects(self) -> dict[str, torch.Tensor]:
+        """Attribute -> its controlled effect on each image (N, 1, H, W): the subject with only that attribute
+        set to the last value of its sweep minus only it set to the first (age 18 -> 95, sex M -> F, ...).
+        Rendered on the first call and kept: :meth:`directions` and :meth:`image_directions` share them."""
+        if self._effects is None:
+            effects = {}
+            for name, rows in attribute_sweeps(self.truth.phantom.schema).items():
+                first, last = rows[0][name], rows[-1][name]
+                maps = [
+                    self._prepared(k, _with(subject, name, last)) - self._prepared(k, _with(subject, name, first))
+                    for k, subject in enumerate(self.subjects)
+                ]
+                effects[name] = torch.stack(maps)
+            self._effects = effects
+        return self._effects
+
     def directions(self) -> dict[str, torch.Tensor]:
-        """Attribute -> unit direction (1, H, W) of its controlled effect over the set: only that attribute
-        set to the last value of its sweep minus only it set to the first (age 18 -> 95, sex M -> F, ...)."""
-        directions = {}
-        for name, rows in attribute_sweeps(self.truth.phantom.schema).items():
-            first, last = rows[0][name], rows[-1][name]
-            maps = [
-                self._prepared(k, _with(subject, name, last)) - self._prepared(k, _with(subject, name, first))
-                for k, subject in enumerate(self.subjects)
-            ]
-            directions[name] = unit_direction(torch.stack(maps)).float()
-        return directions
+        """Attribute -> unit direction (1, H, W) of its controlled effect averaged over the set (zeros where the
+        phantom draws nothing)."""
+        return {name: unit_direction(maps).float() for name, maps in self.controlled_effects().items()}
+
+    def image_directions(self) -> dict[str, torch.Tensor]:
+        """Attribute -> each image's own unit controlled effect u_io (N, 1, H, W), normalised per image (a zero map
+        where the attribute draws nothing on that image)."""
+        return {name: unit_maps(maps).float() for name, maps in self.controlled_effects().items()}
 
 
 def _with(subject: Any, name: str, value: AttributeValue) -> Any:

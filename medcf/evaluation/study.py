@@ -92,6 +92,9 @@ def matched_table(table: pd.DataFrame) -> pd.DataFrame:
         "target_ratio",
         "truth_off_target",
         "truth_off_target_source",
+        "exact_target_ratio",
+        "exact_off_target",
+        "texture_ratio",
         "fid",
     ]
     columns = [c for c in columns if c in table.columns]
@@ -282,7 +285,10 @@ def _markdown(
         "change| on [0, 1]; target_ratio: 1 = the right size, above 1 = overshoot; truth_off_target: movement "
         "along the true effects of untouched attributes that the truth lacks, of the intervention's change "
         "(against the null reconstruction under the same guidance); truth_off_target_source: the same of the "
-        "whole change from the source image (decoding drift and amplification included).",
+        "whole change from the source image (decoding drift and amplification included); per image against the "
+        "exact counterfactual: exact_target_ratio (1 = the right size), exact_off_target (movement along each "
+        "image's own effects of the untouched attributes, relative to the true change's size) and texture_ratio "
+        "(fine texture kept against the exact counterfactual, relative to decoding: well below 1 = washed out).",
         "",
         "## At matched effectiveness",
         "",

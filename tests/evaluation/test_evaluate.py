@@ -67,6 +67,11 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
     assert categorical["effectiveness"].between(0, 1).all() and len(categorical) >= 6
     assert (made.loc[made["effectiveness_metric"] == "mae", "effectiveness"] >= 0).all()
     assert made["target_ratio"].apply(math.isfinite).all()
+    # per image against the exact counterfactual: every made row here has images the intervention changes
+    for column in ("exact_target_ratio", "exact_off_target", "texture_ratio", "mean_abs_change"):
+        assert made[column].apply(math.isfinite).all(), column
+    assert (made["exact_off_target"] >= 0).all() and (made["texture_ratio"] > 0).all()
+    assert (made["mean_abs_change"] > 0).all()
     # an intervention's own attribute and its descendants are never counted as off-target
     assert table.loc[table["intervention"] == "do(sex=F)", "off_target.sex"].isna().all()
     assert (
