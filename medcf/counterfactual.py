@@ -238,7 +238,7 @@ class CounterfactualEngine:
         if graph.schema.to_config() != model.schema.to_config():
             raise ValueError("the causal graph and the model have different attribute schemas")
         self.model, self.graph, self.settings = model.eval(), graph, settings
-        self._plan(set())  # unknown per-attribute names and other bad settings fail here, before any work
+        self.plan_for(set())  # unknown per-attribute names and other bad settings fail here, before any work
         full = DDIMSampler(diffusion.alphas_cumprod(), diffusion.prediction_type, settings.steps)
         self.sampler = full.truncated(settings.inversion_depth)
 
@@ -247,7 +247,9 @@ class CounterfactualEngine:
         """Where the model, the guidance batch and the sampler run."""
         return next(self.model.parameters()).device
 
-    def _plan(self, affected: set[str]) -> GuidancePlan:
+    def plan_for(self, affected: set[str]) -> GuidancePlan:
+        """The guidance plan of an intervention whose intervened attributes and descendants are ``affected``
+        (the empty set: the ``do()`` output's)."""
         s = self.settings
         interval = calibrated_interval(s, affected) if s.mode == "calibrated" else s.interval
         return guidance_plan(
@@ -297,7 +299,7 @@ class CounterfactualEngine:
             except InterventionError as error:  # e.g. a shift past the attribute's range for this image
                 rejected[position] = str(error)
         affected = self.graph.affected(intervention.names)
-        plan = self._plan(affected)
+        plan = self.plan_for(affected)
         if not made:
             empty = latents[:0]
             return CounterfactualBatch(intervention, affected, plan, [], [], empty, rejected, 0)
@@ -316,7 +318,7 @@ class CounterfactualEngine:
         if not len(factual):
             return latents[:0]
         codes = encode_attributes(self.model.schema, factual).to(self.model_device)
-        return self.sampler.decode(self._denoiser(codes, self._plan(set(affected))), latents)
+        return self.sampler.decode(self._denoiser(codes, self.plan_for(set(affected))), latents)
 
     def run(
         self,

@@ -36,9 +36,9 @@ from medcf.attributes import AttributeSchema, AttributeValue
 from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
 from medcf.audit.report import render_report
 from medcf.audit.statistics import subgroup_rates, summarize, verdict_line
+from medcf.calibration.plan import plan_if_used
 from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.distributed import Shard
-from medcf.calibration.plan import plan_if_used
 from medcf.evaluation.evaluate import guidance_settings_from
 from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all

@@ -28,7 +28,9 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
   (1 = right size, > 1 overshoot), exact_off_target (movement along each image's own unit effect of the
   untouched attributes, relative to the true change's size), texture_ratio (fine texture of the counterfactual
   against the exact one, relative to what decoding keeps: well below 1 = washed out) and mean_abs_change (mean
-  |change| on [-1, 1]: what counts for an attribute whose true effect is zero).
+  |change| on [-1, 1]: what counts for an attribute whose true effect is zero), all four with change =
+  counterfactual - the image's ``do()`` output (what inference writes for ``do()``);
+- reconstruction_mae: mean |do() output - source| on [-1, 1] (the round trip through the product).
 
 Settings, interventions, model and predictors are all checked before any image is read.
 
@@ -57,6 +59,7 @@ from tqdm import tqdm
 
 from medcf.atomic import write_csv_atomic, write_json_atomic
 from medcf.attributes import AttributeSchema, AttributeValue
+from medcf.calibration.plan import CalibratedPlan, plan_if_used
 from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
 from medcf.distributed import Shard
 from medcf.evaluation import ground_truth, metrics
@@ -78,6 +81,8 @@ def guidance_label(settings: GuidanceSettings) -> str:
     """A short name of a guidance setting, e.g. ``cfg w=3``, ``dcfg w_aff=3 w_inv=1``, ``none``."""
     if settings.mode == "none":
         label = "none"
+    elif settings.mode == "calibrated":
+        label = "calibrated"
     elif settings.mode == "cfg":
         label = f"cfg w={settings.weight:g}"
     else:
@@ -86,7 +91,18 @@ def guidance_label(settings: GuidanceSettings) -> str:
             label += " " + ",".join(f"{k}={v:g}" for k, v in sorted(settings.per_attribute.items()))
     defaults = GuidanceSettings()
     for extra in fields(GuidanceSettings):
-        if extra.name in {"mode", "weight", "w_aff", "w_inv", "per_attribute", "steps", "inversion_depth", "max_rows"}:
+        if extra.name in {
+            "mode",
+            "weight",
+            "w_aff",
+            "w_inv",
+            "per_attribute",
+            "steps",
+            "inversion_depth",
+            "max_rows",
+            "intervals",
+            "plan",
+        }:
             continue
         value = getattr(settings, extra.name)
         if value != getattr(defaults, extra.name):
@@ -103,9 +119,13 @@ def _short(value: Any) -> str:
 
 
 def guidance_settings_from(
-    entries: Sequence[Mapping[str, Any]], steps: int, inversion_depth: float = 1.0
+    entries: Sequence[Mapping[str, Any]],
+    steps: int,
+    inversion_depth: float = 1.0,
+    plan: CalibratedPlan | None = None,
 ) -> list[GuidanceSettings]:
-    """GuidanceSettings from config entries like ``{mode: cfg, weight: 3}``; one line per bad entry."""
+    """GuidanceSettings from config entries like ``{mode: cfg, weight: 3}`` or ``{mode: calibrated}`` (the
+    ``plan``'s weights; other keys of the entry, e.g. ``per_attribute``, override it); one line per bad entry."""
     if isinstance(entries, Mapping) or not entries:
         raise ValueError("guidance_settings: give a list of settings, e.g. [{mode: cfg, weight: 3}]")
     known = {f.name for f in fields(GuidanceSettings)} - {"steps", "inversion_depth"}
@@ -117,7 +137,12 @@ def guidance_settings_from(
         if unknown:
             raise ValueError(f"guidance_settings[{k}]: unknown setting(s) {', '.join(unknown)}; known: {sorted(known)}")
         try:
-            settings.append(GuidanceSettings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
+            if entry.get("mode") == "calibrated":
+                if plan is None:
+                    raise ValueError("mode calibrated needs a guidance plan (guidance_plan: the bundle's plan file)")
+                settings.append(plan.settings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
+            else:
+                settings.append(GuidanceSettings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
         except ValueError as error:
             raise ValueError(f"guidance_settings[{k}]: {error}") from None
     labels = [guidance_label(s) for s in settings]
@@ -141,7 +166,9 @@ class EvaluationRun:
             held-out phantom export of ``heldout_subjects`` subjects (phantom seed ``heldout_seed``, never a
             training seed) is made once in ``output_dir/heldout_data`` and used with its ground truth.
         interventions: e.g. ``["do(sex=F)", "do(age=+20)"]``.
-        guidance_settings: entries like ``{mode: dcfg, w_aff: 3, w_inv: 1}`` (GuidanceSettings fields).
+        guidance_settings: entries like ``{mode: dcfg, w_aff: 3, w_inv: 1}`` (GuidanceSettings fields), or
+            ``{mode: calibrated}``: the guidance plan at ``guidance_plan``.
+        guidance_plan: the bundle's calibrated guidance plan (read when an entry has mode calibrated).
         steps: DDIM steps of every setting.
         seeds: one row per seed; each seed draws its own ``images_per_seed`` images.
         composition_images, composition_cycles: the null-intervention cycles (0 images: skipped).
@@ -163,6 +190,7 @@ class EvaluationRun:
     guidance_settings: Sequence[Mapping[str, Any]]
     heldout_subjects: int = 24
     heldout_seed: int = 1000
+    guidance_plan: str | Path | None = None
     steps: int = 25
     seeds: Sequence[int] = (0,)
     images_per_seed: int = 16
@@ -182,7 +210,8 @@ class EvaluationRun:
         device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         interventions = parse_interventions(schema, self.interventions)
-        settings = guidance_settings_from(self.guidance_settings, self.steps)
+        plan = plan_if_used(self.guidance_settings, self.guidance_plan, schema, loaded.sha256)
+        settings = guidance_settings_from(self.guidance_settings, self.steps, plan=plan)
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
         self._check_numbers()
         output_dir = Path(self.output_dir)
@@ -298,10 +327,13 @@ class EvaluationRun:
                 [share[k] for k in batch.made], batch.attributes, len(batch.rejected), batch.network_evaluations
             )
             if batch.made:
-                key = batch.plan.describe()
-                if key not in references:  # CFG's plan is the same for every intervention: decode it once
-                    references[key] = engine.reconstruct(latents, mine.factual, batch.affected).cpu()
-                found.images, found.reference = batch.images, references[key][batch.made]
+                for affected in (batch.affected, set()):  # the same guidance's reference, and the do() output
+                    key = engine.plan_for(affected).describe()
+                    if key not in references:  # CFG's plan is the same for every intervention: decode it once
+                        references[key] = engine.reconstruct(latents, mine.factual, affected).cpu()
+                found.images = batch.images
+                found.reference = references[batch.plan.describe()][batch.made]
+                found.null_output = references[engine.plan_for(set()).describe()][batch.made]
                 found.back = self._reversed(engine, batch, mine) if self.reversibility else None
                 found.after = predict_all(predictor, batch.images)
                 found.reconstructed = predict_all(predictor, found.reference)
@@ -468,7 +500,8 @@ def _joined(positions: Sequence[int], tensors: Sequence[torch.Tensor | None]) ->
 class _Made:
     """One intervention's counterfactuals under one setting, for the images of the seed's set at ``positions``
     (one process's share, or every share joined): their attributes and images, the null-intervention
-    ``reference``, the way ``back`` (with reversibility), the predictors' outputs on the counterfactuals
+    ``reference`` (same guidance), the ``null_output`` (the ``do()`` output, as inference makes it), the way
+    ``back`` (with reversibility), the predictors' outputs on the counterfactuals
     (``after``) and on the references (``reconstructed``), and their ``features`` (FID)."""
 
     positions: list[int]
@@ -477,6 +510,7 @@ class _Made:
     network_evaluations: int
     images: torch.Tensor | None = None
     reference: torch.Tensor | None = None
+    null_output: torch.Tensor | None = None
     back: torch.Tensor | None = None
     after: dict[str, torch.Tensor] = field(default_factory=dict)
     reconstructed: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -500,6 +534,7 @@ class _Made:
             network_evaluations=max(share.network_evaluations for share in shares),
             images=join(lambda share: share.images),
             reference=join(lambda share: share.reference),
+            null_output=join(lambda share: share.null_output),
             back=join(lambda share: share.back),
             after={name: join(lambda share, n=name: share.after[n]) for name in names},
             reconstructed={name: join(lambda share, n=name: share.reconstructed[n]) for name in names},
@@ -588,6 +623,7 @@ class _Measurements:
         row["off_target_null"], row["off_target_vs_null"] = mean(control), mean(net)
         back = made.back
         row["reversibility"] = float(metrics.l1_255(back, sources).mean()) if back is not None else math.nan
+        row["reconstruction_mae"] = float((made.null_output - sources).abs().mean())
         intervened_categorical = [n for n in intervention.names if self.schema[n].kind == "categorical"]
         row["minimality"] = metrics.minimality(
             sources, made.images, made.attributes, self.pool.images, self.pool.factual, intervened_categorical
@@ -607,7 +643,8 @@ class _Measurements:
         under this guidance moves on its own, e.g. CFG amplifying attributes nobody intervened on); and, per image
         against the exact counterfactual, exact_target_ratio, exact_off_target (along each image's own unit effect
         of the untouched attributes), texture_ratio (against the phantom's factual render and its exact
-        counterfactual) and mean_abs_change."""
+        counterfactual) and mean_abs_change. The per-image measures take the change a user gets: the counterfactual
+        minus the image's ``do()`` output (``null_output``)."""
         changes = {"truth_off_target": made.images - made.reference, "truth_off_target_source": made.images - sources}
         truth: TrueChanges = context["truth"]
         positions = made.positions
@@ -615,15 +652,16 @@ class _Measurements:
         target = ground_truth.unit_direction(true_change)
         change = changes["truth_off_target"]
         own = {name: context["image_directions"][name][positions] for name in untouched}
+        against_do = made.images - made.null_output
         row = {
             "truth_error": ground_truth.truth_error(change, true_change),
             "target_ratio": ground_truth.target_ratio(change, true_change, target),
-            "exact_target_ratio": ground_truth.exact_target_ratio(change, true_change),
-            "exact_off_target": ground_truth.exact_off_target(change, true_change, own),
+            "exact_target_ratio": ground_truth.exact_target_ratio(against_do, true_change),
+            "exact_off_target": ground_truth.exact_off_target(against_do, true_change, own),
             "texture_ratio": ground_truth.texture_ratio(
-                made.images, made.reference, truth.factual[positions], true_change
+                made.images, made.null_output, truth.factual[positions], true_change
             ),
-            "mean_abs_change": ground_truth.mean_abs_change(change),
+            "mean_abs_change": ground_truth.mean_abs_change(against_do),
         }
         for column, moved in changes.items():
             errors = {}
@@ -656,6 +694,7 @@ SUMMARY_COLUMNS = (
     "composition_1",
     "composition_10",
     "reversibility",
+    "reconstruction_mae",
     "minimality",
     "fid",
     "truth_error",
