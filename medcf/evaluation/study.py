@@ -8,8 +8,10 @@ Steps (each an evaluate run of :mod:`medcf.evaluation.evaluate` on the bundle's 
 and a held-out phantom set, written to its own sub-folder so that a stopped study keeps what it finished):
 
 1. ``grid/seed_<s>``: on each seed, no guidance, CFG with w in ``weights``, DCFG with w_aff in ``weights``
-   and w_inv = 1, and at w_aff = 3 the variants factored CFG++ (weights 1), factored APG and the guidance
-   interval sigma in (0.3, 5].
+   and w_inv = 1, at w_aff = 3 the variants factored CFG++ (weights 1), factored APG and the guidance
+   interval sigma in (0.3, 5], and the bundle's calibrated guidance plan (``models/guidance_plan.json``, chosen
+   without the truth by the calibrate job). The report puts the plan beside CFG and DCFG at the single weight
+   closest to the right size on the truth (hindsight no user has).
 2. ``selection``: a user without ground truth picks, per intervention, the DCFG weight on separate held-out
    images (seed ``selection_seed``) by the predictors alone: the smallest w_aff whose effectiveness is
    within 0.05 (accuracy) or 1 year (age MAE) of the best the grid reaches. Larger weights buy no
@@ -32,6 +34,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from monai.bundle import ConfigParser
 
@@ -53,12 +56,13 @@ TOLERANCE = {"accuracy": 0.05, "mae": 1.0}
 
 
 def grid_settings(weights: Sequence[float]) -> list[dict[str, Any]]:
-    """No guidance, CFG and DCFG over ``weights``, and the variants."""
+    """No guidance, CFG and DCFG over ``weights``, the variants and the bundle's calibrated plan."""
     return [
         {"mode": "none"},
         *({"mode": "cfg", "weight": float(w)} for w in weights),
         *({"mode": "dcfg", "w_aff": float(w), "w_inv": 1.0} for w in weights),
         *VARIANTS,
+        {"mode": "calibrated"},
     ]
 
 
@@ -81,9 +85,20 @@ def select_weights(table: pd.DataFrame) -> dict[str, float]:
     return chosen
 
 
+def closest_to_right_size(family: pd.DataFrame) -> str | None:
+    """The setting of ``family`` whose mean exact_target_ratio over seeds is closest to 1 on a log scale (the best
+    single weight with hindsight of the truth, which no user has), or None without the measure."""
+    if "exact_target_ratio" not in family.columns:
+        return None
+    means = family.groupby("guidance", sort=False)["exact_target_ratio"].mean()
+    means = means[means > 0]
+    return None if means.empty else str((np.log(means)).abs().idxmin())
+
+
 def matched_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per intervention, CFG and DCFG at matched effectiveness (the smallest weight of each reaching the level
-    both reach), the selected DCFG and the variants: mean and sd over seeds."""
+    both reach), CFG and DCFG at the single weight closest to the right size on the truth, the selected DCFG, the
+    calibrated plan and the variants: mean and sd over seeds; ``choice`` says why each row is there."""
     columns = [
         "effectiveness",
         "off_target",
@@ -112,18 +127,29 @@ def matched_table(table: pd.DataFrame) -> pd.DataFrame:
             if len(f)
         ]
         level = (max(bests) if metric == "mae" else min(bests)) if bests else None
-        picked = []
+        picked: dict[str, str] = {}
         for family in families.values():
             ordered = family.sort_values(["w", "w_aff"])["guidance"].unique()
             match = next((g for g in ordered if level is not None and reaches(means[g], level, metric)), None)
             if match is not None:
-                picked.append(match)
-        picked += [
-            g for g in part["guidance"].unique() if g == "none" or "selected" in g or "rule=" in g or "interval=" in g
-        ]
-        for guidance in dict.fromkeys(picked):
+                picked.setdefault(match, "matched effectiveness")
+        for family in families.values():
+            best = closest_to_right_size(family) if len(family) else None
+            if best is not None:
+                picked.setdefault(best, "closest to right size (truth)")
+        for g in part["guidance"].unique():
+            if g == "calibrated":
+                picked.setdefault(g, "calibrated plan")
+            elif g == "none" or "selected" in g or "rule=" in g or "interval=" in g:
+                picked.setdefault(g, "selected" if "selected" in g else "reference")
+        for guidance, choice in picked.items():
             group = part[part["guidance"] == guidance]
-            row: dict[str, Any] = {"intervention": intervention, "guidance": guidance, "seeds": len(group)}
+            row: dict[str, Any] = {
+                "intervention": intervention,
+                "guidance": guidance,
+                "choice": choice,
+                "seeds": len(group),
+            }
             for column in columns:
                 row[column] = _mean_sd(group[column])
             row["effectiveness_metric"] = metric

@@ -3,7 +3,13 @@
 import pandas as pd
 import pytest
 
-from medcf.evaluation.study import equal_weight_table, grid_settings, matched_table, select_weights
+from medcf.evaluation.study import (
+    closest_to_right_size,
+    equal_weight_table,
+    grid_settings,
+    matched_table,
+    select_weights,
+)
 
 
 def rows(intervention, metric, values, seeds=(0, 1), source=None):
@@ -89,3 +95,10 @@ def test_equal_weight_pairs_cfg_and_dcfg_per_seed():
     # excess over the unguided decoder: DCFG 0.2 - 0.1 against CFG 0.4 - 0.1, the same on both seeds
     ratio, spread = (float(v) for v in row["amplification dcfg / cfg"].split(" ± "))
     assert ratio == pytest.approx(1 / 3, abs=1e-3) and spread < 1e-9
+
+
+def test_the_best_single_weight_is_the_one_closest_to_the_right_size_on_a_log_scale():
+    rows = [("cfg w=1", 0.5), ("cfg w=2", 1.9), ("cfg w=3", 3.0), ("cfg w=1", 0.6), ("cfg w=2", 2.1)]
+    family = pd.DataFrame(rows, columns=["guidance", "exact_target_ratio"])
+    assert closest_to_right_size(family) == "cfg w=1"  # 0.55x is nearer to 1 than 2x on a log scale
+    assert closest_to_right_size(family.drop(columns="exact_target_ratio")) is None
