@@ -12,6 +12,11 @@ images it would carry past the range are left out). The attributes an interventi
 guided with the descendants' own calibrated weights, which is why descendants are calibrated first. An
 attribute whose values the real images do not tell apart (no detected effect, e.g. race in the mammogram
 phantom) has no size to match: it gets the weight among ``no_effect_weights`` that changes the images least.
+
+With several candidate guidance ``intervals`` each is searched; the one whose counterfactuals keep fine texture
+as real images with the new value have it (texture score closest to 1: HF(c) / HF(r) over the real images' HF
+ratio of the two values, HF the standard deviation of an image minus its 1-pixel Gaussian blur inside the field)
+wins. One candidate (the default, no interval) costs one search per attribute.
 """
 
 from __future__ import annotations
@@ -43,10 +48,12 @@ from medcf.calibration.matching import (
     reading,
     search_weight,
     shift_ratio,
+    texture_expectation,
 )
 from medcf.calibration.plan import AttributeGuidance, CalibratedPlan
 from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
 from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.evaluation.ground_truth import field_mask, high_frequency
 from medcf.evaluation.predictors import AttributePredictor, load_predictors
 from medcf.interventions import Assignment, Intervention
 from medcf.loading import LoadedModel, file_sha256, load_model
@@ -90,6 +97,7 @@ class CalibrationRun:
             (:func:`~medcf.calibration.matching.search_weight`).
         min_z: standard errors a real effect must exceed to be matched.
         no_effect_weights: the weights tried for an attribute the data show no effect of.
+        intervals: candidate guidance intervals (None: every step, or [low, high] noise levels), see the module.
         schema: the bundle's attributes; device: ``auto``, ``cpu`` or ``cuda[:N]``.
     """
 
@@ -116,6 +124,7 @@ class CalibrationRun:
     max_evaluations: int = 5
     min_z: float = 3.0
     no_effect_weights: Sequence[float] = (0.0, 1.0)
+    intervals: Sequence[Sequence[float] | None] = (None,)
     schema: AttributeSchema | None = None
     experiment: str = "medcf-calibrate"
     device: str | torch.device = "auto"
@@ -194,7 +203,10 @@ class CalibrationRun:
         low, high = (float(b) for b in self.bounds)
         if not (0 <= low < high and math.isfinite(high)):
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
-        GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps)  # w_inv and steps checked as everywhere
+        if not list(self.intervals):
+            raise ValueError("intervals: give at least one candidate (null: guide at every step)")
+        for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
+            GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
         return _descendants_first(schema, names)
 
     def _data(self, output_dir: Path) -> tuple[Path, Path, str]:
@@ -251,17 +263,22 @@ class _Calibrator:
         self.run, self.loaded, self.predictor, self.pool, self.chosen = run, loaded, predictor, pool, chosen
         self.schema = loaded.model.schema
         self.weights: dict[str, float] = {}
-        engine = self._engine({})
+        self.bands: dict[str, tuple[float, float] | None] = {}
+        engine = self._engine({}, {})
         self.latents = engine.abduct(chosen.images, chosen.factual)
         reference = engine.predict(self.latents, chosen.factual, Intervention(())).images.cpu()
         self.reference = reference
         self.reference_readings = raw_readings(predictor, reference)
         self.real_readings = raw_readings(predictor, pool.images)
+        self.field = field_mask(chosen.images)
+        self.reference_hf = high_frequency(reference, self.field).numpy()
+        self.real_hf = high_frequency(pool.images, field_mask(pool.images)).numpy()
 
-    def _engine(self, weights: Mapping[str, float]) -> CounterfactualEngine:
+    def _engine(self, weights: Mapping[str, float], bands: Mapping[str, Any]) -> CounterfactualEngine:
         settings = GuidanceSettings(
             mode="calibrated",
             per_attribute=dict(weights),
+            intervals=dict(bands),
             w_aff=1.0,  # an attribute not calibrated yet is decoded conditionally
             w_inv=self.run.w_inv,
             steps=self.run.steps,
@@ -275,7 +292,7 @@ class _Calibrator:
             for name in bar:
                 guidance, tried = self._attribute(name)
                 attributes[name] = guidance
-                self.weights[name] = guidance.weight
+                self.weights[name], self.bands[name] = guidance.weight, guidance.interval
                 rows.extend({"attribute": name, **row} for row in tried)
         return {name: attributes[name] for name in self.schema.names if name in attributes}, rows
 
@@ -290,10 +307,11 @@ class _Calibrator:
             targets.setdefault(others[k % len(others)], []).append(k)
         return [_Move(Intervention((Assignment(name, value),)), positions) for value, positions in targets.items()]
 
-    def _decode(self, name: str, weight: float, effect: ExpectedEffect) -> dict[str, Any]:
-        """The moves of ``name`` decoded at ``weight``: shift ratio, mean |change| and what the predictors read."""
-        engine = self._engine({**self.weights, name: weight})
-        measured, expected, changes, hits, moved = [], [], [], [], 0
+    def _decode(self, name: str, weight: float, band: Any, effect: ExpectedEffect, texture: Any) -> dict[str, Any]:
+        """The moves of ``name`` decoded at ``weight`` (guided in ``band``): shift ratio, mean |change|, texture
+        score (``texture``: the real images' expected HF ratio of a move) and what the predictors read."""
+        engine = self._engine({**self.weights, name: weight}, {**self.bands, name: band})
+        measured, expected, changes, hits, textures, moved = [], [], [], [], [], 0
         for move in self._moves(name):
             factual = [self.chosen.factual[p] for p in move.positions]
             batch = engine.predict(self.latents[move.positions], factual, move.intervention)
@@ -302,6 +320,7 @@ class _Calibrator:
             positions = [move.positions[j] for j in batch.made]
             images = batch.images.cpu()
             readings = raw_readings(self.predictor, images)[name]
+            hf = high_frequency(images, self.field[positions]).numpy()
             before = self.reference_readings[name][positions]
             for j, position in enumerate(positions):
                 source, target = self.chosen.factual[position][name], batch.attributes[j][name]
@@ -309,17 +328,21 @@ class _Calibrator:
                 before_j = reading(self.schema, name, before[j : j + 1], source, target)
                 measured.append(float(after_j - before_j))
                 expected.append(effect.of(source, target))
+                textures.append(hf[j] / self.reference_hf[position] / texture(source, target))
                 if self.schema[name].kind == "categorical":
                     hits.append(float(after_j) > 0)  # the predictor prefers the target value over the source
             changes.append((images - self.reference[positions]).abs().flatten(1).mean(1))
             moved += len(positions)
         change = float(torch.cat(changes).mean()) if changes else math.nan
+        finite_textures = [t for t in textures if math.isfinite(t)]
         return {
             "weight": weight,
+            "interval": "none" if band is None else f"{band[0]:g}-{band[1]:g}",
             "shift_ratio": shift_ratio(measured, expected),
             "measured_shift": float(np.mean(measured)) if measured else math.nan,
             "expected_shift": float(np.nanmean(expected)) if expected and np.isfinite(expected).any() else math.nan,
             "mean_abs_change": change,
+            "texture_score": float(np.mean(finite_textures)) if finite_textures else math.nan,
             "target_preferred": float(np.mean(hits)) if hits else math.nan,
             "images": moved,
         }
@@ -327,31 +350,43 @@ class _Calibrator:
     def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
         labels = [f[name] for f in self.pool.factual]
         effect = expected_effect(self.schema, name, self.real_readings[name], labels, self.run.min_z)
+        texture = texture_expectation(self.schema, name, self.real_hf, labels)
         tried: list[dict[str, Any]] = []
         if not effect.detected:
             for weight in self.run.no_effect_weights:
-                tried.append(self._decode(name, float(weight), effect))
+                tried.append(self._decode(name, float(weight), None, effect, texture))
             best = min(tried, key=lambda row: row["mean_abs_change"])
             figures = {"expected": effect.to_dict(), "mean_abs_change": _rounded(best["mean_abs_change"])}
             return AttributeGuidance(best["weight"], None, "no_effect", {**figures, "tried": _tried(tried)}), tried
+        outcomes = []
+        for candidate in self.run.intervals:
+            band = None if candidate is None else (float(candidate[0]), float(candidate[1]))
+            first = len(tried)
 
-        def ratio_at(weight: float) -> float:
-            tried.append(self._decode(name, weight, effect))
-            return tried[-1]["shift_ratio"]
+            def ratio_at(weight: float, band: Any = band) -> float:
+                tried.append(self._decode(name, weight, band, effect, texture))
+                return tried[-1]["shift_ratio"]
 
-        search: WeightSearch = search_weight(
-            ratio_at,
-            start=tuple(float(w) for w in self.run.start),
-            bounds=(float(self.run.bounds[0]), float(self.run.bounds[1])),
-            tolerance=self.run.tolerance,
-            max_evaluations=self.run.max_evaluations,
-        )
+            search: WeightSearch = search_weight(
+                ratio_at,
+                start=tuple(float(w) for w in self.run.start),
+                bounds=(float(self.run.bounds[0]), float(self.run.bounds[1])),
+                tolerance=self.run.tolerance,
+                max_evaluations=self.run.max_evaluations,
+            )
+            if len(self.run.intervals) > 1:  # the texture at the chosen weight decides between the bands
+                tried.append(self._decode(name, search.weight, band, effect, texture))
+            closest = min(tried[first:], key=lambda row: abs(row["weight"] - search.weight))
+            outcomes.append((band, search, closest["texture_score"]))
+        matched = [o for o in outcomes if o[1].status == "matched"] or outcomes
+        band, search, texture_score = min(matched, key=lambda o: abs(o[2] - 1) if math.isfinite(o[2]) else math.inf)
         figures = {
             "expected": effect.to_dict(),
             "shift_ratio_at_weights": {f"{w:g}": _rounded(r) for w, r in search.tried.items()},
+            "texture_score": _rounded(texture_score),
             "tried": _tried(tried),
         }
-        return AttributeGuidance(search.weight, None, search.status, figures), tried
+        return AttributeGuidance(search.weight, band, search.status, figures), tried
 
 
 def _rounded(value: float) -> float | None:

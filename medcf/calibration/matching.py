@@ -167,6 +167,34 @@ def expected_effect(
     return ExpectedEffect(shifts=shifts, z=z_best if shifts else math.nan, detected=detected, counts=counts)
 
 
+def texture_expectation(
+    schema: AttributeSchema, name: str, high_frequency: np.ndarray, labels: Sequence[AttributeValue]
+) -> Callable[[AttributeValue, AttributeValue], float]:
+    """How much fine texture real images with the target value have against real images with the source value:
+    a function (source, target) -> mean HF(target's images) / mean HF(source's images) for a categorical attribute,
+    exp(slope (target - source)) of a line fitted to log HF over the label for a continuous one (NaN where a value
+    has no real image with a finite HF).
+
+    Args:
+        schema: the attributes.
+        name: the attribute.
+        high_frequency: HF of each real image (:func:`medcf.evaluation.ground_truth.high_frequency`).
+        labels: the real images' values of the attribute.
+
+    Returns:
+        The expected HF ratio of a move.
+    """
+    hf = np.asarray(high_frequency, dtype=float)
+    finite = np.isfinite(hf) & (hf > 0)
+    if schema[name].kind == "continuous":
+        x = np.asarray(labels, dtype=float)[finite]
+        slope = np.polyfit(x, np.log(hf[finite]), 1)[0] if len(x) >= 3 and np.ptp(x) > 0 else math.nan
+        return lambda source, target: math.exp(slope * (float(target) - float(source)))
+    values = np.asarray([str(v) for v in labels])
+    means = {v: float(hf[finite & (values == v)].mean()) for v in set(values[finite])}
+    return lambda source, target: means.get(str(target), math.nan) / means.get(str(source), math.nan)
+
+
 def shift_ratio(measured: Sequence[float], expected: Sequence[float]) -> float:
     """R = sum_i m_i e_i / sum_i e_i^2 over the moves with a finite expected shift (NaN when none)."""
     m, e = np.asarray(measured, dtype=float), np.asarray(expected, dtype=float)

@@ -18,6 +18,7 @@ from medcf.phantoms.cxr import CXR_SCHEMA
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
 SMALL = ["--images", "4", "--steps", "4", "--max_evaluations", "3", "--heldout_subjects", "16"]
+BANDS = "[None, [0.0, 2.0]]"  # two candidate guidance intervals: every step, or only at sigma_t <= 2
 
 
 def bundle(config: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
@@ -27,7 +28,7 @@ def bundle(config: str, cwd: Path, *overrides: str) -> subprocess.CompletedProce
 
 
 def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
-    result = bundle("calibrate.yaml", tmp_path, "--output_dir", "cal", *SMALL)
+    result = bundle("calibrate.yaml", tmp_path, "--output_dir", "cal", *SMALL, "--intervals", BANDS)
     assert result.returncode == 0, result.stderr[-3000:]
     model = REPO / "bundles" / "cxr_counterfactual" / "models" / "model.pt"
     plan_path = tmp_path / "cal" / "guidance_plan.json"
@@ -40,12 +41,17 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
     assert "calibration_data" not in json.dumps(plan.to_dict()), "no paths in the plan"
     tried = pd.read_csv(tmp_path / "cal" / "calibration.csv")
     assert set(tried["attribute"]) == set(CXR_SCHEMA.names)
-    assert tried.groupby("attribute").size().min() >= 2 and tried.groupby("attribute").size().max() <= 3
     matched = [n for n, g in plan.attributes.items() if g.status != "no_effect"]
-    for name in matched:  # the plan's figures are the table's rows
+    for name in matched:  # each band searched (2-3 weights, then its choice decoded); the plan records the winner's
         rows = tried[tried["attribute"] == name]
-        recorded = plan.attributes[name].figures["shift_ratio_at_weights"]
-        assert sorted(float(w) for w in recorded) == sorted(rows["weight"].round(6).tolist())
+        assert set(rows["interval"]) == {"none", "0-2"} and 6 <= len(rows) <= 8
+        guidance = plan.attributes[name]
+        assert guidance.interval in (None, (0.0, 2.0))
+        band = "none" if guidance.interval is None else "0-2"
+        recorded = guidance.figures["shift_ratio_at_weights"]
+        searched = rows[rows["interval"] == band].iloc[:-1]  # the last row of a band re-decodes its choice
+        assert sorted(float(w) for w in recorded) == sorted(searched["weight"].round(6).tolist())
+        assert guidance.figures["texture_score"] is not None
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
@@ -57,6 +63,8 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
     made = bundle(
         "inference.yaml",
         tmp_path,
+        "--guidance",
+        "calibrated",
         "--guidance_plan",
         str(plan_path),
         "--steps",
@@ -78,8 +86,10 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
 
     content = json.loads(plan_path.read_text())
     plan_path.write_text(json.dumps({**content, "model_sha256": "0" * 64}))
-    refused = bundle("inference.yaml", tmp_path, "--guidance_plan", str(plan_path), "--output_dir", "refused")
+    refused = bundle(
+        "inference.yaml", tmp_path, "--guidance", "calibrated", "--guidance_plan", str(plan_path), "--output_dir", "x"
+    )
     assert refused.returncode != 0
     last = [line for line in refused.stderr.splitlines() if line.strip()][-1]
     assert "guidance_plan:" in last and "was calibrated for model sha256:000000000000, not this model" in last
-    assert not (tmp_path / "refused").exists()
+    assert not (tmp_path / "x").exists()
