@@ -349,7 +349,7 @@ class _Calibrator:
 
     def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
         labels = [f[name] for f in self.pool.factual]
-        effect = expected_effect(self.schema, name, self.real_readings[name], labels, self.run.min_z)
+        effect = expected_effect(self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z)
         texture = texture_expectation(self.schema, name, self.real_hf, labels)
         tried: list[dict[str, Any]] = []
         if not effect.detected:

@@ -11,9 +11,11 @@ For image i moved from u_i to v_i, with r_i its ``do()`` output (the null interv
 decoding's own drift out) and c_i its counterfactual:
 
 - measured shift m_i = reading(c_i) - reading(r_i);
-- expected shift e_i: categorical, mean L_vu over the real images whose label is v_i minus mean L_vu over those
-  whose label is u_i; continuous, b (v_i - u_i) with b the slope of the reading on the label over the real images
-  (the predictor's own scale, which shrinks towards the mean);
+- expected shift e_i: categorical, how much higher L_vu reads on real images whose label is v_i than on those whose
+  label is u_i; continuous, b (v_i - u_i) with b the slope of the reading on the label over the real images (the
+  predictor's own scale, which shrinks towards the mean). Both come from a least-squares fit that holds the other
+  attributes fixed (all but the attribute's causal descendants), so that attributes merely associated with it in
+  the population (confounders) are not credited to it;
 - the **shift ratio** R = sum_i m_i e_i / sum_i e_i^2: 1 = the counterfactuals moved as far as real images differ,
   above 1 = overshoot.
 
@@ -119,48 +121,81 @@ def _finite(value: float) -> float | None:
     return None if value is None or not math.isfinite(value) else round(float(value), 6)
 
 
+def _design(schema: AttributeSchema, rows: Sequence[Mapping[str, AttributeValue]], names: Sequence[str]) -> np.ndarray:
+    """Covariate columns of ``names`` for ``rows``: a continuous attribute standardised, a categorical one as
+    indicators of its values but the first (one column per value that occurs beyond the first)."""
+    columns = []
+    for name in names:
+        attribute = schema[name]
+        values = [row[name] for row in rows]
+        if attribute.kind == "continuous":
+            x = np.asarray(values, dtype=float)
+            columns.append((x - x.mean()) / (x.std() or 1.0))
+        else:
+            present = [v for v in attribute.values if v in values]
+            columns.extend(np.asarray([v == level for v in values], dtype=float) for level in present[1:])
+    return np.stack(columns, axis=1) if columns else np.zeros((len(rows), 0))
+
+
+def _coefficient(y: np.ndarray, treatment: np.ndarray, covariates: np.ndarray) -> tuple[float, float]:
+    """OLS of y on [1, treatment, covariates]: the treatment's coefficient and its standard error."""
+    design = np.column_stack([np.ones(len(y)), treatment, covariates])
+    beta, *_ = np.linalg.lstsq(design, y, rcond=None)
+    residual = y - design @ beta
+    dof = len(y) - np.linalg.matrix_rank(design)
+    if dof < 1:
+        return float(beta[1]), math.inf
+    covariance = np.linalg.pinv(design.T @ design) * float(residual @ residual) / dof
+    return float(beta[1]), math.sqrt(max(float(covariance[1, 1]), 0.0))
+
+
 def expected_effect(
     schema: AttributeSchema,
     name: str,
     readings: torch.Tensor,
-    labels: Sequence[AttributeValue],
+    rows: Sequence[Mapping[str, AttributeValue]],
     min_z: float = 3.0,
 ) -> ExpectedEffect:
-    """The attribute's effect on the predictor's reading over real images (see the module docstring).
+    """The attribute's effect on the predictor's reading over real images (see the module docstring), adjusted
+    for the attributes that are not its causal descendants.
+
+    Real images with different values of ``name`` also differ in the attributes associated with it (the chest
+    phantom's older patients are more often female): a plain difference of class means would credit those to
+    ``name`` and push the weight too high. So the expected shift is the coefficient of ``name`` in a least-squares
+    fit of the reading on ``name`` and every other attribute that is not a descendant of it (descendants carry
+    part of the effect an intervention has, and the causal graph changes them in the counterfactual too).
 
     Args:
-        schema: the attributes.
+        schema: the attributes (their parents give the descendants).
         name: the attribute.
         readings: its raw readings of the real images (:func:`raw_readings`).
-        labels: the real images' values of the attribute.
+        rows: the real images' attribute values (every attribute of the schema).
         min_z: standard errors the effect must exceed to count as detected.
 
     Returns:
         The expected shifts (or slope) and whether the data show an effect.
     """
     attribute = schema[name]
+    adjusted = [n for n in schema.names if n != name and n not in schema.descendants({name})]
+    covariates = _design(schema, rows, adjusted)
     if attribute.kind == "continuous":
-        x = np.asarray(labels, dtype=float)
-        y = readings.numpy()
+        x = np.asarray([float(row[name]) for row in rows])
         if len(x) < 3 or np.ptp(x) == 0:
             return ExpectedEffect(slope=math.nan, z=math.nan, detected=False)
-        slope, intercept = np.polyfit(x, y, 1)
-        residual = y - (slope * x + intercept)
-        se = math.sqrt(float(residual @ residual) / (len(x) - 2) / float(((x - x.mean()) ** 2).sum()))
+        slope, se = _coefficient(readings.numpy(), x, covariates)
         z = abs(slope) / se if se > 0 else math.inf
-        return ExpectedEffect(slope=float(slope), z=float(z), detected=bool(z >= min_z))
-    labels = [str(v) for v in labels]
+        return ExpectedEffect(slope=slope, z=float(z), detected=bool(z >= min_z))
+    labels = [str(row[name]) for row in rows]
     counts = {value: labels.count(value) for value in attribute.values}
     shifts, z_best = {}, 0.0
     for source in attribute.values:
         for target in attribute.values:
             if source == target or counts[source] < 2 or counts[target] < 2:
                 continue
-            contrast = reading(schema, name, readings, source, target).numpy()
-            a = contrast[[k for k, v in enumerate(labels) if v == target]]
-            b = contrast[[k for k, v in enumerate(labels) if v == source]]
-            shift = float(a.mean() - b.mean())
-            se = math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b))
+            pair = [k for k, v in enumerate(labels) if v in (source, target)]
+            contrast = reading(schema, name, readings[pair], source, target).numpy()
+            treated = np.asarray([labels[k] == target for k in pair], dtype=float)
+            shift, se = _coefficient(contrast, treated, covariates[pair])
             shifts[(source, target)] = shift
             z_best = max(z_best, abs(shift) / se if se > 0 else math.inf)
     detected = bool(shifts) and z_best >= min_z
