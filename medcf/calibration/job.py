@@ -2,16 +2,19 @@
 of the counterfactuals to real images' (:mod:`medcf.calibration.matching`), and write the guidance plan.
 
     held-out images + labels (never the phantom truth) -> one abduction and one do() output per image ->
-    per attribute (descendants first): decode every image moved to another value at weight w, read it with
-    the attribute predictors, shift ratio R(w) -> the weight with R = 1 -> OUT/guidance_plan.json,
-    OUT/calibration.csv (every weight tried) -> one MLflow run
+    per attribute (descendants first): decode every image moved to another value at weight w, measure its
+    change against the data's effect map (pixel ratio) and with the attribute predictors (shift ratio),
+    ratio(w) -> the weight with ratio 1 -> OUT/guidance_plan.json, OUT/calibration.csv (every weight tried)
+    -> one MLflow run
 
 Each image is moved once per attribute: a categorical attribute to the next of its other values (image k takes
 the (k mod n)-th of them), so every value is a target; a continuous one by the bundle's shift (``do(age=+20)``;
 images it would carry past the range are left out). The attributes an intervention's descendants change are
-guided with the descendants' own calibrated weights, which is why descendants are calibrated first. An
-attribute whose values the real images do not tell apart (no detected effect, e.g. race in the mammogram
-phantom) has no size to match: it gets the weight among ``no_effect_weights`` that changes the images least.
+guided with the descendants' own calibrated weights, which is why descendants are calibrated first. The pixel
+ratio is matched where the data's effect map is found (``match: pixels``), the shift ratio elsewhere; both are
+recorded. An attribute whose values the real images do not tell apart in either space (e.g. race in the mammogram
+phantom) has no size to match: it gets the weight among ``no_effect_weights`` that changes the images least. A
+weight that does not move the matched ratio (``insensitive``) is left at 1, the conditional prediction.
 
 With several candidate guidance ``intervals`` each is searched; the one whose counterfactuals keep fine texture
 as real images with the new value have it (texture score closest to 1: HF(c) / HF(r) over the real images' HF
@@ -42,10 +45,13 @@ from medcf.atomic import write_csv_atomic
 from medcf.attributes import AttributeSchema, AttributeValue
 from medcf.calibration.matching import (
     ExpectedEffect,
+    PixelEffect,
     WeightSearch,
     expected_effect,
+    pixel_effect,
     raw_readings,
     reading,
+    rendering_slope,
     search_weight,
     shift_ratio,
     texture_expectation,
@@ -95,7 +101,10 @@ class CalibrationRun:
         steps: DDIM steps; w_inv: the invariant group's weight.
         bounds, start, tolerance, max_evaluations: the weight search
             (:func:`~medcf.calibration.matching.search_weight`).
-        min_z: standard errors a real effect must exceed to be matched.
+        min_z: standard errors a real effect must exceed to be matched (predictor readings).
+        match: ``pixels`` (the change along the effect map estimated from the real images, where the two halves
+            of the data agree on it; the predictors' readings otherwise) or ``predictors`` (their readings only).
+        min_correlation: split-half correlation the data's effect map needs to be used.
         no_effect_weights: the weights tried for an attribute the data show no effect of.
         intervals: candidate guidance intervals (None: every step, or [low, high] noise levels), see the module.
         schema: the bundle's attributes; device: ``auto``, ``cpu`` or ``cuda[:N]``.
@@ -123,6 +132,8 @@ class CalibrationRun:
     tolerance: float = 0.05
     max_evaluations: int = 5
     min_z: float = 3.0
+    match: str = "pixels"
+    min_correlation: float = 0.3
     no_effect_weights: Sequence[float] = (0.0, 1.0)
     intervals: Sequence[Sequence[float] | None] = (None,)
     schema: AttributeSchema | None = None
@@ -203,6 +214,8 @@ class CalibrationRun:
         low, high = (float(b) for b in self.bounds)
         if not (0 <= low < high and math.isfinite(high)):
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
+        if self.match not in ("pixels", "predictors"):
+            raise ValueError(f"match: {self.match!r} must be pixels or predictors")
         if not list(self.intervals):
             raise ValueError("intervals: give at least one candidate (null: guide at every step)")
         for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
@@ -270,6 +283,7 @@ class _Calibrator:
         self.reference = reference
         self.reference_readings = raw_readings(predictor, reference)
         self.real_readings = raw_readings(predictor, pool.images)
+        self.source_readings = raw_readings(predictor, chosen.images)
         self.field = field_mask(chosen.images)
         self.reference_hf = high_frequency(reference, self.field).numpy()
         self.real_hf = high_frequency(pool.images, field_mask(pool.images)).numpy()
@@ -307,11 +321,22 @@ class _Calibrator:
             targets.setdefault(others[k % len(others)], []).append(k)
         return [_Move(Intervention((Assignment(name, value),)), positions) for value, positions in targets.items()]
 
-    def _decode(self, name: str, weight: float, band: Any, effect: ExpectedEffect, texture: Any) -> dict[str, Any]:
-        """The moves of ``name`` decoded at ``weight`` (guided in ``band``): shift ratio, mean |change|, texture
-        score (``texture``: the real images' expected HF ratio of a move) and what the predictors read."""
+    def _slope(self, name: str, source: AttributeValue, target: AttributeValue) -> float:
+        """The rendering slope of the reading a move is judged on (:func:`rendering_slope`), over the images."""
+        real = reading(self.schema, name, self.source_readings[name], source, target)
+        rendered = reading(self.schema, name, self.reference_readings[name], source, target)
+        return rendering_slope(real.tolist(), rendered.tolist())
+
+    def _decode(
+        self, name: str, weight: float, band: Any, effect: ExpectedEffect, pixels: PixelEffect, texture: Any
+    ) -> dict[str, Any]:
+        """The moves of ``name`` decoded at ``weight`` (guided in ``band``): the pixel ratio (change projected on the
+        data's effect map), the predictors' shift ratio (against the real shift times the rendering slope), mean
+        |change|, texture score (``texture``: the real images' expected HF ratio of a move) and what the
+        predictors read."""
         engine = self._engine({**self.weights, name: weight}, {**self.bands, name: band})
         measured, expected, changes, hits, textures, moved = [], [], [], [], [], 0
+        along, squared = [], []
         for move in self._moves(name):
             factual = [self.chosen.factual[p] for p in move.positions]
             batch = engine.predict(self.latents[move.positions], factual, move.intervention)
@@ -327,7 +352,12 @@ class _Calibrator:
                 after_j = reading(self.schema, name, readings[j : j + 1], source, target)
                 before_j = reading(self.schema, name, before[j : j + 1], source, target)
                 measured.append(float(after_j - before_j))
-                expected.append(effect.of(source, target))
+                expected.append(effect.of(source, target) * self._slope(name, source, target))
+                found = pixels.of(source, target)
+                if found is not None:
+                    change_j = (images[j] - self.reference[position]).double()
+                    along.append(float((change_j * found[0]).sum()))
+                    squared.append(found[1])
                 textures.append(hf[j] / self.reference_hf[position] / texture(source, target))
                 if self.schema[name].kind == "categorical":
                     hits.append(float(after_j) > 0)  # the predictor prefers the target value over the source
@@ -338,6 +368,7 @@ class _Calibrator:
         return {
             "weight": weight,
             "interval": "none" if band is None else f"{band[0]:g}-{band[1]:g}",
+            "pixel_ratio": sum(along) / sum(squared) if squared and sum(squared) > 0 else math.nan,
             "shift_ratio": shift_ratio(measured, expected),
             "measured_shift": float(np.mean(measured)) if measured else math.nan,
             "expected_shift": float(np.nanmean(expected)) if expected and np.isfinite(expected).any() else math.nan,
@@ -350,13 +381,19 @@ class _Calibrator:
     def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
         labels = [f[name] for f in self.pool.factual]
         effect = expected_effect(self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z)
+        pixels = pixel_effect(self.schema, name, self.pool.images, self.pool.factual, self.run.min_correlation)
         texture = texture_expectation(self.schema, name, self.real_hf, labels)
+        space = "pixel_ratio" if self.run.match == "pixels" and pixels.detected else "shift_ratio"
         tried: list[dict[str, Any]] = []
-        if not effect.detected:
+        if not (effect.detected or pixels.detected):
             for weight in self.run.no_effect_weights:
-                tried.append(self._decode(name, float(weight), None, effect, texture))
+                tried.append(self._decode(name, float(weight), None, effect, pixels, texture))
             best = min(tried, key=lambda row: row["mean_abs_change"])
-            figures = {"expected": effect.to_dict(), "mean_abs_change": _rounded(best["mean_abs_change"])}
+            figures = {
+                "expected": effect.to_dict(),
+                "pixels": pixels.to_dict(),
+                "mean_abs_change": _rounded(best["mean_abs_change"]),
+            }
             return AttributeGuidance(best["weight"], None, "no_effect", {**figures, "tried": _tried(tried)}), tried
         outcomes = []
         for candidate in self.run.intervals:
@@ -364,8 +401,8 @@ class _Calibrator:
             first = len(tried)
 
             def ratio_at(weight: float, band: Any = band) -> float:
-                tried.append(self._decode(name, weight, band, effect, texture))
-                return tried[-1]["shift_ratio"]
+                tried.append(self._decode(name, weight, band, effect, pixels, texture))
+                return tried[-1][space]
 
             search: WeightSearch = search_weight(
                 ratio_at,
@@ -375,14 +412,19 @@ class _Calibrator:
                 max_evaluations=self.run.max_evaluations,
             )
             if len(self.run.intervals) > 1:  # the texture at the chosen weight decides between the bands
-                tried.append(self._decode(name, search.weight, band, effect, texture))
+                tried.append(self._decode(name, search.weight, band, effect, pixels, texture))
             closest = min(tried[first:], key=lambda row: abs(row["weight"] - search.weight))
             outcomes.append((band, search, closest["texture_score"]))
         matched = [o for o in outcomes if o[1].status == "matched"] or outcomes
         band, search, texture_score = min(matched, key=lambda o: abs(o[2] - 1) if math.isfinite(o[2]) else math.inf)
+        ratios = list(search.tried.values())
+        if max(ratios) - min(ratios) < self.run.tolerance:  # the weight does not move what is matched
+            search = WeightSearch(1.0, "insensitive", search.tried)
         figures = {
+            "matched": space,
             "expected": effect.to_dict(),
-            "shift_ratio_at_weights": {f"{w:g}": _rounded(r) for w, r in search.tried.items()},
+            "pixels": pixels.to_dict(),
+            "ratio_at_weights": {f"{w:g}": _rounded(r) for w, r in search.tried.items()},
             "texture_score": _rounded(texture_score),
             "tried": _tried(tried),
         }
@@ -415,13 +457,14 @@ def _fingerprint(chosen: EvaluationSet) -> str:
 
 
 def summary_lines(plan: CalibratedPlan) -> list[str]:
-    """One line per attribute, e.g. ``sex: w = 1.35 (matched; shift ratio 0.82 at w=1, 1.31 at w=2)``."""
+    """One line per attribute, e.g. ``sex: w = 1.35 (matched; pixel ratio 0.82 at w=1, 1.31 at w=2)``."""
     lines = []
     for name, guidance in plan.attributes.items():
         if guidance.status == "no_effect":
             detail = f"no effect in the data; mean |change| {guidance.figures.get('mean_abs_change')}"
         else:
-            ratios = guidance.figures.get("shift_ratio_at_weights") or {}
-            detail = "shift ratio " + ", ".join(f"{r:.2f} at w={w}" for w, r in ratios.items() if r is not None)
+            ratios = guidance.figures.get("ratio_at_weights") or {}
+            space = "pixel ratio" if guidance.figures.get("matched") == "pixel_ratio" else "shift ratio"
+            detail = f"{space} " + ", ".join(f"{r:.2f} at w={w}" for w, r in ratios.items() if r is not None)
         lines.append(f"{name}: w = {guidance.weight:g} ({guidance.status}; {detail})")
     return lines

@@ -30,7 +30,7 @@ from medcf.loading import file_sha256
 
 PLAN_FORMAT = "medcf-guidance-plan/1"
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kB; anything larger is not one
-STATUSES = ("matched", "bound", "no_effect", "unmeasured")
+STATUSES = ("matched", "bound", "insensitive", "no_effect", "unmeasured")
 
 
 class PlanError(ValueError):
@@ -45,7 +45,8 @@ class AttributeGuidance:
         weight: its DCFG group weight, finite, >= 0.
         interval: the noise levels (low, high] its decodes are guided at; None: every step.
         status: ``matched`` (the predictors read the counterfactuals as real images with the value), ``bound``
-            (the match lies beyond the weights searched: the closest bound is used), ``no_effect`` (the data show
+            (the match lies beyond the weights searched: the closest bound is used), ``insensitive`` (the weight
+            does not move what is matched: 1, the conditional prediction, is used), ``no_effect`` (the data show
             no difference between the attribute's values: the weight that changes the image least) or
             ``unmeasured`` (not calibrated: the fallback weight).
         figures: what was matched (expected and measured shifts, the weights tried), for the record.

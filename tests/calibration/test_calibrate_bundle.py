@@ -48,7 +48,7 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
         guidance = plan.attributes[name]
         assert guidance.interval in (None, (0.0, 2.0))
         band = "none" if guidance.interval is None else "0-2"
-        recorded = guidance.figures["shift_ratio_at_weights"]
+        recorded = guidance.figures["ratio_at_weights"]
         searched = rows[rows["interval"] == band].iloc[:-1]  # the last row of a band re-decodes its choice
         assert sorted(float(w) for w in recorded) == sorted(searched["weight"].round(6).tolist())
         assert guidance.figures["texture_score"] is not None

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from medcf.calibration.matching import expected_effect, raw_readings, reading, search_weight, shift_ratio
+from medcf.calibration.matching import (
+    expected_effect,
+    pixel_effect,
+    raw_readings,
+    reading,
+    rendering_slope,
+    search_weight,
+    shift_ratio,
+)
 from medcf.evaluation.predictors import AttributePredictor
 from medcf.phantoms.cxr import CXR_SCHEMA
 
@@ -111,3 +119,35 @@ def test_raw_readings_do_not_clamp_age_or_squash_logits():
     predictor.train()
     raw_readings(predictor, images)
     assert predictor.training
+
+
+def test_the_pixel_effect_map_is_the_adjusted_class_difference_and_its_norm_is_unbiased():
+    """Images = noise + 0.5 x a pattern for F + 0.02 x age x another pattern, older patients more often F: the
+    map of M -> F is the first pattern (age held fixed), its squared norm estimate is near |pattern|^2 although
+    each half's map carries noise, and pure noise is not taken for an effect."""
+    rng = np.random.default_rng(4)
+    n, side = 240, 16
+    sex_pattern = np.zeros((side, side))
+    sex_pattern[10:, 2:14] = 1.0
+    age_pattern = np.zeros((side, side))
+    age_pattern[:6, :] = 1.0
+    ages = rng.uniform(20, 90, n)
+    sexes = np.where(rng.uniform(size=n) < (ages - 10) / 90, "F", "M")
+    images = rng.normal(0, 0.3, (n, 1, side, side))
+    images[:, 0] += 0.5 * (sexes == "F")[:, None, None] * sex_pattern + 0.02 * ages[:, None, None] * age_pattern
+    rows = [
+        {**row, "age": float(a), "sex": str(s)} for row, a, s in zip(rows_with("sex", sexes), ages, sexes, strict=True)
+    ]
+    effect = pixel_effect(CXR_SCHEMA, "sex", torch.from_numpy(images), rows)
+    found, squared = effect.of("M", "F")
+    assert effect.detected
+    assert np.abs(found[0].numpy() - 0.5 * sex_pattern).mean() < 0.05  # age's pattern is not in it
+    assert squared == pytest.approx(float(((0.5 * sex_pattern) ** 2).sum()), rel=0.15)
+    noise = pixel_effect(CXR_SCHEMA, "sex", torch.from_numpy(rng.normal(0, 0.3, (n, 1, side, side))), rows)
+    assert not noise.detected
+
+
+def test_rendering_slope_is_how_much_of_a_reading_survives_the_round_trip():
+    real = [0.0, 1.0, 2.0, 3.0, -1.0]
+    assert rendering_slope(real, [0.7 * x + 0.2 for x in real]) == pytest.approx(0.7)
+    assert math.isnan(rendering_slope([1.0, 1.0, 1.0], [0.0, 1.0, 2.0]))

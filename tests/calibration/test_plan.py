@@ -23,7 +23,7 @@ from medcf.phantoms.cxr import CXR_SCHEMA
 def a_plan() -> CalibratedPlan:
     return CalibratedPlan(
         attributes={
-            "sex": AttributeGuidance(1.4, None, "matched", {"shift_ratio_at_weights": {"1": 0.7, "2": 1.3}}),
+            "sex": AttributeGuidance(1.4, None, "matched", {"ratio_at_weights": {"1": 0.7, "2": 1.3}}),
             "disease": AttributeGuidance(5.5, (0.5, math.inf), "bound"),
             "age": AttributeGuidance(0.8, (0.0, 3.0)),
         },
