@@ -73,6 +73,7 @@ def test_no_identifier_reaches_outputs_log_or_mlflow(tmp_path):
         "--graph_path": tmp_path / "graph.json",
         "--image_size": 32,
         "--steps": 3,
+        "--guidance": "dcfg",
         "--interventions": "['do(sex=M)','do(age=+10)']",
     }
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)]

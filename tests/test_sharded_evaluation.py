@@ -111,6 +111,7 @@ def test_two_processes_audit_what_one_process_audits(tiny_files, tmp_path, monke
         model_path=str(tiny_files / "model.pt"), predictors_path=str(tiny_files / "predictors.pt"),
         pseudonym_key=str(tiny_files / "key"), image_size=32, steps=2, batch_size=3, resamples=200,
         interventions=["do(sex=F)", "do(sex=M)", "do(age=+20)"], dataset_dir=str(CONFIGS.parent / "sample_data"),
+        **{"guidance#mode": "dcfg"},  # the bundle's plan is for its own model
     )  # fmt: skip
     one, two = (pd.read_csv(out[p] / "audit.csv") for p in (1, 2))
     assert (one["attribute"] == "sex").sum() == one["source"].nunique() == 8 and "age" in set(one["attribute"])

@@ -36,7 +36,7 @@ def infer(inputs, out: Path, processes: int, interventions: str) -> subprocess.C
     settings = {
         "dataset_dir": data, "labels": cohort, "output_dir": out, "model_path": root / "model.pt",
         "graph_path": root / "graph.json", "image_size": 32, "steps": 4, "batch_size": 2, "pseudonym_key": root / "key",
-        "interventions": interventions, "device": "cpu",
+        "interventions": interventions, "device": "cpu", "guidance": "dcfg",
     }  # fmt: skip
     return run_bundle(configs, out.parent, processes, **settings)
 

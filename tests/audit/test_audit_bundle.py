@@ -39,7 +39,7 @@ def run_bundle(tiny_files, cwd, **changes):
     arguments = {
         "output_dir": "OUT", "classifier": tiny_files / "classifier.ts", "model_path": tiny_files / "model.pt",
         "predictors_path": tiny_files / "predictors.pt", "image_size": 32, "steps": 2, "resamples": 200,
-        "dataset_dir": BUNDLE / "sample_data",
+        "dataset_dir": BUNDLE / "sample_data", "guidance#mode": "dcfg",
         "interventions": "['do(sex=F)', 'do(sex=M)', 'do(age=+20)']", **changes,
     }  # fmt: skip
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "audit.yaml")]

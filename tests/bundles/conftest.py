@@ -16,6 +16,7 @@ import pydicom
 import pytest
 from monai.bundle import ConfigParser
 
+from medcf.calibration.plan import CalibratedPlan
 from medcf.dicom.reader import read_radiograph
 from medcf.loading import file_sha256
 
@@ -26,8 +27,14 @@ BUNDLES = {"cxr_counterfactual": "counterfactuals_cxr", "mammo_counterfactual": 
 def bundle_settings(bundle: str) -> dict:
     parser = ConfigParser()
     parser.read_config(str(REPO / "bundles" / bundle / "configs" / "inference.yaml"))
-    keys = ("interventions", "dataset_dir", "model_path", "guidance", "inference#experiment")
+    keys = ("interventions", "dataset_dir", "model_path", "guidance", "guidance_plan", "inference#experiment")
     return {key.split("#")[-1]: parser.get_parsed_content(key) for key in keys}
+
+
+def load_schema(bundle: str):
+    parser = ConfigParser()
+    parser.read_config(str(REPO / "bundles" / bundle / "configs" / "inference.yaml"))
+    return parser.get_parsed_content("schema")
 
 
 #: The one setting the suite changes from the defaults: DDIM steps (inference's default is 50).
@@ -38,6 +45,7 @@ def check_inference_command(tmp_path: Path, bundle: str, dciodvfy_errors, chest_
     """Run the bundle's inference.yaml with only ``--steps`` in ``tmp_path`` and check everything it leaves."""
     settings = bundle_settings(bundle)
     assert Path(settings["model_path"]).is_file(), f"{bundle} has no demo weights (models/model.pt)"
+    plan = CalibratedPlan.load(settings["guidance_plan"], load_schema(bundle), file_sha256(settings["model_path"]))
     environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     config = REPO / "bundles" / bundle / "configs" / "inference.yaml"
     result = subprocess.run(
@@ -68,6 +76,7 @@ def check_inference_command(tmp_path: Path, bundle: str, dciodvfy_errors, chest_
         dataset = pydicom.dcmread(out / row["dicom"])
         assert dataset.SeriesDescription.startswith("SYNTHETIC COUNTERFACTUAL")
         assert row["intervention"] in dataset.DerivationDescription
+        assert f"guidance calibrated (plan {plan.label})" in dataset.DerivationDescription
         assert dataset.ImageType[:2] == ["DERIVED", "SECONDARY"]
         source = pydicom.dcmread(dataset_dir / row["source"], stop_before_pixels=True)
         assert dataset.PatientID != source.PatientID and dataset.PatientIdentityRemoved == "YES"
@@ -97,7 +106,8 @@ def check_inference_command(tmp_path: Path, bundle: str, dciodvfy_errors, chest_
     experiment = client.get_experiment_by_name(settings["experiment"])
     (run,) = client.search_runs([experiment.experiment_id])
     assert run.info.status == "FINISHED"
-    assert run.data.params["guidance.mode"] == settings["guidance"]
+    assert run.data.params["guidance.mode"] == settings["guidance"] == "calibrated"
+    assert run.data.params["guidance.plan"] == plan.label
     assert run.data.params["guidance.steps"] == str(STEPS)
     assert run.data.params["model_sha256"] == file_sha256(settings["model_path"])
     assert all(text in run.data.params["interventions"] for text in settings["interventions"])

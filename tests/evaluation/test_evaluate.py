@@ -42,6 +42,7 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
         "output_dir": "OUT", "model_path": tiny_files / "model.pt", "predictors_path": tiny_files / "predictors.pt",
         "image_size": 32, "heldout_subjects": 6, "steps": 2, "seeds": "[0, 1]", "images_per_seed": 3,
         "composition_images": 1, "composition_cycles": 10,
+        "guidance_settings": "[{'mode': 'cfg', 'weight': 3.0}, {'mode': 'dcfg', 'w_aff': 3.0, 'w_inv': 1.0}]",
     }  # fmt: skip
     command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "evaluate.yaml")]
     for key, value in arguments.items():

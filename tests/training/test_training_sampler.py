@@ -92,9 +92,8 @@ def test_balancing_two_attributes_gives_each_of_their_values_half_of_the_draws()
     codes[::3, view] = 1
     dataset = Dataset([{"image": f"{i}.npy", "attributes": code} for i, code in enumerate(codes)])
     weights = balancing_weights(dataset, MAMMO_SCHEMA, ["marker", "view"])
-    share = {
-        name: weights[codes[:, column] == 1].sum() / weights.sum() for name, column in (("marker", MARKER), ("view", view))
-    }
+    columns = {"marker": MARKER, "view": view}
+    share = {name: weights[codes[:, column] == 1].sum() / weights.sum() for name, column in columns.items()}
     assert share == pytest.approx({"marker": 0.5, "view": 0.5})
     with pytest.raises(SchemaError, match="name at least one"):
         balancing_weights(dataset, MAMMO_SCHEMA, [])
