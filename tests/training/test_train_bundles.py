@@ -153,7 +153,7 @@ def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, man
     runs half the iterations of an epoch."""
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--max_epochs", "1", "--val_interval", "1", "--output_dir", str(out)]
-    balanced = ["--balance", balance] if balance else []
+    balanced = ["--balance", balance if balance else "$None"]  # $None: the loader shuffles (the default balances)
     result = train("cxr_counterfactual", tmp_path, *common, *balanced, nproc=2, overlays=(RANK_ITEMS,))
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(manifests["cxr"]).query("status == 'ok'")
@@ -205,13 +205,14 @@ def test_metadata_verifies_offline_against_the_shipped_schema(tmp_path, bundle):
 
 
 def test_the_two_train_configs_differ_only_where_the_bundles_differ():
-    """The mammogram train.yaml is the chest one with its own names (attributes and phantom set: common.yaml)."""
+    """The mammogram train.yaml is the chest one with its own names (attributes and phantom set: common.yaml) and
+    its own rare values to balance."""
     cxr = Path(config("cxr_counterfactual", "train.yaml")).read_text().splitlines()
     mammo = Path(config("mammo_counterfactual", "train.yaml")).read_text().splitlines()
     changed = [line for line in difflib.unified_diff(cxr, mammo, lineterm="", n=0) if line[:1] in "+-"]
     changed = [line for line in changed if not line.startswith(("+++", "---"))]
     allowed = re.compile(
-        r"^[+-](#|bundle_root|output_dir|"
+        r"^[+-](#|bundle_root|output_dir|balance|"
         r"      experiment)"
     )
     assert changed and all(allowed.match(line) for line in changed), changed
