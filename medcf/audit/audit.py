@@ -46,7 +46,7 @@ from medcf.interventions import Intervention, InterventionError, parse_intervent
 from medcf.loading import file_sha256, load_model, parse_interventions
 from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.pseudonyms import Pseudonyms
-from medcf.phantoms.training_set import phantom_export_with_cohort
+from medcf.phantoms.training_set import heldout_phantom_set
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.tracking import flatten, job_run
@@ -196,10 +196,8 @@ class AuditRun:
         if self.dataset_dir is not None:
             return Path(self.dataset_dir), self._labels()
         size = getattr(self.preparer, "image_size", 64)
-        side = size if isinstance(size, int) else max(size)
-        return phantom_export_with_cohort(
-            self.phantom_kind, output_dir / "heldout_data", self.heldout_subjects, max(64, 2 * side), self.heldout_seed
-        )
+        folder = output_dir / "heldout_data"
+        return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
 
     def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms | None) -> list[str]:
         """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""

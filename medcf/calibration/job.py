@@ -24,6 +24,7 @@ wins. One candidate (the default, no interval) costs one search per attribute.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -64,7 +65,7 @@ from medcf.evaluation.predictors import AttributePredictor, load_predictors
 from medcf.interventions import Assignment, Intervention
 from medcf.loading import LoadedModel, file_sha256, load_model
 from medcf.outputs.lock import OutputFolderLock
-from medcf.phantoms.training_set import phantom_export_with_cohort
+from medcf.phantoms.training_set import heldout_phantom_set
 from medcf.prepare.base import Preparer
 from medcf.tracking import flatten, job_run
 
@@ -228,11 +229,8 @@ class CalibrationRun:
                 raise ValueError("labels: a cohort table is needed with dataset_dir")
             return Path(self.dataset_dir), Path(self.labels), "user data set (dataset_dir with its cohort table)"
         size = getattr(self.preparer, "image_size", 64)
-        side = size if isinstance(size, int) else max(size)
         folder = output_dir / "calibration_data"
-        export, cohort = phantom_export_with_cohort(
-            self.phantom_kind, folder, self.heldout_subjects, max(64, 2 * side), self.heldout_seed
-        )
+        export, cohort = heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
         return (
             export,
             cohort,
@@ -321,6 +319,7 @@ class _Calibrator:
             targets.setdefault(others[k % len(others)], []).append(k)
         return [_Move(Intervention((Assignment(name, value),)), positions) for value, positions in targets.items()]
 
+    @functools.cache  # noqa: B019  (one calibrator per job; the slope of a move is the same at every weight)
     def _slope(self, name: str, source: AttributeValue, target: AttributeValue) -> float:
         """The rendering slope of the reading a move is judged on (:func:`rendering_slope`), over the images."""
         real = reading(self.schema, name, self.source_readings[name], source, target)

@@ -70,7 +70,7 @@ from medcf.evaluation.predictors import AttributePredictor, load_predictors, pre
 from medcf.interventions import Intervention
 from medcf.loading import file_sha256, load_model, parse_interventions
 from medcf.outputs.lock import OutputFolderLock
-from medcf.phantoms.training_set import phantom_export_with_cohort
+from medcf.phantoms.training_set import heldout_phantom_set
 from medcf.prepare.base import Preparer
 from medcf.tracking import flatten, job_run
 
@@ -255,10 +255,7 @@ class EvaluationRun:
         """A held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``) with its cohort
         table, made once in ``folder`` at twice the model's size, as the training sets are."""
         size = getattr(self.preparer, "image_size", 64)
-        side = size if isinstance(size, int) else max(size)
-        return phantom_export_with_cohort(
-            self.phantom_kind, folder, self.heldout_subjects, max(64, 2 * side), self.heldout_seed
-        )
+        return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
 
     def _check_numbers(self) -> None:
         for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):

@@ -34,6 +34,16 @@ def phantom_export_with_cohort(
     return export, cohort
 
 
+def heldout_phantom_set(
+    kind: str, folder: str | Path, subjects: int, image_size: int | tuple[int, ...], seed: int
+) -> tuple[Path, Path]:
+    """A held-out phantom export of ``subjects`` subjects (phantom ``seed``, never a training seed) with its cohort
+    table, made once in ``folder`` at twice the model's ``image_size`` (at least 64), as the training sets are.
+    Returns (export folder, cohort table)."""
+    side = image_size if isinstance(image_size, int) else max(image_size)
+    return phantom_export_with_cohort(kind, folder, subjects, max(64, 2 * side), seed)
+
+
 def phantom_training_set(
     kind: str, folder: str | Path, n: int, size: int, seed: int = 0, workers: int | None = None
 ) -> Path:
