@@ -12,9 +12,12 @@ the (k mod n)-th of them), so every value is a target; a continuous one by the b
 images it would carry past the range are left out). The attributes an intervention's descendants change are
 guided with the descendants' own calibrated weights, which is why descendants are calibrated first. The pixel
 ratio is matched where the data's effect map is found (``match: pixels``), the shift ratio elsewhere; both are
-recorded. An attribute whose values the real images do not tell apart in either space (e.g. race in the mammogram
-phantom) has no size to match: it gets the weight among ``no_effect_weights`` that changes the images least. A
-weight that does not move the matched ratio (``insensitive``) is left at 1, the conditional prediction.
+recorded. A pixel ratio that does not rise with the weight while the shift ratio does (a change not along the
+data's mean map: a skin marker drawn anywhere on the breast projects on a mean ring at random signs) hands the
+search to the shift ratio, reusing the decodes made (``pixel_ratio_not_rising`` in the figures). An attribute
+whose values the real images do not tell apart in either space (e.g. race in the mammogram phantom) has no size
+to match: it gets the weight among ``no_effect_weights`` that changes the images least. A weight that does not
+move the matched ratio (``insensitive``) is left at 1, the conditional prediction.
 
 With several candidate guidance ``intervals`` each is searched; the one whose counterfactuals keep fine texture
 as real images with the new value have it (texture score closest to 1: HF(c) / HF(r) over the real images' HF
@@ -49,11 +52,11 @@ from medcf.calibration.matching import (
     PixelEffect,
     WeightSearch,
     expected_effect,
+    match_weight,
     pixel_effect,
     raw_readings,
     reading,
     rendering_slope,
-    search_weight,
     shift_ratio,
     texture_expectation,
 )
@@ -398,29 +401,37 @@ class _Calibrator:
         for candidate in self.run.intervals:
             band = None if candidate is None else (float(candidate[0]), float(candidate[1]))
             first = len(tried)
+            decoded: dict[float, dict[str, Any]] = {}  # one decode per weight, whichever ratio is searched
 
-            def ratio_at(weight: float, band: Any = band) -> float:
-                tried.append(self._decode(name, weight, band, effect, pixels, texture))
-                return tried[-1][space]
+            def ratio_at(weight: float, measure: str, band: Any = band, decoded: dict = decoded) -> float:
+                if weight not in decoded:
+                    decoded[weight] = self._decode(name, weight, band, effect, pixels, texture)
+                    tried.append(decoded[weight])
+                return decoded[weight][measure]
 
-            search: WeightSearch = search_weight(
+            search, measure = match_weight(
                 ratio_at,
+                space,
+                fallback="shift_ratio" if space == "pixel_ratio" and effect.detected else None,
                 start=tuple(float(w) for w in self.run.start),
                 bounds=(float(self.run.bounds[0]), float(self.run.bounds[1])),
                 tolerance=self.run.tolerance,
                 max_evaluations=self.run.max_evaluations,
             )
             if len(self.run.intervals) > 1:  # the texture at the chosen weight decides between the bands
-                tried.append(self._decode(name, search.weight, band, effect, pixels, texture))
+                ratio_at(search.weight, measure)
             closest = min(tried[first:], key=lambda row: abs(row["weight"] - search.weight))
-            outcomes.append((band, search, closest["texture_score"]))
+            outcomes.append((band, search, closest["texture_score"], measure))
         matched = [o for o in outcomes if o[1].status == "matched"] or outcomes
-        band, search, texture_score = min(matched, key=lambda o: abs(o[2] - 1) if math.isfinite(o[2]) else math.inf)
+        band, search, texture_score, measure = min(
+            matched, key=lambda o: abs(o[2] - 1) if math.isfinite(o[2]) else math.inf
+        )
         ratios = list(search.tried.values())
         if max(ratios) - min(ratios) < self.run.tolerance:  # the weight does not move what is matched
             search = WeightSearch(1.0, "insensitive", search.tried)
         figures = {
-            "matched": space,
+            "matched": measure,
+            **({"pixel_ratio_not_rising": True} if measure != space else {}),
             "expected": effect.to_dict(),
             "pixels": pixels.to_dict(),
             "ratio_at_weights": {f"{w:g}": _rounded(r) for w, r in search.tried.items()},

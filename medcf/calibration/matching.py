@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -402,6 +403,49 @@ def search_weight(
             break
         tried[proposal] = ratio_at(proposal)
     return _choose(tried, low, high, tolerance)
+
+
+def grows_with_weight(tried: Mapping[float, float], tolerance: float) -> bool:
+    """Whether a ratio responds to the weight as :func:`search_weight` assumes: R at the largest tried weight
+    exceeds R at the smallest by more than ``tolerance`` (both finite).
+
+    Args:
+        tried: weight -> R, as :attr:`WeightSearch.tried` holds it.
+        tolerance: the rise a response needs (the search's tolerance on |R - 1|).
+
+    Returns:
+        False for a flat or falling R, or fewer than two finite points.
+    """
+    points = sorted((w, r) for w, r in tried.items() if math.isfinite(r))
+    return len(points) >= 2 and points[-1][1] - points[0][1] > tolerance
+
+
+def match_weight(
+    ratio_at: Callable[[float, str], float],
+    measure: str,
+    fallback: str | None = None,
+    **search: Any,
+) -> tuple[WeightSearch, str]:
+    """:func:`search_weight` on ``measure``; where that ratio does not rise with the weight but ``fallback`` does at
+    the same weights (:func:`grows_with_weight`), the search is run again on ``fallback``.
+
+    Args:
+        ratio_at: (w, measure) -> that ratio of the decode at w; it should cache its decodes, since the fallback
+            reads the weights already tried again.
+        measure: the ratio matched first (e.g. ``pixel_ratio``).
+        fallback: the ratio matched where ``measure`` does not respond (e.g. ``shift_ratio``); None: none.
+        search: ``start``, ``bounds``, ``tolerance``, ``max_evaluations`` of :func:`search_weight`.
+
+    Returns:
+        The search matched and the name of its ratio.
+    """
+    found = search_weight(lambda w: ratio_at(w, measure), **search)
+    tolerance = search.get("tolerance", 0.05)
+    if fallback is None or grows_with_weight(found.tried, tolerance):
+        return found, measure
+    if not grows_with_weight({w: ratio_at(w, fallback) for w in found.tried}, tolerance):
+        return found, measure
+    return search_weight(lambda w: ratio_at(w, fallback), **search), fallback
 
 
 def _bracket(tried: Mapping[float, float]) -> tuple[float, float] | None:

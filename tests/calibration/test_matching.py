@@ -8,6 +8,8 @@ import torch
 
 from medcf.calibration.matching import (
     expected_effect,
+    grows_with_weight,
+    match_weight,
     pixel_effect,
     raw_readings,
     reading,
@@ -151,3 +153,34 @@ def test_rendering_slope_is_how_much_of_a_reading_survives_the_round_trip():
     real = [0.0, 1.0, 2.0, 3.0, -1.0]
     assert rendering_slope(real, [0.7 * x + 0.2 for x in real]) == pytest.approx(0.7)
     assert math.isnan(rendering_slope([1.0, 1.0, 1.0], [0.0, 1.0, 2.0]))
+
+
+def test_a_ratio_that_does_not_rise_with_the_weight_hands_the_search_to_the_fallback():
+    # the skin marker as calibrated on the shipped mammogram weights: drawn anywhere, it projects on the data's mean
+    # ring at random signs (pixel ratio falling with w) while the predictors read it growing
+    responses = {"pixel_ratio": lambda w: -0.03 * w, "shift_ratio": lambda w: 0.35 + 0.25 * w}
+    decodes = []
+
+    def ratio_at(w, measure):
+        if w not in decodes:
+            decodes.append(w)
+        return responses[measure](w)
+
+    search = {"start": (1.0, 2.0), "bounds": (0.0, 8.0), "tolerance": 0.05, "max_evaluations": 5}
+    found, measure = match_weight(ratio_at, "pixel_ratio", fallback="shift_ratio", **search)
+    assert measure == "shift_ratio" and found.status == "matched" and found.weight == pytest.approx(2.6, abs=0.01)
+    assert decodes[:3] == [1.0, 2.0, 8.0]  # the pixel search's weights are read again, not decoded again
+
+    kept, measure = match_weight(ratio_at, "pixel_ratio", fallback=None, **search)
+    assert measure == "pixel_ratio" and kept.status == "bound"
+
+
+def test_the_first_ratio_is_kept_where_it_rises_or_where_neither_does():
+    rising = {"pixel_ratio": lambda w: 0.5 * w, "shift_ratio": lambda w: 0.9}
+    found, measure = match_weight(lambda w, m: rising[m](w), "pixel_ratio", fallback="shift_ratio")
+    assert measure == "pixel_ratio" and found.weight == pytest.approx(2.0)
+    flat = {"pixel_ratio": lambda w: 1.6, "shift_ratio": lambda w: 0.96 - 0.05 * w}  # mammogram age: insensitive
+    found, measure = match_weight(lambda w, m: flat[m](w), "pixel_ratio", fallback="shift_ratio")
+    assert measure == "pixel_ratio"
+    assert not grows_with_weight({1.0: 0.9, 2.0: 0.8}, 0.05) and grows_with_weight({1.0: 0.5, 2.0: 0.6}, 0.05)
+    assert not grows_with_weight({1.0: math.nan, 2.0: 0.6}, 0.05)
