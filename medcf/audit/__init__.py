@@ -1,1 +1,0 @@
-"""Classifier bias audit with counterfactuals."""

@@ -1,1 +1,0 @@
-"""Measuring trained models and counterfactuals."""
