@@ -22,12 +22,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medcf.causal import CausalGraph
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
-from medcf.diffusion import DiffusionConfig
-from medcf.guidance import dcfg, guidance_plan
-from medcf.interventions import parse_intervention
-from medcf.model import CounterfactualUNet
+from medcf.core.causal import CausalGraph
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance import dcfg, guidance_plan
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import parse_intervention
+from medcf.core.network import CounterfactualUNet
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
 
 INTERVENTIONS = ["do(sex=F)", "do(age=+10)", "do(race=Black)", "do(disease=Pleural Effusion)"]

@@ -30,18 +30,19 @@ import pandas as pd
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from medcf.bundles import bundle_root
-from medcf.causal import CausalGraph
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
-from medcf.devices import resolve_device
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.evaluation_set import load_evaluation_set
-from medcf.interventions import parse_intervention
-from medcf.loading import load_model
-from medcf.model import CounterfactualUNet
+from medcf.core.causal import CausalGraph
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import parse_intervention
+from medcf.core.network import CounterfactualUNet
+from medcf.jobs.bundles import bundle_root
+from medcf.jobs.loading import load_model
+from medcf.jobs.phantom_sets import phantom_export_with_cohort
+from medcf.measure.evaluation_set import load_evaluation_set
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
-from medcf.phantoms.training_set import phantom_export_with_cohort
 from medcf.prepare import ChestPreparer
+from medcf.runtime.devices import resolve_device
 
 PRECISIONS = ("fp32", "bf16")
 

@@ -34,7 +34,7 @@ if [ "$DEVICE" != cpu ]; then
     > "$WORK/logs/pytest.log" 2>&1; event "cuda tests finished with $?"
 fi
 
-python3 -c "from medcf.phantoms.training_set import phantom_export_with_cohort as e; e('cxr', '$WORK/data', $N, 128, 1000)" \
+python3 -c "from medcf.jobs.phantom_sets import phantom_export_with_cohort as e; e('cxr', '$WORK/data', $N, 128, 1000)" \
   > "$WORK/logs/data.log" 2>&1; event "phantom export of $N subjects finished with $?"
 for workers in 0 4; do
   run_in "infer_workers$workers" python3 -m monai.bundle run --config_file "$cxr/inference.yaml" --device $DEVICE \

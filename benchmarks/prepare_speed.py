@@ -28,7 +28,8 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from scipy import ndimage
 from skimage.transform import resize
 
-from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
+from medcf.jobs.prepare import PreparationRun
+from medcf.prepare import ChestPreparer, MammoPreparer
 
 SIZE = 192
 

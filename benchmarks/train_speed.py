@@ -19,7 +19,7 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch.utils.flop_counter import FlopCounterMode
 
-from medcf.model import CounterfactualUNet, ModelConfig
+from medcf.core.network import CounterfactualUNet, ModelConfig
 from medcf.phantoms.cxr import CXR_SCHEMA
 
 

@@ -23,7 +23,7 @@ from typing import NoReturn
 import numpy as np
 import pandas as pd
 
-from medcf.atomic import write_csv_atomic
+from medcf.runtime.files import write_csv_atomic
 
 SPLIT_NAMES = ("train", "val", "test")
 DEFAULT_SPLIT = (0.6, 0.1, 0.3)

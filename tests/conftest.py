@@ -19,11 +19,11 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-from medcf.attributes import AttributeSchema  # noqa: E402
-from medcf.causal import CausalGraph  # noqa: E402
-from medcf.diffusion import DiffusionConfig  # noqa: E402
-from medcf.evaluation.predictors import AttributePredictor, save_predictors  # noqa: E402
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint  # noqa: E402
+from medcf.core.attributes import AttributeSchema  # noqa: E402
+from medcf.core.causal import CausalGraph  # noqa: E402
+from medcf.core.diffusion import DiffusionConfig  # noqa: E402
+from medcf.core.network import CounterfactualUNet, ModelConfig, save_checkpoint  # noqa: E402
+from medcf.measure.predictors import AttributePredictor, save_predictors  # noqa: E402
 from medcf.phantoms import write_phantom_dataset  # noqa: E402
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom  # noqa: E402
 from medcf.phantoms.mammo import MAMMO_SCHEMA  # noqa: E402
@@ -171,22 +171,45 @@ def save_tiny_evaluation_files(root) -> None:
     torch.jit.script(BrightnessLogit()).save(str(root / "classifier.ts"))
 
 
-def run_bundle(
-    configs: Sequence[Path], cwd: Path, processes: int = 1, timeout: float = 600, **settings
-) -> subprocess.CompletedProcess:
-    """``python -m monai.bundle run`` as a user types it: ``configs`` layered in order, ``--name value`` per setting,
-    in ``cwd`` with MLflow in ``cwd/mlflow.db`` and one thread per process. With ``processes`` > 1 under
-    ``torchrun --standalone --nproc_per_node`` (it picks a free port; gloo on the CPU). A run past ``timeout``
-    seconds (a rank stuck waiting for another) is killed with its workers and fails the test."""
-    files = str([str(c) for c in configs]) if len(configs) > 1 else str(configs[0])
+def bundle_command(
+    configs: str | Path | Sequence[str | Path], *overrides: str, processes: int = 1, **settings: object
+) -> list[str]:
+    """The command line of ``python -m monai.bundle run`` as a user types it: ``configs`` (one file, or several
+    layered in order), then ``overrides`` (``"--name", "value"`` as typed) and ``--name str(value)`` per setting (a
+    name such as ``guidance#mode`` is passed as ``**{"guidance#mode": ...}``). With ``processes`` > 1 under
+    ``torchrun --standalone --nproc_per_node`` (it picks a free port; gloo on the CPU)."""
+    files = [str(configs)] if isinstance(configs, str | Path) else [str(c) for c in configs]
     launcher = [sys.executable]
     if processes > 1:
         launcher += ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    overrides = [part for name, value in settings.items() for part in (f"--{name}", str(value))]
-    command = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *overrides]
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+    named = [part for name, value in settings.items() for part in (f"--{name}", str(value))]
+    config = str(files) if len(files) > 1 else files[0]
+    return [*launcher, "-m", "monai.bundle", "run", "--config_file", config, *map(str, overrides), *named]
+
+
+def run_bundle(
+    configs: str | Path | Sequence[str | Path],
+    cwd: Path,
+    *overrides: str,
+    processes: int = 1,
+    timeout: float = 600,
+    tracking: bool = True,
+    environment: dict[str, str] | None = None,
+    **settings: object,
+) -> subprocess.CompletedProcess:
+    """Run :func:`bundle_command` in ``cwd`` with one torch thread per process: the one way the tests run a bundle.
+
+    ``tracking``: MLflow in ``cwd/mlflow.db`` (False: ``MLFLOW_TRACKING_URI`` unset, the job's own default);
+    ``environment``: more variables. A run past ``timeout`` seconds (a rank stuck waiting for another) is killed
+    with its workers and fails the test."""
+    command = bundle_command(configs, *overrides, processes=processes, **settings)
+    variables = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    variables["OMP_NUM_THREADS"] = "1"
+    if tracking:
+        variables["MLFLOW_TRACKING_URI"] = f"sqlite:///{cwd / 'mlflow.db'}"
+    variables.update(environment or {})
     with subprocess.Popen(
-        command, cwd=cwd, env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        command, cwd=cwd, env=variables, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True,
     ) as process:  # fmt: skip
         try:

@@ -1,4 +1,4 @@
-"""Tests for medcf.attributes: attributes, the causal schema (DAG order, descendants) and strict parsing."""
+"""Tests for medcf.core.attributes: attributes, the causal schema (DAG order, descendants) and strict parsing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medcf.attributes import Attribute, AttributeSchema, SchemaError
+from medcf.core.attributes import Attribute, AttributeSchema, SchemaError
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 

@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medcf.attributes import SchemaError
-from medcf.causal import CausalGraph
+from medcf.core.attributes import SchemaError
+from medcf.core.causal import CausalGraph
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom, CXRPopulation
 from medcf.phantoms.mammo import MAMMO_SCHEMA, MammogramPhantom
 

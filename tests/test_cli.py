@@ -7,7 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medcf.cli import DEMO_MARKER, main
+from medcf.jobs.cli import DEMO_MARKER, main
 
 
 class TestPhantomCommand:

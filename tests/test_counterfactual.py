@@ -5,13 +5,14 @@ import pandas as pd
 import pytest
 import torch
 
-from medcf.causal import CausalGraph
-from medcf.conditioning import encode_attributes
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
-from medcf.diffusion import DiffusionConfig
-from medcf.guidance import GuidancePlan, GuidedDenoiser
-from medcf.interventions import parse_intervention
-from medcf.model import CounterfactualUNet, ModelConfig
+from medcf.core.causal import CausalGraph
+from medcf.core.conditioning import encode_attributes
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance import GuidancePlan, GuidedDenoiser
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import parse_intervention
+from medcf.core.network import CounterfactualUNet, ModelConfig
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 

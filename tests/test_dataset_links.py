@@ -11,13 +11,14 @@ import pandas as pd
 import pytest
 import torch
 
-from medcf.counterfactual import GuidanceSettings
-from medcf.evaluation.evaluation_set import load_evaluation_set
-from medcf.inference import InferenceRun, input_fingerprint
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.jobs.inference import InferenceRun, input_fingerprint
+from medcf.jobs.prepare import MANIFEST, PreparationRun
+from medcf.measure.evaluation_set import load_evaluation_set
 from medcf.phantoms.cxr import CXR_SCHEMA
-from medcf.prepare import ChestPreparer, PreparationRun
+from medcf.prepare import ChestPreparer
 from medcf.prepare.cohort import CohortIndex
-from medcf.prepare.runner import MANIFEST, discover_inputs
+from medcf.prepare.inputs import discover_inputs
 from tests.conftest import save_tiny_chest_model
 from tests.dicom.bombs import write_rle_bomb
 

@@ -8,15 +8,16 @@ import pytest
 import torch
 from monai.bundle import ConfigParser
 
-from medcf.causal import CausalGraph
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.attribute_effects import evaluate as evaluate_effects
-from medcf.evaluation.marker_presence import evaluate as evaluate_marker
-from medcf.interventions import parse_intervention
-from medcf.model import load_checkpoint
+from medcf.core.causal import CausalGraph
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import parse_intervention
+from medcf.core.network import load_checkpoint
+from medcf.measure.attribute_effects import evaluate as evaluate_effects
+from medcf.measure.marker_presence import evaluate as evaluate_marker
 from medcf.prepare.cohort import CohortIndex
-from medcf.prepare.runner import discover_inputs
+from medcf.prepare.inputs import discover_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 RECONSTRUCTION_BAR = 0.03

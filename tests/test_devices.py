@@ -10,15 +10,15 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from medcf.bundles import bundle_root
-from medcf.conditioning import encode_attributes
-from medcf.counterfactual import GuidanceSettings
-from medcf.devices import resolve_device
-from medcf.distributed import Shard, destroy_process_group, init_process_group
-from medcf.guidance import GuidedDenoiser, guidance_plan
-from medcf.loading import load_model
-from medcf.model import CounterfactualUNet
+from medcf.core.conditioning import encode_attributes
+from medcf.core.guidance import GuidedDenoiser, guidance_plan
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.network import CounterfactualUNet
+from medcf.jobs.bundles import bundle_root
+from medcf.jobs.loading import load_model
 from medcf.prepare import ChestPreparer
+from medcf.runtime.devices import resolve_device
+from medcf.runtime.distributed import Shard, destroy_process_group, init_process_group
 
 
 def test_auto_picks_cuda_only_when_present():

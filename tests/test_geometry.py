@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from medcf.geometry import Geometry
+from medcf.radiograph.geometry import Geometry
 
 
 def test_a_mirrored_crop_is_recorded_in_source_coordinates_and_undone():

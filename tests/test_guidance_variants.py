@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from medcf.diffusion import DiffusionConfig
-from medcf.guidance import (
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.guidance import (
     APGParameters,
     GuidancePlan,
     GuidedDenoiser,
@@ -21,8 +21,15 @@ from medcf.guidance import (
     limit_norm,
     project,
 )
+from medcf.core.sampling import (
+    DDIMSampler,
+    GuidedPrediction,
+    ddim_step,
+    noise_level,
+    prediction_from_x0,
+    split_prediction,
+)
 from medcf.phantoms.cxr import CXR_SCHEMA
-from medcf.sampling import DDIMSampler, GuidedPrediction, ddim_step, noise_level, prediction_from_x0, split_prediction
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

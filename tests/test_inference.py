@@ -12,19 +12,19 @@ import pytest
 import torch
 from PIL import Image
 
-import medcf.inference
-from medcf.attributes import SchemaError
-from medcf.counterfactual import GuidanceSettings
-from medcf.diffusion import DiffusionConfig
-from medcf.grids import CELL_TEXT_LINES, CELL_TEXT_WIDTH, counterfactual_figure, counterfactual_grid
-from medcf.inference import InferenceRun
-from medcf.interventions import InterventionError, parse_intervention
-from medcf.model import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
+import medcf.jobs.inference
+from medcf.core.attributes import SchemaError
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import InterventionError, parse_intervention
+from medcf.core.network import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
+from medcf.jobs.inference import InferenceRun
+from medcf.outputs.grids import CELL_TEXT_LINES, CELL_TEXT_WIDTH, counterfactual_figure, counterfactual_grid
 from medcf.outputs.writers import CounterfactualWriter, output_folder, slug
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import ChestPreparer
-from medcf.tracking import RUN_MARKER
+from medcf.runtime.tracking import RUN_MARKER
 from tests.conftest import chest_export_with_cohort, save_tiny_chest_model
 
 TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
@@ -143,7 +143,7 @@ def test_preparing_in_worker_processes_writes_what_one_process_writes(setup, tmp
 
 def test_a_batch_grid_shows_its_first_images_and_every_image_is_written(setup, tmp_path, monkeypatch):
     """A GPU-sized batch draws only GRID_ROWS rows in its preview grid (matplotlib is slow), never fewer files."""
-    monkeypatch.setattr(medcf.inference, "GRID_ROWS", 2)
+    monkeypatch.setattr(medcf.jobs.inference, "GRID_ROWS", 2)
     run(setup, tmp_path / "out", batch_size=8)
     manifest = read_manifest(tmp_path / "out")
     ok = manifest[manifest["status"] == "ok"]
@@ -255,7 +255,7 @@ def test_the_grid_shows_the_manifests_reason_where_a_shift_is_past_the_range(set
         grids.append(counterfactuals)
         return counterfactual_grid(factual, counterfactuals, path, row_labels)
 
-    monkeypatch.setattr(medcf.inference, "counterfactual_grid", recording)
+    monkeypatch.setattr(medcf.jobs.inference, "counterfactual_grid", recording)
     out = tmp_path / "out"
     run(setup, out, interventions=("do(sex=F)", "do(age=+30)"), steps=2, batch_size=8)
     manifest = read_manifest(out)

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medcf.interventions import Assignment, InterventionError, parse_intervention
+from medcf.core.interventions import Assignment, InterventionError, parse_intervention
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 

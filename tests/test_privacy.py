@@ -6,9 +6,6 @@ often are, next to a file the job rejects (pydicom's CT_small, another named pat
 user types it; then every output file (except the one link back, source_key.csv), the job's log and the whole
 MLflow store are searched for each identifier."""
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +14,11 @@ import pydicom
 import torch
 from pydicom.data import get_testdata_file
 
-from medcf.causal import CausalGraph
-from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.core.causal import CausalGraph
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, ModelConfig, save_checkpoint
 from medcf.phantoms.cxr import CXR_SCHEMA, ChestXRayPhantom
+from tests.conftest import run_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
@@ -76,10 +74,7 @@ def test_no_identifier_reaches_outputs_log_or_mlflow(tmp_path):
         "--guidance": "dcfg",
         "--interventions": "['do(sex=M)','do(age=+10)']",
     }
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config)]
-    command += [str(part) for pair in arguments.items() for part in pair]
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    result = subprocess.run(command, cwd=work, env=environment, capture_output=True, text=True, check=False)
+    result = run_bundle(config, work, *[str(part) for pair in arguments.items() for part in pair], tracking=False)
     assert result.returncode == 0, result.stderr[-3000:]
 
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)

@@ -41,7 +41,7 @@ def run_both(job: str, tmp_path: Path, monkeypatch, **settings) -> dict[int, Pat
         patch.chdir(single)
         patch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{single / 'mlflow.db'}")
         monai.bundle.run(config_file=str(CONFIGS / f"{job}.yaml"), **settings)
-    result = run_bundle([CONFIGS / f"{job}.yaml", CONFIGS / f"multi_gpu_{job}.yaml"], sharded, 2, **settings)
+    result = run_bundle([CONFIGS / f"{job}.yaml", CONFIGS / f"multi_gpu_{job}.yaml"], sharded, processes=2, **settings)
     assert result.returncode == 0, result.stderr[-3000:]
     return {1: single / "OUT", 2: sharded / "OUT"}
 
@@ -141,7 +141,7 @@ def test_each_multi_gpu_config_layers_the_process_group_over_its_job(bundle, job
     base = ConfigParser()
     base.read_config(str(configs / f"{job}.yaml"))
     assert parser["run"] == base["run"]
-    assert parser["initialize"][-1] == "$medcf.distributed.init_process_group(@device)"  # gloo for --device cpu
-    assert parser["finalize"] == ["$medcf.distributed.destroy_process_group()"]
+    assert parser["initialize"][-1] == "$medcf.runtime.distributed.init_process_group(@device)"  # gloo for --device cpu
+    assert parser["finalize"] == ["$medcf.runtime.distributed.destroy_process_group()"]
     named = re.findall(r"'(bundles/[^']+\.yaml)'", overlay.read_text())
     assert named == [f"bundles/{bundle}/configs/{job}.yaml", f"bundles/{bundle}/configs/multi_gpu_{job}.yaml"]

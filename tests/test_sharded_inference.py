@@ -11,7 +11,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medcf.model import ModelConfig
+from medcf.core.network import ModelConfig
 from medcf.outputs.manifest import RunManifest
 from tests.conftest import chest_export_with_cohort, mlflow_runs, run_bundle, save_tiny_chest_model
 
@@ -38,7 +38,7 @@ def infer(inputs, out: Path, processes: int, interventions: str) -> subprocess.C
         "graph_path": root / "graph.json", "image_size": 32, "steps": 4, "batch_size": 2, "pseudonym_key": root / "key",
         "interventions": interventions, "device": "cpu", "guidance": "dcfg",
     }  # fmt: skip
-    return run_bundle(configs, out.parent, processes, **settings)
+    return run_bundle(configs, out.parent, processes=processes, **settings)
 
 
 def test_two_processes_write_what_one_process_writes(inputs, tmp_path):

@@ -6,7 +6,7 @@ import mlflow
 import pytest
 from ignite.engine import Engine
 
-from medcf.tracking import RESUMED_FROM_TAG, MLflowTracker, use_experiment
+from medcf.runtime.tracking import RESUMED_FROM_TAG, MLflowTracker, use_experiment
 
 GONE = "0123456789abcdef0123456789abcdef"
 
@@ -24,7 +24,7 @@ def test_a_resumed_training_whose_run_is_not_here_starts_a_new_run_tagged_with_i
     tracker = MLflowTracker("medcf-test", resume_run_id=previous, **settings)
     engine = Engine(lambda engine, batch: 0.5)
     tracker.attach(engine)
-    with caplog.at_level(logging.WARNING, logger="medcf.tracking"):
+    with caplog.at_level(logging.WARNING, logger="medcf.runtime.tracking"):
         engine.run([0, 0], max_epochs=1)
     assert f"MLflow run {previous} is not in experiment 'medcf-test'" in caplog.text
     client = mlflow.MlflowClient()

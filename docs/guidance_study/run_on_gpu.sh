@@ -2,7 +2,7 @@
 # The guidance study (issue 12) as it was run on one lent GPU: both bundles' full studies with the shipped
 # weights, and (item 5) three chest fine-tunes from the demo weights that differ only in condition dropout,
 # each followed by its own study. Everything runs side by side; at DEADLINE seconds whatever is unfinished
-# is stopped (every study stage that finished is kept: `python -m medcf.evaluation.study` resumes) and the
+# is stopped (every study stage that finished is kept: `python -m medcf.jobs.study` resumes) and the
 # results are packed into OUT.
 #   WORK=/tmp/study OUT=/tmp/out DEADLINE=520 bash docs/guidance_study/run_on_gpu.sh
 # Smaller smoke settings: SEEDS="0" IMAGES=2 STEPS=2 WEIGHTS="1 3" HELDOUT=6 FT_EPOCHS=1 FT_N=40
@@ -36,7 +36,7 @@ if python3 -c "import inspect, sys, scipy.linalg as l; sys.exit('disp' in inspec
 fi
 study() {  # study NAME BUNDLE WEIGHTS [more arguments]
   local name=$1 bundle=$2 weights=$3; shift 3
-  MLFLOW_TRACKING_URI="sqlite:///$WORK/$name.db" python3 -m medcf.evaluation.study --bundle "$bundle" \
+  MLFLOW_TRACKING_URI="sqlite:///$WORK/$name.db" python3 -m medcf.jobs.study --bundle "$bundle" \
     --output_dir "$WORK/$name" --seeds $SEEDS --images_per_seed "$IMAGES" --steps "$STEPS" --weights $weights \
     --heldout_subjects "$HELDOUT" --device "$DEVICE" "$@" > "$WORK/logs/$name.log" 2>&1
   echo "$name finished with $? after $(( $(date +%s) - started )) s" >> "$WORK/logs/events.log"
@@ -54,7 +54,7 @@ finetune() {  # finetune POLICY [dropout overrides]: train from the demo weights
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$WORK/logs/gpu.txt" 2>&1
 study study_cxr cxr_counterfactual "$WEIGHTS" &
 study study_mammo mammo_counterfactual "$WEIGHTS" &
-python3 -c "from medcf.phantoms.training_set import phantom_training_set as p; p('cxr', '$WORK/phantom_train_cxr', $FT_N, 64, 0)" \
+python3 -c "from medcf.jobs.phantom_sets import phantom_training_set as p; p('cxr', '$WORK/phantom_train_cxr', $FT_N, 64, 0)" \
   > "$WORK/logs/phantom_train_cxr.log" 2>&1
 echo "phantom training set after $(( $(date +%s) - started )) s" >> "$WORK/logs/events.log"
 finetune whole --dropout#whole 0.1 --dropout#per_attribute 0.0 &

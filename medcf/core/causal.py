@@ -24,8 +24,8 @@ import pandas as pd
 from scipy.optimize import minimize
 from scipy.special import expit, logit
 
-from medcf.atomic import write_text_atomic
-from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.runtime.files import write_text_atomic
 
 
 @dataclass

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 
 
 def encode_attributes(schema: AttributeSchema, rows: Sequence[Mapping[str, AttributeValue]]) -> torch.Tensor:

@@ -11,7 +11,8 @@ attributes, in memory (no files, no MLflow), shared by the inference, evaluation
    guidance (none, cfg, dcfg, dcfg_per_attribute, calibrated), every guidance term of a step in one batched
    forward, combined by the chosen rule (linear, cfg++, apg), optionally only inside a band of noise levels.
 
-Settings are checked when the engine is built, before any image is inverted.
+Settings (:class:`~medcf.core.guidance_settings.GuidanceSettings`) are checked when made and against the model's
+schema when the engine is built, before any image is inverted.
 
 Example::
 
@@ -22,180 +23,20 @@ Example::
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
-from medcf.attributes import AttributeValue
-from medcf.causal import CausalGraph
-from medcf.conditioning import encode_attributes
-from medcf.diffusion import DiffusionConfig
-from medcf.guidance import (
-    GUIDANCE_MODES,
-    GUIDANCE_RULES,
-    PRECISIONS,
-    APGParameters,
-    GuidancePlan,
-    GuidedDenoiser,
-    default_max_rows,
-    guidance_plan,
-)
-from medcf.interventions import Intervention, InterventionError
-from medcf.model import CounterfactualUNet
-from medcf.sampling import DDIMSampler
-
-
-def _require(ok: bool, setting: str, value: object, allowed: str) -> None:
-    if not ok:
-        raise ValueError(f"{setting}: {value!r} is not allowed: must be {allowed}")
-
-
-def _is_number(value: object, allow_inf: bool = False) -> bool:
-    if not isinstance(value, int | float) or isinstance(value, bool) or math.isnan(value):
-        return False
-    return allow_inf and value == math.inf or math.isfinite(value)
-
-
-def _band(setting: str, band: object) -> tuple[float, float] | None:
-    """A guidance interval as (low, high) floats, or None; a one-line error naming ``setting`` otherwise."""
-    if band is None:
-        return None
-    _require(
-        isinstance(band, Sequence)
-        and not isinstance(band, str)
-        and len(band) == 2
-        and _is_number(band[0])
-        and _is_number(band[1], allow_inf=True)
-        and 0 <= band[0] < band[1],
-        setting,
-        band,
-        "None or [low, high] noise levels sigma with 0 <= low < high (high may be inf)",
-    )
-    return float(band[0]), float(band[1])
-
-
-def calibrated_interval(settings: GuidanceSettings, affected: set[str]) -> tuple[float, float] | None:
-    """The band a ``calibrated`` decode is guided in: the smallest band holding every affected attribute's band
-    (None, every step, as soon as one affected attribute has none); ``settings.interval`` when none is affected."""
-    if not affected:
-        return settings.interval
-    bands = [settings.intervals.get(name) for name in sorted(affected)]
-    if any(band is None for band in bands):
-        return None
-    return min(band[0] for band in bands), max(band[1] for band in bands)
-
-
-@dataclass(frozen=True)
-class GuidanceSettings:
-    """How counterfactuals are decoded; every value is checked when the settings are made.
-
-    Args:
-        mode: ``none`` (conditional, no guidance), ``cfg`` (one global ``weight``), ``dcfg`` (``w_aff`` for the
-            intervened attributes and their descendants, ``w_inv`` for the rest), ``dcfg_per_attribute`` or
-            ``calibrated`` (each affected attribute its own group with its ``per_attribute`` weight and its
-            ``intervals`` band, the rest one group with ``w_inv``: what a calibrated guidance plan sets, see
-            :meth:`medcf.calibration.plan.CalibratedPlan.settings`).
-        weight: the CFG weight (bundle key ``w``), a finite number >= 0.
-        w_aff, w_inv: the DCFG group weights, finite numbers >= 0.
-        per_attribute: ``dcfg_per_attribute`` / ``calibrated`` weights by attribute name (others get w_aff / w_inv).
-        steps: DDIM steps (>= 1).
-        inversion_depth: fraction of the schedule inverted, in (0, 1].
-        max_rows: rows per forward call; -1: the whole batch on a GPU, about 9 rows on a CPU; None: all.
-        rule: how the mode's terms combine at a decoding step: ``linear`` (the weighted sum, CFG / DCFG),
-            ``cfg++`` (factored CFG++: the clean image from the weighted sum, re-noised with the null prediction;
-            the mode's weights must lie in [0, 1]) or ``apg`` (factored adaptive projected guidance, in the
-            clean-image space, with ``apg_eta``, ``apg_momentum``, ``apg_norm_limit``). Inversion is never guided.
-        apg_eta: apg: weight of the part of a group's guidance difference parallel to the group's conditional
-            clean-image estimate, in [0, 1] (0: dropped; 1: kept as in DCFG).
-        apg_momentum: apg: beta of the running average of a group's guidance difference over the guided steps,
-            A = difference + beta A_previous, in (-1, 1) (0: none; the APG paper uses -0.5).
-        apg_norm_limit: apg: the largest L2 norm of a group's (averaged) guidance difference per image, over its
-            pixels on the model's [-1, 1] clean-image scale, > 0; inf: no limit.
-        precision: ``fp32``, or ``bf16``: the network runs under bfloat16 autocast (guidance sums and sampler in
-            float32); faster on GPUs and on CPUs with bf16 instructions, see benchmarks/precision.py.
-        interval: None (guide at every step) or (low, high): guide only at the steps whose DDIM noise level
-            sigma_t = sqrt((1 - abar_t) / abar_t) lies in (low, high], 0 <= low < high (high may be inf); the
-            other steps decode with the conditional prediction alone (w = 1), one network evaluation per image.
-        intervals: ``calibrated``: a band (or None) per attribute; a decode is guided inside the smallest band
-            holding every affected attribute's band (None when one of them has none; ``interval`` for ``do()``).
-        plan: ``calibrated``: the plan's identity (file name and SHA-256 prefix), recorded with every output.
-
-    The defaults (rule linear, no interval) are plain CFG / DCFG; the APG values are then unused.
-    """
-
-    mode: str = "dcfg"
-    weight: float = 1.0
-    w_aff: float = 2.0
-    w_inv: float = 1.0
-    per_attribute: Mapping[str, float] = field(default_factory=dict)
-    steps: int = 50
-    inversion_depth: float = 1.0
-    max_rows: int | None = -1
-    rule: str = "linear"
-    apg_eta: float = 0.0
-    apg_momentum: float = -0.5
-    apg_norm_limit: float = math.inf
-    interval: tuple[float, float] | None = None
-    precision: str = "fp32"
-    intervals: Mapping[str, tuple[float, float] | None] = field(default_factory=dict)
-    plan: str | None = None
-
-    def __post_init__(self) -> None:
-        _require(self.mode in GUIDANCE_MODES, "guidance", self.mode, f"one of {', '.join(GUIDANCE_MODES)}")
-        _require(self.rule in GUIDANCE_RULES, "rule", self.rule, f"one of {', '.join(GUIDANCE_RULES)}")
-        _require(self.precision in PRECISIONS, "precision", self.precision, f"one of {', '.join(PRECISIONS)}")
-        weights = {"w": self.weight, "w_aff": self.w_aff, "w_inv": self.w_inv}
-        _require(isinstance(self.per_attribute, Mapping), "per_attribute", self.per_attribute, "a mapping")
-        weights.update({f"per_attribute.{name}": value for name, value in self.per_attribute.items()})
-        for setting, value in weights.items():
-            _require(_is_number(value) and value >= 0, setting, value, "a finite number >= 0")
-        if self.rule == "cfg++":  # the weights the mode uses
-            used = {"none": set(), "cfg": {"w"}, "dcfg": {"w_aff", "w_inv"}}.get(self.mode, set(weights) - {"w"})
-            for setting in [name for name in weights if name in used]:
-                _require(weights[setting] <= 1, setting, weights[setting], "a finite number in [0, 1] for rule cfg++")
-        _require(_is_number(self.apg_eta) and 0 <= self.apg_eta <= 1, "apg_eta", self.apg_eta, "a number in [0, 1]")
-        _require(
-            _is_number(self.apg_momentum) and -1 < self.apg_momentum < 1,
-            "apg_momentum",
-            self.apg_momentum,
-            "a number in (-1, 1)",
-        )
-        _require(
-            _is_number(self.apg_norm_limit, allow_inf=True) and self.apg_norm_limit > 0,
-            "apg_norm_limit",
-            self.apg_norm_limit,
-            "a number > 0 (inf: no limit)",
-        )
-        for name in ("apg_eta", "apg_momentum", "apg_norm_limit"):  # 0 and 0.0 in a YAML file are one setting
-            object.__setattr__(self, name, float(getattr(self, name)))
-        object.__setattr__(self, "interval", _band("interval", self.interval))
-        _require(isinstance(self.intervals, Mapping), "intervals", self.intervals, "a mapping")
-        bands = {name: _band(f"intervals.{name}", band) for name, band in self.intervals.items()}
-        object.__setattr__(self, "intervals", bands)
-        if self.mode == "calibrated":
-            _require(
-                isinstance(self.plan, str) and bool(self.plan), "plan", self.plan, "the plan's name for mode calibrated"
-            )
-        _require(
-            isinstance(self.steps, int) and not isinstance(self.steps, bool) and self.steps >= 1,
-            "steps",
-            self.steps,
-            "an integer >= 1",
-        )
-        _require(
-            _is_number(self.inversion_depth) and 0 < self.inversion_depth <= 1,
-            "inversion_depth",
-            self.inversion_depth,
-            "a number in (0, 1]",
-        )
-        _require(
-            self.max_rows is None or (isinstance(self.max_rows, int) and (self.max_rows == -1 or self.max_rows >= 1)),
-            "max_rows",
-            self.max_rows,
-            "None, -1 or an integer >= 1",
-        )
+from medcf.core.attributes import AttributeValue
+from medcf.core.causal import CausalGraph
+from medcf.core.conditioning import encode_attributes
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.guidance import APGParameters, GuidancePlan, GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.core.guidance_settings import GuidanceSettings, calibrated_interval
+from medcf.core.interventions import Intervention, InterventionError
+from medcf.core.network import CounterfactualUNet
+from medcf.core.sampling import DDIMSampler
 
 
 @dataclass

@@ -40,8 +40,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from medcf.attributes import AttributeSchema
-from medcf.sampling import GuidedPrediction, noise_level, prediction_from_x0, split_prediction
+from medcf.core.attributes import AttributeSchema
+from medcf.core.sampling import GuidedPrediction, noise_level, prediction_from_x0, split_prediction
 
 GuidanceMode = Literal["none", "cfg", "dcfg", "dcfg_per_attribute", "calibrated"]
 GUIDANCE_MODES: tuple[str, ...] = ("none", "cfg", "dcfg", "dcfg_per_attribute", "calibrated")
@@ -76,7 +76,7 @@ def cfg_plus_plus(
         x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps_null
 
     Returns ``GuidedPrediction(eps_hat, renoise=eps_null)``; the sampler takes the step
-    (:func:`medcf.sampling.ddim_step`). Epsilon and v predictions work alike: both are affine in eps at a fixed
+    (:func:`medcf.core.sampling.ddim_step`). Epsilon and v predictions work alike: both are affine in eps at a fixed
     x_t and the coefficients of the combination sum to 1. All l_m = 0 is unconditional DDIM.
     """
     bad = [w for w in weights if not 0.0 <= w <= 1.0]
@@ -337,7 +337,7 @@ class GuidedDenoiser:
             predictions come back as float32, so the guidance sums and the sampler stay in float32.
 
     Returns of a call: the prediction, in the model's parametrisation (rule "apg": float64); rule "cfg++": a
-    :class:`~medcf.sampling.GuidedPrediction` that re-noises with the null prediction.
+    :class:`~medcf.core.sampling.GuidedPrediction` that re-noises with the null prediction.
 
     ``calls`` counts the steps, ``evaluations`` the network evaluations per image so far (``plan.evaluations`` at a
     guided step, 1 at a step outside the interval). Rule "apg" keeps each group's running average per image over

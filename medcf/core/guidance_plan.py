@@ -10,7 +10,7 @@ schema and the guidance rules do not allow. Example (abridged)::
      "data": {"fingerprint": "...", "images": 32, "description": "held-out phantom set, seed 2000"},
      "attributes": {"sex": {"weight": 1.4, "interval": null, "status": "matched", "figures": {...}}, ...}}
 
-:meth:`CalibratedPlan.settings` turns it into the :class:`~medcf.counterfactual.GuidanceSettings` of mode
+:meth:`CalibratedPlan.settings` turns it into the :class:`~medcf.core.guidance_settings.GuidanceSettings` of mode
 ``calibrated``; :func:`guidance_settings` is the bundles' one entry point (a plan, or settings given by hand).
 """
 
@@ -23,10 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from medcf.atomic import write_json_atomic
-from medcf.attributes import AttributeSchema
-from medcf.counterfactual import GuidanceSettings
-from medcf.loading import file_sha256
+from medcf.core.attributes import AttributeSchema
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.runtime.files import file_sha256, write_json_atomic
 
 PLAN_FORMAT = "medcf-guidance-plan/1"
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kB; anything larger is not one

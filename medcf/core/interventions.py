@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 
 _OUTER = re.compile(r"\s*do\s*\((.*)\)\s*", re.DOTALL)
 _ASSIGNMENT = re.compile(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.*?)\s*")

@@ -18,9 +18,9 @@ import torch
 from monai.networks.nets import DiffusionModelUNet
 from torch import nn
 
-from medcf.atomic import atomic_path
-from medcf.attributes import AttributeSchema, SchemaError, attribute_text
-from medcf.conditioning import AttributeEmbedder
+from medcf.core.attributes import AttributeSchema, SchemaError, attribute_text
+from medcf.core.conditioning import AttributeEmbedder
+from medcf.runtime.files import atomic_path
 
 CHECKPOINT_FORMAT = "medcf-ddim/1"
 
@@ -94,7 +94,7 @@ class CounterfactualUNet(nn.Module):
         Args:
             x: (B, C, H, W) noisy images.
             timesteps: (B,) integer timesteps.
-            attributes: (B, K) attribute codes in schema order (see ``medcf.conditioning.encode_attributes``).
+            attributes: (B, K) attribute codes in schema order (see ``medcf.core.conditioning.encode_attributes``).
             keep: (B, K) bool, which attributes each row is conditioned on (False = nulled).
         """
         condition = self.condition(attributes, keep.to(torch.bool))

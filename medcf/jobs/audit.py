@@ -6,12 +6,12 @@
 
 An intervention only counts for images whose attribute it changes (do(sex=F) is audited on the male images);
 ``from`` and ``to`` name the direction (``M`` -> ``F``; for a shift of a continuous attribute ``observed`` ->
-``+20``). The statistics are :mod:`medcf.audit.statistics`; the classifier is :mod:`medcf.audit.classifier`.
+``+20``). The statistics are :mod:`medcf.measure.statistics`; the classifier is :mod:`medcf.measure.classifier`.
 Everything that can be checked (model, predictors, classifier file, interventions, guidance settings) is
 checked before any image is read. Sources and patients appear only as keyed pseudonyms.
 
 Under torchrun with ``multi_gpu_audit.yaml`` each process abducts, decodes and scores (classifier and
-predictors) every N-th chunk of ``batch_size`` images (:class:`medcf.distributed.Shard`); rank 0 puts the rows
+predictors) every N-th chunk of ``batch_size`` images (:class:`medcf.runtime.distributed.Shard`); rank 0 puts the rows
 back in the order of the chunks, computes the statistics and alone writes the outputs and the MLflow run: the
 rows a single process writes, since decoding draws no noise and the chunks are the same.
 """
@@ -31,25 +31,25 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medcf.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
-from medcf.attributes import AttributeSchema, AttributeValue
-from medcf.audit.classifier import AuditedClassifier, ClassifierSettings
-from medcf.audit.report import render_report
-from medcf.audit.statistics import subgroup_rates, summarize, verdict_line
-from medcf.calibration.plan import plan_if_used
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
-from medcf.distributed import Shard
-from medcf.evaluation.evaluate import guidance_settings_from
-from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
-from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
-from medcf.interventions import Intervention, InterventionError, parse_intervention
-from medcf.loading import file_sha256, load_model, parse_interventions
+from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance_plan import plan_if_used
+from medcf.core.guidance_settings import GuidanceSettings, guidance_settings_from
+from medcf.core.interventions import Intervention, InterventionError, parse_intervention
+from medcf.jobs.audit_report import render_report
+from medcf.jobs.loading import load_model, parse_interventions
+from medcf.jobs.phantom_sets import heldout_phantom_set
+from medcf.measure.classifier import AuditedClassifier, ClassifierSettings
+from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
+from medcf.measure.statistics import subgroup_rates, summarize, verdict_line
 from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.pseudonyms import Pseudonyms
-from medcf.phantoms.training_set import heldout_phantom_set
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
-from medcf.tracking import flatten, job_run
+from medcf.runtime.distributed import Shard
+from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic, write_text_atomic
+from medcf.runtime.tracking import flatten, job_run
 
 AUDIT_CSV, SUMMARY_JSON, REPORT_HTML = "audit.csv", "summary.json", "report.html"
 AUDIT_COLUMNS = [

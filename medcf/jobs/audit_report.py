@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medcf.audit.statistics import (
+from medcf.measure.statistics import (
     DEPENDS,
     INSUFFICIENT,
     MIN_SUBGROUP_CLASS,
@@ -43,7 +43,7 @@ VERDICT_CLASS = {DEPENDS: "depends", NO_DEPENDENCE: "none", UNRELIABLE: "unrelia
 
 
 def render_report(table: pd.DataFrame, summary: dict[str, Any], triplets: Sequence[Any]) -> str:
-    """The report page for an audit table and its summary (see :mod:`medcf.audit.statistics`)."""
+    """The report page for an audit table and its summary (see :mod:`medcf.measure.statistics`)."""
     settings = summary.get("settings", {})
     parts = [
         "<!DOCTYPE html>",

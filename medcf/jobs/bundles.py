@@ -29,7 +29,7 @@ COMMON_KEYS = ("kind", "attributes", "files", "phantom_training_set", "guidance"
 
 def common(root: str | Path) -> dict[str, Any]:
     """The settings every config of the bundle at ``root`` shares (``configs/common.yaml``), its ``files``
-    made absolute under ``root``. A config reads it once (``common: $medcf.bundles.common(@bundle_root)``)
+    made absolute under ``root``. A config reads it once (``common: $medcf.jobs.bundles.common(@bundle_root)``)
     and takes its attributes, model files, phantom training set and guidance defaults from it."""
     from monai.bundle import ConfigParser
 
@@ -55,7 +55,7 @@ def training_manifest(
         if not Path(manifest).is_file():
             raise FileNotFoundError(f"manifest: {manifest} is not a file (OUT/manifest.csv of prepare.yaml)")
         return str(manifest)
-    from medcf.phantoms.training_set import phantom_training_set_once
+    from medcf.jobs.phantom_sets import phantom_training_set_once
 
     return str(phantom_training_set_once(kind, phantom_dir, phantom_n, image_size, seed))
 
@@ -87,9 +87,9 @@ def one_line_errors() -> None:
 
 def _user_error(error: BaseException) -> BaseException | None:
     """The innermost error of the chain that is a refusal with a message for the user, if any."""
+    from medcf.jobs.prepare import NothingPreparedError
     from medcf.outputs.lock import OutputFolderInUse
     from medcf.prepare.cohort import CohortMatchError
-    from medcf.prepare.runner import NothingPreparedError
 
     found, seen = None, set()
     while error is not None and id(error) not in seen:

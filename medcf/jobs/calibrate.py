@@ -1,5 +1,5 @@
 """The calibrate job: choose each attribute's DCFG weight on held-out images by matching the predictors' reading
-of the counterfactuals to real images' (:mod:`medcf.calibration.matching`), and write the guidance plan.
+of the counterfactuals to real images' (:mod:`medcf.measure.matching`), and write the guidance plan.
 
     held-out images + labels (never the phantom truth) -> one abduction and one do() output per image ->
     per attribute (descendants first): decode every image moved to another value at weight w, measure its
@@ -45,9 +45,16 @@ import torch
 from tqdm import tqdm
 
 import medcf
-from medcf.atomic import write_csv_atomic
-from medcf.attributes import AttributeSchema, AttributeValue
-from medcf.calibration.matching import (
+from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance_plan import AttributeGuidance, CalibratedPlan
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import Assignment, Intervention
+from medcf.jobs.loading import LoadedModel, load_model
+from medcf.jobs.phantom_sets import heldout_phantom_set
+from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.measure.ground_truth import field_mask, high_frequency
+from medcf.measure.matching import (
     ExpectedEffect,
     PixelEffect,
     WeightSearch,
@@ -60,17 +67,11 @@ from medcf.calibration.matching import (
     shift_ratio,
     texture_expectation,
 )
-from medcf.calibration.plan import AttributeGuidance, CalibratedPlan
-from medcf.counterfactual import CounterfactualEngine, GuidanceSettings
-from medcf.evaluation.evaluation_set import EvaluationSet, load_evaluation_set
-from medcf.evaluation.ground_truth import field_mask, high_frequency
-from medcf.evaluation.predictors import AttributePredictor, load_predictors
-from medcf.interventions import Assignment, Intervention
-from medcf.loading import LoadedModel, file_sha256, load_model
+from medcf.measure.predictors import AttributePredictor, load_predictors
 from medcf.outputs.lock import OutputFolderLock
-from medcf.phantoms.training_set import heldout_phantom_set
 from medcf.prepare.base import Preparer
-from medcf.tracking import flatten, job_run
+from medcf.runtime.files import file_sha256, write_csv_atomic
+from medcf.runtime.tracking import flatten, job_run
 
 PLAN_FILE, CALIBRATION_CSV = "guidance_plan.json", "calibration.csv"
 
@@ -104,7 +105,7 @@ class CalibrationRun:
             reference the counterfactuals are compared with.
         steps: DDIM steps; w_inv: the invariant group's weight.
         bounds, start, tolerance, max_evaluations: the weight search
-            (:func:`~medcf.calibration.matching.search_weight`).
+            (:func:`~medcf.measure.matching.search_weight`).
         min_z: standard errors a real effect must exceed to be matched (predictor readings).
         match: ``pixels`` (the change along the effect map estimated from the real images, where the two halves
             of the data agree on it; the predictors' readings otherwise) or ``predictors`` (their readings only).

@@ -18,7 +18,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from medcf.attributes import SchemaError
+from medcf.core.attributes import SchemaError
 from medcf.phantoms.dataset import CONFIG_FILE, KINDS, check_size, make_phantom, write_phantom_dataset
 from medcf.phantoms.preview import preview_grid, preview_subjects
 from medcf.phantoms.writer import OutputExistsError

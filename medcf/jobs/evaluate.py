@@ -7,7 +7,7 @@
 For each seed, ``images_per_seed`` images are drawn from the held-out set. For each guidance setting and
 intervention a row of metrics.csv holds (definitions: ../shared/reference/evaluation.md and the modules named):
 
-- effectiveness (:func:`medcf.evaluation.metrics.effectiveness`): accuracy of the intervened categorical
+- effectiveness (:func:`medcf.measure.metrics.effectiveness`): accuracy of the intervened categorical
   attribute (``effectiveness_metric`` = accuracy) or MAE in years of age (mae); ``auroc`` where defined;
 - off_target: mean absolute change of the predicted probability of each image's own value of every
   attribute that is neither intervened nor a descendant (``off_target_signed``: its signed mean), averaged
@@ -18,13 +18,13 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
 - composition_1 / composition_10: L1 (0-255) to the source after 1 and 10 null-intervention cycles
   (``composition_ssim_*``: SSIM), on the first ``composition_images`` images of the seed;
 - reversibility: L1 (0-255) to the source after do(a') and back to the factual attributes;
-- minimality (:func:`medcf.evaluation.metrics.minimality`) and fid (FID on the predictors' features against
+- minimality (:func:`medcf.measure.metrics.minimality`) and fid (FID on the predictors' features against
   every held-out image);
 - on a phantom data set (``phantom_truth.csv`` beside the images): truth_error, target_ratio and
-  truth_off_target (:mod:`medcf.evaluation.ground_truth`), with change = counterfactual - null-intervention
+  truth_off_target (:mod:`medcf.measure.ground_truth`), with change = counterfactual - null-intervention
   reconstruction under the same guidance; truth_off_target_source: the same off-target error with change =
   counterfactual - source image (what a viewer sees: drift of decoding and amplification included); and, per
-  image against the phantom's exact counterfactual (:mod:`medcf.evaluation.ground_truth`), exact_target_ratio
+  image against the phantom's exact counterfactual (:mod:`medcf.measure.ground_truth`), exact_target_ratio
   (1 = right size, > 1 overshoot), exact_off_target (movement along each image's own unit effect of the
   untouched attributes, relative to the true change's size), texture_ratio (fine texture of the counterfactual
   against the exact one, relative to what decoding keeps: well below 1 = washed out) and mean_abs_change (mean
@@ -35,7 +35,7 @@ intervention a row of metrics.csv holds (definitions: ../shared/reference/evalua
 Settings, interventions, model and predictors are all checked before any image is read.
 
 Under torchrun with ``multi_gpu_evaluate.yaml`` each process abducts, decodes and scores with the predictors its
-share of every seed's images (every N-th, :class:`medcf.distributed.Shard`); rank 0 puts the shares back
+share of every seed's images (every N-th, :class:`medcf.runtime.distributed.Shard`); rank 0 puts the shares back
 together in the order of the seed's images, computes the metrics and alone writes the outputs and the MLflow
 run. DDIM inversion and decoding draw no noise and a seed's images are drawn by the seed alone, so the rows are
 a single process's up to float rounding.
@@ -47,7 +47,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,99 +57,25 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medcf.atomic import write_csv_atomic, write_json_atomic
-from medcf.attributes import AttributeSchema, AttributeValue
-from medcf.calibration.plan import CalibratedPlan, plan_if_used
-from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
-from medcf.distributed import Shard
-from medcf.evaluation import ground_truth, metrics
-from medcf.evaluation.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
-from medcf.evaluation.phantom_truth import PhantomTruth
-from medcf.evaluation.plots import save_study_plots
-from medcf.evaluation.predictors import AttributePredictor, load_predictors, predict_all
-from medcf.interventions import Intervention
-from medcf.loading import file_sha256, load_model, parse_interventions
+from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
+from medcf.core.guidance_plan import plan_if_used
+from medcf.core.guidance_settings import GuidanceSettings, guidance_label, guidance_settings_from, short_value
+from medcf.core.interventions import Intervention
+from medcf.jobs.evaluation_plots import save_study_plots
+from medcf.jobs.loading import load_model, parse_interventions
+from medcf.jobs.phantom_sets import heldout_phantom_set
+from medcf.measure import ground_truth, metrics
+from medcf.measure.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
+from medcf.measure.phantom_truth import PhantomTruth
+from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
 from medcf.outputs.lock import OutputFolderLock
-from medcf.phantoms.training_set import heldout_phantom_set
 from medcf.prepare.base import Preparer
-from medcf.tracking import flatten, job_run
+from medcf.runtime.distributed import Shard
+from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic
+from medcf.runtime.tracking import flatten, job_run
 
 METRICS_CSV, METRICS_JSON, PLOTS = "metrics.csv", "metrics.json", "plots"
-
-
-def guidance_label(settings: GuidanceSettings) -> str:
-    """A short name of a guidance setting, e.g. ``cfg w=3``, ``dcfg w_aff=3 w_inv=1``, ``none``."""
-    if settings.mode == "none":
-        label = "none"
-    elif settings.mode == "calibrated":
-        label = "calibrated"
-    elif settings.mode == "cfg":
-        label = f"cfg w={settings.weight:g}"
-    else:
-        label = f"{settings.mode} w_aff={settings.w_aff:g} w_inv={settings.w_inv:g}"
-        if settings.per_attribute:
-            label += " " + ",".join(f"{k}={v:g}" for k, v in sorted(settings.per_attribute.items()))
-    defaults = GuidanceSettings()
-    for extra in fields(GuidanceSettings):
-        if extra.name in {
-            "mode",
-            "weight",
-            "w_aff",
-            "w_inv",
-            "per_attribute",
-            "steps",
-            "inversion_depth",
-            "max_rows",
-            "intervals",
-            "plan",
-        }:
-            continue
-        value = getattr(settings, extra.name)
-        if value != getattr(defaults, extra.name):
-            label += f" {extra.name}={_short(value)}"
-    return label
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple | list):
-        return "-".join(_short(v) for v in value)
-    return str(value)
-
-
-def guidance_settings_from(
-    entries: Sequence[Mapping[str, Any]],
-    steps: int,
-    inversion_depth: float = 1.0,
-    plan: CalibratedPlan | None = None,
-) -> list[GuidanceSettings]:
-    """GuidanceSettings from config entries like ``{mode: cfg, weight: 3}`` or ``{mode: calibrated}`` (the
-    ``plan``'s weights; other keys of the entry, e.g. ``per_attribute``, override it); one line per bad entry."""
-    if isinstance(entries, Mapping) or not entries:
-        raise ValueError("guidance_settings: give a list of settings, e.g. [{mode: cfg, weight: 3}]")
-    known = {f.name for f in fields(GuidanceSettings)} - {"steps", "inversion_depth"}
-    settings = []
-    for k, entry in enumerate(entries):
-        if not isinstance(entry, Mapping):
-            raise ValueError(f"guidance_settings[{k}]: {entry!r} is not a mapping of setting: value")
-        unknown = sorted(set(entry) - known)
-        if unknown:
-            raise ValueError(f"guidance_settings[{k}]: unknown setting(s) {', '.join(unknown)}; known: {sorted(known)}")
-        try:
-            if entry.get("mode") == "calibrated":
-                if plan is None:
-                    raise ValueError("mode calibrated needs a guidance plan (guidance_plan: the bundle's plan file)")
-                settings.append(plan.settings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
-            else:
-                settings.append(GuidanceSettings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
-        except ValueError as error:
-            raise ValueError(f"guidance_settings[{k}]: {error}") from None
-    labels = [guidance_label(s) for s in settings]
-    repeated = sorted({label for label in labels if labels.count(label) > 1})
-    if repeated:
-        raise ValueError(f"guidance_settings: {', '.join(repeated)} given more than once")
-    return settings
 
 
 @dataclass
@@ -202,6 +128,11 @@ class EvaluationRun:
     progress: bool = True
     device: str | torch.device = "auto"
     _timing: dict[str, float] = field(default_factory=dict, repr=False)
+
+    @property
+    def metrics_path(self) -> Path:
+        """Where the run writes its metrics table (``output_dir/metrics.csv``)."""
+        return Path(self.output_dir) / METRICS_CSV
 
     def run(self) -> dict[str, Any]:
         started = time.perf_counter()
@@ -466,7 +397,7 @@ def _setting_columns(settings: GuidanceSettings) -> dict[str, Any]:
     for name, value in values.items():
         if name in ("mode", "weight", "w_aff", "w_inv", "steps", "inversion_depth", "max_rows"):
             continue
-        columns[name] = _short(value) if isinstance(value, tuple | list | dict) else value
+        columns[name] = short_value(value) if isinstance(value, tuple | list | dict) else value
     if isinstance(values.get("per_attribute"), dict):
         columns["per_attribute"] = ",".join(f"{k}={v:g}" for k, v in sorted(values["per_attribute"].items()))
     return columns

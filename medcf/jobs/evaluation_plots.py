@@ -1,4 +1,4 @@
-"""Plots of an evaluation or a guidance study (one PNG each, written atomically by medcf.grids.save_figure).
+"""Plots of an evaluation or a guidance study (one PNG each, written atomically by medcf.outputs.grids.save_figure).
 
 - effectiveness against off-target change, one panel per intervention, one point per guidance setting:
   the trade-off the literature reports (up-left is better for accuracy; for age MAE lower is better);
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from medcf.grids import save_figure
+from medcf.outputs.grids import save_figure
 
 
 def _pyplot():

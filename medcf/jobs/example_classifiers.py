@@ -1,8 +1,8 @@
 """The audit's worked example: small classifiers trained on a phantom, saved as TorchScript files the audit
 bundle takes (and ships as its default classifiers).
 
-    python -m medcf.audit.example_classifiers --kind cxr --out bundles/cxr_counterfactual/models/classifiers
-    python -m medcf.audit.example_classifiers --kind mammo --out bundles/mammo_counterfactual/models/classifiers
+    python -m medcf.jobs.example_classifiers --kind cxr --out bundles/cxr_counterfactual/models/classifiers
+    python -m medcf.jobs.example_classifiers --kind mammo --out bundles/mammo_counterfactual/models/classifiers
         [--manifest PREPARED/manifest.csv] [--epochs 15] [--seed 0]
 
 Every one is the same MONAI ``Classifier`` (four strided convolution blocks, one logit), trained the same way on
@@ -31,7 +31,7 @@ import torch
 from monai.networks.nets import Classifier
 from torch import nn
 
-from medcf.audit.statistics import subgroup_rates
+from medcf.measure.statistics import subgroup_rates
 
 
 @dataclass(frozen=True)
@@ -135,7 +135,7 @@ def train_example(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medcf.audit.example_classifiers", description=__doc__.split("\n\n")[0]
+        prog="python -m medcf.jobs.example_classifiers", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--kind", choices=sorted(EXAMPLES), default="cxr")
     parser.add_argument("--out", required=True)
@@ -146,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     manifest = args.manifest
     if manifest is None:
-        from medcf.phantoms.training_set import phantom_training_set
+        from medcf.jobs.phantom_sets import phantom_training_set
 
         manifest = phantom_training_set(args.kind, f"phantom_train_{args.kind}", 2000, 64, 0)
     train_split, test_split = load_split(manifest, "train"), load_split(manifest, "test")

@@ -3,8 +3,8 @@ MLflow run.
 
 A thin layer around the in-memory core; each image crosses each step once::
 
-    preparation (medcf.prepare) -> counterfactual core (medcf.counterfactual) -> writers (medcf.outputs.writers)
-    -> run manifest (medcf.outputs.manifest) -> MLflow (medcf.tracking)
+    preparation (medcf.prepare) -> counterfactual core (medcf.core.engine) -> writers (medcf.outputs.writers)
+    -> run manifest (medcf.outputs.manifest) -> MLflow (medcf.runtime.tracking)
 
 Everything that can be checked without an image (model file, schema, causal graph, interventions, guidance
 settings, image size, pseudonym key) is checked before the first image is read. Output folder::
@@ -44,22 +44,23 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import medcf
-from medcf.atomic import remove_temporaries, write_csv_atomic, write_json_atomic
-from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
-from medcf.counterfactual import CounterfactualBatch, CounterfactualEngine, GuidanceSettings
-from medcf.dicom.reader import DicomReadError, read_header
-from medcf.distributed import Shard
-from medcf.grids import counterfactual_grid
-from medcf.interventions import Intervention
-from medcf.loading import LoadedModel, file_sha256, load_model, parse_interventions
+from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import Intervention
+from medcf.jobs.loading import LoadedModel, load_model, parse_interventions
+from medcf.outputs.grids import counterfactual_grid
 from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
 from medcf.prepare.base import PreparedImage, Preparer, Rejected, dataset_file
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
-from medcf.prepare.runner import discover_inputs
-from medcf.tracking import flatten, job_run
+from medcf.prepare.inputs import discover_inputs
+from medcf.radiograph.reader import DicomReadError, read_header
+from medcf.runtime.distributed import Shard
+from medcf.runtime.files import file_sha256, remove_temporaries, write_csv_atomic, write_json_atomic
+from medcf.runtime.tracking import flatten, job_run
 
 SOURCE_KEY = "source_key.csv"
 FOLDER_SETTINGS = "inference.json"

@@ -3,7 +3,6 @@ read: the model file (weights only), its causal graph, the interventions and the
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -11,22 +10,14 @@ from pathlib import Path
 
 import torch
 
-from medcf.attributes import AttributeSchema
-from medcf.causal import CausalGraph
-from medcf.devices import resolve_device
-from medcf.diffusion import DiffusionConfig
-from medcf.interventions import Intervention, parse_intervention
-from medcf.model import CHECKPOINT_FORMAT, CounterfactualUNet, load_checkpoint, read_medcf_file
+from medcf.core.attributes import AttributeSchema
+from medcf.core.causal import CausalGraph
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.interventions import Intervention, parse_intervention
+from medcf.core.network import CHECKPOINT_FORMAT, CounterfactualUNet, load_checkpoint, read_medcf_file
 from medcf.prepare.base import Preparer
-
-
-def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (model and graph files are recorded by it)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+from medcf.runtime.devices import resolve_device
+from medcf.runtime.files import file_sha256
 
 
 @dataclass

@@ -53,7 +53,8 @@ def phantom_training_set(
     exactly as a real export would. The phantom's ``marker`` (not in EMBED's tables) is added to the
     mammogram cohort from the ground truth. A folder made with other settings is an error.
     """
-    from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
+    from medcf.jobs.prepare import PreparationRun
+    from medcf.prepare import ChestPreparer, MammoPreparer
 
     folder = Path(folder)
     settings = {"kind": kind, "n": n, "size": size, "seed": seed}
@@ -77,6 +78,6 @@ def phantom_training_set(
 
 def phantom_training_set_once(kind: str, folder: str | Path, n: int, size: int, seed: int = 0) -> Path:
     """:func:`phantom_training_set` in a distributed run: rank 0 makes it while the other ranks wait."""
-    from medcf.distributed import Shard
+    from medcf.runtime.distributed import Shard
 
     return Shard.current().once(lambda: phantom_training_set(kind, folder, n, size, seed))

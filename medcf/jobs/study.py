@@ -1,10 +1,10 @@
 """The guidance study: CFG against DCFG (and the variants beyond the paper) on a phantom's ground truth.
 
-    python -m medcf.evaluation.study --bundle cxr_counterfactual --output_dir study_cxr
+    python -m medcf.jobs.study --bundle cxr_counterfactual --output_dir study_cxr
         [--seeds 0 1 2] [--images_per_seed 8] [--steps 20] [--weights 1 1.5 2 3 5] [--heldout_subjects 48]
         [--device auto] [--model_path OTHER/model.pt]
 
-Steps (each an evaluate run of :mod:`medcf.evaluation.evaluate` on the bundle's shipped weights, predictors
+Steps (each an evaluate run of :mod:`medcf.jobs.evaluate` on the bundle's shipped weights, predictors
 and a held-out phantom set, written to its own sub-folder so that a stopped study keeps what it finished):
 
 1. ``grid/seed_<s>``: on each seed, no guidance, CFG with w in ``weights``, DCFG with w_aff in ``weights``
@@ -38,10 +38,9 @@ import numpy as np
 import pandas as pd
 from monai.bundle import ConfigParser
 
-from medcf.atomic import write_csv_atomic, write_json_atomic, write_text_atomic
-from medcf.bundles import bundle_root
-from medcf.evaluation.evaluate import METRICS_CSV, EvaluationRun
-from medcf.evaluation.plots import save_study_plots
+from medcf.jobs.bundles import bundle_root
+from medcf.jobs.evaluation_plots import save_study_plots
+from medcf.runtime.files import write_csv_atomic, write_json_atomic, write_text_atomic
 
 STUDY_INTERVENTIONS = {
     "cxr_counterfactual": ["do(sex=F)", "do(race=Black)", "do(age=+20)", "do(disease=Pleural Effusion)"],
@@ -198,8 +197,9 @@ def equal_weight_table(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _evaluation(bundle: str, output_dir: Path, heldout: Path | None, **settings: Any) -> EvaluationRun:
-    """An EvaluationRun configured from the bundle's evaluate.yaml with ``settings`` overriding it."""
+def _evaluation(bundle: str, output_dir: Path, heldout: Path | None, **settings: Any) -> Any:
+    """The bundle's evaluate job (its evaluate.yaml's ``evaluation``) with ``settings`` overriding the config: the
+    study runs the job as the bundle command would, without importing it."""
     root = Path(bundle_root(bundle))
     parser = ConfigParser()
     parser.read_config(str(root / "configs" / "evaluate.yaml"))
@@ -240,10 +240,13 @@ def run_study(
     heldout = output_dir / "heldout_data"
     _evaluation(bundle, output_dir, None, heldout_subjects=heldout_subjects).make_heldout_set(heldout)
 
-    def stage(folder: Path, seed: int, settings: list[dict[str, Any]]) -> pd.DataFrame:
-        if not (folder / METRICS_CSV).exists():  # finished stages are kept: a stopped study resumes
-            _evaluation(bundle, folder, heldout, seeds=[seed], guidance_settings=settings, **common).run()
-        return pd.read_csv(folder / METRICS_CSV)
+    def stage(folder: Path, seed: int, settings: list[dict[str, Any]], **overrides: Any) -> pd.DataFrame:
+        evaluation = _evaluation(
+            bundle, folder, heldout, seeds=[seed], guidance_settings=settings, **{**common, **overrides}
+        )
+        if not evaluation.metrics_path.exists():  # finished stages are kept: a stopped study resumes
+            evaluation.run()
+        return pd.read_csv(evaluation.metrics_path)
 
     grid = pd.concat([stage(output_dir / "grid" / f"seed_{s}", s, grid_settings(weights)) for s in seeds])
     dcfg_grid = [{"mode": "dcfg", "w_aff": float(w), "w_inv": 1.0} for w in weights]
@@ -253,14 +256,8 @@ def run_study(
     for intervention, weight in chosen.items():
         for seed in seeds:
             folder = output_dir / "selected" / f"{_slug(intervention)}_seed_{seed}"
-            if not (folder / METRICS_CSV).exists():
-                run = _evaluation(
-                    bundle, folder, heldout, seeds=[seed],
-                    guidance_settings=[{"mode": "dcfg", "w_aff": weight, "w_inv": 1.0}],
-                    **{**common, "interventions": [intervention]},
-                )  # fmt: skip
-                run.run()
-            table = pd.read_csv(folder / METRICS_CSV)
+            dcfg = [{"mode": "dcfg", "w_aff": weight, "w_inv": 1.0}]
+            table = stage(folder, seed, dcfg, interventions=[intervention])
             table["guidance"] = f"dcfg selected w_aff={weight:g} w_inv=1"
             selected.append(table)
     combined = pd.concat([grid, *selected], ignore_index=True)
@@ -332,7 +329,7 @@ def _markdown(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m medcf.evaluation.study", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m medcf.jobs.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, choices=sorted(STUDY_INTERVENTIONS))
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])

@@ -1,6 +1,6 @@
 """Attribute effect maps: does the model change the image where, and the way, the phantom does?
 
-    python -m medcf.evaluation.attribute_effects --model MODEL.pt --phantom cxr|mammo [--seeds 16]
+    python -m medcf.measure.attribute_effects --model MODEL.pt --phantom cxr|mammo [--seeds 16]
         [--steps 25] [--subjects 64] [--guidance-weight 1] [--figure effects.png] [--device auto]
 
 For each attribute, the contrast is its sweep's first value against its last (age 18 -> 95, sex M -> F,
@@ -30,14 +30,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcf.attributes import AttributeSchema, SchemaError
-from medcf.devices import resolve_device
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.report import report
-from medcf.grids import save_figure
-from medcf.model import CounterfactualUNet, load_checkpoint
+from medcf.core.attributes import AttributeSchema, SchemaError
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, load_checkpoint
+from medcf.measure.report import report
+from medcf.outputs.grids import save_figure
 from medcf.phantoms.dataset import make_phantom
 from medcf.phantoms.scm import Phantom
+from medcf.runtime.devices import resolve_device
 from medcf.training.samples import attribute_sweeps, conditional_samples
 
 
@@ -170,7 +170,7 @@ def evaluate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medcf.evaluation.attribute_effects", description=__doc__.split("\n\n")[0]
+        prog="python -m medcf.measure.attribute_effects", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", required=True, help="medcf model file (models/model.pt)")
     parser.add_argument("--phantom", required=True, choices=("cxr", "mammo"), help="the phantom the model learnt")

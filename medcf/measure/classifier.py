@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from medcf.model import read_torch_file
+from medcf.core.network import read_torch_file
 
 OUTPUT_KINDS = ("logits", "softmax", "probabilities")
 BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "train.json", "train.yaml")

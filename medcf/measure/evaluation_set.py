@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcf.attributes import AttributeSchema, AttributeValue
-from medcf.dicom.reader import RadiographHeader, read_header
-from medcf.evaluation.ground_truth import unit_direction, unit_maps
-from medcf.evaluation.phantom_truth import PhantomTruth
-from medcf.interventions import Intervention, InterventionError
+from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.interventions import Intervention, InterventionError
+from medcf.measure.ground_truth import unit_direction, unit_maps
+from medcf.measure.phantom_truth import PhantomTruth
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
-from medcf.prepare.runner import discover_inputs
+from medcf.prepare.inputs import discover_inputs
+from medcf.radiograph.reader import RadiographHeader, read_header
 from medcf.training.samples import attribute_sweeps
 
 

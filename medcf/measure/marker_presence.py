@@ -1,9 +1,9 @@
 """Skin-marker presence: does a mammogram model draw the phantom's ring marker when asked to?
 
-    python -m medcf.evaluation.marker_presence --model MODEL.pt [--subjects 48] [--steps 25] [--device auto]
+    python -m medcf.measure.marker_presence --model MODEL.pt [--subjects 48] [--steps 25] [--device auto]
         [--guidance-weight 1]
 
-Effect maps (:mod:`medcf.evaluation.attribute_effects`) cannot answer this: the marker lies at a random
+Effect maps (:mod:`medcf.measure.attribute_effects`) cannot answer this: the marker lies at a random
 place on the skin, so a mean difference map spreads it out, and even a perfect model's map from 16 noises
 correlates only about 0.3 with the phantom's. This check looks for the marker in each image instead.
 
@@ -30,13 +30,13 @@ import numpy as np
 import torch
 from scipy import ndimage, stats
 
-from medcf.devices import resolve_device
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.attribute_effects import square_image_size
-from medcf.evaluation.report import report
-from medcf.model import CounterfactualUNet, load_checkpoint
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, load_checkpoint
+from medcf.measure.attribute_effects import square_image_size
+from medcf.measure.report import report
 from medcf.phantoms.dataset import make_phantom
 from medcf.phantoms.scm import Phantom, Subject
+from medcf.runtime.devices import resolve_device
 from medcf.training.samples import conditional_samples
 
 WITH, WITHOUT = {"marker": "circle"}, {"marker": "none"}
@@ -134,7 +134,7 @@ def evaluate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medcf.evaluation.marker_presence", description=__doc__.split("\n\n")[0]
+        prog="python -m medcf.measure.marker_presence", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", required=True, help="medcf mammogram model file (models/model.pt)")
     parser.add_argument("--subjects", type=int, default=48, help="phantom subjects whose attributes to sample")

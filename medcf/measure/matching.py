@@ -37,8 +37,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcf.attributes import AttributeSchema, AttributeValue
-from medcf.evaluation.predictors import AttributePredictor
+from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.measure.predictors import AttributePredictor
 
 
 @torch.no_grad()
@@ -324,7 +324,7 @@ def texture_expectation(
     Args:
         schema: the attributes.
         name: the attribute.
-        high_frequency: HF of each real image (:func:`medcf.evaluation.ground_truth.high_frequency`).
+        high_frequency: HF of each real image (:func:`medcf.measure.ground_truth.high_frequency`).
         labels: the real images' values of the attribute.
 
     Returns:

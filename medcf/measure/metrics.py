@@ -2,7 +2,7 @@
 
 Images are tensors (N, 1, H, W) on the model's [-1, 1] scale; distances are reported on the 0-255 scale
 (L1) or for images mapped to [0, 1] (SSIM), as the literature does. Predictor outputs are the dictionaries of
-:meth:`medcf.evaluation.predictors.AttributePredictor.predict`: a categorical attribute gives probabilities
+:meth:`medcf.measure.predictors.AttributePredictor.predict`: a categorical attribute gives probabilities
 (N, values), a continuous one its value in its own units (N,).
 
 - :func:`effectiveness`: do the counterfactuals show the intervened values? (accuracy, AUROC, MAE)
@@ -24,7 +24,7 @@ import torch
 from monai.metrics import FIDMetric, SSIMMetric
 from scipy import stats
 
-from medcf.attributes import AttributeSchema, AttributeValue
+from medcf.core.attributes import AttributeSchema, AttributeValue
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

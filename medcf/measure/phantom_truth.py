@@ -20,12 +20,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medcf.attributes import AttributeSchema, AttributeValue
-from medcf.dicom.reader import RadiographHeader
+from medcf.core.attributes import AttributeSchema, AttributeValue
 from medcf.phantoms.dataset import CONFIG_FILE, KINDS, make_phantom
 from medcf.phantoms.scm import Phantom, Subject
 from medcf.phantoms.writer import TRUTH_FILE, render_display, subject_from_truth
 from medcf.prepare.base import Preparer
+from medcf.radiograph.reader import RadiographHeader
 
 
 class TruthError(ValueError):

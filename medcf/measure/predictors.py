@@ -3,7 +3,7 @@
 One small MONAI ResNet trunk is shared by one linear head per attribute of the schema: logits over the values
 of a categorical attribute, the value scaled to [0, 1] over its range for a continuous one. Images are the
 prepared arrays, (B, 1, H, W) in [-1, 1]. Attribute codes are those of
-:func:`medcf.conditioning.encode_attributes` (category index, raw value).
+:func:`medcf.core.conditioning.encode_attributes` (category index, raw value).
 
 The bundles' ``train_predictors.yaml`` train them with MONAI's ``SupervisedTrainer`` (:class:`PredictorLoss`,
 :func:`attribute_batch`) and :class:`HeldoutSelection` chooses the epoch on ``val``, scores ``test`` and writes
@@ -24,10 +24,10 @@ from ignite.engine import Engine, Events
 from monai.networks.nets import ResNet
 from torch import nn
 
-from medcf.atomic import atomic_path, write_json_atomic
-from medcf.attributes import AttributeSchema, SchemaError, attribute_text
-from medcf.evaluation.metrics import roc_auc
-from medcf.model import read_medcf_file
+from medcf.core.attributes import AttributeSchema, SchemaError, attribute_text
+from medcf.core.network import read_medcf_file
+from medcf.measure.metrics import roc_auc
+from medcf.runtime.files import atomic_path, write_json_atomic
 
 PREDICTORS_FORMAT = "medcf-predictors/1"
 
@@ -191,7 +191,7 @@ def heldout_scores(
     Args:
         predictor: the predictor (evaluated in eval mode, restored afterwards).
         images: (N, 1, H, W) images in [-1, 1].
-        codes: (N, K) attribute codes in schema order (``medcf.conditioning.encode_attributes``).
+        codes: (N, K) attribute codes in schema order (``medcf.core.conditioning.encode_attributes``).
         batch_size: images per forward pass.
     """
     if len(images) != len(codes) or len(images) == 0:
@@ -371,11 +371,9 @@ class HeldoutSelection:
         model_path = save_predictors(self.network, self.output_dir / "predictors.pt", extra=record)
         json_path = write_json_atomic(self.output_dir / "predictors.json", record)
         log_metrics(flat_scores(test_scores, "test"), trainer.state.iteration)
-        import mlflow
+        from medcf.runtime.tracking import log_files  # here: loading the predictors must not import mlflow
 
-        if mlflow.active_run() is not None:
-            mlflow.log_artifact(str(json_path))
-            mlflow.log_artifact(str(model_path))
+        log_files([json_path, model_path])
         logger.info("held-out test (%d images, epoch %d): %s", sizes["test"], self.best["epoch"], brief(test_scores))
 
 
@@ -402,8 +400,6 @@ def brief(scores: Mapping[str, Mapping[str, float]]) -> str:
 
 def log_metrics(metrics: Mapping[str, float], step: int) -> None:
     """Log finite metrics to the active MLflow run, if any."""
-    import mlflow  # here: loading the predictors must not pay for importing mlflow
+    from medcf.runtime.tracking import log_finite_metrics  # here: loading the predictors must not import mlflow
 
-    if mlflow.active_run() is None:
-        return
-    mlflow.log_metrics({key: value for key, value in metrics.items() if math.isfinite(value)}, step=step)
+    log_finite_metrics(metrics, step)

@@ -1,6 +1,6 @@
 """Reconstruction through DDIM inversion: the abduction-prediction round trip under the factual attributes.
 
-    python -m medcf.evaluation.reconstruction --model MODEL.pt --manifest OUT/manifest.csv [--split test]
+    python -m medcf.measure.reconstruction --model MODEL.pt --manifest OUT/manifest.csv [--split test]
         [--count 64] [--steps 50] [--device auto|cpu|cuda|cuda:N]
 
 Each held-out image is inverted to its latent and decoded again under its own attributes, without
@@ -20,11 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medcf.devices import resolve_device
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.report import report
-from medcf.model import CounterfactualUNet, load_checkpoint
-from medcf.sampling import DDIMSampler
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, load_checkpoint
+from medcf.core.sampling import DDIMSampler
+from medcf.measure.report import report
+from medcf.runtime.devices import resolve_device
 from medcf.training.data import manifest_items
 
 
@@ -88,7 +88,7 @@ def evaluate(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m medcf.evaluation.reconstruction", description=__doc__.split("\n\n")[0]
+        prog="python -m medcf.measure.reconstruction", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--model", required=True, help="medcf model file (models/model.pt)")
     parser.add_argument("--manifest", required=True, help="manifest.csv of prepared images with a cohort")

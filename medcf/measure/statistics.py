@@ -33,7 +33,7 @@ import numpy.typing as npt
 import pandas as pd
 from scipy import stats
 
-from medcf.evaluation.metrics import roc_auc
+from medcf.measure.metrics import roc_auc
 
 ArrayLike = npt.ArrayLike
 
@@ -425,7 +425,7 @@ def subgroup_rates(
     """Per group (rows in order of first appearance, index ``group``): n, positives, negatives, auc, tpr, fpr.
 
     Predictions are scores >= ``threshold``, one global threshold for every group. TPR = P(predicted | label),
-    FPR = P(predicted | not label), AUC by :func:`medcf.evaluation.metrics.roc_auc`. A rate is :data:`TOO_SMALL`
+    FPR = P(predicted | not label), AUC by :func:`medcf.measure.metrics.roc_auc`. A rate is :data:`TOO_SMALL`
     instead of a number when the group has fewer than ``min_images`` images or the class it is taken over
     (TPR: positives; FPR: negatives; AUC: both) has fewer than ``min_class`` (and at least one): a rate over k
     images has a 95 % interval of about +-1 / sqrt(k), +-0.22 at the default 20, so fewer images give noise.

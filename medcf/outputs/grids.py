@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from medcf.atomic import atomic_path
+from medcf.runtime.files import atomic_path
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:

@@ -29,7 +29,7 @@ from typing import Any
 
 import pandas as pd
 
-from medcf.atomic import plain_json, write_csv_atomic
+from medcf.runtime.files import plain_json, write_csv_atomic
 
 MANIFEST = "manifest.csv"
 JOURNAL = ".journal.jsonl"

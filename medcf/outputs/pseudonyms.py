@@ -24,7 +24,7 @@ import secrets
 import uuid
 from pathlib import Path
 
-from medcf.atomic import atomic_path
+from medcf.runtime.files import atomic_path
 
 KEY_FILE = "pseudonym.key"
 UUID_ROOT = "2.25"

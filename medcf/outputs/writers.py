@@ -3,13 +3,13 @@ turned back the way the source lies, under a pseudonymous folder.
 
 Layout under the output folder, per input image (its pseudonym, or its source path with ``keep_identifiers``)::
 
-    <image>/<slug>.dcm        derived Secondary Capture (see medcf.dicom.derived), pseudonymous by default
+    <image>/<slug>.dcm        derived Secondary Capture (see medcf.radiograph.derived), pseudonymous by default
     <image>/<slug>.png        factual | counterfactual | |difference|
     <image>/<slug>_diff.png   |difference|, scaled to its maximum
     <image>/<slug>.nii.gz     the counterfactual for analysis tools (optional), with the pixel spacing
 
 Every file is written atomically. Images arrive on the model's display scale ([0, 1]) in the prepared
-orientation; :meth:`medcf.geometry.Geometry.to_source_orientation` undoes the preparation's mirroring first.
+orientation; :meth:`medcf.radiograph.geometry.Geometry.to_source_orientation` undoes the preparation's mirroring first.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from medcf.atomic import atomic_path
-from medcf.dicom.derived import DerivedIdentity, write_counterfactual
-from medcf.geometry import Geometry
-from medcf.interventions import Intervention
+from medcf.core.interventions import Intervention
 from medcf.outputs.pseudonyms import Pseudonyms
+from medcf.radiograph.derived import DerivedIdentity, write_counterfactual
+from medcf.radiograph.geometry import Geometry
+from medcf.runtime.files import atomic_path
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.special import expit
 
-from medcf.attributes import Attribute, AttributeSchema, AttributeValue
+from medcf.core.attributes import Attribute, AttributeSchema, AttributeValue
 from medcf.phantoms.scm import (
     Factor,
     Phantom,

@@ -12,8 +12,7 @@ import numpy as np
 import pandas as pd
 
 import medcf
-from medcf.atomic import write_csv_atomic
-from medcf.attributes import AttributeValue, SchemaError
+from medcf.core.attributes import AttributeValue, SchemaError
 from medcf.phantoms.cxr import ChestXRayPhantom, CXRPopulation
 from medcf.phantoms.embed_export import plan_embed
 from medcf.phantoms.embed_export import truth_rendering as embed_truth_rendering
@@ -28,6 +27,7 @@ from medcf.phantoms.writer import (
     truth_table,
     write_images,
 )
+from medcf.runtime.files import write_csv_atomic
 
 PhantomKind = Literal["cxr", "mammo"]
 CONFIG_FILE = "phantom.json"

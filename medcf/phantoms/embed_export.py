@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import UID
 
-from medcf.attributes import AttributeValue
-from medcf.dicom.encode import new_uid
+from medcf.core.attributes import AttributeValue
 from medcf.phantoms.encodings import describe_encoding, random_encoding
 from medcf.phantoms.mammo import MammogramPhantom
 from medcf.phantoms.scm import Subject
 from medcf.phantoms.writer import ImageJob
+from medcf.radiograph.encode import new_uid
 
 SOURCE_ROOT = "/mnt/NAS2/mammo/anon_dicom/"
 EMBED_ETHNICITY = {"White": "Caucasian or White", "Black": "African American  or Black", "Asian": "Asian"}

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from medcf.dicom.encode import TRANSFER_SYNTAXES, PixelEncoding
+from medcf.radiograph.encode import TRANSFER_SYNTAXES, PixelEncoding
 
 #: (slope, intercept) pairs seen in radiograph exports
 RESCALES = ((1.0, 0.0), (1.0, 0.0), (0.5, -1024.0), (2.0, 0.0))

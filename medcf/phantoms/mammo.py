@@ -35,7 +35,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.special import expit, ndtri
 
-from medcf.attributes import Attribute, AttributeSchema, AttributeValue
+from medcf.core.attributes import Attribute, AttributeSchema, AttributeValue
 from medcf.phantoms.scm import (
     Factor,
     Phantom,

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 from pydicom.uid import UID
 
-from medcf.attributes import AttributeValue
-from medcf.dicom.encode import PixelEncoding, new_uid
+from medcf.core.attributes import AttributeValue
 from medcf.phantoms.cxr import ChestXRayPhantom
 from medcf.phantoms.encodings import describe_encoding, random_encoding
 from medcf.phantoms.scm import Subject
 from medcf.phantoms.writer import ImageJob
+from medcf.radiograph.encode import PixelEncoding, new_uid
 
 CHEXPERT_FINDINGS = (
     "Atelectasis",

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from medcf.attributes import Attribute, AttributeValue  # noqa: E402
-from medcf.grids import save_figure  # noqa: E402
+from medcf.core.attributes import Attribute, AttributeValue  # noqa: E402
+from medcf.outputs.grids import save_figure  # noqa: E402
 from medcf.phantoms.scm import Phantom, Subject  # noqa: E402
 
 

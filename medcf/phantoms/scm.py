@@ -31,7 +31,7 @@ import numpy as np
 from scipy.special import ndtr, ndtri
 from scipy.stats import truncnorm
 
-from medcf.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 
 FactorLevel = Literal["patient", "study", "image"]
 _EPS = 1e-6

@@ -23,8 +23,8 @@ from PIL import Image, ImageDraw, ImageFont
 from pydicom.dataset import Dataset
 from tqdm import tqdm
 
-from medcf.dicom.encode import PixelEncoding, attach_pixels, encode_pixels, write_dataset_atomic
 from medcf.phantoms.scm import Phantom, Subject
+from medcf.radiograph.encode import PixelEncoding, attach_pixels, encode_pixels, write_dataset_atomic
 
 TRUTH_FILE = "phantom_truth.csv"
 

@@ -28,7 +28,9 @@ import numpy as np
 import torch
 from monai.transforms import Resize
 
-from medcf.dicom.reader import (
+from medcf.prepare.cohort import CohortIndex, CohortMatchError
+from medcf.radiograph.geometry import Geometry
+from medcf.radiograph.reader import (
     DEFAULT_MAX_PIXEL_BYTES,
     DicomReadError,
     RadiographHeader,
@@ -36,8 +38,6 @@ from medcf.dicom.reader import (
     read_header,
     read_radiograph,
 )
-from medcf.geometry import Geometry
-from medcf.prepare.cohort import CohortIndex, CohortMatchError
 
 
 class Rejected(Exception):
@@ -128,7 +128,7 @@ class Preparer(ABC):
     kind: str
     #: attributes a cohort row must provide
     required_labels: tuple[str, ...] = ()
-    #: the pixel budget (see :func:`medcf.dicom.reader.check_pixel_budget`); subclasses take it as a setting
+    #: the pixel budget (see :func:`medcf.radiograph.reader.check_pixel_budget`); subclasses take it as a setting
     max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES
 
     @abstractmethod
@@ -140,7 +140,7 @@ class Preparer(ABC):
         self, image: np.ndarray, header: RadiographHeader
     ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
         """Display image in [0, 1] (rows x columns) -> channel-first float32 array in [-1, 1], where it lies in
-        the source (see :class:`medcf.geometry.Geometry`), and details for the manifest."""
+        the source (see :class:`medcf.radiograph.geometry.Geometry`), and details for the manifest."""
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:

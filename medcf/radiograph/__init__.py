@@ -1,12 +1,12 @@
-"""DICOM output: store synthetic display images as realistic DICOM files and read them back.
+"""DICOM: read real-world radiographs and write synthetic and derived images as realistic DICOM files.
 
-DICOM input: :mod:`medcf.dicom.reader` reads real-world radiographs. Its names are exported lazily, because
+DICOM input: :mod:`medcf.radiograph.reader` reads real-world radiographs. Its names are exported lazily, because
 the reader imports MONAI (several seconds), which the writers do not need.
 """
 
 from typing import Any
 
-from medcf.dicom.encode import (
+from medcf.radiograph.encode import (
     PixelEncoding,
     attach_pixels,
     decode_display,
@@ -39,7 +39,7 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     """Import the reader's names on first use (PEP 562)."""
     if name in _READER_NAMES:
-        from medcf.dicom import reader
+        from medcf.radiograph import reader
 
         return getattr(reader, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

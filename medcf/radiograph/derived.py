@@ -10,7 +10,7 @@ intervention), one pseudonymous patient per source patient. Patient and study id
 (name, ID, birth date, accession number, dates, ...) are copied only with ``keep_identifiers=True``.
 
 Geometry: the pixels are expected in the source's orientation (preparation's mirroring undone, see
-:class:`medcf.geometry.Geometry`); the source's Patient Orientation (0020,0020) and laterality therefore
+:class:`medcf.radiograph.geometry.Geometry`); the source's Patient Orientation (0020,0020) and laterality therefore
 still hold and are written (laterality as Image Laterality (0020,0062) only: the series-level Laterality
 (0020,0060) must be absent when Image Laterality is present, PS3.3 C.7.3.1). Pixel Spacing / Imager Pixel
 Spacing is the source's, scaled by the preparation's crop and resize.
@@ -29,9 +29,9 @@ from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import ExplicitVRLittleEndian
 
 import medcf
-from medcf.dicom.encode import PixelEncoding, as_ds, attach_pixels, encode_pixels, write_dataset_atomic
-from medcf.dicom.reader import laterality_of, view_of
-from medcf.geometry import Geometry
+from medcf.radiograph.encode import PixelEncoding, as_ds, attach_pixels, encode_pixels, write_dataset_atomic
+from medcf.radiograph.geometry import Geometry
+from medcf.radiograph.reader import laterality_of, view_of
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 IDENTIFIERS = (

@@ -41,7 +41,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DSfloat, format_number_as_ds
 
-from medcf.atomic import atomic_path
+from medcf.runtime.files import atomic_path
 
 Photometric = Literal["MONOCHROME1", "MONOCHROME2"]
 VoiFunction = Literal["LINEAR", "LINEAR_EXACT", "SIGMOID"]

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from medcf.devices import resolve_device
+from medcf.runtime.devices import resolve_device
 
 T = TypeVar("T")
 
@@ -83,7 +83,7 @@ class Shard:
 
     def device(self, device: str | torch.device | None) -> torch.device:
         """The job's device for this process: ``auto`` in a sharded run on GPUs is this process's own GPU
-        (``cuda:LOCAL_RANK``); anything else as :func:`medcf.devices.resolve_device` reads it."""
+        (``cuda:LOCAL_RANK``); anything else as :func:`medcf.runtime.devices.resolve_device` reads it."""
         chosen = resolve_device(device)
         if self.world > 1 and chosen.type == "cuda" and chosen.index is None:
             return resolve_device(f"cuda:{self.local_rank}")

@@ -10,6 +10,7 @@ to choose the format.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import secrets
@@ -82,3 +83,12 @@ def remove_temporaries(folder: str | Path) -> int:
             stale.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (model and graph files are recorded by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

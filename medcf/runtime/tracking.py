@@ -10,9 +10,10 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +23,13 @@ from ignite.engine import Engine, Events
 from mlflow.exceptions import MlflowException
 from monai.handlers import from_engine
 
-from medcf.atomic import write_json_atomic
+from medcf.runtime.files import write_json_atomic
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RESUMED_FROM_TAG = "medcf.resumed_from_run_id"
 """Tag of a new run started by a resumed training whose own run is not in the tracking store."""
 
-logger = logging.getLogger("medcf.tracking")
+logger = logging.getLogger("medcf.runtime.tracking")
 
 
 def tracking_uri() -> str:
@@ -246,3 +247,42 @@ def job_run(output_dir: str | Path, experiment: str, run_name: str, tags: Mappin
     finally:
         mlflow.end_run(status)
         marker.unlink(missing_ok=True)
+
+
+def active_run_id() -> str:
+    """The MLflow run this process logs to, or "" without one.
+
+    Returns:
+        The active run's id, or "".
+    """
+    run = mlflow.active_run()
+    return run.info.run_id if run is not None else ""
+
+
+def log_finite_metrics(metrics: Mapping[str, float], step: int) -> None:
+    """Log the finite ``metrics`` at ``step`` to the active run; nothing without one.
+
+    Args:
+        metrics: name -> value (NaN and infinite values are left out: MLflow would store them as text).
+        step: the training iteration they belong to.
+    """
+    if mlflow.active_run() is not None:
+        mlflow.log_metrics({key: value for key, value in metrics.items() if math.isfinite(value)}, step=step)
+
+
+def log_files(paths: Sequence[str | Path], run_id: str | None = None, artifact_path: str | None = None) -> None:
+    """Log the files among ``paths`` that exist as artifacts of ``run_id`` (a run that may have ended) or, with
+    None, of the active run; nothing without one.
+
+    Args:
+        paths: the files (missing ones are skipped).
+        run_id: the run, or None for the active run.
+        artifact_path: the artifact folder, or None for the run's root.
+    """
+    if run_id is None and mlflow.active_run() is None:
+        return
+    client = mlflow.MlflowClient()
+    target = run_id or active_run_id()
+    for path in paths:
+        if Path(path).is_file():
+            client.log_artifact(target, str(path), artifact_path=artifact_path)

@@ -10,9 +10,9 @@ from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from torch import nn
 
-from medcf.attributes import AttributeSchema
-from medcf.conditioning import ConditionDropout
-from medcf.diffusion import DiffusionConfig
+from medcf.core.attributes import AttributeSchema
+from medcf.core.conditioning import ConditionDropout
+from medcf.core.diffusion import DiffusionConfig
 
 #: Per-sample loss weightings of :class:`NoisingPrepareBatch`.
 LOSS_WEIGHTINGS = ("none", "min_snr")
@@ -29,7 +29,7 @@ class NoisingPrepareBatch(PrepareBatch):
         seed: seed the noise, timesteps and dropout (validation uses a fixed seed to be comparable).
         reseed_every_call: draw the same noise at every call (validation).
         loss_weighting: ``none`` (every sample weighs 1: the plain MSE of the target) or ``min_snr``
-            (:meth:`~medcf.diffusion.DiffusionConfig.min_snr_weight` with ``snr_gamma``). The weight w reaches the
+            (:meth:`~medcf.core.diffusion.DiffusionConfig.min_snr_weight` with ``snr_gamma``). The weight w reaches the
             loss as sqrt(w) on the target here and on the prediction in :class:`LossWeightedInferer`, so that
             MSE(sqrt(w) pred, sqrt(w) target) = mean of w (pred - target)^2.
         snr_gamma: gamma of min_snr (the paper's 5).

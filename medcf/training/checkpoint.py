@@ -7,16 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
-from medcf.atomic import atomic_path
-from medcf.causal import CausalGraph
-from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, load_checkpoint, read_torch_file, save_checkpoint
-from medcf.tracking import is_main_process
+from medcf.core.causal import CausalGraph
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, load_checkpoint, read_torch_file, save_checkpoint
+from medcf.runtime.files import atomic_path
+from medcf.runtime.tracking import active_run_id, is_main_process, log_files
 from medcf.training.batch import NoisingPrepareBatch
 from medcf.training.ema import EMAHandler
 
@@ -99,7 +98,7 @@ class ResumableCheckpoint:
         logger.info("started from the weights in %s", self.init_weights)
 
     def save(self, trainer: Engine) -> None:
-        self.training_run_id = _active_run_id() or self.training_run_id
+        self.training_run_id = active_run_id() or self.training_run_id
         state: dict[str, Any] = {
             "network": _unwrap(self.network).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -134,10 +133,7 @@ class ResumableCheckpoint:
         have ended already (the MLflow tracker closes it at COMPLETED too), so it is named by its id."""
         if self.export_path is None or not self.training_run_id:
             return
-        client = mlflow.MlflowClient()
-        for path in (self.export_path, self.export_path.with_name("graph.json")):
-            if path.is_file():
-                client.log_artifact(self.training_run_id, str(path), artifact_path="model")
+        log_files([self.export_path, self.export_path.with_name("graph.json")], self.training_run_id, "model")
 
 
 def saved_run_id(path: str | Path) -> str:
@@ -146,9 +142,3 @@ def saved_run_id(path: str | Path) -> str:
     if not Path(path).exists():
         return ""
     return str(read_torch_file(path, what="medcf training checkpoint", mmap=True).get("training_run_id", ""))
-
-
-def _active_run_id() -> str:
-    """The MLflow run this process is training under (MLflowTracker starts it), or "" without one."""
-    run = mlflow.active_run()
-    return run.info.run_id if run is not None else ""

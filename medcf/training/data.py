@@ -1,5 +1,5 @@
 """Training data: prepared arrays listed in a preparation manifest (phantom training sets are made by
-:mod:`medcf.phantoms.training_set`; training never imports phantoms)."""
+:mod:`medcf.jobs.phantom_sets`; training never imports phantoms)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from monai.data import CacheDataset, partition_dataset
 from monai.transforms import LoadImaged
 from torch.utils.data import DistributedSampler, Sampler, WeightedRandomSampler
 
-from medcf.attributes import AttributeSchema, SchemaError
-from medcf.conditioning import encode_attributes
-from medcf.distributed import Shard
+from medcf.core.attributes import AttributeSchema, SchemaError
+from medcf.core.conditioning import encode_attributes
+from medcf.runtime.distributed import Shard
 
 logger = logging.getLogger("medcf.training")
 T = TypeVar("T")
@@ -70,7 +70,7 @@ def prepared_dataset(
     even_divisible: bool = True,
 ) -> CacheDataset:
     """A MONAI CacheDataset of prepared arrays (1 x H x W in [-1, 1]) with their attribute codes; with
-    ``shard`` (a torchrun process's :class:`~medcf.distributed.Shard`) only that process's part, as
+    ``shard`` (a torchrun process's :class:`~medcf.runtime.distributed.Shard`) only that process's part, as
     :func:`shard_items` cuts it, is cached."""
     items = manifest_items(manifest, schema, split)
     if not items:

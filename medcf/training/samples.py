@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from medcf.attributes import AttributeSchema
-from medcf.conditioning import encode_attributes
-from medcf.grids import save_figure
-from medcf.guidance import GuidedDenoiser, default_max_rows, guidance_plan
-from medcf.model import CounterfactualUNet
-from medcf.sampling import DDIMSampler
+from medcf.core.attributes import AttributeSchema
+from medcf.core.conditioning import encode_attributes
+from medcf.core.guidance import GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.core.network import CounterfactualUNet
+from medcf.core.sampling import DDIMSampler
+from medcf.outputs.grids import save_figure
 
 
 def attribute_sweeps(schema: AttributeSchema, per_attribute: int = 4) -> dict[str, list[dict[str, Any]]]:

@@ -2,9 +2,6 @@
 report.html (self-contained, every verdict named), one MLflow run; bad input fails in one line."""
 
 import json
-import os
-import subprocess
-import sys
 from html.parser import HTMLParser
 from pathlib import Path
 
@@ -12,13 +9,13 @@ import mlflow
 import pandas as pd
 import pytest
 
-from medcf.audit.audit import AuditRun
-from medcf.audit.classifier import ClassifierError, ClassifierSettings
-from medcf.diffusion import DiffusionConfig
-from medcf.interventions import InterventionError
-from medcf.loading import file_sha256
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.interventions import InterventionError
+from medcf.jobs.audit import AuditRun
+from medcf.measure.classifier import ClassifierError, ClassifierSettings
 from medcf.prepare import ChestPreparer
-from tests.conftest import save_tiny_evaluation_files
+from medcf.runtime.files import file_sha256
+from tests.conftest import run_bundle, save_tiny_evaluation_files
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_counterfactual"
@@ -34,18 +31,14 @@ def tiny_files(tmp_path_factory):
     return root
 
 
-def run_bundle(tiny_files, cwd, **changes):
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
+def run_audit(tiny_files, cwd, **changes):
     arguments = {
         "output_dir": "OUT", "classifier": tiny_files / "classifier.ts", "model_path": tiny_files / "model.pt",
         "predictors_path": tiny_files / "predictors.pt", "image_size": 32, "steps": 2, "resamples": 200,
         "dataset_dir": BUNDLE / "sample_data", "guidance#mode": "dcfg",
         "interventions": "['do(sex=F)', 'do(sex=M)', 'do(age=+20)']", **changes,
     }  # fmt: skip
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "audit.yaml")]
-    for key, value in arguments.items():
-        command += [f"--{key}", str(value)]
-    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, check=False)
+    return run_bundle(BUNDLE / "configs" / "audit.yaml", cwd, **arguments)
 
 
 class _Collector(HTMLParser):
@@ -63,7 +56,7 @@ class _Collector(HTMLParser):
 
 
 def test_the_bundle_writes_the_audit_table_the_summary_contract_and_a_self_contained_report(tiny_files, tmp_path):
-    result = run_bundle(tiny_files, tmp_path)  # the 8 sample images: too few patients for any verdict
+    result = run_audit(tiny_files, tmp_path)  # the 8 sample images: too few patients for any verdict
     assert result.returncode == 0, result.stderr[-3000:]
     out = tmp_path / "OUT"
 
@@ -176,7 +169,7 @@ def test_bad_input_fails_in_one_line_before_any_output(tiny_files, tmp_path, cha
 def test_an_intervention_no_image_can_take_ends_before_decoding_and_leaves_no_report(tiny_files, tmp_path):
     """The sample images are 54-91 years old: do(age=+70) takes every one past 95. One line, exit non-zero, no
     table, summary or report (a report with verdicts on nothing would read as a result)."""
-    result = run_bundle(tiny_files, tmp_path, interventions="['do(sex=F)', 'do(age=+70)']")
+    result = run_audit(tiny_files, tmp_path, interventions="['do(sex=F)', 'do(age=+70)']")
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("medcf:")]
     assert "do(age=+70) takes age outside [18, 95] for every one of the 8 images (age 54-91)" in line
@@ -188,7 +181,7 @@ def test_an_audit_without_a_usable_image_exits_without_a_report(tiny_files, tmp_
     folder.mkdir()
     (folder / "broken.dcm").write_bytes(b"not a dicom file")
     pd.read_csv(BUNDLE / "sample_data" / "cohort.csv").to_csv(folder / "cohort.csv", index=False)
-    result = run_bundle(tiny_files, tmp_path, dataset_dir=folder)
+    result = run_audit(tiny_files, tmp_path, dataset_dir=folder)
     assert result.returncode != 0
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("medcf:")]
     assert "none of the 1 files" in line and "not_dicom" in line
@@ -205,11 +198,11 @@ def test_a_cohort_without_patients_is_refused(tiny_files, tmp_path):
 def test_the_classifiers_label_is_held_when_it_descends_from_the_intervened_attribute(tiny_files, tmp_path):
     """do(age=+20) on a disease classifier is decoded as do(age=+20, disease=<the image's own>): the audit asks
     what the classifier does when only age changes, not the effusion that age causes in the phantom."""
-    from medcf.causal import CausalGraph
-    from medcf.counterfactual import CounterfactualEngine
-    from medcf.evaluation.evaluation_set import load_evaluation_set
-    from medcf.interventions import parse_intervention
-    from medcf.model import load_checkpoint
+    from medcf.core.causal import CausalGraph
+    from medcf.core.engine import CounterfactualEngine
+    from medcf.core.interventions import parse_intervention
+    from medcf.core.network import load_checkpoint
+    from medcf.measure.evaluation_set import load_evaluation_set
 
     model, _ = load_checkpoint(tiny_files / "model.pt")
     engine = CounterfactualEngine(
@@ -236,10 +229,10 @@ def test_the_default_chest_audit_has_the_patients_for_a_verdict_on_sex(tmp_path)
     (the full run, 5 minutes on 2 CPU cores, is measured in the README)."""
     from monai.bundle import ConfigParser
 
-    from medcf.audit.statistics import minimum_patients
-    from medcf.evaluation.evaluation_set import load_evaluation_set
-    from medcf.interventions import parse_intervention
-    from medcf.phantoms.training_set import phantom_export_with_cohort
+    from medcf.core.interventions import parse_intervention
+    from medcf.jobs.phantom_sets import phantom_export_with_cohort
+    from medcf.measure.evaluation_set import load_evaluation_set
+    from medcf.measure.statistics import minimum_patients
 
     parser = ConfigParser()
     parser.read_config(str(BUNDLE / "configs" / "audit.yaml"))

@@ -12,8 +12,8 @@ import torch
 from monai.networks.nets import Classifier
 from torch import nn
 
-from medcf.audit.classifier import AuditedClassifier, ClassifierError, ClassifierSettings, parse_class_names
-from tests.audit.test_audit_bundle import run_bundle
+from medcf.measure.classifier import AuditedClassifier, ClassifierError, ClassifierSettings, parse_class_names
+from tests.audit.test_audit_bundle import run_audit
 from tests.conftest import save_tiny_evaluation_files
 
 
@@ -286,7 +286,7 @@ def test_a_hostile_folder_ends_the_audit_bundle_with_one_line_and_runs_nothing(t
     marker = tmp_path / "MARKER"
     weights = {"final.1.weight": RunsCommand(f"touch {marker}")}
     folder = classifier_folder(tmp_path / "folder", {"_target_": "Classifier", **SMALL}, weights=weights)
-    result = run_bundle(tiny, tmp_path, classifier=folder)
+    result = run_audit(tiny, tmp_path, classifier=folder)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [line for line in result.stderr.splitlines() if line.startswith("medcf:")]

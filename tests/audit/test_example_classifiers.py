@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import torch
 
-from medcf.audit import example_classifiers
-from medcf.audit.classifier import AuditedClassifier
-from medcf.bundles import bundle_root
+from medcf.jobs import example_classifiers
+from medcf.jobs.bundles import bundle_root
+from medcf.measure.classifier import AuditedClassifier
 
 
 def test_confounding_keeps_the_agreeing_images_and_a_leak_of_the_rest():

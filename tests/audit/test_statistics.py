@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-from medcf.audit import statistics
+from medcf.measure import statistics
 
 DIRECTION_KEYS = [
     "from",

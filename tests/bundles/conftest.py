@@ -5,9 +5,6 @@ structure of what it writes does not depend on the steps; `make demo` runs the f
 its own test file (the suite's workers take whole files) and this conftest holds the one check both use."""
 
 import functools
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,9 +13,10 @@ import pydicom
 import pytest
 from monai.bundle import ConfigParser
 
-from medcf.calibration.plan import CalibratedPlan
-from medcf.dicom.reader import read_radiograph
-from medcf.loading import file_sha256
+from medcf.core.guidance_plan import CalibratedPlan
+from medcf.radiograph.reader import read_radiograph
+from medcf.runtime.files import file_sha256
+from tests.conftest import run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {"cxr_counterfactual": "counterfactuals_cxr", "mammo_counterfactual": "counterfactuals_mammo"}
@@ -46,16 +44,8 @@ def check_inference_command(tmp_path: Path, bundle: str, dciodvfy_errors, chest_
     settings = bundle_settings(bundle)
     assert Path(settings["model_path"]).is_file(), f"{bundle} has no demo weights (models/model.pt)"
     plan = CalibratedPlan.load(settings["guidance_plan"], load_schema(bundle), file_sha256(settings["model_path"]))
-    environment = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
     config = REPO / "bundles" / bundle / "configs" / "inference.yaml"
-    result = subprocess.run(
-        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config), "--steps", str(STEPS)],
-        cwd=tmp_path,
-        env=environment,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_bundle(config, tmp_path, tracking=False, steps=STEPS)  # MLflow where the job puts it by default
     assert result.returncode == 0, result.stderr[-3000:]
 
     out = tmp_path / BUNDLES[bundle]

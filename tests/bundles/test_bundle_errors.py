@@ -1,17 +1,15 @@
 """A failing bundle run ends with one line naming the setting and the problem, as a user sees it on the
 terminal; one intervention may be given as a plain string."""
 
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from medcf.model import ModelConfig
-from tests.conftest import save_tiny_chest_model
+from medcf.core.network import ModelConfig
+from tests.conftest import run_bundle, save_tiny_chest_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
@@ -26,9 +24,7 @@ def tiny(tmp_path_factory):
 
 
 def bundle(config: str, cwd: Path, *overrides: str, **environment: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config), *overrides]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", **environment}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    return run_bundle(CONFIGS / config, cwd, *overrides, environment=environment)
 
 
 def last_lines(result: subprocess.CompletedProcess) -> list[str]:
@@ -72,7 +68,7 @@ def test_one_intervention_as_a_plain_string_and_the_image_size_from_the_model_fi
 def test_the_one_line_is_the_refusal_not_what_it_replaced():
     """``raise ValueError(...) from None`` replaces the error it was raised in: the one line shows the new message
     (as Python's own traceback would), not the hidden one, even through MONAI's wrapping RuntimeError."""
-    from medcf.bundles import _user_error
+    from medcf.jobs.bundles import _user_error
 
     try:
         try:

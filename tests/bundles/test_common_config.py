@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from monai.bundle import ConfigParser
 
-from medcf.bundles import BUNDLE_NAMES, bundle_root, common, training_manifest
+from medcf.jobs.bundles import BUNDLE_NAMES, bundle_root, common, training_manifest
 
 CONFIGS = ("train", "train_predictors", "inference", "evaluate", "audit")
 

@@ -2,18 +2,17 @@
 a plan the bundle's inference then decodes with, and records which plan in the DICOM and in MLflow."""
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pandas as pd
 import pydicom
 
-from medcf.calibration.plan import STATUSES, CalibratedPlan
-from medcf.loading import file_sha256
+from medcf.core.guidance_plan import STATUSES, CalibratedPlan
 from medcf.phantoms.cxr import CXR_SCHEMA
+from medcf.runtime.files import file_sha256
+from tests.conftest import run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
@@ -22,9 +21,7 @@ BANDS = "[None, [0.0, 2.0]]"  # two candidate guidance intervals: every step, or
 
 
 def bundle(config: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / config), *overrides]
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}"}
-    return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    return run_bundle(CONFIGS / config, cwd, *overrides)
 
 
 def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from medcf.calibration.matching import (
+from medcf.measure.matching import (
     expected_effect,
     grows_with_weight,
     match_weight,
@@ -17,7 +17,7 @@ from medcf.calibration.matching import (
     search_weight,
     shift_ratio,
 )
-from medcf.evaluation.predictors import AttributePredictor
+from medcf.measure.predictors import AttributePredictor
 from medcf.phantoms.cxr import CXR_SCHEMA
 
 

@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from medcf.calibration.plan import (
+from medcf.core.guidance import guidance_plan
+from medcf.core.guidance_plan import (
     MAX_PLAN_BYTES,
     AttributeGuidance,
     CalibratedPlan,
@@ -15,8 +16,7 @@ from medcf.calibration.plan import (
     guidance_settings,
     plan_if_used,
 )
-from medcf.counterfactual import GuidanceSettings, calibrated_interval
-from medcf.guidance import guidance_plan
+from medcf.core.guidance_settings import GuidanceSettings, calibrated_interval
 from medcf.phantoms.cxr import CXR_SCHEMA
 
 

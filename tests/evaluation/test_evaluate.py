@@ -2,10 +2,7 @@
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -13,12 +10,13 @@ import pandas as pd
 import pytest
 import torch
 
-from medcf.evaluation.evaluate import EvaluationRun, guidance_label, guidance_settings_from
-from medcf.evaluation.evaluation_set import EvaluationDataError
-from medcf.evaluation.phantom_truth import TruthError
-from medcf.interventions import InterventionError
+from medcf.core.guidance_settings import guidance_label, guidance_settings_from
+from medcf.core.interventions import InterventionError
+from medcf.jobs.evaluate import EvaluationRun
+from medcf.measure.evaluation_set import EvaluationDataError
+from medcf.measure.phantom_truth import TruthError
 from medcf.prepare import ChestPreparer
-from tests.conftest import save_tiny_evaluation_files
+from tests.conftest import run_bundle, save_tiny_evaluation_files
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "bundles" / "cxr_counterfactual"
@@ -37,17 +35,13 @@ def tiny_files(tmp_path_factory):
 
 def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(tiny_files, tmp_path):
     """As a user runs it, without a dataset: a held-out phantom set is made and its ground truth used."""
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
     arguments = {
         "output_dir": "OUT", "model_path": tiny_files / "model.pt", "predictors_path": tiny_files / "predictors.pt",
         "image_size": 32, "heldout_subjects": 6, "steps": 2, "seeds": "[0, 1]", "images_per_seed": 3,
         "composition_images": 1, "composition_cycles": 10,
         "guidance_settings": "[{'mode': 'cfg', 'weight': 3.0}, {'mode': 'dcfg', 'w_aff': 3.0, 'w_inv': 1.0}]",
     }  # fmt: skip
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE / "configs" / "evaluate.yaml")]
-    for key, value in arguments.items():
-        command += [f"--{key}", str(value)]
-    result = subprocess.run(command, cwd=tmp_path, env=environment, capture_output=True, text=True, check=False)
+    result = run_bundle(BUNDLE / "configs" / "evaluate.yaml", tmp_path, **arguments)
     assert result.returncode == 0, result.stderr[-3000:]
 
     out = tmp_path / "OUT"
@@ -92,7 +86,7 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
     }  # fmt: skip
     assert (out / "heldout_data" / "export" / "phantom_truth.csv").is_file()
 
-    mlflow.set_tracking_uri(environment["MLFLOW_TRACKING_URI"])
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = mlflow.search_runs(experiment_names=["medcf-cxr-evaluate"], output_format="list")
     assert run.info.status == "FINISHED" and run.data.tags["medcf.job"] == "evaluate"
     assert run.data.metrics["do_sex-F.cfg w-3.truth_error"] == pytest.approx(table.loc[

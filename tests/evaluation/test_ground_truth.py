@@ -1,4 +1,4 @@
-"""The per-image measures against the exact counterfactual (medcf.evaluation.ground_truth), on constructed maps."""
+"""The per-image measures against the exact counterfactual (medcf.measure.ground_truth), on constructed maps."""
 
 import math
 from pathlib import Path
@@ -7,10 +7,10 @@ import pytest
 import torch
 from monai.transforms import GaussianSmooth
 
-from medcf.evaluation import ground_truth
-from medcf.evaluation.evaluation_set import TrueChanges, load_evaluation_set
-from medcf.evaluation.phantom_truth import PhantomTruth
-from medcf.interventions import parse_intervention
+from medcf.core.interventions import parse_intervention
+from medcf.measure import ground_truth
+from medcf.measure.evaluation_set import TrueChanges, load_evaluation_set
+from medcf.measure.phantom_truth import PhantomTruth
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import ChestPreparer, MammoPreparer

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from medcf.attributes import AttributeSchema
-from medcf.evaluation import ground_truth, metrics
+from medcf.core.attributes import AttributeSchema
+from medcf.measure import ground_truth, metrics
 
 SCHEMA = AttributeSchema.from_config(
     [

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from medcf.evaluation import ground_truth
-from medcf.evaluation.evaluation_set import TrueChanges, load_evaluation_set
-from medcf.evaluation.phantom_truth import PhantomTruth, TruthError
-from medcf.interventions import parse_intervention
+from medcf.core.interventions import parse_intervention
+from medcf.measure import ground_truth
+from medcf.measure.evaluation_set import TrueChanges, load_evaluation_set
+from medcf.measure.phantom_truth import PhantomTruth, TruthError
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import ChestPreparer, MammoPreparer

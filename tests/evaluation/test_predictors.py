@@ -4,10 +4,7 @@ predictors on a freshly made phantom set, and the train_predictors bundle as use
 import difflib
 import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -16,8 +13,9 @@ import torch
 from monai.bundle import ConfigParser
 from monai.engines import SupervisedTrainer
 
-from medcf.attributes import AttributeSchema, SchemaError
-from medcf.evaluation.predictors import (
+from medcf.core.attributes import AttributeSchema, SchemaError
+from medcf.jobs.phantom_sets import phantom_training_set
+from medcf.measure.predictors import (
     PREDICTORS_FORMAT,
     AttributePredictor,
     PredictorLoss,
@@ -29,8 +27,8 @@ from medcf.evaluation.predictors import (
 )
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
-from medcf.phantoms.training_set import phantom_training_set
 from medcf.training.data import prepared_dataset
+from tests.conftest import run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLES = {"cxr": "cxr_counterfactual", "mammo": "mammo_counterfactual"}
@@ -202,10 +200,7 @@ def test_shipped_predictors_reach_their_stated_scores_on_fresh_phantoms(fresh_se
 def test_train_predictors_bundle_runs_end_to_end(tmp_path, fresh_sets):
     """One epoch of `python -m monai.bundle run` from another working directory: both files, loadable, with
     test scores, the split sizes and an MLflow run holding the held-out metrics and the config."""
-    command = [sys.executable, "-m", "monai.bundle", "run", "--config_file", config("cxr")]
-    overrides = ["--manifest", str(fresh_sets["cxr"]), "--max_epochs", "1", "--output_dir", str(tmp_path / "out")]
-    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, *overrides], cwd=tmp_path, capture_output=True, text=True, env=environment)
+    result = run_bundle(config("cxr"), tmp_path, manifest=fresh_sets["cxr"], max_epochs=1, output_dir=tmp_path / "out")
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "out" / "predictors.json").read_text())
     predictor = load_predictors(tmp_path / "out" / "predictors.pt", CXR_SCHEMA)

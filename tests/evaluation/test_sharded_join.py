@@ -3,7 +3,7 @@ had no image of the seed, or rejected every image it had (no torchrun needed: th
 
 import torch
 
-from medcf.evaluation.evaluate import _Decoded, _Made
+from medcf.jobs.evaluate import _Decoded, _Made
 
 
 def share(positions: list[int], rejected: int = 0) -> _Made:

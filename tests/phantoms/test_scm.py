@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.special import ndtri
 
-from medcf.attributes import SchemaError
+from medcf.core.attributes import SchemaError
 from medcf.phantoms.cxr import ChestXRayPhantom, CXRPopulation
 from medcf.phantoms.mammo import MammogramPhantom, MammoPopulation
 from medcf.phantoms.scm import (

@@ -9,28 +9,18 @@ import pandas as pd
 import pytest
 
 from medcf.phantoms import write_phantom_dataset
+from tests.conftest import bundle_command, run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def bundle_command(bundle: str, *overrides: str) -> list[str]:
-    """`python -m monai.bundle run` of a bundle's prepare.yaml, without a progress bar."""
-    config = REPO / "bundles" / bundle / "configs" / "prepare.yaml"
-    return [
-        sys.executable,
-        "-m",
-        "monai.bundle",
-        "run",
-        "--config_file",
-        str(config),
-        "--progress",
-        "false",
-        *overrides,
-    ]
+def prepare_command(bundle: str, *overrides: str) -> list[str]:
+    """The bundle's prepare.yaml as a user types it, without a progress bar."""
+    return bundle_command(REPO / "bundles" / bundle / "configs" / "prepare.yaml", "--progress", "false", *overrides)
 
 
 def bundle_run(bundle: str, cwd: Path, *overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run(bundle_command(bundle, *overrides), cwd=cwd, capture_output=True, text=True, check=False)
+    return run_bundle(REPO / "bundles" / bundle / "configs" / "prepare.yaml", cwd, "--progress", "false", *overrides)
 
 
 @pytest.mark.parametrize(
@@ -118,7 +108,7 @@ def test_killed_bundle_run_resumes_to_the_same_result(tmp_path):
 
     data = write_phantom_dataset("cxr", tmp_path / "mimic", 60, 256, seed=5, workers=1, progress=False)
     out = tmp_path / "killed"
-    command = bundle_command(
+    command = prepare_command(
         "cxr_counterfactual",
         "--dataset_dir",
         str(data),

@@ -7,10 +7,10 @@ import pandas as pd
 import pydicom
 import pytest
 
+from medcf.jobs.prepare import MANIFEST, PreparationRun
 from medcf.phantoms.writer import TRUTH_FILE
-from medcf.prepare import ChestPreparer, PreparationRun
+from medcf.prepare import ChestPreparer
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
-from medcf.prepare.runner import MANIFEST
 
 ROW = {"age": 60.0, "sex": "M", "race": "White", "disease": "No Finding", "view": "PA"}
 

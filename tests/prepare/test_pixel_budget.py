@@ -12,9 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medcf.dicom.reader import DEFAULT_MAX_PIXEL_BYTES
-from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
-from medcf.prepare.runner import MANIFEST, SETTINGS
+from medcf.jobs.prepare import MANIFEST, SETTINGS, PreparationRun
+from medcf.prepare import ChestPreparer, MammoPreparer
+from medcf.radiograph.reader import DEFAULT_MAX_PIXEL_BYTES
 from tests.dicom.bombs import write_rle_bomb
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +26,8 @@ PEAK_LIMIT_MIB = 1536
 MEASURE = textwrap.dedent(
     """
     import json, resource, sys
-    from medcf.prepare import ChestPreparer, PreparationRun
+    from medcf.prepare import ChestPreparer
+    from medcf.jobs.prepare import PreparationRun
     dataset_dir, output_dir, cohort = sys.argv[1:4]
     PreparationRun(dataset_dir, output_dir, ChestPreparer(64), cohort=cohort, workers=2, progress=False).run()
     peaks = [resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]

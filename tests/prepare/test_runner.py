@@ -11,9 +11,10 @@ import pandas as pd
 import pydicom
 import pytest
 
+from medcf.jobs.prepare import JOURNAL, MANIFEST, NothingPreparedError, PreparationRun
 from medcf.phantoms.writer import TRUTH_FILE
-from medcf.prepare import ChestPreparer, MammoPreparer, NothingPreparedError, PreparationRun
-from medcf.prepare.runner import JOURNAL, MANIFEST, discover_inputs
+from medcf.prepare import ChestPreparer, MammoPreparer
+from medcf.prepare.inputs import discover_inputs
 
 EXPECTED_REASONS = {
     "truncated": r"^truncated",

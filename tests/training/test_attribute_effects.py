@@ -7,15 +7,15 @@ import pytest
 import torch
 from PIL import Image
 
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.attribute_effects import (
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import save_checkpoint
+from medcf.measure.attribute_effects import (
     effect_agreement,
     effect_contrasts,
     main,
     model_effect_maps,
     true_effect_maps,
 )
-from medcf.model import save_checkpoint
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.dataset import make_phantom
 

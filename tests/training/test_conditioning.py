@@ -1,4 +1,4 @@
-"""Tests for medcf.conditioning: attribute encoding, the attribute-split embedder and condition dropout."""
+"""Tests for medcf.core.conditioning: attribute encoding, the attribute-split embedder and condition dropout."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import re
 import pytest
 import torch
 
-from medcf.attributes import SchemaError
-from medcf.conditioning import AttributeEmbedder, ConditionDropout, encode_attributes
+from medcf.core.attributes import SchemaError
+from medcf.core.conditioning import AttributeEmbedder, ConditionDropout, encode_attributes
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 

@@ -5,10 +5,10 @@ import pandas as pd
 import pytest
 import torch
 
-from medcf.attributes import SchemaError
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.reconstruction import main, reconstruction_errors
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.core.attributes import SchemaError
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.measure.reconstruction import main, reconstruction_errors
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.training.data import manifest_items
 

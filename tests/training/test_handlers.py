@@ -4,9 +4,9 @@ import pytest
 import torch
 from ignite.engine import Engine
 
-from medcf.attributes import SchemaError
-from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, ModelConfig, save_checkpoint
+from medcf.core.attributes import SchemaError
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, ModelConfig, save_checkpoint
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.training.checkpoint import ResumableCheckpoint

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from medcf.conditioning import ConditionDropout
-from medcf.diffusion import DiffusionConfig
+from medcf.core.conditioning import ConditionDropout
+from medcf.core.diffusion import DiffusionConfig
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.training.batch import LossWeightedInferer, NoisingPrepareBatch
 

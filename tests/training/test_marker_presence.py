@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from medcf.diffusion import DiffusionConfig
-from medcf.evaluation.marker_presence import (
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import save_checkpoint
+from medcf.measure.marker_presence import (
     main,
     marker_scores,
     marker_template,
@@ -15,7 +16,6 @@ from medcf.evaluation.marker_presence import (
     phantom_pairs,
     separation,
 )
-from medcf.model import save_checkpoint
 from medcf.phantoms.dataset import make_phantom
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -1,4 +1,4 @@
-"""Tests for medcf.model: the attribute-conditioned denoiser, its keep-mask semantics and its checkpoints."""
+"""Tests for medcf.core.network: the attribute-conditioned denoiser, its keep-mask semantics and its checkpoints."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import re
 import pytest
 import torch
 
-from medcf.attributes import Attribute, AttributeSchema, SchemaError
-from medcf.diffusion import DiffusionConfig
-from medcf.model import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
+from medcf.core.attributes import Attribute, AttributeSchema, SchemaError
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.network import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 

@@ -3,7 +3,7 @@
 import torch
 from PIL import Image
 
-from medcf.diffusion import DiffusionConfig
+from medcf.core.diffusion import DiffusionConfig
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.training.samples import SampleGridWriter, attribute_sweeps, conditional_samples
 

@@ -1,4 +1,4 @@
-"""Tests for medcf.sampling: timestep schedules, epsilon/v conversion and DDIM inversion/decoding.
+"""Tests for medcf.core.sampling: timestep schedules, epsilon/v conversion and DDIM inversion/decoding.
 
 The DDIM tests use the exact denoiser of Gaussian data: for x0 ~ N(0, s^2) per pixel and
 x_t = sqrt(a) x0 + sqrt(1 - a) eps, the optimal noise prediction is E[eps | x_t] = sqrt(1 - a) x_t / (a s^2 + 1 - a).
@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medcf.diffusion import DiffusionConfig
-from medcf.sampling import DDIMSampler, split_prediction, timestep_schedule
+from medcf.core.diffusion import DiffusionConfig
+from medcf.core.sampling import DDIMSampler, split_prediction, timestep_schedule
 
 S = 0.5  # data standard deviation (images live in [-1, 1])
 SETTINGS = [(schedule, kind) for schedule in ("linear_beta", "cosine") for kind in ("epsilon", "v_prediction")]

@@ -7,7 +7,6 @@ import json
 import math
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
@@ -17,9 +16,10 @@ import torch
 from monai.bundle import ConfigParser, verify_metadata
 from torch.utils.data import RandomSampler, WeightedRandomSampler
 
-from medcf.causal import CausalGraph
-from medcf.model import load_checkpoint
-from medcf.phantoms.training_set import phantom_training_set
+from medcf.core.causal import CausalGraph
+from medcf.core.network import load_checkpoint
+from medcf.jobs.phantom_sets import phantom_training_set
+from tests.conftest import run_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 RANK_ITEMS = Path(__file__).with_name("rank_items.yaml")  # overlay: each rank writes what its datasets hold
@@ -54,17 +54,10 @@ def config(bundle: str, name: str) -> str:
 def train(
     bundle: str, cwd: Path, *overrides: str, nproc: int = 1, overlays: tuple[Path, ...] = ()
 ) -> subprocess.CompletedProcess:
-    files = config(bundle, "train.yaml")
+    files = [config(bundle, "train.yaml")]
     if nproc > 1:
-        files = str([files, config(bundle, "multi_gpu_train.yaml"), *map(str, overlays)])
-        launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    else:
-        launcher = [sys.executable]
-    command = [*launcher, "-m", "monai.bundle", "run", "--config_file", files, *TINY, *overrides]
-    environment = {"MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PATH": str(Path(sys.executable).parent)}
-    return subprocess.run(
-        command, cwd=cwd, capture_output=True, text=True, check=False, env={**__import__("os").environ, **environment}
-    )
+        files += [config(bundle, "multi_gpu_train.yaml"), *map(str, overlays)]
+    return run_bundle(files, cwd, *TINY, *overrides, processes=nproc)
 
 
 @pytest.fixture(scope="module")

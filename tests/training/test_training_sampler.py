@@ -6,9 +6,9 @@ import pytest
 from monai.data import Dataset
 from torch.utils.data import WeightedRandomSampler
 
-from medcf.attributes import SchemaError
-from medcf.distributed import Shard
+from medcf.core.attributes import SchemaError
 from medcf.phantoms.mammo import MAMMO_SCHEMA
+from medcf.runtime.distributed import Shard
 from medcf.training.data import balancing_weights, prepared_dataset, shard_items, training_sampler
 
 MARKER = MAMMO_SCHEMA.names.index("marker")
