@@ -31,7 +31,6 @@ import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,19 +47,19 @@ from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.interventions import Intervention
+from medcf.jobs.context import JobContext
 from medcf.jobs.loading import LoadedModel, load_model, parse_interventions
 from medcf.outputs.grids import counterfactual_grid
-from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
 from medcf.prepare.base import PreparedImage, Preparer, Rejected, dataset_file
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
 from medcf.prepare.inputs import discover_inputs
-from medcf.radiograph.reader import DicomReadError, read_header
+from medcf.radiograph.header import DicomReadError, read_header
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, remove_temporaries, write_csv_atomic, write_json_atomic
-from medcf.runtime.tracking import flatten, job_run
+from medcf.runtime.tracking import flatten
 
 SOURCE_KEY = "source_key.csv"
 FOLDER_SETTINGS = "inference.json"
@@ -129,39 +128,41 @@ class InferenceRun:
     device: str | torch.device = "auto"
 
     def run(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        shard = Shard.current()
-        engine, interventions, loaded = self._checked_engine(shard)
+        """Make, write and record every counterfactual the folder does not hold yet.
+
+        Returns:
+            The run's figures on rank 0 (``counterfactuals``, ``rows_ok``, ``rows_rejected``, ``seconds_total``,
+            network evaluations and device seconds per counterfactual); ``{}`` on the other ranks.
+        """
+        job = JobContext("inference", self.output_dir, self.experiment)
+        shard, output_dir = job.shard, job.output_dir
+        engine, interventions, loaded = self._checked_engine(job)
         model_sha256 = loaded.sha256
-        dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
+        dataset_dir = Path(self.dataset_dir)
         sources = discover_inputs(dataset_dir) if dataset_dir.is_dir() else []
         if not sources:
             raise ValueError(f"dataset_dir: no input files under {dataset_dir}")
         labels = CohortIndex.from_csv(self.labels)
-        with OutputFolderLock(output_dir) if shard.main else nullcontext():
+        with job.folder():
             pseudonyms, manifest = self._open_folder(output_dir, shard)
             images = {source: pseudonyms.image(source) for source in sources}
             if shard.main:
                 _update_source_key(output_dir / SOURCE_KEY, images)
             settings = self._fingerprint(model_sha256, pseudonyms)
             writer = CounterfactualWriter(output_dir, pseudonyms, settings, self.keep_identifiers, self.nifti)
-            device, processes = str(engine.model_device), str(shard.world)
-            tags = {"medcf.job": "inference", "medcf.device": device, "medcf.processes": processes}
-            tags.update(loaded.lineage_tags())
-            tracked = job_run(output_dir, self.experiment, "counterfactuals", tags) if shard.main else nullcontext()
-            with manifest, tracked:
+            with manifest, job.tracked("counterfactuals", engine.model_device, loaded.lineage_tags()):
                 if shard.main:
                     parameters = self._parameters(interventions, model_sha256, settings, len(sources), pseudonyms)
                     mlflow.log_params(flatten(parameters))
-                job = _Job(self, engine, interventions, writer, manifest, settings, output_dir, shard.rank)
-                job.process(shard.pick(sources), images, dataset_dir, labels)
-                totals, grids = shard.gather(job.totals), shard.gather(job.grids)
+                work = _Job(self, engine, interventions, writer, manifest, settings, output_dir, shard.rank)
+                work.process(shard.pick(sources), images, dataset_dir, labels)
+                totals, grids = shard.gather(work.totals), shard.gather(work.grids)
                 shard.barrier()  # every rank's rows are in its journal
                 if not shard.main:
                     return {}
                 manifest.collect()
                 table = manifest.save()
-                metrics = self._metrics(manifest, images, interventions, totals, time.perf_counter() - started)
+                metrics = self._metrics(manifest, images, interventions, totals, job.seconds)
                 mlflow.log_metrics({k: float(v) for k, v in metrics.items()})
                 mlflow.log_text(table.to_csv(index=False), MANIFEST)  # pseudonyms only, unless identifiers are kept
                 for grid in (grid for rank_grids in grids for grid in rank_grids):
@@ -224,9 +225,9 @@ class InferenceRun:
             "seconds_per_counterfactual": sum(t["seconds"] for t in totals) / made if made else 0.0,
         }
 
-    def _checked_engine(self, shard: Shard) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
+    def _checked_engine(self, job: JobContext) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
         """Model, graph, interventions and settings, all checked before any image is read."""
-        device = shard.device(self.device)
+        device = job.device(self.device)
         loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, self.guidance)
         interventions = parse_interventions(loaded.model.schema, self.interventions)
@@ -331,7 +332,7 @@ class _Job:
                 for intervention in todo[source]:
                     self.manifest.record(self._row(image, source, intervention, "rejected", outcome.reason))
                 continue
-            item = SourceImage(image, source, dataset_dir / source, outcome.geometry)
+            item = SourceImage(image, source, outcome.header, outcome.geometry)
             pending.append(_Pending(item, outcome.array, attributes, todo[source]))
             if len(pending) == self.config.batch_size:
                 self._generate(pending)

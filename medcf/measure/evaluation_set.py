@@ -26,7 +26,7 @@ from medcf.measure.phantom_truth import PhantomTruth
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.prepare.inputs import discover_inputs
-from medcf.radiograph.reader import RadiographHeader, read_header
+from medcf.radiograph.header import RadiographHeader, header_from_dataset
 from medcf.training.samples import attribute_sweeps
 
 
@@ -84,7 +84,7 @@ def load_evaluation_set(
             rejected[source] = f"labels: {error}"
             continue
         images.append(torch.from_numpy(prepared.array))
-        headers.append(read_header(folder / source))
+        headers.append(header_from_dataset(prepared.header, folder / source))  # the header preparation read
         kept.append(source)
     if not images:
         first = next(iter(rejected.items()), ("", ""))

@@ -25,7 +25,7 @@ from medcf.phantoms.dataset import CONFIG_FILE, KINDS, make_phantom
 from medcf.phantoms.scm import Phantom, Subject
 from medcf.phantoms.writer import TRUTH_FILE, render_display, subject_from_truth
 from medcf.prepare.base import Preparer
-from medcf.radiograph.reader import RadiographHeader
+from medcf.radiograph.header import RadiographHeader
 
 
 class TruthError(ValueError):

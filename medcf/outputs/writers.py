@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
-import pydicom
+from pydicom.dataset import Dataset
 
 from medcf.core.interventions import Intervention
 from medcf.outputs.pseudonyms import Pseudonyms
@@ -56,13 +56,13 @@ class SourceImage:
     Attributes:
         image: its pseudonym.
         source: its path relative to the data set folder.
-        path: the file itself (its header is read for the DICOM provenance).
+        header: its DICOM header without pixel data, as preparation read it (the DICOM provenance comes from it).
         geometry: what preparation did to it.
     """
 
     image: str
     source: str
-    path: Path
+    header: Dataset
     geometry: Geometry
 
 
@@ -112,7 +112,7 @@ class CounterfactualWriter:
     def write(self, item: SourceImage, factual: np.ndarray, drawn: Sequence[Drawn]) -> Written:
         """Write every counterfactual of ``item`` (``factual`` is the prepared factual image); what was written,
         with the images as written (in the source's orientation) for grids."""
-        header = pydicom.dcmread(item.path, stop_before_pixels=True)
+        header = item.header
         folder = output_folder(item.source, item.image, self.keep_identifiers)
         factual = item.geometry.to_source_orientation(factual)
         written = Written(factual)
@@ -145,7 +145,7 @@ class CounterfactualWriter:
             )
         return written
 
-    def identity(self, header: pydicom.Dataset, item: SourceImage, intervention: Intervention) -> DerivedIdentity:
+    def identity(self, header: Dataset, item: SourceImage, intervention: Intervention) -> DerivedIdentity:
         """Patient, study, series and instance of a counterfactual: keyed, so re-runs agree (see pseudonyms)."""
         p = self.pseudonyms
         study = str(header.get("StudyInstanceUID") or item.image)

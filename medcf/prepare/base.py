@@ -27,17 +27,19 @@ from typing import Any
 import numpy as np
 import torch
 from monai.transforms import Resize
+from pydicom.dataset import Dataset
 
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
 from medcf.radiograph.geometry import Geometry
-from medcf.radiograph.reader import (
+from medcf.radiograph.header import (
     DEFAULT_MAX_PIXEL_BYTES,
     DicomReadError,
     RadiographHeader,
     check_pixel_budget,
-    read_header,
-    read_radiograph,
+    header_from_dataset,
+    read_dataset,
 )
+from medcf.radiograph.pixels import read_radiograph
 
 
 class Rejected(Exception):
@@ -86,13 +88,24 @@ def checked_pixel_budget(value: Any) -> int:
 
 @dataclass
 class PreparedImage:
-    """The outcome for one input file."""
+    """The outcome for one input file.
 
-    status: str  # "ok" or "rejected"
+    Attributes:
+        status: ``"ok"`` or ``"rejected"``.
+        reason: why a file was rejected (one line, never its path).
+        array: the prepared image, (1, H, W) in [-1, 1] (ok images).
+        details: header fields, labels and geometry for the manifest.
+        geometry: where the array lies in its source (ok images).
+        header: the source's DICOM header without its pixel data, as preparation read it (ok images): the writers
+            derive the counterfactual DICOM from it, so nothing downstream opens the source file again.
+    """
+
+    status: str
     reason: str = ""
     array: np.ndarray | None = None
     details: dict[str, Any] = field(default_factory=dict)
-    geometry: Geometry | None = None  # where the array lies in its source (ok images)
+    geometry: Geometry | None = None
+    header: Dataset | None = None
 
 
 #: header fields that may go into the manifest (no patient identifiers exist in RadiographHeader)
@@ -128,7 +141,7 @@ class Preparer(ABC):
     kind: str
     #: attributes a cohort row must provide
     required_labels: tuple[str, ...] = ()
-    #: the pixel budget (see :func:`medcf.radiograph.reader.check_pixel_budget`); subclasses take it as a setting
+    #: the pixel budget (see :func:`medcf.radiograph.header.check_pixel_budget`); subclasses take it as a setting
     max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES
 
     @abstractmethod
@@ -198,7 +211,8 @@ class Preparer(ABC):
         declaring more decoded pixel bytes than ``max_pixel_bytes`` is rejected ``too_large`` before decoding.
         """
         try:
-            header = read_header(path)
+            dataset = read_dataset(Path(path), header_only=True)
+            header = header_from_dataset(dataset, Path(path))
             details = header_details(header)
             try:
                 self._check_budget(header)
@@ -212,7 +226,7 @@ class Preparer(ABC):
                 else:
                     kept = self.check_labels(header, self._cohort_row(cohort, source or path, header))
                 self.check_attributes(header, kept)
-                image, header = read_radiograph(path, self.max_pixel_bytes)
+                image, header = read_radiograph(path, max_pixel_bytes=None)  # the budget was checked above
                 array, geometry, extra = self.prepare_pixels(image, header)
             except Rejected as rejection:
                 return PreparedImage("rejected", rejection.reason, details=details)
@@ -223,7 +237,7 @@ class Preparer(ABC):
         details.update(extra)
         details.update(geometry.to_record())
         details.update(kept)
-        return PreparedImage("ok", array=array, details=details, geometry=geometry)
+        return PreparedImage("ok", array=array, details=details, geometry=geometry, header=dataset)
 
     def _check_budget(self, header: RadiographHeader) -> None:
         """Raise :class:`Rejected` ``too_large: ...`` when the header declares more pixel bytes than the budget."""

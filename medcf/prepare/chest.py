@@ -22,7 +22,7 @@ from medcf.prepare.base import (
     source_spacing,
 )
 from medcf.radiograph.geometry import Geometry
-from medcf.radiograph.reader import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader
+from medcf.radiograph.header import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader
 
 CHEST_MODALITIES = ("CR", "DX", "DR")
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "CHEST_LAT", "")
@@ -37,7 +37,7 @@ class ChestPreparer(Preparer):
         square_crop: crop the centre square before resizing instead of squeezing the aspect ratio.
         max_pixel_bytes: the pixel budget: a file whose header declares more bytes of decoded pixel data is
             rejected ``too_large`` before decoding (default 128 MiB, 8192 x 8192 x 16 bit; see
-            :data:`medcf.radiograph.reader.DEFAULT_MAX_PIXEL_BYTES`).
+            :data:`medcf.radiograph.header.DEFAULT_MAX_PIXEL_BYTES`).
     """
 
     kind = "cxr"

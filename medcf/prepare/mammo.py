@@ -29,7 +29,7 @@ from medcf.prepare.base import (
 )
 from medcf.prepare.breast import breast_mask, chest_wall_on_right, crop_box
 from medcf.radiograph.geometry import Geometry
-from medcf.radiograph.reader import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader
+from medcf.radiograph.header import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader
 
 MAMMO_VIEWS = {"CC": "CC", "XCCL": "CC", "MLO": "MLO"}
 ANALYSIS_SIZE = 512  # longest side of the downsized copy the mask is computed on
@@ -43,7 +43,7 @@ class MammoPreparer(Preparer):
         image_size: output (height, width): 192 x 192 as in the diffusion papers; the phantom demo 64 x 64.
         max_pixel_bytes: the pixel budget: a file whose header declares more bytes of decoded pixel data is
             rejected ``too_large`` before decoding (default 128 MiB, 8192 x 8192 x 16 bit: the largest FFDM,
-            about 4.7k x 5.9k x 16 bit, needs 56 MB; see :data:`medcf.radiograph.reader.DEFAULT_MAX_PIXEL_BYTES`).
+            about 4.7k x 5.9k x 16 bit, needs 56 MB; see :data:`medcf.radiograph.header.DEFAULT_MAX_PIXEL_BYTES`).
     """
 
     kind = "mammo"

@@ -31,7 +31,7 @@ from pydicom.uid import ExplicitVRLittleEndian
 import medcf
 from medcf.radiograph.encode import PixelEncoding, as_ds, attach_pixels, encode_pixels, write_dataset_atomic
 from medcf.radiograph.geometry import Geometry
-from medcf.radiograph.reader import laterality_of, view_of
+from medcf.radiograph.header import laterality_of, view_of
 
 SECONDARY_CAPTURE = "1.2.840.10008.5.1.4.1.1.7"
 IDENTIFIERS = (

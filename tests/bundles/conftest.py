@@ -14,7 +14,7 @@ import pytest
 from monai.bundle import ConfigParser
 
 from medcf.core.guidance_plan import CalibratedPlan
-from medcf.radiograph.reader import read_radiograph
+from medcf.radiograph.pixels import read_radiograph
 from medcf.runtime.files import file_sha256
 from tests.conftest import run_bundle
 

