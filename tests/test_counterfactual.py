@@ -229,3 +229,19 @@ def test_interval_outside_every_step_is_mode_none_with_fewer_evaluations(parts):
     (everywhere,) = engine(parts, mode="dcfg", interval=(0.0, float("inf"))).run(images(), FACTUAL, [intervention])
     (always,) = engine(parts, mode="dcfg").run(images(), FACTUAL, [intervention])
     assert torch.equal(everywhere.images, always.images) and everywhere.network_evaluations == 24
+
+
+@pytest.mark.parametrize(("mode", "decodes"), [("cfg", 1), ("dcfg", 3)])
+def test_null_references_decode_each_guidance_plan_once(parts, mode, decodes):
+    """CFG's plan is the same for every affected set (one decode); DCFG's differs by affected set (sex, age and the
+    do() output: three). Each reference is exactly what reconstruct() decodes, kept on the CPU."""
+    cf = engine(parts, mode=mode, weight=2.0, w_aff=2.0)
+    latents = cf.abduct(images(), FACTUAL)
+    references = cf.references(latents, FACTUAL)
+    affected_sets = [{"sex"}, {"age", "disease"}, {"sex"}, set(), {"age", "disease"}]
+    first = [references(affected) for affected in affected_sets]
+    assert references.decodes == decodes
+    assert first[0] is first[2] and first[1] is first[4], "a plan already decoded is not decoded again"
+    for affected, reference in zip(affected_sets, first, strict=True):
+        assert reference.device.type == "cpu"
+        assert torch.equal(reference, cf.reconstruct(latents, FACTUAL, affected).cpu())

@@ -161,6 +161,19 @@ class CounterfactualEngine:
         codes = encode_attributes(self.model.schema, factual).to(self.model_device)
         return self.sampler.decode(self._denoiser(codes, self.plan_for(set(affected))), latents)
 
+    def references(self, latents: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]]) -> NullReferences:
+        """The null-intervention references of a batch of latents, each guidance plan decoded once (see
+        :class:`NullReferences`).
+
+        Args:
+            latents: abducted latents of the batch (:meth:`abduct`).
+            factual: the batch's factual attributes.
+
+        Returns:
+            A cache that decodes the reference of an affected set on first use.
+        """
+        return NullReferences(self, latents, factual)
+
     def run(
         self,
         images: torch.Tensor,
@@ -170,3 +183,42 @@ class CounterfactualEngine:
         """One abduction, then every intervention from the same latents."""
         latents = self.abduct(images, factual)
         return [self.predict(latents, factual, intervention) for intervention in interventions]
+
+
+class NullReferences:
+    """The null-intervention references (:meth:`CounterfactualEngine.reconstruct`) of one batch of latents, decoded
+    once per guidance plan and kept on the CPU, where metrics and classifiers read them.
+
+    Interventions whose affected sets get the same plan share one decode: under CFG every intervention's plan is
+    the same, and every intervention's ``do()`` output (``references(set())``) is one decode for all.
+
+    Args:
+        engine: the engine whose plans and sampler decode.
+        latents: abducted latents of the batch.
+        factual: the batch's factual attributes.
+    """
+
+    def __init__(
+        self, engine: CounterfactualEngine, latents: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]]
+    ) -> None:
+        self.engine, self.latents, self.factual = engine, latents, factual
+        self._decoded: dict[str, torch.Tensor] = {}
+
+    def __call__(self, affected: set[str]) -> torch.Tensor:
+        """The reference of an intervention on ``affected`` (the empty set: the ``do()`` output).
+
+        Args:
+            affected: intervened attributes and their causal descendants.
+
+        Returns:
+            The batch decoded under its factual attributes with that plan, (N, 1, H, W) on the CPU.
+        """
+        key = self.engine.plan_for(set(affected)).describe()
+        if key not in self._decoded:
+            self._decoded[key] = self.engine.reconstruct(self.latents, self.factual, affected).cpu()
+        return self._decoded[key]
+
+    @property
+    def decodes(self) -> int:
+        """How many plans were decoded so far."""
+        return len(self._decoded)

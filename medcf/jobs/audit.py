@@ -18,9 +18,7 @@ rows a single process writes, since decoding draws no noise and the chunks are t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,19 +35,19 @@ from medcf.core.guidance_plan import plan_if_used
 from medcf.core.guidance_settings import GuidanceSettings, guidance_settings_from
 from medcf.core.interventions import Intervention, InterventionError, parse_intervention
 from medcf.jobs.audit_report import render_report
+from medcf.jobs.context import JobContext
 from medcf.jobs.loading import load_model, parse_interventions
-from medcf.jobs.phantom_sets import heldout_phantom_set
+from medcf.jobs.phantom_sets import MeasuredData, cohort_table, measured_data
 from medcf.measure.classifier import AuditedClassifier, ClassifierSettings
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
 from medcf.measure.statistics import subgroup_rates, summarize, verdict_line
-from medcf.outputs.lock import OutputFolderLock
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic, write_text_atomic
-from medcf.runtime.tracking import flatten, job_run
+from medcf.runtime.tracking import flatten
 
 AUDIT_CSV, SUMMARY_JSON, REPORT_HTML = "audit.csv", "summary.json", "report.html"
 AUDIT_COLUMNS = [
@@ -122,9 +120,15 @@ class AuditRun:
     progress: bool = True
 
     def run(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        shard = Shard.current()
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, shard.device(self.device))
+        """Audit the classifier: every intervention's counterfactuals against the ``do()`` control, per patient.
+
+        Returns:
+            On rank 0 the summary (verdicts, directions, subgroups, settings) and the output files; ``{}`` on the
+            other ranks.
+        """
+        job = JobContext("audit", self.output_dir, self.experiment)
+        shard, output_dir = job.shard, job.output_dir
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, job.device(self.device))
         device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         classifier = AuditedClassifier.load(self.classifier, self.classifier_settings, device)
@@ -135,16 +139,13 @@ class AuditRun:
         (settings,) = guidance_settings_from([self.guidance], self.steps, plan=plan)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
         self._check_settings(schema)
-        output_dir = Path(self.output_dir)
-        with OutputFolderLock(output_dir) if shard.main else nullcontext():
-            dataset_dir, labels = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
-            pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
+        with job.folder():
+            data = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
+            pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
             _refuse_inapplicable(schema, interventions, pool.factual)
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key) if shard.main else None
-            patients = shard.once(lambda: self._patients(pool, labels, pseudonyms))  # the key stays with rank 0
-            tags = {"medcf.job": "audit", "medcf.device": str(device), "medcf.processes": str(shard.world)}
-            tags.update(loaded.lineage_tags())
-            with job_run(output_dir, self.experiment, "audit", tags) if shard.main else nullcontext():
+            patients = shard.once(lambda: self._patients(pool, data.labels, pseudonyms))  # the key stays with rank 0
+            with job.tracked("audit", device, loaded.lineage_tags()):
                 # once per process (one classifier pass): the rows and the subgroup rates share it
                 p_factual = classifier.probabilities(pool.images)
                 measured = self._measure(engine, classifier, predictor, pool, patients, interventions, p_factual, shard)
@@ -159,7 +160,7 @@ class AuditRun:
                 summary["subgroups"] = self._subgroups(schema, pool, p_factual, audited)
                 summary["images"] = _images_record(pool, pseudonyms)
                 summary["settings"] = self._settings_record(loaded.sha256, settings)
-                result = self._save(output_dir, table, summary, examples, started)
+                result = self._save(output_dir, table, summary, examples, job.seconds)
         return result
 
     def _check_settings(self, schema: AttributeSchema) -> None:
@@ -169,8 +170,8 @@ class AuditRun:
             or self.heldout_subjects < 0
         ):
             raise ValueError(f"heldout_subjects: {self.heldout_subjects!r} must be an integer >= 0")
-        if self.dataset_dir is not None and not self._labels().is_file():
-            raise ValueError(f"labels: {self._labels()} does not exist; give the cohort table of dataset_dir")
+        if self.dataset_dir is not None:
+            cohort_table(self.dataset_dir, self.labels)  # refused before any output
         if self.dataset_dir is None and not self.heldout_subjects:
             raise ValueError("dataset_dir: none given and heldout_subjects is 0; give one of them")
         if not 0 < self.gate <= 1:
@@ -186,18 +187,14 @@ class AuditRun:
             if self.positive_value not in values:
                 raise ValueError(f"positive_value: {self.positive_value!r} is not a value of {self.label_attribute}")
 
-    def _labels(self) -> Path:
-        """The cohort table of ``dataset_dir``: ``labels``, by default the folder's ``cohort.csv``."""
-        return Path(self.dataset_dir) / "cohort.csv" if self.labels is None else Path(self.labels)
-
-    def _data(self, output_dir: Path) -> tuple[Path, Path]:
+    def _data(self, output_dir: Path) -> MeasuredData:
         """The given folder and its cohort table (default ``dataset_dir/cohort.csv``), or without a folder a
         held-out phantom export of ``heldout_subjects`` subjects made once (as the evaluate job does)."""
-        if self.dataset_dir is not None:
-            return Path(self.dataset_dir), self._labels()
         size = getattr(self.preparer, "image_size", 64)
-        folder = output_dir / "heldout_data"
-        return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
+        return measured_data(
+            self.dataset_dir, self.labels, output_dir / "heldout_data", self.phantom_kind, self.heldout_subjects,
+            size, self.heldout_seed,
+        )  # fmt: skip
 
     def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms | None) -> list[str]:
         """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""
@@ -276,16 +273,16 @@ class AuditRun:
         chunk = pool.subset(range(start, min(start + self.batch_size, len(pool))))
         latents = engine.abduct(chunk.images, chunk.factual)
         predicted_factual = predict_all(predictor, chunk.images)
-        references: dict[str, np.ndarray] = {}
+        references = engine.references(latents, chunk.factual)
+        p_null: dict[str, np.ndarray] = {}  # per guidance plan: the classifier reads each reference once
         for intervention in interventions:
             changed = [k for k, attributes in enumerate(chunk.factual) if _changes(schema, intervention, attributes)]
             for decoded, positions in self._holding_the_label(engine, intervention, chunk, changed):
                 batch = engine.predict(latents[positions], [chunk.factual[k] for k in positions], decoded)
                 made = [positions[k] for k in batch.made]
                 key = batch.plan.describe()
-                if key not in references:  # one null reconstruction per guidance plan and chunk
-                    null = engine.reconstruct(latents, chunk.factual, batch.affected).cpu()
-                    references[key] = classifier.probabilities(null)
+                if key not in p_null:  # one null reconstruction per guidance plan and chunk
+                    p_null[key] = classifier.probabilities(references(batch.affected))
                 p_cf = classifier.probabilities(batch.images.cpu())
                 after = predict_all(predictor, batch.images.cpu())
                 before = {name: values[made] for name, values in predicted_factual.items()}
@@ -303,7 +300,7 @@ class AuditRun:
                     rows.append({
                         "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
                         "from": source_value, "to": target_value, "p_factual": float(p_factual[start + k]),
-                        "p_counterfactual": float(p_cf[j]), "p_null": float(references[key][k]),
+                        "p_counterfactual": float(p_cf[j]), "p_null": float(p_null[key][k]),
                         "recognised": bool(recognised[j]),
                     })  # fmt: skip
             bar.update()
@@ -365,11 +362,11 @@ class AuditRun:
         }
 
     def _save(
-        self, output_dir: Path, table: pd.DataFrame, summary: dict[str, Any], examples: list[Triplet], started: float
+        self, output_dir: Path, table: pd.DataFrame, summary: dict[str, Any], examples: list[Triplet], seconds: float
     ) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(output_dir / AUDIT_CSV, table[AUDIT_COLUMNS])
-        summary["seconds"] = round(time.perf_counter() - started, 1)
+        summary["seconds"] = round(seconds, 1)
         write_json_atomic(output_dir / SUMMARY_JSON, summary)
         write_text_atomic(output_dir / REPORT_HTML, render_report(table, summary, examples))
         mlflow.log_params(flatten(summary["settings"]))

@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import math
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -50,8 +49,9 @@ from medcf.core.engine import CounterfactualEngine
 from medcf.core.guidance_plan import AttributeGuidance, CalibratedPlan
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.interventions import Assignment, Intervention
+from medcf.jobs.context import JobContext
 from medcf.jobs.loading import LoadedModel, load_model
-from medcf.jobs.phantom_sets import heldout_phantom_set
+from medcf.jobs.phantom_sets import MeasuredData, measured_data
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.ground_truth import field_mask, high_frequency
 from medcf.measure.matching import (
@@ -68,10 +68,9 @@ from medcf.measure.matching import (
     texture_expectation,
 )
 from medcf.measure.predictors import AttributePredictor, load_predictors
-from medcf.outputs.lock import OutputFolderLock
 from medcf.prepare.base import Preparer
 from medcf.runtime.files import file_sha256, write_csv_atomic
-from medcf.runtime.tracking import flatten, job_run
+from medcf.runtime.tracking import flatten
 
 PLAN_FILE, CALIBRATION_CSV = "guidance_plan.json", "calibration.csv"
 
@@ -93,7 +92,8 @@ class CalibrationRun:
         model_path, graph_path, predictors_path: the model, its causal graph and the attribute predictors.
         preparer: the preparation the model was trained with.
         phantom_kind: ``cxr`` or ``mammo`` (the held-out phantom set made when ``dataset_dir`` is None).
-        dataset_dir, labels: held-out DICOM files and their cohort table (never the training images); None: a
+        dataset_dir, labels: held-out DICOM files and their cohort table (default ``DATASET_DIR/cohort.csv``;
+            never the training images); None: a
             held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``, which neither the
             training sets nor the evaluate job use) made once in ``output_dir/calibration_data``. Its ground
             truth is never read.
@@ -147,20 +147,23 @@ class CalibrationRun:
     progress: bool = True
 
     def run(self) -> CalibratedPlan:
-        """Calibrate, write the plan and the table, and return the plan."""
-        started = time.perf_counter()
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, self.device)
+        """Calibrate, write the plan and the table, and return the plan.
+
+        Returns:
+            The plan as written to ``plan_path`` (default ``output_dir/guidance_plan.json``) and read back.
+        """
+        job = JobContext("calibrate", self.output_dir, self.experiment)
+        output_dir = job.output_dir
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, job.device(self.device))
         schema = loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(loaded.device).eval()
         names = self._check(schema)
-        output_dir = Path(self.output_dir)
         plan_path = Path(self.plan_path) if self.plan_path is not None else output_dir / PLAN_FILE
-        with OutputFolderLock(output_dir):
-            dataset_dir, labels, description = self._data(output_dir)
-            pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
+        with job.folder():
+            data = self._data(output_dir)
+            pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
             chosen = pool.draw(self.images, self.seed)
-            tags = {"medcf.job": "calibrate", "medcf.device": str(loaded.device), **loaded.lineage_tags()}
-            with job_run(output_dir, self.experiment, "calibrate", tags):
+            with job.tracked("calibrate", loaded.device, loaded.lineage_tags()):
                 calibrator = _Calibrator(self, loaded, predictor, pool, chosen)
                 attributes, rows = calibrator.calibrate(names)
                 plan = CalibratedPlan(
@@ -173,7 +176,7 @@ class CalibrationRun:
                         "fingerprint": _fingerprint(chosen),
                         "images": len(chosen),
                         "reference_images": len(pool),
-                        "description": description,
+                        "description": data.description,
                     },
                     created=datetime.now(UTC).isoformat(timespec="seconds"),
                     medcf=medcf.__version__,
@@ -182,7 +185,7 @@ class CalibrationRun:
                 plan = CalibratedPlan.load(plan_path, schema, loaded.sha256)
                 table = pd.DataFrame(rows)
                 write_csv_atomic(output_dir / CALIBRATION_CSV, table)
-                seconds = time.perf_counter() - started
+                seconds = job.seconds
                 self._track(plan, plan_path, output_dir, table, seconds)
         for line in summary_lines(plan):
             print(line)
@@ -227,19 +230,12 @@ class CalibrationRun:
             GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
         return _descendants_first(schema, names)
 
-    def _data(self, output_dir: Path) -> tuple[Path, Path, str]:
-        if self.dataset_dir is not None:
-            if self.labels is None:
-                raise ValueError("labels: a cohort table is needed with dataset_dir")
-            return Path(self.dataset_dir), Path(self.labels), "user data set (dataset_dir with its cohort table)"
+    def _data(self, output_dir: Path) -> MeasuredData:
         size = getattr(self.preparer, "image_size", 64)
-        folder = output_dir / "calibration_data"
-        export, cohort = heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
-        return (
-            export,
-            cohort,
-            f"held-out {self.phantom_kind} phantom set ({self.heldout_subjects} subjects, seed {self.heldout_seed})",
-        )
+        return measured_data(
+            self.dataset_dir, self.labels, output_dir / "calibration_data", self.phantom_kind, self.heldout_subjects,
+            size, self.heldout_seed,
+        )  # fmt: skip
 
     def _track(
         self, plan: CalibratedPlan, plan_path: Path, output_dir: Path, table: pd.DataFrame, seconds: float

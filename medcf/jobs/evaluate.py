@@ -46,7 +46,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -62,18 +61,18 @@ from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
 from medcf.core.guidance_plan import plan_if_used
 from medcf.core.guidance_settings import GuidanceSettings, guidance_label, guidance_settings_from, short_value
 from medcf.core.interventions import Intervention
+from medcf.jobs.context import JobContext
 from medcf.jobs.evaluation_plots import save_study_plots
 from medcf.jobs.loading import load_model, parse_interventions
-from medcf.jobs.phantom_sets import heldout_phantom_set
+from medcf.jobs.phantom_sets import MeasuredData, measured_data
 from medcf.measure import ground_truth, metrics
 from medcf.measure.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
 from medcf.measure.phantom_truth import PhantomTruth
 from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
-from medcf.outputs.lock import OutputFolderLock
 from medcf.prepare.base import Preparer
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic
-from medcf.runtime.tracking import flatten, job_run
+from medcf.runtime.tracking import flatten
 
 METRICS_CSV, METRICS_JSON, PLOTS = "metrics.csv", "metrics.json", "plots"
 
@@ -88,7 +87,8 @@ class EvaluationRun:
         predictors_path: the attribute predictors (``models/predictors.pt``).
         preparer: the preparation the model was trained with.
         phantom_kind: ``cxr`` or ``mammo``: the ground truth a ``phantom_truth.csv`` must be for.
-        dataset_dir, labels: held-out DICOM files and their cohort table; with ``dataset_dir`` None, a
+        dataset_dir, labels: held-out DICOM files and their cohort table (default ``DATASET_DIR/cohort.csv``;
+            :func:`medcf.jobs.phantom_sets.measured_data`); with ``dataset_dir`` None, a
             held-out phantom export of ``heldout_subjects`` subjects (phantom seed ``heldout_seed``, never a
             training seed) is made once in ``output_dir/heldout_data`` and used with its ground truth.
         interventions: e.g. ``["do(sex=F)", "do(age=+20)"]``.
@@ -135,9 +135,15 @@ class EvaluationRun:
         return Path(self.output_dir) / METRICS_CSV
 
     def run(self) -> dict[str, Any]:
-        started = time.perf_counter()
-        shard = Shard.current()
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, shard.device(self.device))
+        """Measure every intervention under every guidance setting on each seed's held-out images.
+
+        Returns:
+            On rank 0 what ``metrics.json`` holds (model and predictor hashes, settings, summary, rows, seconds);
+            ``{}`` on the other ranks.
+        """
+        job = JobContext("evaluate", self.output_dir, self.experiment)
+        shard, output_dir = job.shard, job.output_dir
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, job.device(self.device))
         device, schema = loaded.device, loaded.model.schema
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         interventions = parse_interventions(schema, self.interventions)
@@ -145,19 +151,12 @@ class EvaluationRun:
         settings = guidance_settings_from(self.guidance_settings, self.steps, plan=plan)
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
         self._check_numbers()
-        output_dir = Path(self.output_dir)
-        with OutputFolderLock(output_dir) if shard.main else nullcontext():
-            dataset_dir, labels = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
-            truth = PhantomTruth.find(dataset_dir, schema, self.phantom_kind)
-            pool = load_evaluation_set(dataset_dir, labels, self.preparer, schema)
-            tags = {
-                "medcf.job": "evaluate",
-                "medcf.ground_truth": "phantom" if truth else "none",
-                "medcf.device": str(device),
-                "medcf.processes": str(shard.world),
-                **loaded.lineage_tags(),
-            }
-            with job_run(output_dir, self.experiment, "evaluate", tags) if shard.main else nullcontext():
+        with job.folder():
+            data = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
+            truth = PhantomTruth.find(data.dataset_dir, schema, self.phantom_kind)
+            pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
+            ground_truth_tag = "phantom" if truth else "none"
+            with job.tracked("evaluate", device, loaded.lineage_tags(), ground_truth=ground_truth_tag):
                 measure = _Measurements(schema, predictor, pool, truth, self.preparer) if shard.main else None
                 rows = []
                 total = len(self.seeds) * len(engines)
@@ -169,24 +168,32 @@ class EvaluationRun:
                 if measure is None:
                     return {}  # rank 0 measured the rows and writes the outputs
                 table = pd.DataFrame(rows)
-                result = self._save(output_dir, table, pool, truth, loaded.sha256, started)
+                result = self._save(output_dir, table, pool, truth, loaded.sha256, job.seconds)
         print(summary_text(table))
         print(f"{len(table)} rows in {result['seconds']:.0f} s -> {output_dir / METRICS_CSV}")
         return result
 
-    def _data(self, output_dir: Path) -> tuple[Path, Path]:
+    def _data(self, output_dir: Path) -> MeasuredData:
         """The held-out folder and cohort table: the given ones, or a held-out phantom export made once."""
-        if self.dataset_dir is not None:
-            if self.labels is None:
-                raise ValueError("labels: a cohort table is needed with dataset_dir")
-            return Path(self.dataset_dir), Path(self.labels)
-        return self.make_heldout_set(output_dir / "heldout_data")
+        size = getattr(self.preparer, "image_size", 64)
+        return measured_data(
+            self.dataset_dir, self.labels, output_dir / "heldout_data", self.phantom_kind, self.heldout_subjects,
+            size, self.heldout_seed,
+        )  # fmt: skip
 
     def make_heldout_set(self, folder: Path) -> tuple[Path, Path]:
         """A held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``) with its cohort
-        table, made once in ``folder`` at twice the model's size, as the training sets are."""
+        table, made once in ``folder`` at twice the model's size, as the training sets are.
+
+        Args:
+            folder: where the set is made (once).
+
+        Returns:
+            The export folder and its cohort table.
+        """
         size = getattr(self.preparer, "image_size", 64)
-        return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
+        data = measured_data(None, None, folder, self.phantom_kind, self.heldout_subjects, size, self.heldout_seed)
+        return data.dataset_dir, data.labels
 
     def _check_numbers(self) -> None:
         for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):
@@ -244,7 +251,7 @@ class EvaluationRun:
         cycled = [position for position in share if position < self.composition_images]
         composition = self._composition(engine, mine, latents, len(cycled))
         made: dict[str, _Made] = {}
-        references: dict[str, torch.Tensor] = {}
+        references = engine.references(latents, mine.factual) if latents is not None else None
         for intervention in interventions:
             started = time.perf_counter()
             if latents is None:  # no image in this share
@@ -255,13 +262,9 @@ class EvaluationRun:
                 [share[k] for k in batch.made], batch.attributes, len(batch.rejected), batch.network_evaluations
             )
             if batch.made:
-                for affected in (batch.affected, set()):  # the same guidance's reference, and the do() output
-                    key = engine.plan_for(affected).describe()
-                    if key not in references:  # CFG's plan is the same for every intervention: decode it once
-                        references[key] = engine.reconstruct(latents, mine.factual, affected).cpu()
                 found.images = batch.images
-                found.reference = references[batch.plan.describe()][batch.made]
-                found.null_output = references[engine.plan_for(set()).describe()][batch.made]
+                found.reference = references(batch.affected)[batch.made]  # the same guidance's reference
+                found.null_output = references(set())[batch.made]  # the do() output, as inference makes it
                 found.back = self._reversed(engine, batch, mine) if self.reversibility else None
                 found.after = predict_all(predictor, batch.images)
                 found.reconstructed = predict_all(predictor, found.reference)
@@ -333,12 +336,11 @@ class EvaluationRun:
         pool: EvaluationSet,
         truth: PhantomTruth | None,
         model_sha256: str,
-        started: float,
+        seconds: float,
     ) -> dict[str, Any]:
         output_dir.mkdir(parents=True, exist_ok=True)
         write_csv_atomic(output_dir / METRICS_CSV, table)
         plots = save_study_plots(table, output_dir / PLOTS)
-        seconds = time.perf_counter() - started
         reasons: dict[str, int] = {}
         for reason in pool.rejected.values():
             reasons[reason] = reasons.get(reason, 0) + 1

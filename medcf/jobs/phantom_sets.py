@@ -4,6 +4,7 @@ prepared phantom training sets the training and predictor bundles use when given
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
@@ -42,6 +43,75 @@ def heldout_phantom_set(
     Returns (export folder, cohort table)."""
     side = image_size if isinstance(image_size, int) else max(image_size)
     return phantom_export_with_cohort(kind, folder, subjects, max(64, 2 * side), seed)
+
+
+@dataclass(frozen=True)
+class MeasuredData:
+    """The images a measuring job (evaluate, audit, calibrate) reads.
+
+    Attributes:
+        dataset_dir: the folder of DICOM files.
+        labels: its cohort table.
+        description: what the data is, in words without paths (for plans and reports).
+    """
+
+    dataset_dir: Path
+    labels: Path
+    description: str
+
+
+def cohort_table(dataset_dir: str | Path, labels: str | Path | None) -> Path:
+    """The cohort table of a user's DICOM folder: ``labels``, by default ``DATASET_DIR/cohort.csv``.
+
+    Args:
+        dataset_dir: the DICOM folder.
+        labels: its cohort table, or None for ``DATASET_DIR/cohort.csv``.
+
+    Returns:
+        The table's path.
+
+    Raises:
+        ValueError: the table does not exist (one line naming it).
+    """
+    table = Path(dataset_dir) / "cohort.csv" if labels is None else Path(labels)
+    if not table.is_file():
+        raise ValueError(f"labels: {table} does not exist; give the cohort table of dataset_dir")
+    return table
+
+
+def measured_data(
+    dataset_dir: str | Path | None,
+    labels: str | Path | None,
+    heldout_folder: Path,
+    kind: str,
+    subjects: int,
+    image_size: int | tuple[int, ...],
+    seed: int,
+) -> MeasuredData:
+    """One rule for every measuring job: the user's ``dataset_dir`` with its cohort table (``labels``, by default
+    ``DATASET_DIR/cohort.csv``), or without a folder a held-out phantom export of ``subjects`` subjects (phantom
+    ``seed``) made once in ``heldout_folder`` (:func:`heldout_phantom_set`).
+
+    Args:
+        dataset_dir: the user's DICOM folder, or None for the held-out phantom set.
+        labels: the folder's cohort table (None: ``DATASET_DIR/cohort.csv``); ignored without a folder.
+        heldout_folder: where the held-out phantom set is made once.
+        kind: ``cxr`` or ``mammo``.
+        subjects: subjects of the held-out phantom set.
+        image_size: the model's image size (the export is made at twice it).
+        seed: the held-out phantom seed (never a training seed).
+
+    Returns:
+        The folder, its cohort table and a description.
+
+    Raises:
+        ValueError: the cohort table of ``dataset_dir`` does not exist (one line naming it).
+    """
+    if dataset_dir is not None:
+        table = cohort_table(dataset_dir, labels)
+        return MeasuredData(Path(dataset_dir), table, "user data set (dataset_dir with its cohort table)")
+    export, cohort = heldout_phantom_set(kind, heldout_folder, subjects, image_size, seed)
+    return MeasuredData(export, cohort, f"held-out {kind} phantom set ({subjects} subjects, seed {seed})")
 
 
 def phantom_training_set(

@@ -32,7 +32,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from medcf.outputs.lock import LOCK_FILE, OutputFolderLock
+from medcf.jobs.context import JobContext
+from medcf.outputs.lock import LOCK_FILE
 from medcf.outputs.manifest import JOURNAL, MANIFEST, RunManifest
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
@@ -95,11 +96,19 @@ class PreparationRun:
     progress: bool = True
 
     def run(self) -> dict[str, Any]:
+        """Prepare every file the folder does not hold yet, then write the manifest, summary and preview.
+
+        Returns:
+            The summary (files ok and rejected, reasons counted), as written to ``settings.json``.
+
+        Raises:
+            NothingPreparedError: no file could be prepared.
+        """
         dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
         if not dataset_dir.is_dir():
             raise FileNotFoundError(f"dataset_dir {dataset_dir}: no such folder")
         cohort = CohortIndex.from_csv(self.cohort) if self.cohort else None
-        with OutputFolderLock(output_dir):
+        with JobContext("prepare", output_dir).folder():
             return self._run(dataset_dir, output_dir, cohort)
 
     def _run(self, dataset_dir: Path, output_dir: Path, cohort: CohortIndex | None) -> dict[str, Any]:
