@@ -56,16 +56,17 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
     assert len(made) >= 10
     measured = ["off_target", "off_target_null", "off_target_vs_null", "composition_1", "composition_10"]
     for column in (*measured, "reversibility", "truth_error", "truth_off_target_source", "fid"):
-        assert (made[column] >= 0).all() and made[column].notna().all(), column
+        # an untrained tiny model changes every image it decodes: each error is a positive finite number
+        assert (made[column] > 0).all() and made[column].apply(math.isfinite).all(), column
     assert ((made["composition_ssim_1"] <= 1) & (made["composition_ssim_10"] <= 1)).all()
     categorical = made[made["effectiveness_metric"] == "accuracy"]
     assert categorical["effectiveness"].between(0, 1).all() and len(categorical) >= 6
-    assert (made.loc[made["effectiveness_metric"] == "mae", "effectiveness"] >= 0).all()
+    assert (made.loc[made["effectiveness_metric"] == "mae", "effectiveness"] > 0).all()
     assert made["target_ratio"].apply(math.isfinite).all()
     # per image against the exact counterfactual: every made row here has images the intervention changes
     for column in ("exact_target_ratio", "exact_off_target", "texture_ratio", "mean_abs_change"):
         assert made[column].apply(math.isfinite).all(), column
-    assert (made["exact_off_target"] >= 0).all() and (made["texture_ratio"] > 0).all()
+    assert (made["exact_off_target"] > 0).all() and (made["texture_ratio"] > 0).all()
     assert (made["mean_abs_change"] > 0).all()
     # an intervention's own attribute and its descendants are never counted as off-target
     assert table.loc[table["intervention"] == "do(sex=F)", "off_target.sex"].isna().all()
