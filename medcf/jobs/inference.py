@@ -46,6 +46,7 @@ import medcf
 from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
 from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.intensity import to_unit_scale
 from medcf.core.interventions import Intervention
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import LoadedModel, load_model, parse_interventions
@@ -358,7 +359,7 @@ class _Job:
         factual = [p.attributes for p in batch]
         latents = self.engine.abduct(images, factual)
         self.totals["evaluations"] += len(batch) * len(self.engine.sampler.timesteps)
-        factual_displays = [_unit(image) for image in images[:, 0].numpy()]
+        factual_displays = [to_unit_scale(image) for image in images[:, 0].numpy()]
         drawn: dict[int, list[tuple[Drawn, dict[str, Any]]]] = defaultdict(list)
         not_made: dict[int, dict[str, str]] = defaultdict(dict)  # the grid prints the manifest's reason
         for intervention in self.interventions:
@@ -374,7 +375,7 @@ class _Job:
                 not_made[members[position]][intervention.text] = f"not made: {shown_reason}"
             description = self._describe(result)
             for j, position in enumerate(result.made):
-                display = _unit(result.images[j, 0].cpu().numpy())
+                display = to_unit_scale(result.images[j, 0].cpu().numpy())
                 drawn[members[position]].append((Drawn(intervention, display, description), self._extra(result, j)))
         shown: dict[str, list[np.ndarray | str]] = {i.text: [] for i in self.interventions}
         factual_shown, labels = [], []
@@ -477,8 +478,3 @@ def _update_source_key(path: Path, images: dict[str, str]) -> None:
         rows = dict(earlier.values)
     rows.update({image: source for source, image in images.items()})
     write_csv_atomic(path, pd.DataFrame(sorted(rows.items()), columns=["image", "source"]), mode=0o600)
-
-
-def _unit(image: np.ndarray) -> np.ndarray:
-    """A model-scale image ([-1, 1]) on the [0, 1] display scale."""
-    return np.clip((image + 1.0) / 2.0, 0.0, 1.0)

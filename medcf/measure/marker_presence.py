@@ -31,6 +31,7 @@ import torch
 from scipy import ndimage, stats
 
 from medcf.core.diffusion import DiffusionConfig
+from medcf.core.intensity import to_unit_scale
 from medcf.core.network import CounterfactualUNet, load_checkpoint
 from medcf.measure.attribute_effects import square_image_size
 from medcf.measure.report import report
@@ -102,7 +103,7 @@ def model_pairs(
         samples = conditional_samples(
             model, alphas_cumprod, diffusion.prediction_type, rows, steps, start, size, guidance_weight
         )
-        images = (samples[:, 0].cpu().numpy() + 1) / 2
+        images = to_unit_scale(samples[:, 0].cpu().numpy(), clip=False)
         marked.append(images[0::2])
         unmarked.append(images[1::2])
     return np.concatenate(marked), np.concatenate(unmarked)

@@ -25,11 +25,12 @@ from monai.metrics import FIDMetric, SSIMMetric
 from scipy import stats
 
 from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.intensity import to_unit_scale
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clipped."""
-    return ((images.float() + 1) / 2).clamp(0, 1)
+    """[-1, 1] -> [0, 1], clipped, in float32 (:func:`medcf.core.intensity.to_unit_scale`)."""
+    return to_unit_scale(images.float())
 
 
 def l1_255(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from medcf.core.intensity import to_model_scale
 from medcf.prepare.base import (
     Preparer,
     Rejected,
@@ -84,4 +85,4 @@ class ChestPreparer(Preparer):
         size = (self.image_size, self.image_size)
         geometry = Geometry((rows, columns), (top, bottom, left, right), size, **source_spacing(header))
         unit = robust_unit_range(resize_area(image[top:bottom, left:right], size))
-        return (unit * 2.0 - 1.0).astype(np.float32)[None], geometry, {}
+        return to_model_scale(unit).astype(np.float32)[None], geometry, {}

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from medcf.core.intensity import to_model_scale
 from medcf.prepare.base import (
     Preparer,
     Rejected,
@@ -110,7 +111,7 @@ class MammoPreparer(Preparer):
         unit = robust_unit_range(small, keep) * keep
         geometry = Geometry.from_mirrored_crop(image.shape, box, self.image_size, flip, **source_spacing(header))
         details = {"flipped": flip, "flip_source": source, "breast_fraction": round(float(mask.mean()), 4)}
-        return (unit * 2.0 - 1.0).astype(np.float32)[None], geometry, details
+        return to_model_scale(unit).astype(np.float32)[None], geometry, details
 
     @staticmethod
     def _orientation(header: RadiographHeader, mask: np.ndarray) -> tuple[bool, str]:

@@ -16,7 +16,9 @@ import torch
 
 from medcf.core.attributes import AttributeSchema
 from medcf.core.conditioning import encode_attributes
-from medcf.core.guidance import GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.core.denoiser import GuidedDenoiser, default_max_rows
+from medcf.core.guidance import guidance_plan
+from medcf.core.intensity import to_unit_scale
 from medcf.core.network import CounterfactualUNet
 from medcf.core.sampling import DDIMSampler
 from medcf.outputs.grids import save_figure
@@ -80,7 +82,7 @@ def save_sweep_grid(sweeps: Mapping[str, torch.Tensor], labels: Mapping[str, Seq
     for ax in axes.flat:
         ax.set_axis_off()
     for line, (name, samples) in enumerate(sweeps.items()):
-        images = (samples[:, 0].cpu().numpy() + 1) / 2
+        images = to_unit_scale(samples[:, 0].cpu().numpy(), clip=False)  # imshow clips to vmin / vmax
         for k, image in enumerate(images):
             axes[2 * line, k].imshow(image, cmap="gray", vmin=0, vmax=1)
             axes[2 * line, k].set_title(f"{name}={labels[name][k]}", fontsize=7)
