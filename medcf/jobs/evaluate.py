@@ -5,7 +5,8 @@
     -> one MLflow run
 
 For each seed, ``images_per_seed`` images are drawn from the held-out set. For each guidance setting and
-intervention a row of metrics.csv holds (definitions: ../shared/reference/evaluation.md and the modules named):
+intervention a row of metrics.csv holds (measured by :class:`medcf.measure.soundness.SoundnessMeasures`; definitions:
+../shared/reference/evaluation.md and the modules named):
 
 - effectiveness (:func:`medcf.measure.metrics.effectiveness`): accuracy of the intervened categorical
   attribute (``effectiveness_metric`` = accuracy) or MAE in years of age (mae); ``auroc`` where defined;
@@ -36,9 +37,9 @@ Settings, interventions, model and predictors are all checked before any image i
 
 Under torchrun with ``multi_gpu_evaluate.yaml`` each process abducts, decodes and scores with the predictors its
 share of every seed's images (every N-th, :class:`medcf.runtime.distributed.Shard`); rank 0 puts the shares back
-together in the order of the seed's images, computes the metrics and alone writes the outputs and the MLflow
-run. DDIM inversion and decoding draw no noise and a seed's images are drawn by the seed alone, so the rows are
-a single process's up to float rounding.
+together in the order of the seed's images (:mod:`medcf.measure.decoded`), computes the metrics and alone writes
+the outputs and the MLflow run. DDIM inversion and decoding draw no noise and a seed's images are drawn by the seed
+alone, so the rows are a single process's up to float rounding.
 """
 
 from __future__ import annotations
@@ -51,12 +52,11 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.attributes import AttributeSchema
 from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
 from medcf.core.guidance_plan import plan_if_used
 from medcf.core.guidance_settings import GuidanceSettings, guidance_label, guidance_settings_from, short_value
@@ -65,10 +65,12 @@ from medcf.jobs.context import JobContext
 from medcf.jobs.evaluation_plots import save_study_plots
 from medcf.jobs.loading import load_model, parse_interventions
 from medcf.jobs.phantom_sets import MeasuredData, measured_data
-from medcf.measure import ground_truth, metrics
-from medcf.measure.evaluation_set import EvaluationSet, TrueChanges, load_evaluation_set
+from medcf.measure import metrics
+from medcf.measure.decoded import DecodedSetting, MadeCounterfactuals
+from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.phantom_truth import PhantomTruth
 from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
+from medcf.measure.soundness import SoundnessMeasures, predictor_features, summary_records, summary_text
 from medcf.prepare.base import Preparer
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic
@@ -157,7 +159,7 @@ class EvaluationRun:
             pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
             ground_truth_tag = "phantom" if truth else "none"
             with job.tracked("evaluate", device, loaded.lineage_tags(), ground_truth=ground_truth_tag):
-                measure = _Measurements(schema, predictor, pool, truth, self.preparer) if shard.main else None
+                measure = SoundnessMeasures(schema, predictor, pool, truth, self.preparer) if shard.main else None
                 rows = []
                 total = len(self.seeds) * len(engines)
                 quiet = not (self.progress and shard.main)  # one bar per job: rank 0's share
@@ -216,7 +218,7 @@ class EvaluationRun:
         engines: list[CounterfactualEngine],
         interventions: list[Intervention],
         predictor: AttributePredictor,
-        measure: _Measurements | None,
+        measure: SoundnessMeasures | None,
         shard: Shard,
         bar: tqdm,
     ) -> list[dict[str, Any]]:
@@ -231,7 +233,7 @@ class EvaluationRun:
         for engine in engines:
             shares = shard.gather(self._decode(engine, mine, share, latents, interventions, predictor))
             if measure is not None:
-                decoded = _Decoded.joined(shares)
+                decoded = DecodedSetting.joined(shares)
                 rows.extend(self._rows(seed, engine, interventions, decoded, measure, context))
             bar.update()
         return rows
@@ -244,21 +246,21 @@ class EvaluationRun:
         latents: torch.Tensor | None,
         interventions: list[Intervention],
         predictor: AttributePredictor,
-    ) -> _Decoded:
+    ) -> DecodedSetting:
         """One setting on this process's images (``mine``, at positions ``share`` of the seed's set, abducted to
         ``latents``): the composition cycles of those among the first ``composition_images``, and per intervention
         the counterfactuals, their null-intervention reference, the way back and what the predictors read."""
         cycled = [position for position in share if position < self.composition_images]
         composition = self._composition(engine, mine, latents, len(cycled))
-        made: dict[str, _Made] = {}
+        made: dict[str, MadeCounterfactuals] = {}
         references = engine.references(latents, mine.factual) if latents is not None else None
         for intervention in interventions:
             started = time.perf_counter()
             if latents is None:  # no image in this share
-                made[intervention.text] = _Made([], [], rejected=0, network_evaluations=0)
+                made[intervention.text] = MadeCounterfactuals([], [], rejected=0, network_evaluations=0)
                 continue
             batch = _on_cpu(engine.predict(latents, mine.factual, intervention))
-            found = _Made(
+            found = MadeCounterfactuals(
                 [share[k] for k in batch.made], batch.attributes, len(batch.rejected), batch.network_evaluations
             )
             if batch.made:
@@ -268,18 +270,18 @@ class EvaluationRun:
                 found.back = self._reversed(engine, batch, mine) if self.reversibility else None
                 found.after = predict_all(predictor, batch.images)
                 found.reconstructed = predict_all(predictor, found.reference)
-                found.features = _features(predictor, batch.images)
+                found.features = predictor_features(predictor, batch.images)
             found.seconds = time.perf_counter() - started
             made[intervention.text] = found
-        return _Decoded(cycled, composition, made)
+        return DecodedSetting(cycled, composition, made)
 
     def _rows(
         self,
         seed: int,
         engine: CounterfactualEngine,
         interventions: list[Intervention],
-        decoded: _Decoded,
-        measure: _Measurements,
+        decoded: DecodedSetting,
+        measure: SoundnessMeasures,
         context: Mapping[str, Any],
     ) -> list[dict[str, Any]]:
         """The rows of one setting on one seed's images (``seconds``: decoding, summed over the processes, and
@@ -413,250 +415,3 @@ def _metric_key(text: str) -> str:
     return "".join(out).strip("_")
 
 
-def _in_order(positions: Sequence[int], items: Sequence[Any]) -> list[Any]:
-    """``items`` sorted by their ``positions`` (the processes' shares back in the order of the seed's images)."""
-    return [item for _, item in sorted(zip(positions, items, strict=True), key=lambda pair: pair[0])]
-
-
-def _joined(positions: Sequence[int], tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
-    """The shares' per-image tensors as one, rows in the order of ``positions`` (None where one share has none)."""
-    if not tensors or any(t is None for t in tensors):
-        return None
-    rows = [row for tensor in tensors for row in tensor]
-    return torch.stack(_in_order(positions, rows))
-
-
-@dataclass
-class _Made:
-    """One intervention's counterfactuals under one setting, for the images of the seed's set at ``positions``
-    (one process's share, or every share joined): their attributes and images, the null-intervention
-    ``reference`` (same guidance), the ``null_output`` (the ``do()`` output, as inference makes it), the way
-    ``back`` (with reversibility), the predictors' outputs on the counterfactuals
-    (``after``) and on the references (``reconstructed``), and their ``features`` (FID)."""
-
-    positions: list[int]
-    attributes: list[dict[str, AttributeValue]]
-    rejected: int
-    network_evaluations: int
-    images: torch.Tensor | None = None
-    reference: torch.Tensor | None = None
-    null_output: torch.Tensor | None = None
-    back: torch.Tensor | None = None
-    after: dict[str, torch.Tensor] = field(default_factory=dict)
-    reconstructed: dict[str, torch.Tensor] = field(default_factory=dict)
-    features: torch.Tensor | None = None
-    seconds: float = 0.0
-
-    @classmethod
-    def joined(cls, shares: Sequence[_Made]) -> _Made:
-        """Every process's share as one, in the order of the seed's images."""
-        filled = [share for share in shares if share.positions]
-        positions = [k for share in filled for k in share.positions]
-
-        def join(pick: Any) -> torch.Tensor | None:
-            return _joined(positions, [pick(share) for share in filled])
-
-        names = list(filled[0].after) if filled else []
-        return cls(
-            positions=sorted(positions),
-            attributes=_in_order(positions, [a for share in filled for a in share.attributes]),
-            rejected=sum(share.rejected for share in shares),
-            network_evaluations=max(share.network_evaluations for share in shares),
-            images=join(lambda share: share.images),
-            reference=join(lambda share: share.reference),
-            null_output=join(lambda share: share.null_output),
-            back=join(lambda share: share.back),
-            after={name: join(lambda share, n=name: share.after[n]) for name in names},
-            reconstructed={name: join(lambda share, n=name: share.reconstructed[n]) for name in names},
-            features=join(lambda share: share.features),
-            seconds=sum(share.seconds for share in shares),
-        )
-
-
-@dataclass
-class _Decoded:
-    """One setting on a seed's images (one process's share, or every share joined): L1 and SSIM per image of the
-    composition cycles (``cycled``: the positions of those images) and each intervention's counterfactuals."""
-
-    cycled: list[int]
-    composition: dict[str, torch.Tensor]
-    made: dict[str, _Made]
-
-    @classmethod
-    def joined(cls, shares: Sequence[_Decoded]) -> _Decoded:
-        """Every process's share as one, in the order of the seed's images."""
-        cycled = [k for share in shares for k in share.cycled]
-        names = next((list(share.composition) for share in shares if share.composition), [])
-        composition = {
-            name: _joined(cycled, [share.composition[name] for share in shares if share.cycled]) for name in names
-        }
-        made = {text: _Made.joined([share.made[text] for share in shares]) for text in shares[0].made}
-        return cls(sorted(cycled), composition, made)
-
-
-class _Measurements:
-    """The predictors' view of the held-out set and, on phantoms, the true changes: computed once per seed."""
-
-    def __init__(
-        self,
-        schema: AttributeSchema,
-        predictor: AttributePredictor,
-        pool: EvaluationSet,
-        truth: PhantomTruth | None,
-        preparer: Preparer,
-    ) -> None:
-        self.schema, self.predictor, self.pool, self.truth, self.preparer = schema, predictor, pool, truth, preparer
-        self.real_features = _features(predictor, pool.images)
-
-    def context(self, chosen: EvaluationSet) -> dict[str, Any]:
-        context: dict[str, Any] = {"set": chosen, "factual_predictions": predict_all(self.predictor, chosen.images)}
-        if self.truth is not None:
-            changes = TrueChanges(self.truth, chosen, self.preparer)
-            context["truth"], context["directions"] = changes, changes.directions()
-            context["image_directions"] = changes.image_directions()
-        return context
-
-    def row(
-        self, context: Mapping[str, Any], intervention: Intervention, made: _Made, affected: set[str]
-    ) -> dict[str, Any]:
-        """The metrics of one intervention's counterfactuals (``affected``: the intervened attributes and their
-        descendants)."""
-        chosen: EvaluationSet = context["set"]
-        positions = made.positions
-        sources = chosen.images[positions]
-        factual = [chosen.factual[p] for p in positions]
-        before = {name: values[positions] for name, values in context["factual_predictions"].items()}
-        after = made.after
-        row: dict[str, Any] = {}
-        for k, name in enumerate(intervention.names):
-            scores = metrics.effectiveness(self.schema, name, after, made.attributes)
-            for metric, value in scores.items():
-                row[f"effectiveness.{name}.{metric}"] = value
-            if k == 0:
-                metric = "mae" if self.schema[name].kind == "continuous" else "accuracy"
-                row["effectiveness"], row["effectiveness_metric"] = scores[metric], metric
-                row["auroc"] = scores.get("auroc", math.nan)
-        untouched = [n for n in self.schema.names if n not in affected]
-        changes = metrics.off_target_change(self.schema, untouched, before, after, factual)
-        categorical = [n for n in untouched if self.schema[n].kind == "categorical"]
-        for name, change in changes.items():
-            row[f"off_target.{name}"] = change["absolute"]
-            row[f"off_target_signed.{name}"] = change["signed"]
-        reconstructed = made.reconstructed
-        control = metrics.off_target_change(self.schema, untouched, before, reconstructed, factual)
-        net = metrics.off_target_change(self.schema, untouched, reconstructed, after, factual)
-
-        def mean(found: Mapping[str, Mapping[str, float]], key: str = "absolute") -> float:
-            return float(np.mean([found[n][key] for n in categorical])) if categorical else math.nan
-
-        row["off_target"], row["off_target_signed"] = mean(changes), mean(changes, "signed")
-        row["off_target_null"], row["off_target_vs_null"] = mean(control), mean(net)
-        back = made.back
-        row["reversibility"] = float(metrics.l1_255(back, sources).mean()) if back is not None else math.nan
-        row["reconstruction_mae"] = float((made.null_output - sources).abs().mean())
-        intervened_categorical = [n for n in intervention.names if self.schema[n].kind == "categorical"]
-        row["minimality"] = metrics.minimality(
-            sources, made.images, made.attributes, self.pool.images, self.pool.factual, intervened_categorical
-        )
-        row["fid"] = metrics.frechet_distance(made.features, self.real_features)
-        if "truth" in context:
-            row.update(self._truth_row(context, intervention, made, sources, untouched))
-        return row
-
-    @staticmethod
-    def _truth_row(
-        context: Mapping[str, Any], intervention: Intervention, made: _Made, sources: torch.Tensor, untouched: list[str]
-    ) -> dict[str, float]:
-        """truth_error, target_ratio and, per untouched attribute, the off-target error of the intervention's
-        change (against the null reconstruction under the same guidance: ``truth_off_target``) and of the whole
-        change a viewer sees (against the source image: ``truth_off_target_source``, which adds what decoding
-        under this guidance moves on its own, e.g. CFG amplifying attributes nobody intervened on); and, per image
-        against the exact counterfactual, exact_target_ratio, exact_off_target (along each image's own unit effect
-        of the untouched attributes), texture_ratio (against the phantom's factual render and its exact
-        counterfactual) and mean_abs_change. The per-image measures take the change a user gets: the counterfactual
-        minus the image's ``do()`` output (``null_output``)."""
-        changes = {"truth_off_target": made.images - made.reference, "truth_off_target_source": made.images - sources}
-        truth: TrueChanges = context["truth"]
-        positions = made.positions
-        true_change = truth.of_intervention(intervention, positions)
-        target = ground_truth.unit_direction(true_change)
-        change = changes["truth_off_target"]
-        own = {name: context["image_directions"][name][positions] for name in untouched}
-        against_do = made.images - made.null_output
-        row = {
-            "truth_error": ground_truth.truth_error(change, true_change),
-            "target_ratio": ground_truth.target_ratio(change, true_change, target),
-            "exact_target_ratio": ground_truth.exact_target_ratio(against_do, true_change),
-            "exact_off_target": ground_truth.exact_off_target(against_do, true_change, own),
-            "texture_ratio": ground_truth.texture_ratio(
-                made.images, made.null_output, truth.factual[positions], true_change
-            ),
-            "mean_abs_change": ground_truth.mean_abs_change(against_do),
-        }
-        for column, moved in changes.items():
-            errors = {}
-            for name in untouched:
-                direction = context["directions"][name]
-                if float(direction.abs().sum()) > 0:
-                    errors[name] = ground_truth.off_target_error(moved, true_change, direction)
-                    row[f"{column}.{name}"] = errors[name]
-            row[column] = float(np.mean(list(errors.values()))) if errors else math.nan
-        return row
-
-
-@torch.no_grad()
-def _features(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-    """The predictors' pooled features of ``images``, computed where the predictor is, returned on the CPU."""
-    device = next(predictor.parameters()).device
-    return torch.cat(
-        [
-            predictor.features(images[k : k + batch_size].float().to(device)).cpu()
-            for k in range(0, len(images), batch_size)
-        ]
-    )
-
-
-SUMMARY_COLUMNS = (
-    "effectiveness",
-    "off_target",
-    "off_target_null",
-    "off_target_vs_null",
-    "composition_1",
-    "composition_10",
-    "reversibility",
-    "reconstruction_mae",
-    "minimality",
-    "fid",
-    "truth_error",
-    "target_ratio",
-    "truth_off_target",
-    "truth_off_target_source",
-    "exact_target_ratio",
-    "exact_off_target",
-    "texture_ratio",
-    "mean_abs_change",
-)
-
-
-def summary_records(table: pd.DataFrame) -> list[dict[str, Any]]:
-    """Mean and sd over seeds of the main columns, per intervention x guidance setting."""
-    columns = [c for c in SUMMARY_COLUMNS if c in table.columns]
-    records = []
-    for (intervention, guidance), group in table.groupby(["intervention", "guidance"], sort=False):
-        record: dict[str, Any] = {"intervention": intervention, "guidance": guidance, "seeds": len(group)}
-        for column in columns:
-            values = pd.to_numeric(group[column], errors="coerce").dropna()
-            record[column] = float(values.mean()) if len(values) else None
-            record[f"{column}_sd"] = float(values.std(ddof=1)) if len(values) > 1 else None
-        records.append(record)
-    return records
-
-
-def summary_text(table: pd.DataFrame) -> str:
-    """The summary as an aligned text table for the terminal."""
-    records = summary_records(table)
-    if not records:
-        return "no rows"
-    frame = pd.DataFrame(records)
-    shown = [c for c in ("intervention", "guidance", "seeds", *SUMMARY_COLUMNS) if c in frame.columns]
-    return frame[shown].to_string(index=False, float_format=lambda v: f"{v:.3g}")
