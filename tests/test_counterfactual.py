@@ -7,9 +7,10 @@ import torch
 
 from medcf.core.causal import CausalGraph
 from medcf.core.conditioning import encode_attributes
+from medcf.core.denoiser import GuidedDenoiser
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.engine import CounterfactualEngine
-from medcf.core.guidance import GuidancePlan, GuidedDenoiser
+from medcf.core.guidance import GuidancePlan
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.interventions import parse_intervention
 from medcf.core.network import CounterfactualUNet, ModelConfig

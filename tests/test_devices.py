@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 
 from medcf.core.conditioning import encode_attributes
-from medcf.core.guidance import GuidedDenoiser, guidance_plan
+from medcf.core.denoiser import GuidedDenoiser
+from medcf.core.guidance import guidance_plan
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.network import CounterfactualUNet
 from medcf.jobs.bundles import bundle_root

@@ -5,7 +5,8 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from medcf.core.guidance import GuidedDenoiser, cfg, dcfg, guidance_plan
+from medcf.core.denoiser import GuidedDenoiser
+from medcf.core.guidance import cfg, dcfg, guidance_plan
 from medcf.phantoms.cxr import CXR_SCHEMA
 
 weights = st.floats(-5, 10, allow_nan=False)

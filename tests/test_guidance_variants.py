@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from medcf.core.denoiser import GuidedDenoiser
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.guidance import (
     APGParameters,
     GuidancePlan,
-    GuidedDenoiser,
     cfg_plus_plus,
     dcfg,
     factored_apg,

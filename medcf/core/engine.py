@@ -31,8 +31,9 @@ import torch
 from medcf.core.attributes import AttributeValue
 from medcf.core.causal import CausalGraph
 from medcf.core.conditioning import encode_attributes
+from medcf.core.denoiser import GuidedDenoiser, default_max_rows
 from medcf.core.diffusion import DiffusionConfig
-from medcf.core.guidance import APGParameters, GuidancePlan, GuidedDenoiser, default_max_rows, guidance_plan
+from medcf.core.guidance import APGParameters, GuidancePlan, guidance_plan
 from medcf.core.guidance_settings import GuidanceSettings, calibrated_interval
 from medcf.core.interventions import Intervention, InterventionError
 from medcf.core.network import CounterfactualUNet

@@ -14,7 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from medcf.core.guidance import GUIDANCE_MODES, GUIDANCE_RULES, PRECISIONS
+from medcf.core.denoiser import PRECISIONS
+from medcf.core.guidance import GUIDANCE_MODES, GUIDANCE_RULES
 
 if TYPE_CHECKING:  # the plan module imports these settings
     from medcf.core.guidance_plan import CalibratedPlan
