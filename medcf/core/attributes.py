@@ -18,7 +18,11 @@ AttributeValue = str | float
 
 
 class SchemaError(ValueError):
-    """A bad attribute name or value (unknown attribute, value not allowed, malformed assignment)."""
+    """A bad attribute name or value (unknown attribute, value not allowed, malformed assignment).
+
+    Args:
+        *args: the one-line message, as for :class:`ValueError`.
+    """
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,19 @@ class Attribute:
             raise SchemaError(f"attribute {self.name!r}: kind must be categorical or continuous")
 
     def parse(self, text: str | float) -> AttributeValue:
-        """Parse and validate one value of this attribute (text from a user, or a number)."""
+        """Parse and validate one value of this attribute (text from a user, or a number).
+
+        Args:
+            text: the value as typed (e.g. ``"F"``, ``"63.5"``) or a number. A categorical value is stripped and, if
+                not found as written, matched ignoring case.
+
+        Returns:
+            The category as spelled in ``values`` (categorical), or the number as a ``float`` (continuous).
+
+        Raises:
+            SchemaError: if a categorical value is not allowed, or a continuous value is not a number, not finite
+                or outside ``[low, high]``.
+        """
         if self.kind == "categorical":
             value = str(text).strip()
             if value not in self.values:
@@ -74,13 +90,30 @@ class Attribute:
         return number
 
     def index(self, value: AttributeValue) -> int:
-        """Position of a categorical value in the coding order."""
+        """Position of a categorical value in the coding order.
+
+        Args:
+            value: one of ``values``, compared as text (exact spelling).
+
+        Returns:
+            The 0-based index of ``value`` in ``values``.
+
+        Raises:
+            ValueError: if ``value`` is not one of ``values``.
+        """
         return self.values.index(str(value))
 
 
 @dataclass(frozen=True)
 class AttributeSchema:
-    """An ordered set of attributes forming a causal DAG (parents must be attributes of the schema)."""
+    """An ordered set of attributes forming a causal DAG (parents must be attributes of the schema).
+
+    Attributes:
+        attributes: the attributes, in schema order.
+
+    Raises:
+        SchemaError: if attribute names repeat, a parent is not in the schema, or the parents form a cycle.
+    """
 
     attributes: tuple[Attribute, ...]
     _by_name: dict[str, Attribute] = field(init=False, repr=False, compare=False)
@@ -110,7 +143,14 @@ class AttributeSchema:
         return name in self._by_name
 
     def topological_order(self) -> tuple[str, ...]:
-        """Attribute names ordered so that every parent comes before its children."""
+        """Attribute names ordered so that every parent comes before its children.
+
+        Returns:
+            All attribute names, each after its parents.
+
+        Raises:
+            SchemaError: if the parents form a cycle.
+        """
         order: list[str] = []
         state: dict[str, int] = {}
 
@@ -130,10 +170,28 @@ class AttributeSchema:
         return tuple(order)
 
     def children(self, name: str) -> tuple[str, ...]:
+        """The attributes that list ``name`` among their parents.
+
+        Args:
+            name: an attribute name.
+
+        Returns:
+            The names of its direct children, in schema order (empty if it has none).
+        """
         return tuple(a.name for a in self.attributes if name in a.parents)
 
     def descendants(self, names: Iterable[str]) -> set[str]:
-        """All attributes causally downstream of ``names`` (not including them)."""
+        """All attributes causally downstream of ``names`` (not including them).
+
+        Args:
+            names: attribute names to start from.
+
+        Returns:
+            The names of their children, grandchildren and so on.
+
+        Raises:
+            SchemaError: if a name is not an attribute of the schema.
+        """
         found: set[str] = set()
         stack = [self[n].name for n in names]
         while stack:
@@ -144,7 +202,17 @@ class AttributeSchema:
         return found
 
     def parse_assignment(self, text: str) -> tuple[str, AttributeValue]:
-        """Parse ``"name=value"`` strictly (no evaluation), e.g. ``"sex=F"`` or ``"age=63.5"``."""
+        """Parse ``"name=value"`` strictly (no evaluation), e.g. ``"sex=F"`` or ``"age=63.5"``.
+
+        Args:
+            text: the assignment; spaces around the name and value and quotes around the value are ignored.
+
+        Returns:
+            The attribute name and the value parsed by :meth:`Attribute.parse`.
+
+        Raises:
+            SchemaError: if the text is not ``name=value``, the name is unknown or the value is not allowed.
+        """
         match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*=\s*(.+?)\s*", text)
         if match is None:
             raise SchemaError(f"malformed assignment {text!r}; expected name=value, e.g. sex=F")
@@ -152,7 +220,12 @@ class AttributeSchema:
         return name, self[name].parse(raw)
 
     def to_config(self) -> list[dict[str, object]]:
-        """Plain data (for YAML configs and checkpoints); :meth:`from_config` reads it back."""
+        """Plain data (for YAML configs and checkpoints); :meth:`from_config` reads it back.
+
+        Returns:
+            One mapping per attribute, in schema order: ``name``, ``kind``, then ``values`` (categorical) or
+            ``low`` and ``high`` (continuous), and ``parents`` when there are any.
+        """
         rows: list[dict[str, object]] = []
         for a in self.attributes:
             row: dict[str, object] = {"name": a.name, "kind": a.kind}
@@ -167,7 +240,18 @@ class AttributeSchema:
 
     @classmethod
     def from_config(cls, rows: Sequence[Mapping[str, object]]) -> AttributeSchema:
-        """Build from a list of ``{name, kind, values | low, high, parents}`` mappings (a bundle config)."""
+        """Build from a list of ``{name, kind, values | low, high, parents}`` mappings (a bundle config).
+
+        Args:
+            rows: one mapping per attribute, in schema order; each needs ``name`` and ``kind`` and may have
+                ``values``, ``low``, ``high``, ``parents`` and ``unit``.
+
+        Returns:
+            The schema.
+
+        Raises:
+            SchemaError: if a mapping lacks ``name`` or ``kind`` or has other keys, or the attributes are invalid.
+        """
         attributes = []
         for k, row in enumerate(rows):
             unknown = set(row) - {"name", "kind", "values", "low", "high", "parents", "unit"}
@@ -190,12 +274,29 @@ class AttributeSchema:
         return cls(tuple(attributes))
 
     def validate(self, values: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
-        """Check a mapping of attribute values; returns a copy with parsed values."""
+        """Check a mapping of attribute values; returns a copy with parsed values.
+
+        Args:
+            values: attribute name -> value (text or number); attributes may be left out.
+
+        Returns:
+            The same names with the values parsed by :meth:`Attribute.parse`.
+
+        Raises:
+            SchemaError: if a name is unknown or a value is not allowed.
+        """
         return {name: self[name].parse(value) for name, value in values.items()}
 
 
 def attribute_text(attribute: Attribute) -> str:
-    """An attribute in a few characters: ``sex{M,F}``, ``age[18,95]``."""
+    """An attribute in a few characters: ``sex{M,F}``, ``age[18,95]``.
+
+    Args:
+        attribute: the attribute to describe.
+
+    Returns:
+        Its name followed by its values (categorical) or its range (continuous).
+    """
     if attribute.kind == "categorical":
         return f"{attribute.name}{{{','.join(attribute.values)}}}"
     return f"{attribute.name}[{attribute.low:g},{attribute.high:g}]"

@@ -30,7 +30,18 @@ from medcf.runtime.files import write_text_atomic
 
 @dataclass
 class OrdinalMechanism:
-    """P(child <= category k | parents) = sigmoid(theta_k - beta . features(parents))."""
+    """P(child <= category k | parents) = sigmoid(theta_k - beta . features(parents)).
+
+    Attributes:
+        child: the categorical attribute this mechanism sets.
+        categories: the child's values, in coding order.
+        parents: names of the attributes it reads.
+        feature_names: names for the feature columns (nothing in this module fills or saves it).
+        centre: mean of each continuous parent on the cohort, set by :meth:`fit`.
+        scale: standard deviation of each continuous parent on the cohort (1 where it is 0), set by :meth:`fit`.
+        beta: weight of each feature, set by :meth:`fit`.
+        thresholds: the C - 1 increasing cut points theta, set by :meth:`fit`.
+    """
 
     child: str
     categories: tuple[str, ...]
@@ -42,7 +53,15 @@ class OrdinalMechanism:
     thresholds: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
     def features(self, schema: AttributeSchema, values: Mapping[str, AttributeValue]) -> np.ndarray:
-        """Standardised continuous parents and one-hot categorical parents (first category dropped)."""
+        """Standardised continuous parents and one-hot categorical parents (first category dropped).
+
+        Args:
+            schema: the attribute schema the parents belong to.
+            values: attribute name -> value; must hold every parent.
+
+        Returns:
+            The float64 feature vector, parents in ``parents`` order.
+        """
         row = []
         for parent in self.parents:
             attribute = schema[parent]
@@ -53,7 +72,20 @@ class OrdinalMechanism:
         return np.asarray(row, dtype=np.float64)
 
     def fit(self, schema: AttributeSchema, table: pd.DataFrame) -> OrdinalMechanism:
-        """Maximum-likelihood fit on the cohort rows (one per image)."""
+        """Maximum-likelihood fit on the cohort rows (one per image).
+
+        Sets ``centre`` and ``scale`` from the cohort, then ``beta`` and ``thresholds`` by L-BFGS-B.
+
+        Args:
+            schema: the attribute schema the child and parents belong to.
+            table: the cohort, one column per attribute; rows must have the child and every parent.
+
+        Returns:
+            This mechanism, fitted.
+
+        Raises:
+            SchemaError: if the child column has values outside ``categories``.
+        """
         for parent in self.parents:
             if schema[parent].kind == "continuous":
                 values = table[parent].astype(float)
@@ -80,20 +112,51 @@ class OrdinalMechanism:
         return self
 
     def cumulative(self, schema: AttributeSchema, values: Mapping[str, AttributeValue]) -> np.ndarray:
-        """P(child <= k) for k = 0..C-2 given the parents."""
+        """P(child <= k) for k = 0..C-2 given the parents.
+
+        Args:
+            schema: the attribute schema the parents belong to.
+            values: attribute name -> value; must hold every parent.
+
+        Returns:
+            The C - 1 cumulative probabilities.
+        """
         return expit(self.thresholds - self.features(schema, values) @ self.beta)
 
     def abduct(self, schema: AttributeSchema, factual: Mapping[str, AttributeValue]) -> float:
-        """The exogenous noise (as a probability level) in the middle of the factual category's interval."""
+        """The exogenous noise (as a probability level) in the middle of the factual category's interval.
+
+        Args:
+            schema: the attribute schema the parents belong to.
+            factual: the image's factual attribute values; must hold the child and every parent.
+
+        Returns:
+            The noise level, in (0, 1).
+        """
         bounds = np.concatenate([[0.0], self.cumulative(schema, factual), [1.0]])
         k = self.categories.index(str(factual[self.child]))
         return float((bounds[k] + bounds[k + 1]) / 2)
 
     def predict(self, schema: AttributeSchema, values: Mapping[str, AttributeValue], noise: float) -> str:
-        """The category whose interval under these parents contains the noise level."""
+        """The category whose interval under these parents contains the noise level.
+
+        Args:
+            schema: the attribute schema the parents belong to.
+            values: attribute name -> value; must hold every parent.
+            noise: the abducted noise level from :meth:`abduct`.
+
+        Returns:
+            The child's category.
+        """
         return self.categories[int(np.searchsorted(self.cumulative(schema, values), noise, side="right"))]
 
     def to_config(self) -> dict[str, Any]:
+        """Plain data (for JSON); :meth:`from_config` reads it back.
+
+        Returns:
+            ``child``, ``categories``, ``parents``, ``centre``, ``scale``, ``beta`` and ``thresholds`` as plain lists,
+            dicts and strings.
+        """
         return {
             "child": self.child,
             "categories": list(self.categories),
@@ -106,6 +169,14 @@ class OrdinalMechanism:
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> OrdinalMechanism:
+        """Rebuild a fitted mechanism from :meth:`to_config` data.
+
+        Args:
+            config: a mapping with the keys that :meth:`to_config` writes.
+
+        Returns:
+            The mechanism.
+        """
         return cls(
             child=config["child"],
             categories=tuple(config["categories"]),
@@ -119,14 +190,33 @@ class OrdinalMechanism:
 
 @dataclass
 class CausalGraph:
-    """The attribute schema's DAG with a fitted mechanism for every attribute that has parents."""
+    """The attribute schema's DAG with a fitted mechanism for every attribute that has parents.
+
+    Attributes:
+        schema: the attributes and their parents.
+        mechanisms: child attribute name -> its fitted mechanism.
+    """
 
     schema: AttributeSchema
     mechanisms: dict[str, OrdinalMechanism]
 
     @classmethod
     def fit(cls, schema: AttributeSchema, cohort: pd.DataFrame) -> CausalGraph:
-        """Fit every non-root attribute's mechanism on a cohort table (columns named as the attributes)."""
+        """Fit every non-root attribute's mechanism on a cohort table (columns named as the attributes).
+
+        Each mechanism is fitted on the rows that have its child and all its parents.
+
+        Args:
+            schema: the attributes and their parents.
+            cohort: one row per image.
+
+        Returns:
+            The fitted graph.
+
+        Raises:
+            SchemaError: if an attribute with parents is not categorical, the cohort lacks a needed column, or a
+                child column has values outside its categories.
+        """
         mechanisms = {}
         for attribute in schema.attributes:
             if not attribute.parents:
@@ -144,7 +234,19 @@ class CausalGraph:
 
     @classmethod
     def fit_manifest(cls, schema: AttributeSchema, manifest: str | Path, split: str | None = "train") -> CausalGraph:
-        """Fit on the prepared images of a preparation manifest (the training cohort's attributes)."""
+        """Fit on the prepared images of a preparation manifest (the training cohort's attributes).
+
+        Args:
+            schema: the attributes and their parents.
+            manifest: the manifest CSV; only rows with ``status`` ``ok`` are used.
+            split: keep only the rows of this split (when the manifest has a ``split`` column); None keeps all.
+
+        Returns:
+            The fitted graph.
+
+        Raises:
+            SchemaError: as :meth:`fit`.
+        """
         table = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
         table = table[table["status"] == "ok"]
         if split is not None and "split" in table.columns:
@@ -152,7 +254,14 @@ class CausalGraph:
         return cls.fit(schema, table)
 
     def affected(self, intervened: Iterable[str]) -> set[str]:
-        """Intervened attributes and their causal descendants: the DCFG affected group."""
+        """Intervened attributes and their causal descendants: the DCFG affected group.
+
+        Args:
+            intervened: names of the attributes the intervention sets.
+
+        Returns:
+            Those names and every attribute downstream of them.
+        """
         intervened = set(intervened)
         return intervened | self.schema.descendants(intervened)
 
@@ -160,7 +269,18 @@ class CausalGraph:
         self, factual: Mapping[str, AttributeValue], intervention: Mapping[str, AttributeValue]
     ) -> dict[str, AttributeValue]:
         """Counterfactual attributes: intervened values set, their descendants recomputed with abducted
-        noise (unless pinned by the intervention), everything else factual."""
+        noise (unless pinned by the intervention), everything else factual.
+
+        Args:
+            factual: the image's factual attribute values.
+            intervention: attribute name -> the value it is set to (text or number).
+
+        Returns:
+            A new mapping: attribute name -> counterfactual value.
+
+        Raises:
+            SchemaError: if the intervention names an unknown attribute or a value that is not allowed.
+        """
         values = dict(factual)
         values.update(self.schema.validate(intervention))
         recompute = self.schema.descendants(intervention) - set(intervention)
@@ -171,18 +291,51 @@ class CausalGraph:
         return values
 
     def to_config(self) -> dict[str, Any]:
+        """Plain data (for JSON); :meth:`from_config` reads it back.
+
+        Returns:
+            ``{"mechanisms": [...]}``, one :meth:`OrdinalMechanism.to_config` mapping per mechanism.
+        """
         return {"mechanisms": [m.to_config() for m in self.mechanisms.values()]}
 
     def save(self, path: str | Path) -> None:
-        """Write the fitted mechanisms as JSON (atomically)."""
+        """Write the fitted mechanisms as JSON (atomically).
+
+        Args:
+            path: the JSON file to write; :meth:`load` reads it back.
+        """
         write_text_atomic(path, json.dumps(self.to_config(), indent=2) + "\n")
 
     @classmethod
     def load(cls, schema: AttributeSchema, path: str | Path) -> CausalGraph:
+        """Read a graph written by :meth:`save`.
+
+        Args:
+            schema: the attributes and their parents.
+            path: the JSON file.
+
+        Returns:
+            The fitted graph.
+
+        Raises:
+            SchemaError: as :meth:`from_config`.
+        """
         return cls.from_config(schema, json.loads(Path(path).read_text()))
 
     @classmethod
     def from_config(cls, schema: AttributeSchema, config: Mapping[str, Any]) -> CausalGraph:
+        """Rebuild a fitted graph from :meth:`to_config` data.
+
+        Args:
+            schema: the attributes and their parents.
+            config: a mapping with a ``mechanisms`` list, as :meth:`to_config` writes.
+
+        Returns:
+            The fitted graph.
+
+        Raises:
+            SchemaError: if there is not exactly one mechanism for each attribute of the schema that has parents.
+        """
         mechanisms = {m["child"]: OrdinalMechanism.from_config(m) for m in config.get("mechanisms", [])}
         needed = {a.name for a in schema.attributes if a.parents}
         if set(mechanisms) != needed:

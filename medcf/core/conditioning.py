@@ -21,7 +21,19 @@ from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 
 
 def encode_attributes(schema: AttributeSchema, rows: Sequence[Mapping[str, AttributeValue]]) -> torch.Tensor:
-    """Rows of attribute values -> float tensor ``(len(rows), K)``: category index or raw value."""
+    """Rows of attribute values -> float tensor ``(len(rows), K)``: category index or raw value.
+
+    Args:
+        schema: the attributes; columns follow its order.
+        rows: one mapping per image, attribute name -> value (text or number); every attribute is needed.
+
+    Returns:
+        The float32 codes, shape ``(len(rows), K)``.
+
+    Raises:
+        SchemaError: if a value is not allowed.
+        KeyError: if a row lacks an attribute.
+    """
     codes = []
     for row in rows:
         parsed = schema.validate({name: row[name] for name in schema.names})
@@ -64,7 +76,18 @@ class AttributeEmbedder(nn.Module):
         return len(self.mlps)
 
     def forward(self, values: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """``values`` (B, K) codes, ``keep`` (B, K) bool -> blocks (B, K, block_dim)."""
+        """``values`` (B, K) codes, ``keep`` (B, K) bool -> blocks (B, K, block_dim).
+
+        Args:
+            values: attribute codes as made by :func:`encode_attributes`, shape (B, K).
+            keep: which attributes each row keeps, shape (B, K); a dropped attribute's block is the null token.
+
+        Returns:
+            The blocks, shape (B, K, block_dim).
+
+        Raises:
+            ValueError: if ``values`` is not (B, K) or ``keep`` has another shape.
+        """
         if values.ndim != 2 or values.shape[1] != self.num_attributes or keep.shape != values.shape:
             raise ValueError(
                 f"AttributeEmbedder expects values and keep of shape (batch, {self.num_attributes}); "
@@ -107,7 +130,21 @@ class ConditionDropout:
             raise SchemaError("condition dropout per_group > 0 needs groups")
 
     def keep_mask(self, schema: AttributeSchema, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """A (batch, K) bool mask of kept attributes."""
+        """A (batch, K) bool mask of kept attributes.
+
+        Per-attribute, per-group and whole-row drops are drawn independently, in that order.
+
+        Args:
+            schema: the attributes; columns follow its order.
+            batch: the number of rows.
+            generator: random generator for the draws (None: torch's default).
+
+        Returns:
+            The mask, True where an attribute is kept.
+
+        Raises:
+            SchemaError: if a group names an unknown attribute.
+        """
         k = len(schema.names)
         keep = torch.ones(batch, k, dtype=torch.bool)
         if self.per_attribute > 0:

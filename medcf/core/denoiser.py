@@ -66,7 +66,14 @@ class GuidedDenoiser:
         self._averages: torch.Tensor | None = None  # APG: (M, B, ...) running averages of the guided steps so far
 
     def guided(self, t: int) -> bool:
-        """Whether step t evaluates the plan's guidance terms (else: the conditional prediction alone)."""
+        """Whether step t evaluates the plan's guidance terms (else: the conditional prediction alone).
+
+        Args:
+            t: the training timestep of the step.
+
+        Returns:
+            True if the plan has no weights or no interval, or the step's noise level lies in the interval.
+        """
         if not self.plan.weights or self.plan.interval is None:
             return True
         return in_interval(float(noise_level(self.alphas_cumprod[t])), self.plan.interval)
@@ -125,5 +132,12 @@ class GuidedDenoiser:
 def default_max_rows(device: torch.device) -> int | None:
     """Rows per forward call: the whole stacked batch on a GPU; on a CPU about 9 rows (three images with their
     three DCFG terms), where benchmarks/counterfactual_speed.py measured one 24-row call slower than three
-    8-row calls."""
+    8-row calls.
+
+    Args:
+        device: the device the network runs on.
+
+    Returns:
+        None (no limit) for a CUDA device, else 9.
+    """
     return None if device.type == "cuda" else 9

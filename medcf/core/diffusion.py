@@ -30,10 +30,19 @@ class DiffusionConfig:
             )
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain data.
+
+        Returns:
+            ``num_train_timesteps``, ``schedule`` and ``prediction_type`` by name.
+        """
         return asdict(self)
 
     def alphas_cumprod(self) -> torch.Tensor:
-        """abar_t for t = 0..T-1, from MONAI's scheduler for the chosen schedule."""
+        """abar_t for t = 0..T-1, from MONAI's scheduler for the chosen schedule.
+
+        Returns:
+            A float32 tensor of length ``num_train_timesteps``.
+        """
         scheduler = DDIMScheduler(
             self.num_train_timesteps,
             schedule=self.schedule,
@@ -43,7 +52,16 @@ class DiffusionConfig:
         return scheduler.alphas_cumprod.to(torch.float32)
 
     def target(self, x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-        """What the network learns to predict for x_t = sqrt(abar) x0 + sqrt(1 - abar) noise."""
+        """What the network learns to predict for x_t = sqrt(abar) x0 + sqrt(1 - abar) noise.
+
+        Args:
+            x0: the clean images.
+            noise: the Gaussian noise added to them.
+            alpha_bar: abar of each image's timestep, broadcastable to ``x0``.
+
+        Returns:
+            ``noise`` (epsilon), or v = sqrt(abar) noise - sqrt(1 - abar) x0 (v-prediction).
+        """
         if self.prediction_type == "epsilon":
             return noise
         return alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0
@@ -53,7 +71,18 @@ class DiffusionConfig:
         target: with SNR = abar / (1 - abar), min(SNR, gamma) / SNR for epsilon and min(SNR, gamma) / (SNR + 1)
         for v-prediction. Both equal the weight that makes the loss min(SNR, gamma) ||x0_hat - x0||^2, so the
         nearly clean steps (large SNR), whose easy targets otherwise dominate the gradient, count no more than the
-        steps at SNR gamma."""
+        steps at SNR gamma.
+
+        Args:
+            alpha_bar: abar of each sample's timestep.
+            gamma: the SNR cap; must be > 0.
+
+        Returns:
+            The weights, shaped like ``alpha_bar``.
+
+        Raises:
+            ValueError: if ``gamma`` is not > 0.
+        """
         if not gamma > 0:
             raise ValueError(f"min-SNR gamma: {gamma!r} must be > 0")
         snr = alpha_bar / (1 - alpha_bar)

@@ -68,7 +68,18 @@ class CounterfactualBatch:
 
 class CounterfactualEngine:
     """Abduct a batch once with :meth:`abduct`, then call :meth:`predict` for each intervention (or
-    :meth:`run` for both). The settings are checked against the model's schema on construction."""
+    :meth:`run` for both). The settings are checked against the model's schema on construction.
+
+    Args:
+        model: the trained network; it is put in eval mode.
+        diffusion: the model's noise schedule and prediction type.
+        graph: the fitted causal graph; its schema must be the model's.
+        settings: how counterfactuals are decoded (guidance, steps, inversion depth, precision).
+
+    Raises:
+        ValueError: if the graph and the model have different schemas, or the settings do not fit the schema
+            (e.g. per-attribute weights for unknown attributes).
+    """
 
     def __init__(
         self,
@@ -91,7 +102,18 @@ class CounterfactualEngine:
 
     def plan_for(self, affected: set[str]) -> GuidancePlan:
         """The guidance plan of an intervention whose intervened attributes and descendants are ``affected``
-        (the empty set: the ``do()`` output's)."""
+        (the empty set: the ``do()`` output's).
+
+        Args:
+            affected: intervened attribute names and their causal descendants. Mode ``calibrated`` takes its
+                guidance interval from their bands (:func:`~medcf.core.guidance_settings.calibrated_interval`).
+
+        Returns:
+            The plan for the engine's settings.
+
+        Raises:
+            ValueError: if ``affected`` names unknown attributes or the settings do not fit the schema.
+        """
         s = self.settings
         interval = calibrated_interval(s, affected) if s.mode == "calibrated" else s.interval
         return guidance_plan(
@@ -122,7 +144,15 @@ class CounterfactualEngine:
 
     @torch.no_grad()
     def abduct(self, images: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]]) -> torch.Tensor:
-        """Latents of the images (DDIM inversion under the factual attributes, no guidance)."""
+        """Latents of the images (DDIM inversion under the factual attributes, no guidance).
+
+        Args:
+            images: the batch (B, C, H, W) on the model's scale [-1, 1].
+            factual: the factual attributes, one mapping per image.
+
+        Returns:
+            The latents, shaped like ``images``, on the model's device.
+        """
         codes = encode_attributes(self.model.schema, factual).to(self.model_device)
         denoiser = self._denoiser(codes, guidance_plan(self.model.schema, "none"))
         return self.sampler.invert(denoiser, images.to(self.model_device))
@@ -131,7 +161,16 @@ class CounterfactualEngine:
     def predict(
         self, latents: torch.Tensor, factual: Sequence[Mapping[str, AttributeValue]], intervention: Intervention
     ) -> CounterfactualBatch:
-        """Decode the latents under ``intervention`` applied (once) to each image's factual attributes."""
+        """Decode the latents under ``intervention`` applied (once) to each image's factual attributes.
+
+        Args:
+            latents: abducted latents of the batch (:meth:`abduct`).
+            factual: the batch's factual attributes, one mapping per image.
+            intervention: the intervention to apply.
+
+        Returns:
+            The counterfactuals; images the intervention cannot apply to are left out and listed in ``rejected``.
+        """
         schema = self.model.schema
         made, rows, rejected = [], [], {}
         for position, attributes in enumerate(factual):
@@ -156,7 +195,16 @@ class CounterfactualEngine:
     ) -> torch.Tensor:
         """Decode the latents under their own factual attributes with the guidance plan an intervention on
         ``affected`` gets: the null-intervention reference of that intervention's counterfactuals (same
-        guidance, no attribute changed), so that counterfactual minus reference is the intervention's change."""
+        guidance, no attribute changed), so that counterfactual minus reference is the intervention's change.
+
+        Args:
+            latents: abducted latents of the batch (:meth:`abduct`).
+            factual: the batch's factual attributes, one mapping per image.
+            affected: intervened attributes and their causal descendants (the empty set: the ``do()`` output).
+
+        Returns:
+            The decoded images, shaped like ``latents`` (none if ``factual`` is empty).
+        """
         if not len(factual):
             return latents[:0]
         codes = encode_attributes(self.model.schema, factual).to(self.model_device)
@@ -181,7 +229,16 @@ class CounterfactualEngine:
         factual: Sequence[Mapping[str, AttributeValue]],
         interventions: Sequence[Intervention],
     ) -> list[CounterfactualBatch]:
-        """One abduction, then every intervention from the same latents."""
+        """One abduction, then every intervention from the same latents.
+
+        Args:
+            images: the batch (B, C, H, W) on the model's scale [-1, 1].
+            factual: the factual attributes, one mapping per image.
+            interventions: the interventions to apply, each to the whole batch.
+
+        Returns:
+            One :class:`CounterfactualBatch` per intervention, in order.
+        """
         latents = self.abduct(images, factual)
         return [self.predict(latents, factual, intervention) for intervention in interventions]
 

@@ -49,12 +49,33 @@ GUIDANCE_RULES: tuple[str, ...] = ("linear", "cfg++", "apg")
 
 
 def cfg(eps_null: torch.Tensor, eps_cond: torch.Tensor, weight: float) -> torch.Tensor:
-    """Classifier-free guidance: eps_null + w (eps_cond - eps_null). w = 1 is the conditional prediction."""
+    """Classifier-free guidance: eps_null + w (eps_cond - eps_null). w = 1 is the conditional prediction.
+
+    Args:
+        eps_null: the prediction with every attribute nulled.
+        eps_cond: the prediction with every attribute kept.
+        weight: the guidance weight w.
+
+    Returns:
+        The guided prediction.
+    """
     return eps_null + weight * (eps_cond - eps_null)
 
 
 def dcfg(eps_null: torch.Tensor, eps_groups: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
-    """Decoupled CFG: eps_null + sum_m w_m (eps_m - eps_null), one term per attribute group."""
+    """Decoupled CFG: eps_null + sum_m w_m (eps_m - eps_null), one term per attribute group.
+
+    Args:
+        eps_null: the prediction with every attribute nulled.
+        eps_groups: one prediction per group, with only that group's attributes kept.
+        weights: one weight w_m per group.
+
+    Returns:
+        The guided prediction (a new tensor).
+
+    Raises:
+        ValueError: if there are no groups or the numbers of groups and weights differ.
+    """
     if len(eps_groups) != len(weights) or not eps_groups:
         raise ValueError(f"dcfg needs one weight per group: {len(eps_groups)} groups, {len(weights)} weights")
     guided = eps_null.clone()
@@ -74,9 +95,20 @@ def cfg_plus_plus(
         x0 = (x_t - sqrt(1 - abar_t) eps_hat) / sqrt(abar_t)
         x_{t_prev} = sqrt(abar_prev) x0 + sqrt(1 - abar_prev) eps_null
 
-    Returns ``GuidedPrediction(eps_hat, renoise=eps_null)``; the sampler takes the step
-    (:func:`medcf.core.sampling.ddim_step`). Epsilon and v predictions work alike: both are affine in eps at a fixed
-    x_t and the coefficients of the combination sum to 1. All l_m = 0 is unconditional DDIM.
+    Epsilon and v predictions work alike: both are affine in eps at a fixed x_t and the coefficients of the
+    combination sum to 1. All l_m = 0 is unconditional DDIM.
+
+    Args:
+        eps_null: the prediction with every attribute nulled.
+        eps_groups: one prediction per group, with only that group's attributes kept.
+        weights: one weight l_m per group, each in [0, 1].
+
+    Returns:
+        ``GuidedPrediction(eps_hat, renoise=eps_null)``; the sampler takes the step
+        (:func:`medcf.core.sampling.ddim_step`).
+
+    Raises:
+        ValueError: if a weight lies outside [0, 1], there are no groups, or the numbers of groups and weights differ.
     """
     bad = [w for w in weights if not 0.0 <= w <= 1.0]
     if bad:
@@ -91,7 +123,15 @@ def _per_image(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 def project(vector: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(parallel, orthogonal) parts of ``vector`` with respect to ``direction``, per image (dim 0 indexes images):
     parallel = (<v, d> / <d, d>) d, orthogonal = v - parallel, inner products over all of an image's pixels. A zero
-    direction has no parallel part."""
+    direction has no parallel part.
+
+    Args:
+        vector: the tensor v to split, (B, ...).
+        direction: the direction d, shaped like ``vector``.
+
+    Returns:
+        (parallel, orthogonal), each shaped like ``vector``; they sum to it.
+    """
     dot = (vector * direction).flatten(1).sum(dim=1)
     square = (direction * direction).flatten(1).sum(dim=1)
     coefficient = torch.where(square > 0, dot / torch.where(square > 0, square, 1.0), 0.0)
@@ -100,7 +140,15 @@ def project(vector: torch.Tensor, direction: torch.Tensor) -> tuple[torch.Tensor
 
 
 def limit_norm(vector: torch.Tensor, limit: float) -> torch.Tensor:
-    """v min(1, r / ||v||) per image (||.||: L2 norm over an image's pixels): at most norm r; r = inf: v as is."""
+    """v min(1, r / ||v||) per image (||.||: L2 norm over an image's pixels): at most norm r; r = inf: v as is.
+
+    Args:
+        vector: the tensor v, (B, ...), dim 0 indexing images.
+        limit: the largest norm r per image; inf: no limit.
+
+    Returns:
+        ``vector`` scaled down per image where its norm exceeds ``limit`` (``vector`` itself when ``limit`` is inf).
+    """
     if math.isinf(limit):
         return vector
     norm = vector.flatten(1).norm(dim=1)
@@ -133,8 +181,21 @@ def factored_apg(
     D_null + sum_m w_m Delta_m, DCFG on the clean-image estimates (the same as DCFG on the noise, x0 being affine
     in eps at a fixed x_t). eta = 1 skips the projection (L_orth + L_par = L).
 
-    Returns (D, (A_1, ..., A_M)): the guided clean image and the running averages to pass as ``averages`` at the
-    next guided step of the same decode. The inputs are not modified.
+    Args:
+        d_null: the clean-image estimate D_null with every attribute nulled, (B, ...).
+        d_groups: one clean-image estimate D_m per group, with only that group's attributes kept.
+        weights: one weight w_m per group.
+        averages: the running averages A_m' returned by the previous guided step of this decode; None at the first.
+        eta: weight of the parallel part, in [0, 1].
+        momentum: beta of the running average.
+        norm_limit: the norm limit r per image; inf: no limit.
+
+    Returns:
+        (D, (A_1, ..., A_M)): the guided clean image and the running averages to pass as ``averages`` at the
+        next guided step of the same decode. The inputs are not modified.
+
+    Raises:
+        ValueError: if there are no groups, or the numbers of groups, weights and (given) averages differ.
     """
     if len(d_groups) != len(weights) or not d_groups:
         raise ValueError(f"factored_apg needs one weight per group: {len(d_groups)} groups, {len(weights)} weights")
@@ -155,7 +216,15 @@ def factored_apg(
 
 def in_interval(sigma: float, interval: tuple[float, float] | None) -> bool:
     """Guidance interval (Kynkaanniemi et al. 2024, arXiv 2404.07724): guide when low < sigma <= high, with sigma
-    the step's noise level sqrt((1 - abar_t) / abar_t); None guides at every step."""
+    the step's noise level sqrt((1 - abar_t) / abar_t); None guides at every step.
+
+    Args:
+        sigma: the step's noise level.
+        interval: (low, high), or None.
+
+    Returns:
+        Whether the step is guided.
+    """
     return interval is None or interval[0] < sigma <= interval[1]
 
 
@@ -184,11 +253,26 @@ class APGParameters:
             raise ValueError(f"APG norm limit: {self.norm_limit!r} must be > 0 (inf: no limit)")
 
     def describe(self) -> str:
+        """The settings in a few characters.
+
+        Returns:
+            e.g. ``eta=0, beta=-0.5, r=inf``.
+        """
         return f"eta={self.eta:g}, beta={self.momentum:g}, r={self.norm_limit:g}"
 
 
 def check_interval(interval: tuple[float, float] | None) -> tuple[float, float] | None:
-    """The band as a (low, high) tuple of floats; ValueError unless 0 <= low < high (high may be inf)."""
+    """The band as a (low, high) tuple of floats; ValueError unless 0 <= low < high (high may be inf).
+
+    Args:
+        interval: a pair of numbers (low, high), or None.
+
+    Returns:
+        (low, high) as floats, or None for None.
+
+    Raises:
+        ValueError: if ``interval`` is not a pair of numbers, or not 0 <= low < high with low finite.
+    """
     if interval is None:
         return None
     try:
@@ -210,6 +294,14 @@ class GuidancePlan:
     ``rule``: "linear" (DCFG / CFG), "cfg++" or "apg" (with ``apg``); ``interval``: the noise levels sigma_t in
     (low, high] at which the guidance terms are evaluated (None: every step); at the other steps the conditional
     prediction (every attribute kept) is the step's only evaluation.
+
+    Attributes:
+        keep: (R, K) bool keep-masks, one row per network evaluation of a guided step.
+        weights: one weight per group (empty for mode "none").
+        groups: the attribute names of each group, in the order of rows 1..M (mode "none": every name, one group).
+        rule: how the terms combine: "linear", "cfg++" or "apg".
+        apg: the APG settings, used by rule "apg".
+        interval: (low, high) noise levels at which to guide, or None.
     """
 
     keep: torch.Tensor
@@ -227,7 +319,11 @@ class GuidancePlan:
     def describe(self) -> str:
         """The groups and their weights, e.g. ``age+disease w=2, race+sex w=1`` (``no guidance`` for mode none),
         then the rule and the interval when they are not the defaults, e.g. ``; rule apg (eta=0, beta=-0.5, r=inf);
-        guided at sigma in (0.3, 5]``."""
+        guided at sigma in (0.3, 5]``.
+
+        Returns:
+            The description; :class:`~medcf.core.engine.NullReferences` keys its decodes by it.
+        """
         if not self.weights:
             return "no guidance"
         text = ", ".join(
@@ -242,7 +338,14 @@ class GuidancePlan:
         return text
 
     def combine(self, predictions: torch.Tensor) -> torch.Tensor:
-        """Predictions (R, B, ...) in the plan's row order -> the guided prediction (B, ...)."""
+        """Predictions (R, B, ...) in the plan's row order -> the guided prediction (B, ...).
+
+        Args:
+            predictions: one prediction per keep-mask row, stacked on dim 0.
+
+        Returns:
+            Row 0 when the plan has no weights, else the linear DCFG sum (:func:`dcfg`).
+        """
         if not self.weights:
             return predictions[0]
         return dcfg(predictions[0], list(predictions[1:]), self.weights)
@@ -271,9 +374,21 @@ def guidance_plan(
             attribute its own group with its ``per_attribute`` weight, ``w_aff`` where it has none; the other
             attributes one invariant group with ``w_inv``).
         affected: intervened attributes and their descendants (for the DCFG modes).
+        weight: the CFG weight (mode "cfg").
+        w_aff: the weight of the affected attributes (modes "dcfg", "dcfg_per_attribute", "calibrated").
+        w_inv: the weight of the other attributes (modes "dcfg", "dcfg_per_attribute", "calibrated").
+        per_attribute: weights by attribute name (modes "dcfg_per_attribute" and "calibrated").
         rule: "linear" (the weighted sum), "cfg++" (weights in [0, 1]) or "apg" (with ``apg``, default
             :class:`APGParameters`).
+        apg: the APG settings for rule "apg"; None: the defaults.
         interval: (low, high): guide only at noise levels sigma_t in (low, high]; None: at every step.
+
+    Returns:
+        The plan: null row first, then one keep-mask row per group (a single all-kept row for mode "none").
+
+    Raises:
+        ValueError: if ``affected`` or ``per_attribute`` names unknown attributes, the mode or rule is unknown, the
+            interval is invalid, or rule "cfg++" gets a weight outside [0, 1].
     """
     names = schema.names
     unknown = set(affected) - set(names)

@@ -33,7 +33,11 @@ STATUSES = ("matched", "bound", "insensitive", "no_effect", "unmeasured")
 
 
 class PlanError(ValueError):
-    """A guidance plan that cannot be used (one line naming the file and the reason)."""
+    """A guidance plan that cannot be used (one line naming the file and the reason).
+
+    Args:
+        *args: the one-line message, as for :class:`ValueError`.
+    """
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,12 @@ class AttributeGuidance:
     figures: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for the plan file.
+
+        Returns:
+            ``weight``, ``interval`` (a list, an infinite high written ``"inf"``, or None), ``status`` and
+            ``figures``.
+        """
         band = None if self.interval is None else [self.interval[0], _json_float(self.interval[1])]
         return {"weight": self.weight, "interval": band, "status": self.status, "figures": dict(self.figures)}
 
@@ -98,10 +108,19 @@ class CalibratedPlan:
         return f"{self.source.name} sha256:{self.sha256[:12]}"
 
     def weights(self) -> dict[str, float]:
+        """The plan's weights.
+
+        Returns:
+            Attribute name -> its DCFG group weight.
+        """
         return {name: guidance.weight for name, guidance in self.attributes.items()}
 
     def describe(self) -> str:
-        """e.g. ``age w=1.8, sex w=1.2, ...; w_inv=1`` (plus each band, where one is set)."""
+        """e.g. ``age w=1.8, sex w=1.2, ...; w_inv=1`` (plus each band, where one is set).
+
+        Returns:
+            The plan's weights (and bands) in one line.
+        """
         parts = []
         for name, guidance in self.attributes.items():
             band = (
@@ -114,7 +133,18 @@ class CalibratedPlan:
 
     def settings(self, **options: Any) -> GuidanceSettings:
         """The GuidanceSettings of mode ``calibrated`` (``options``: steps, rule, precision, ...; a
-        ``per_attribute`` mapping overrides the plan's weights of the attributes it names)."""
+        ``per_attribute`` mapping overrides the plan's weights of the attributes it names).
+
+        Args:
+            **options: other GuidanceSettings fields; ``mode``, ``weight``, ``w_inv``, ``intervals`` and ``plan``
+                are ignored (the plan sets them).
+
+        Returns:
+            The settings, with the plan's weights, bands, ``w_inv`` and :attr:`label`.
+
+        Raises:
+            ValueError: if an option is not allowed (see :class:`~medcf.core.guidance_settings.GuidanceSettings`).
+        """
         weights = {**self.weights(), **dict(options.pop("per_attribute", None) or {})}
         intervals = {name: guidance.interval for name, guidance in self.attributes.items()}
         for ignored in ("mode", "weight", "w_inv", "intervals", "plan"):
@@ -129,6 +159,12 @@ class CalibratedPlan:
         )
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain data for the plan file (:meth:`load` reads it back).
+
+        Returns:
+            The format tag, the plan's fields and each attribute's :meth:`AttributeGuidance.to_dict`; ``source``
+            and ``sha256`` are left out.
+        """
         return {
             "format": PLAN_FORMAT,
             "w_inv": self.w_inv,
@@ -142,7 +178,14 @@ class CalibratedPlan:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write the plan atomically as JSON; returns the path."""
+        """Write the plan atomically as JSON; returns the path.
+
+        Args:
+            path: the file to write.
+
+        Returns:
+            ``path`` as a :class:`~pathlib.Path`.
+        """
         path = Path(path)
         write_json_atomic(path, self.to_dict())
         return path
@@ -158,6 +201,10 @@ class CalibratedPlan:
 
         Returns:
             The plan, with ``source`` and ``sha256`` set.
+
+        Raises:
+            PlanError: if the file is missing, too large, not JSON, of another format, calibrated for another
+                model, or holds attributes, weights, bands, statuses or steps that are not allowed.
         """
         path = Path(path)
         if not path.is_file():
@@ -255,7 +302,21 @@ def plan_if_used(
     entries: Any, plan_path: str | Path | None, schema: AttributeSchema, model_sha256: str | None
 ) -> CalibratedPlan | None:
     """The plan at ``plan_path`` when a guidance entry (a mapping, or a list of them) has mode ``calibrated``,
-    checked against the model; None otherwise (a job given weights by hand needs no plan file)."""
+    checked against the model; None otherwise (a job given weights by hand needs no plan file).
+
+    Args:
+        entries: the job's guidance entry or entries (None: none).
+        plan_path: the guidance plan file; None when the job has none.
+        schema: the model's attributes.
+        model_sha256: the model's SHA-256; None (or empty): not checked.
+
+    Returns:
+        The loaded plan, or None.
+
+    Raises:
+        PlanError: if a plan is needed and ``plan_path`` is None, or the plan cannot be used
+            (:meth:`CalibratedPlan.load`).
+    """
     listed = [entries] if isinstance(entries, Mapping) else list(entries or [])
     if not any(isinstance(entry, Mapping) and entry.get("mode") == "calibrated" for entry in listed):
         return None
@@ -283,6 +344,10 @@ def guidance_settings(
 
     Returns:
         GuidanceSettings; a missing or bad plan is a one-line PlanError naming the file.
+
+    Raises:
+        PlanError: for mode calibrated, if ``plan_path`` is None or the plan cannot be used.
+        ValueError: if a setting is not allowed.
     """
     if mode != "calibrated":
         return GuidanceSettings(mode=mode, **options)

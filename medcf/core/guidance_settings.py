@@ -52,7 +52,15 @@ def _band(setting: str, band: object) -> tuple[float, float] | None:
 
 def calibrated_interval(settings: GuidanceSettings, affected: set[str]) -> tuple[float, float] | None:
     """The band a ``calibrated`` decode is guided in: the smallest band holding every affected attribute's band
-    (None, every step, as soon as one affected attribute has none); ``settings.interval`` when none is affected."""
+    (None, every step, as soon as one affected attribute has none); ``settings.interval`` when none is affected.
+
+    Args:
+        settings: the calibrated settings, with their per-attribute ``intervals``.
+        affected: intervened attributes and their causal descendants.
+
+    Returns:
+        (low, high), or None: guide at every step.
+    """
     if not affected:
         return settings.interval
     bands = [settings.intervals.get(name) for name in sorted(affected)]
@@ -173,7 +181,17 @@ class GuidanceSettings:
 
 
 def guidance_label(settings: GuidanceSettings) -> str:
-    """A short name of a guidance setting, e.g. ``cfg w=3``, ``dcfg w_aff=3 w_inv=1``, ``none``."""
+    """A short name of a guidance setting, e.g. ``cfg w=3``, ``dcfg w_aff=3 w_inv=1``, ``none``.
+
+    Settings other than the mode's weights, steps, inversion depth, max_rows and the calibrated plan's are
+    appended as ``name=value`` where they differ from the defaults (e.g. ``rule=apg``).
+
+    Args:
+        settings: the settings to name.
+
+    Returns:
+        The label.
+    """
     if settings.mode == "none":
         label = "none"
     elif settings.mode == "calibrated":
@@ -206,7 +224,14 @@ def guidance_label(settings: GuidanceSettings) -> str:
 
 
 def short_value(value: Any) -> str:
-    """A setting's value as a label shows it: floats in %g, sequences joined by ``-``."""
+    """A setting's value as a label shows it: floats in %g, sequences joined by ``-``.
+
+    Args:
+        value: the value; a tuple or list is written item by item.
+
+    Returns:
+        The text (``str(value)`` for anything else).
+    """
     if isinstance(value, float):
         return f"{value:g}"
     if isinstance(value, tuple | list):
@@ -221,7 +246,21 @@ def guidance_settings_from(
     plan: CalibratedPlan | None = None,
 ) -> list[GuidanceSettings]:
     """GuidanceSettings from config entries like ``{mode: cfg, weight: 3}`` or ``{mode: calibrated}`` (the
-    ``plan``'s weights; other keys of the entry, e.g. ``per_attribute``, override it); one line per bad entry."""
+    ``plan``'s weights; other keys of the entry, e.g. ``per_attribute``, override it); one line per bad entry.
+
+    Args:
+        entries: a non-empty list of mappings of GuidanceSettings fields (not ``steps`` or ``inversion_depth``).
+        steps: the DDIM steps of every setting.
+        inversion_depth: the inverted fraction of the schedule, for every setting.
+        plan: the calibrated plan, needed by an entry with mode ``calibrated``.
+
+    Returns:
+        One GuidanceSettings per entry, in order.
+
+    Raises:
+        ValueError: if ``entries`` is not a non-empty list of mappings, an entry has an unknown or bad setting, an
+            entry has mode ``calibrated`` and there is no plan, or two entries have the same label.
+    """
     if isinstance(entries, Mapping) or not entries:
         raise ValueError("guidance_settings: give a list of settings, e.g. [{mode: cfg, weight: 3}]")
     known = {f.name for f in fields(GuidanceSettings)} - {"steps", "inversion_depth"}

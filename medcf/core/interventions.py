@@ -26,12 +26,22 @@ _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
 
 
 class InterventionError(SchemaError):
-    """A malformed or impossible intervention."""
+    """A malformed or impossible intervention.
+
+    Args:
+        *args: the one-line message, as for :class:`ValueError`.
+    """
 
 
 @dataclass(frozen=True)
 class Assignment:
-    """One intervened attribute: a value to set, or (continuous only) a shift relative to the factual value."""
+    """One intervened attribute: a value to set, or (continuous only) a shift relative to the factual value.
+
+    Attributes:
+        name: the attribute.
+        value: the value to set (parsed), or the signed shift when ``relative``.
+        relative: ``value`` is added to the factual value.
+    """
 
     name: str
     value: AttributeValue
@@ -40,7 +50,11 @@ class Assignment:
 
 @dataclass(frozen=True)
 class Intervention:
-    """A parsed ``do(...)``; :meth:`apply` gives the intervened values for one image's factual attributes."""
+    """A parsed ``do(...)``; :meth:`apply` gives the intervened values for one image's factual attributes.
+
+    Attributes:
+        assignments: one per intervened attribute, in the order written; empty for ``do()``.
+    """
 
     assignments: tuple[Assignment, ...]
 
@@ -62,7 +76,18 @@ class Intervention:
         return f"do({', '.join(parts)})"
 
     def apply(self, schema: AttributeSchema, factual: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
-        """The intervened attributes' new values (relative shifts resolved and range-checked)."""
+        """The intervened attributes' new values (relative shifts resolved and range-checked).
+
+        Args:
+            schema: the attributes the intervention was parsed against.
+            factual: one image's factual attribute values (needed for the relatively shifted attributes).
+
+        Returns:
+            Intervened attribute name -> its new value.
+
+        Raises:
+            InterventionError: if a shift takes this image's value outside the attribute's range.
+        """
         values: dict[str, AttributeValue] = {}
         for a in self.assignments:
             if a.relative:
@@ -80,7 +105,19 @@ class Intervention:
 
 
 def parse_intervention(schema: AttributeSchema, text: str) -> Intervention:
-    """Parse one intervention string against ``schema``."""
+    """Parse one intervention string against ``schema``.
+
+    Args:
+        schema: the attributes that may be intervened on.
+        text: the intervention, e.g. ``do(sex=F)``, ``do(age=+20)`` or ``do()`` (grammar in the module docstring).
+
+    Returns:
+        The parsed intervention.
+
+    Raises:
+        InterventionError: if the text is malformed, assigns an attribute twice, names an unknown attribute, gives a
+            value that is not allowed, or a shift larger than the attribute's range.
+    """
     outer = _OUTER.fullmatch(text)
     if outer is None:
         raise InterventionError(f"malformed intervention {text!r}: expected do(name=value, ...), e.g. do(sex=F)")

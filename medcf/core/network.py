@@ -27,7 +27,26 @@ CHECKPOINT_FORMAT = "medcf-ddim/1"
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture of the denoiser (saved with every checkpoint)."""
+    """Architecture of the denoiser (saved with every checkpoint).
+
+    Attributes:
+        channels: the UNet's channels at each resolution level.
+        attention_levels: whether each level has self-attention (all levels do with cross-attention conditioning).
+        num_res_blocks: residual blocks per level.
+        num_head_channels: channels per attention head.
+        norm_num_groups: GroupNorm groups (default 8, not MONAI's 32, so that 32-channel levels still see the
+            added timestep and condition).
+        in_channels: image channels, in and out.
+        block_dim: size of each attribute's condition block.
+        hidden_dim: width of each attribute's embedding MLP.
+        conditioning: ``time`` (added to the time embedding) or ``cross_attention`` (blocks as tokens).
+        learned_null: a learned null token per attribute instead of zeros.
+        l2_normalize: with ``time`` conditioning, L2-normalise the concatenated blocks (times the square root of
+            their length) before the projection.
+
+    Raises:
+        ValueError: if ``conditioning`` is not allowed or ``channels`` and ``attention_levels`` differ in length.
+    """
 
     channels: tuple[int, ...] = (32, 64, 128)
     attention_levels: tuple[bool, ...] = (False, False, True)
@@ -51,7 +70,13 @@ class ModelConfig:
 
 
 class CounterfactualUNet(nn.Module):
-    """DDIM denoiser with an attribute-split condition (see the module docstring)."""
+    """DDIM denoiser with an attribute-split condition (see the module docstring).
+
+    Args:
+        schema: the attributes the model is conditioned on.
+        config: the architecture; None: a :class:`ModelConfig` built from ``overrides``.
+        **overrides: :class:`ModelConfig` fields (lists become tuples), used only when ``config`` is None.
+    """
 
     def __init__(self, schema: AttributeSchema, config: ModelConfig | None = None, **overrides: Any) -> None:
         super().__init__()
@@ -77,7 +102,15 @@ class CounterfactualUNet(nn.Module):
             self.project = nn.Linear(len(schema.names) * config.block_dim, config.channels[0] * 4)
 
     def condition(self, attributes: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """The condition the UNet sees: time-embedding offset (B, 4 C0) or tokens (B, K, block_dim)."""
+        """The condition the UNet sees: time-embedding offset (B, 4 C0) or tokens (B, K, block_dim).
+
+        Args:
+            attributes: (B, K) attribute codes in schema order.
+            keep: (B, K) bool, which attributes each row is conditioned on.
+
+        Returns:
+            The projected condition (``time``) or the attribute blocks (``cross_attention``).
+        """
         blocks = self.embedder(attributes, keep)
         if self.config.conditioning == "cross_attention":
             return blocks
@@ -96,6 +129,9 @@ class CounterfactualUNet(nn.Module):
             timesteps: (B,) integer timesteps.
             attributes: (B, K) attribute codes in schema order (see ``medcf.core.conditioning.encode_attributes``).
             keep: (B, K) bool, which attributes each row is conditioned on (False = nulled).
+
+        Returns:
+            The prediction, shaped like ``x``.
         """
         condition = self.condition(attributes, keep.to(torch.bool))
         if self.config.conditioning == "cross_attention":
@@ -110,7 +146,16 @@ def save_checkpoint(
     state_dict: dict[str, torch.Tensor] | None = None,
     **extra: Any,
 ) -> None:
-    """Weights + schema + architecture + diffusion settings, written atomically."""
+    """Weights + schema + architecture + diffusion settings, written atomically.
+
+    Args:
+        path: the file to write (with ``torch.save``).
+        model: the model whose schema and architecture are recorded.
+        diffusion: the diffusion settings, e.g. :meth:`~medcf.core.diffusion.DiffusionConfig.to_dict`.
+        state_dict: the weights to save; None: ``model.state_dict()``.
+        **extra: further entries of the payload (plain data and tensors only, so :func:`read_torch_file` can read
+            them).
+    """
     payload = {
         "format": CHECKPOINT_FORMAT,
         "schema": model.schema.to_config(),
@@ -132,6 +177,15 @@ def read_torch_file(
     ``torch.load(weights_only=True)`` refuses every other Python object, so a file carrying a pickle payload
     (code that runs when the file is loaded) is rejected before anything in it runs. Every medcf model file
     and training checkpoint holds only tensors, numbers, strings, lists, tuples and dicts.
+
+    Args:
+        path: the file.
+        map_location: where tensors are loaded (as for ``torch.load``).
+        what: what the file should be, for the error message.
+        mmap: map tensors from the file instead of reading them.
+
+    Returns:
+        The loaded object.
 
     Raises:
         ValueError: one line naming the file and the reason (unreadable, so not a ``what``, or holding objects
@@ -156,7 +210,21 @@ def read_medcf_file(
     path: str | Path, file_format: str | int, what: str, map_location: str | torch.device = "cpu"
 ) -> tuple[dict[str, Any], AttributeSchema]:
     """A medcf file's payload (read weights-only) and the attribute schema it records; a file of another
-    format is a one-line error naming it as not a ``what``."""
+    format is a one-line error naming it as not a ``what``.
+
+    Args:
+        path: the file.
+        file_format: the ``format`` entry the payload must have, e.g. ``CHECKPOINT_FORMAT``.
+        what: what the file should be, for error messages.
+        map_location: where tensors are loaded (as for ``torch.load``).
+
+    Returns:
+        (payload, schema).
+
+    Raises:
+        ValueError: if the file cannot be read safely (:func:`read_torch_file`) or is of another format.
+        SchemaError: if the recorded schema is invalid.
+    """
     payload = read_torch_file(path, map_location, what)
     if not isinstance(payload, dict) or payload.get("format") != file_format:
         raise ValueError(f"{path}: not a {what} (format {file_format} expected)")
@@ -167,7 +235,20 @@ def load_checkpoint(
     path: str | Path, expected_schema: AttributeSchema | None = None, map_location: str | torch.device = "cpu"
 ) -> tuple[CounterfactualUNet, dict[str, Any]]:
     """The model of a checkpoint and its full payload; with ``expected_schema`` a different attribute
-    schema is an error naming both. The file is read with :func:`read_torch_file` (weights only)."""
+    schema is an error naming both. The file is read with :func:`read_torch_file` (weights only).
+
+    Args:
+        path: the checkpoint file.
+        expected_schema: the schema the model must have; None: not checked.
+        map_location: where tensors are loaded (as for ``torch.load``).
+
+    Returns:
+        (model, payload): the model with its weights loaded, and the file's full payload.
+
+    Raises:
+        ValueError: if the file is not a medcf checkpoint or cannot be read safely.
+        SchemaError: if its schema differs from ``expected_schema``.
+    """
     payload, schema = read_medcf_file(path, CHECKPOINT_FORMAT, "medcf checkpoint", map_location)
     if expected_schema is not None and schema.to_config() != expected_schema.to_config():
         raise SchemaError(
@@ -183,4 +264,12 @@ def load_checkpoint(
 
 
 def describe(schema: AttributeSchema) -> str:
+    """A schema in one line, e.g. ``sex{M,F} age[18,95]`` (:func:`~medcf.core.attributes.attribute_text`).
+
+    Args:
+        schema: the schema to describe.
+
+    Returns:
+        Its attributes' short texts, separated by spaces.
+    """
     return " ".join(attribute_text(a) for a in schema.attributes)

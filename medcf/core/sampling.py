@@ -39,21 +39,49 @@ Predict = Callable[[torch.Tensor, int], torch.Tensor | GuidedPrediction]
 
 
 def timestep_schedule(num_train_timesteps: int, steps: int) -> list[int]:
-    """``steps`` descending timesteps from T-1 to 0, evenly spaced."""
+    """``steps`` descending timesteps from T-1 to 0, evenly spaced.
+
+    Args:
+        num_train_timesteps: T of the trained schedule.
+        steps: how many timesteps, in [1, T].
+
+    Returns:
+        The timesteps, rounded to integers.
+
+    Raises:
+        ValueError: if ``steps`` is outside [1, T].
+    """
     if not 1 <= steps <= num_train_timesteps:
         raise ValueError(f"steps: {steps} must lie in [1, {num_train_timesteps}]")
     return torch.linspace(num_train_timesteps - 1, 0, steps).round().long().tolist()
 
 
 def noise_level(alpha_bar: torch.Tensor) -> torch.Tensor:
-    """sigma = sqrt((1 - abar) / abar): the noise standard deviation of x_t / sqrt(abar) = x0 + sigma eps."""
+    """sigma = sqrt((1 - abar) / abar): the noise standard deviation of x_t / sqrt(abar) = x0 + sigma eps.
+
+    Args:
+        alpha_bar: abar, one value or a tensor of them.
+
+    Returns:
+        sigma, shaped like ``alpha_bar``.
+    """
     return ((1 - alpha_bar) / alpha_bar).sqrt()
 
 
 def split_prediction(
     prediction: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(eps, x0) from the network output: an epsilon or a v prediction."""
+    """(eps, x0) from the network output: an epsilon or a v prediction.
+
+    Args:
+        prediction: the network output at ``x_t``.
+        x_t: the noisy images.
+        alpha_bar: abar of the step.
+        prediction_type: "epsilon"; anything else is read as "v_prediction".
+
+    Returns:
+        (eps, x0).
+    """
     a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
         return prediction, (x_t - s * prediction) / a
@@ -64,7 +92,17 @@ def prediction_from_x0(
     x0: torch.Tensor, x_t: torch.Tensor, alpha_bar: torch.Tensor, prediction_type: str
 ) -> torch.Tensor:
     """The network output that :func:`split_prediction` reads as the clean image ``x0`` at ``x_t`` (abar < 1):
-    eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar);  v = (sqrt(abar) x_t - x0) / sqrt(1 - abar)."""
+    eps = (x_t - sqrt(abar) x0) / sqrt(1 - abar);  v = (sqrt(abar) x_t - x0) / sqrt(1 - abar).
+
+    Args:
+        x0: the clean-image estimate.
+        x_t: the noisy images.
+        alpha_bar: abar of the step, < 1.
+        prediction_type: "epsilon"; anything else is read as "v_prediction".
+
+    Returns:
+        The network output in that parametrisation.
+    """
     a, s = alpha_bar.sqrt(), (1 - alpha_bar).sqrt()
     if prediction_type == "epsilon":
         return (x_t - a * x0) / s
@@ -87,6 +125,17 @@ def ddim_step(
     ``clip_x0`` clamps x0 to [-1, 1]; without ``renoise`` the noise n is then re-derived from the clamped x0
     (n = (x - sqrt(a_source) x0) / sqrt(1 - a_source)), with ``renoise`` it is used as given.
     The result has the dtype of ``x``.
+
+    Args:
+        x: the images at noise level ``alpha_bar_source``.
+        eps: the noise that gives x0.
+        alpha_bar_source: abar where ``x`` is.
+        alpha_bar_target: abar to move to (1: the clean image).
+        renoise: the noise to move with; None: ``eps``.
+        clip_x0: clamp x0 to [-1, 1].
+
+    Returns:
+        x at ``alpha_bar_target``.
     """
     x64 = x.to(torch.float64)
     x0 = (x64 - (1 - alpha_bar_source).sqrt() * eps) / alpha_bar_source.sqrt()
@@ -99,7 +148,16 @@ def ddim_step(
 
 
 class DDIMSampler:
-    """DDIM (eta = 0) over ``steps`` evenly spaced timesteps of a trained schedule."""
+    """DDIM (eta = 0) over ``steps`` evenly spaced timesteps of a trained schedule.
+
+    Args:
+        alphas_cumprod: abar_t of the trained schedule, t = 0..T-1 (kept as float64).
+        prediction_type: the network's parametrisation, "epsilon" or "v_prediction".
+        steps: how many timesteps to walk, in [1, T].
+
+    Raises:
+        ValueError: if ``steps`` is outside [1, T].
+    """
 
     def __init__(self, alphas_cumprod: torch.Tensor, prediction_type: str, steps: int = 50) -> None:
         self.alphas_cumprod = alphas_cumprod.to(torch.float64)
@@ -108,7 +166,17 @@ class DDIMSampler:
 
     def truncated(self, depth: float) -> DDIMSampler:
         """The same sampler over only the least noisy ``depth`` fraction of its steps (partial inversion:
-        the latent keeps more of the image, the counterfactual can change less)."""
+        the latent keeps more of the image, the counterfactual can change less).
+
+        Args:
+            depth: the fraction of the steps kept, in (0, 1]; at least one step is kept.
+
+        Returns:
+            A new sampler; this one is unchanged.
+
+        Raises:
+            ValueError: if ``depth`` is outside (0, 1].
+        """
         if not 0.0 < depth <= 1.0:
             raise ValueError(f"inversion depth: {depth!r} must lie in (0, 1]")
         keep = max(1, round(depth * len(self.timesteps)))
@@ -118,10 +186,25 @@ class DDIMSampler:
         return partial
 
     def alpha_bar(self, t: int) -> torch.Tensor:
+        """abar_t of timestep t (1 for t = -1, the clean image).
+
+        Args:
+            t: a timestep of the schedule, or -1.
+
+        Returns:
+            A float64 scalar tensor.
+        """
         return self.alphas_cumprod[t] if t >= 0 else torch.tensor(1.0, dtype=torch.float64)
 
     def noise_level(self, t: int) -> float:
-        """sigma_t = sqrt((1 - abar_t) / abar_t) of timestep t (0 for t = -1, the clean image)."""
+        """sigma_t = sqrt((1 - abar_t) / abar_t) of timestep t (0 for t = -1, the clean image).
+
+        Args:
+            t: a timestep of the schedule, or -1.
+
+        Returns:
+            sigma_t.
+        """
         return float(noise_level(self.alpha_bar(t)))
 
     @property
@@ -146,7 +229,16 @@ class DDIMSampler:
 
         ``predict`` returns a prediction or a :class:`GuidedPrediction`: x0 from its ``prediction``, re-noised
         with its ``renoise`` (CFG++). ``clip_x0`` is for sampling from noise (it keeps an imperfect model's
-        trajectory inside the image range); never for counterfactual decoding, which must retrace the inversion."""
+        trajectory inside the image range); never for counterfactual decoding, which must retrace the inversion.
+
+        Args:
+            predict: the (guided) prediction at ``(x, t)``.
+            x_T: noise or an inverted latent at the sampler's first timestep.
+            clip_x0: clamp each step's x0 to [-1, 1].
+
+        Returns:
+            The decoded images, shaped like ``x_T``.
+        """
         x = x_T
         for t, t_prev in self.pairs:
             eps, renoise = self._eps(predict, x, t)
@@ -158,7 +250,15 @@ class DDIMSampler:
         """From an image to its latent at t = T-1 (abduction of the exogenous noise).
 
         For a :class:`GuidedPrediction` with ``renoise`` the roles swap (x0 from ``renoise``, re-noised with
-        ``prediction``), the algebraic inverse of its decoding step."""
+        ``prediction``), the algebraic inverse of its decoding step.
+
+        Args:
+            predict: the prediction at ``(x, t)`` (the engine inverts without guidance).
+            x0: the images, on the model's scale [-1, 1].
+
+        Returns:
+            The latents at the sampler's first timestep, shaped like ``x0``.
+        """
         x = x0
         for t, t_prev in reversed(self.pairs):
             eps, renoise = self._eps(predict, x, t)

@@ -7,7 +7,18 @@ import torch
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` (or None): CUDA when present, else the CPU; otherwise the named device, refused in one line when
-    it is not usable here (e.g. ``cuda`` on a machine without a GPU)."""
+    it is not usable here (e.g. ``cuda`` on a machine without a GPU).
+
+    Args:
+        device: ``auto``, None, ``cpu``, ``cuda``, ``cuda:N`` or a :class:`torch.device`.
+
+    Returns:
+        The device to run on.
+
+    Raises:
+        ValueError: if ``device`` is not a device, is neither a CPU nor a CUDA device, or names a GPU this machine
+            does not have.
+    """
     if device is None or (isinstance(device, str) and device.strip().lower() == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:

@@ -29,6 +29,9 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
     Args:
         path: the file to create or replace (its folder is created when missing).
         durable: fsync the finished file before the rename (for files that must survive a power cut).
+
+    Yields:
+        The hidden temporary path beside ``path``, keeping its suffixes.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -45,21 +48,46 @@ def atomic_path(path: str | Path, durable: bool = False) -> Iterator[Path]:
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    """Write ``text`` (UTF-8) to ``path`` atomically.
+
+    Args:
+        path: the file to create or replace (its folder is created when missing).
+        text: the file's content.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
     return Path(path)
 
 
 def write_json_atomic(path: str | Path, payload: Any) -> Path:
-    """Write ``payload`` as indented JSON atomically (numpy scalars and other objects as plain values)."""
+    """Write ``payload`` as indented JSON atomically (numpy scalars and other objects as plain values).
+
+    Args:
+        path: the file to create or replace (its folder is created when missing).
+        payload: the data; values ``json`` does not know go through :func:`plain_json`.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     return write_text_atomic(path, json.dumps(payload, indent=2, default=plain_json) + "\n")
 
 
 def write_csv_atomic(path: str | Path, table: Any, mode: int | None = None) -> Path:
     """Write a pandas table as CSV (no index) atomically; ``mode`` sets the file's permissions (e.g. 0o600).
 
-    Paths that are not valid UTF-8 (possible on Linux) are written byte for byte (``surrogateescape``)."""
+    Paths that are not valid UTF-8 (possible on Linux) are written byte for byte (``surrogateescape``).
+
+    Args:
+        path: the file to create or replace (its folder is created when missing).
+        table: a pandas DataFrame (anything with ``to_csv``).
+        mode: the file's permission bits; None: the default.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
     with atomic_path(path) as temporary:
         table.to_csv(temporary, index=False, errors="surrogateescape")
         if mode is not None:
@@ -68,7 +96,14 @@ def write_csv_atomic(path: str | Path, table: Any, mode: int | None = None) -> P
 
 
 def plain_json(value: Any) -> Any:
-    """JSON for values ``json`` does not know: numpy scalars as Python numbers, anything else as text."""
+    """JSON for values ``json`` does not know: numpy scalars as Python numbers, anything else as text.
+
+    Args:
+        value: the value ``json`` could not encode (used as ``json.dumps(..., default=plain_json)``).
+
+    Returns:
+        ``value.item()`` for a 0-dimensional value with ``item``, else ``str(value)``.
+    """
     item = getattr(value, "item", None)
     if callable(item) and getattr(value, "ndim", None) == 0:
         return item()
@@ -76,7 +111,14 @@ def plain_json(value: Any) -> Any:
 
 
 def remove_temporaries(folder: str | Path) -> int:
-    """Delete temporary files a killed writer left under ``folder`` (recursively); how many were removed."""
+    """Delete temporary files a killed writer left under ``folder`` (recursively); how many were removed.
+
+    Args:
+        folder: the folder to sweep.
+
+    Returns:
+        The number of files removed.
+    """
     removed = 0
     for stale in Path(folder).rglob(f".*{TEMPORARY_MARK}*"):
         if stale.is_file():
@@ -86,7 +128,14 @@ def remove_temporaries(folder: str | Path) -> int:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The SHA-256 of a file's bytes (model and graph files are recorded by it)."""
+    """The SHA-256 of a file's bytes (model and graph files are recorded by it).
+
+    Args:
+        path: the file.
+
+    Returns:
+        The digest as 64 hexadecimal characters.
+    """
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):

@@ -33,11 +33,23 @@ logger = logging.getLogger("medcf.runtime.tracking")
 
 
 def tracking_uri() -> str:
+    """medcf's tracking store.
+
+    Returns:
+        ``MLFLOW_TRACKING_URI`` when set (and not empty), else :data:`DEFAULT_TRACKING_URI`.
+    """
     return os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
 def absolute_uri(uri: str) -> str:
-    """A tracking URI that means the same from any working directory (``sqlite:///mlflow.db`` is relative)."""
+    """A tracking URI that means the same from any working directory (``sqlite:///mlflow.db`` is relative).
+
+    Args:
+        uri: a tracking URI.
+
+    Returns:
+        A relative ``sqlite:///`` URI with its file path made absolute; any other URI as given.
+    """
     prefix = "sqlite:///"
     if uri.startswith(prefix) and not uri[len(prefix) :].startswith("/"):
         return prefix + str(Path(uri[len(prefix) :]).resolve())
@@ -45,7 +57,15 @@ def absolute_uri(uri: str) -> str:
 
 
 def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
-    """Nested parameters as ``a.b = value`` strings (MLflow params are flat and at most 6000 characters)."""
+    """Nested parameters as ``a.b = value`` strings (MLflow params are flat and at most 6000 characters).
+
+    Args:
+        values: the parameters; nested mappings are flattened.
+        prefix: text put before every name (used for the nested levels).
+
+    Returns:
+        Dotted name -> ``str(value)``, cut to 6000 characters.
+    """
     flat: dict[str, str] = {}
     for key, value in values.items():
         name = f"{prefix}{key}"
@@ -57,6 +77,11 @@ def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def is_main_process() -> bool:
+    """Whether this process logs: rank 0 of a distributed run, or a plain run.
+
+    Returns:
+        True unless a process group is up and this process's rank is not 0.
+    """
     return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
@@ -102,6 +127,11 @@ class MLflowTracker:
         self.run_id: str | None = None
 
     def attach(self, trainer: Engine) -> None:
+        """Register the tracker's handlers on ``trainer`` (and on the evaluator); nothing on ranks other than 0.
+
+        Args:
+            trainer: the training engine.
+        """
         if not is_main_process():
             return
         trainer.add_event_handler(Events.STARTED, self.start)
@@ -113,6 +143,11 @@ class MLflowTracker:
             self.evaluator.add_event_handler(Events.COMPLETED, self.log_validation, trainer)
 
     def start(self, trainer: Engine) -> None:
+        """Open the run (the resumed one, or a new one with the parameters) and store the config files.
+
+        Args:
+            trainer: the training engine (unused; ignite passes it).
+        """
         use_experiment(self.experiment)
         run = self._continued_run() or self._new_run()
         self.run_id = run.info.run_id
@@ -155,6 +190,11 @@ class MLflowTracker:
         return run
 
     def log_iteration(self, trainer: Engine) -> None:
+        """Log the loss and, when the trainer has an optimizer, its first group's learning rate.
+
+        Args:
+            trainer: the training engine; its iteration is the metrics' step.
+        """
         loss = self.output_transform(trainer.state.output)
         step = trainer.state.iteration
         if loss is not None:
@@ -164,6 +204,11 @@ class MLflowTracker:
             mlflow.log_metric("lr", float(optimizer.param_groups[0]["lr"]), step=step)
 
     def log_epoch(self, trainer: Engine) -> None:
+        """Log the epoch number, and a sample grid every ``sample_every`` epochs and after the last one.
+
+        Args:
+            trainer: the training engine.
+        """
         epoch = trainer.state.epoch
         mlflow.log_metric("epoch", epoch, step=trainer.state.iteration)
         last = epoch == trainer.state.max_epochs
@@ -173,14 +218,35 @@ class MLflowTracker:
                 mlflow.log_artifact(str(grid), artifact_path="samples")
 
     def log_validation(self, evaluator: Engine, trainer: Engine) -> None:
+        """Log every metric of the evaluator's run at the trainer's iteration.
+
+        Args:
+            evaluator: the validation engine that just completed.
+            trainer: the training engine.
+        """
         for name, value in evaluator.state.metrics.items():
             mlflow.log_metric(name, float(value), step=trainer.state.iteration)
 
     def finish(self, trainer: Engine, status: str) -> None:
+        """End the active run, if there is one.
+
+        Args:
+            trainer: the training engine (unused; ignite passes it).
+            status: the run's final MLflow status, e.g. ``FINISHED``.
+        """
         if mlflow.active_run() is not None:
             mlflow.end_run(status)
 
     def fail(self, trainer: Engine, error: Exception) -> None:
+        """End the run as FAILED and raise the training's error again.
+
+        Args:
+            trainer: the training engine.
+            error: the exception the training raised.
+
+        Raises:
+            Exception: ``error`` itself.
+        """
         self.finish(trainer, "FAILED")
         raise error
 
@@ -191,7 +257,16 @@ at the next start means the job was killed, and its run is marked KILLED."""
 
 
 def close_killed_run(output_dir: str | Path) -> str | None:
-    """Mark the MLflow run of a job that was killed in ``output_dir`` as KILLED (if still RUNNING); its id."""
+    """Mark the MLflow run of a job that was killed in ``output_dir`` as KILLED (if still RUNNING); its id.
+
+    The marker is removed in every case; a store that cannot be reached is a warning, not an error.
+
+    Args:
+        output_dir: the job's output folder.
+
+    Returns:
+        The killed job's run id, or None when there is no marker or its run could not be read.
+    """
     marker = Path(output_dir) / RUN_MARKER
     if not marker.exists():
         return None
@@ -215,7 +290,14 @@ EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 def use_experiment(name: str) -> str:
     """Point MLflow at medcf's tracking store and experiment ``name`` (made when missing, tagged with
-    :data:`EXPERIMENT_KIND` so that ``mlflow ui`` opens it in its model-training view); returns the store URI."""
+    :data:`EXPERIMENT_KIND` so that ``mlflow ui`` opens it in its model-training view); returns the store URI.
+
+    Args:
+        name: the experiment name.
+
+    Returns:
+        The tracking URI (:func:`tracking_uri`).
+    """
     uri = tracking_uri()
     mlflow.set_tracking_uri(uri)
     experiment = mlflow.set_experiment(name)
@@ -231,6 +313,15 @@ def job_run(output_dir: str | Path, experiment: str, run_name: str, tags: Mappin
 
     A run left RUNNING by a killed job in the same folder is marked KILLED first. The run ends FINISHED, FAILED
     on an error, or KILLED on Ctrl-C; a job killed outright is caught by the next start.
+
+    Args:
+        output_dir: the job's output folder; it holds :data:`RUN_MARKER` while the run is open.
+        experiment: the MLflow experiment name.
+        run_name: the run's name.
+        tags: tags of the run.
+
+    Yields:
+        The active MLflow run.
     """
     close_killed_run(output_dir)
     uri = use_experiment(experiment)
