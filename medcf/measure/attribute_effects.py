@@ -42,7 +42,14 @@ from medcf.training.samples import attribute_sweeps, conditional_samples
 
 
 def effect_contrasts(schema: AttributeSchema) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
-    """attribute -> (first, last) rows of its sweep: the two attribute settings an effect map compares."""
+    """attribute -> (first, last) rows of its sweep: the two attribute settings an effect map compares.
+
+    Args:
+        schema: the attributes to contrast; each is swept with :func:`medcf.training.samples.attribute_sweeps`.
+
+    Returns:
+        attribute name -> (first row, last row), each a full row of attribute values.
+    """
     return {name: (rows[0], rows[-1]) for name, rows in attribute_sweeps(schema).items()}
 
 
@@ -55,7 +62,19 @@ def model_effect_maps(
     size: tuple[int, int] = (64, 64),
     guidance_weight: float = 1.0,
 ) -> dict[str, np.ndarray]:
-    """attribute -> mean over ``seeds`` noises of sample(last) - sample(first), shape (H, W)."""
+    """attribute -> mean over ``seeds`` noises of sample(last) - sample(first), shape (H, W).
+
+    Args:
+        model: the trained network; its schema gives the contrasts.
+        diffusion: the model's noise schedule and prediction type.
+        seeds: starting noises to average over (seeds 0 .. seeds - 1; default 16).
+        steps: DDIM steps per sample (default 25).
+        size: (H, W) of the samples (default (64, 64)).
+        guidance_weight: classifier-free guidance weight; 1 (default) samples plain conditional.
+
+    Returns:
+        attribute name -> mean difference map, float (H, W) on the model's [-1, 1] scale.
+    """
     contrasts = effect_contrasts(model.schema)
     rows = [row for pair in contrasts.values() for row in pair]
     alphas_cumprod, total = diffusion.alphas_cumprod(), torch.zeros((len(rows), *size))
@@ -70,7 +89,17 @@ def model_effect_maps(
 
 def true_effect_maps(phantom: Phantom, subjects: int = 64, size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
     """attribute -> mean over ``subjects`` phantom subjects of the exact counterfactual difference
-    render(do(last)) - render(do(first)) on the [-1, 1] scale, shape (size, size)."""
+    render(do(last)) - render(do(first)) on the [-1, 1] scale, shape (size, size).
+
+    Args:
+        phantom: the phantom whose exact counterfactuals are the truth.
+        subjects: phantom subjects to average over (default 64).
+        size: side of the square renders in pixels (default 64).
+        seed: seed of the random generator that draws the subjects (default 0).
+
+    Returns:
+        attribute name -> mean difference map, (size, size).
+    """
     drawn = phantom.sample(subjects, np.random.default_rng(seed))
     maps = {}
     for name, (first, last) in effect_contrasts(phantom.schema).items():
@@ -86,7 +115,17 @@ def effect_agreement(
     model_maps: Mapping[str, np.ndarray], true_maps: Mapping[str, np.ndarray]
 ) -> dict[str, dict[str, float | None]]:
     """attribute -> correlation of the maps (None where either map is constant: no effect to correlate),
-    their mean absolute sizes and the size ratio model/true (None where the true map is zero)."""
+    their mean absolute sizes and the size ratio model/true (None where the true map is zero).
+
+    Args:
+        model_maps: attribute name -> the model's effect map (from :func:`model_effect_maps`); must hold every
+            attribute of ``true_maps``.
+        true_maps: attribute name -> the phantom's effect map (from :func:`true_effect_maps`); its attributes
+            are the ones compared.
+
+    Returns:
+        attribute name -> ``{"correlation", "model_size", "true_size", "size_ratio"}``.
+    """
     agreement = {}
     for name, true_map in true_maps.items():
         model_map = model_maps[name]
@@ -109,7 +148,18 @@ def save_effect_grid(
     path: str | Path,
 ) -> Path:
     """Two rows of signed maps (red: brighter, blue: darker), phantom above model, one column per attribute,
-    each map on its own symmetric colour scale."""
+    each map on its own symmetric colour scale.
+
+    Args:
+        true_maps: attribute name -> the phantom's effect map; its order gives the columns.
+        model_maps: attribute name -> the model's effect map.
+        agreement: attribute name -> the scores of :func:`effect_agreement` (its correlation titles the model map).
+        labels: attribute name -> the column's title.
+        path: the PNG file to write.
+
+    Returns:
+        The path written.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -132,7 +182,17 @@ def save_effect_grid(
 
 
 def square_image_size(payload: Mapping[str, Any]) -> tuple[int, int]:
-    """The (H, W) a model file was trained at (64 x 64 when unrecorded); phantoms render square images only."""
+    """The (H, W) a model file was trained at (64 x 64 when unrecorded); phantoms render square images only.
+
+    Args:
+        payload: the model file's contents, as :func:`medcf.core.network.load_checkpoint` returns them.
+
+    Returns:
+        (H, W), with H == W.
+
+    Raises:
+        SchemaError: when the recorded image size is not square.
+    """
     height, width = (int(n) for n in payload.get("image_size", (64, 64)))
     if height != width:
         raise SchemaError(f"image_size: the phantom renders square images, the model draws {(height, width)}")
@@ -150,7 +210,24 @@ def evaluate(
     device: str = "auto",
 ) -> dict[str, Any]:
     """Effect maps of a medcf model file (sampled on ``device``: auto = CUDA when present) against its phantom;
-    optionally saves the figure."""
+    optionally saves the figure.
+
+    Args:
+        model_path: the medcf model file.
+        phantom_kind: the phantom the model learnt (``cxr`` or ``mammo``).
+        seeds: starting noises to average the model's maps over (default 16).
+        steps: DDIM steps per sample (default 25).
+        guidance_weight: classifier-free guidance weight; 1 (default) samples plain conditional.
+        figure: PNG to write the phantom and model maps to; None (default) writes none.
+        subjects: phantom subjects to average the truth over (default 64).
+        device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The settings, the device used and ``attributes``: the agreement of :func:`effect_agreement`.
+
+    Raises:
+        SchemaError: when the model's image size is not square.
+    """
     phantom = make_phantom(phantom_kind)
     chosen = resolve_device(device)
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
@@ -169,6 +246,14 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse the arguments, run :func:`evaluate` and print its result as JSON.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 2 on a bad input.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m medcf.measure.attribute_effects", description=__doc__.split("\n\n")[0]
     )

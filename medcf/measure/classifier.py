@@ -28,11 +28,22 @@ BUNDLE_CONFIGS = ("inference.json", "inference.yaml", "train.json", "train.yaml"
 
 
 class ClassifierError(ValueError):
-    """The classifier cannot be loaded or its input / output does not fit the audit's settings."""
+    """The classifier cannot be loaded or its input / output does not fit the audit's settings.
+
+    Args:
+        message: one line naming the file or the setting to change.
+    """
 
 
 def parse_class_names(names: Sequence[str] | str | None) -> tuple[str, ...] | None:
-    """``class_names`` as given on the command line: a list, or one comma-separated string."""
+    """``class_names`` as given on the command line: a list, or one comma-separated string.
+
+    Args:
+        names: the class names, a comma-separated string of them, or None.
+
+    Returns:
+        The names as a tuple of strings (blank parts of a string dropped), or None when ``names`` is None.
+    """
     if names is None:
         return None
     if isinstance(names, str):
@@ -42,7 +53,22 @@ def parse_class_names(names: Sequence[str] | str | None) -> tuple[str, ...] | No
 
 @dataclass(frozen=True)
 class ClassifierSettings:
-    """How images go in and what comes out (see the module docstring)."""
+    """How images go in and what comes out (see the module docstring).
+
+    Attributes:
+        size: (height, width) the images are resized to; None (default) keeps the generator's size.
+        value_range: (low, high) that [-1, 1] is mapped onto linearly (default (-1, 1): unchanged).
+        kind: what the outputs are: ``logits`` (default; a sigmoid per column), ``softmax`` or ``probabilities``.
+        index: the audited output column; None (default) when the output has one column or ``name`` picks it.
+        name: the audited output by its name among ``class_names``; None (default) to use ``index``.
+        class_names: the names of the output columns, a sequence or one comma-separated string (default None).
+        threshold: the probability at or above which a prediction is positive, in (0, 1) (default 0.5).
+
+    Raises:
+        ClassifierError: when a setting is out of its range: an unknown ``kind``, ``value_range`` not
+            low < high, ``size`` not two positive integers, ``name`` not among ``class_names`` or naming
+            another column than ``index``, ``threshold`` outside (0, 1).
+    """
 
     size: tuple[int, int] | None = None
     value_range: tuple[float, float] = (-1.0, 1.0)
@@ -86,7 +112,19 @@ def load_network(path: str | Path | None, device: torch.device | str = "cpu") ->
     on ``device``.
 
     A TorchScript file is a program: PyTorch's security policy says to load only TorchScript you trust. The
-    folder form runs nothing from the folder."""
+    folder form runs nothing from the folder.
+
+    Args:
+        path: a TorchScript file or a MONAI bundle folder.
+        device: where the network is put (default ``cpu``).
+
+    Returns:
+        The network, in eval mode on ``device``.
+
+    Raises:
+        ClassifierError: when no path is given, it does not exist, the file is not TorchScript, or the folder
+            does not hold a network that can be built (see :func:`bundle_network`).
+    """
     if path is None or str(path).strip() == "":
         raise ClassifierError("classifier: none given; pass --classifier PATH (a TorchScript file or a bundle folder)")
     path = Path(path)
@@ -129,6 +167,17 @@ def bundle_network(folder: str | Path, device: torch.device | str = "cpu") -> nn
     ``torchvision.models`` builder) and arguments of literal values (strings, numbers, booleans, null, lists
     and mappings of these): no other ``_``-key, no nested ``_target_``, no string holding ``$``, ``@`` or ``%``,
     no argument that downloads weights. Everything else is a one-line :class:`ClassifierError` naming the file.
+
+    Args:
+        folder: the bundle folder, holding ``configs/`` and ``models/model.pt``.
+        device: where the network is put (default ``cpu``).
+
+    Returns:
+        The network with the folder's weights, in eval mode on ``device``.
+
+    Raises:
+        ClassifierError: when the configs, ``network_def``, its target or arguments, or the weights file are
+            refused, or the weights do not fit the network.
     """
     folder = Path(folder)
     config, definition = _network_definition(folder)
@@ -350,7 +399,12 @@ def _first_line(error: BaseException) -> str:
 
 
 class AuditedClassifier:
-    """The classifier's probability of the audited output for prepared images."""
+    """The classifier's probability of the audited output for prepared images.
+
+    Args:
+        network: the classifier, in eval mode (see :func:`load_network`).
+        settings: how images go in and what comes out (default: :class:`ClassifierSettings`'s defaults).
+    """
 
     def __init__(self, network: nn.Module, settings: ClassifierSettings = ClassifierSettings()) -> None:
         self.network, self.settings = network, settings
@@ -359,10 +413,30 @@ class AuditedClassifier:
     def load(
         cls, path: str | Path, settings: ClassifierSettings = ClassifierSettings(), device: torch.device | str = "cpu"
     ) -> AuditedClassifier:
+        """The classifier at ``path`` (see :func:`load_network`), read with ``settings``.
+
+        Args:
+            path: a TorchScript file or a MONAI bundle folder.
+            settings: how images go in and what comes out (default: :class:`ClassifierSettings`'s defaults).
+            device: where the network is put (default ``cpu``).
+
+        Returns:
+            The audited classifier.
+
+        Raises:
+            ClassifierError: when the network cannot be loaded.
+        """
         return cls(load_network(path, device), settings)
 
     def adapt(self, images: torch.Tensor) -> torch.Tensor:
-        """Prepared images (B, 1, H, W) in [-1, 1] -> the classifier's size and value range."""
+        """Prepared images (B, 1, H, W) in [-1, 1] -> the classifier's size and value range.
+
+        Args:
+            images: prepared images (B, 1, H, W) in [-1, 1].
+
+        Returns:
+            float images (B, 1, h, w) at the settings' size (bilinear, antialiased) and in their value range.
+        """
         images = images.float()
         if self.settings.size is not None and tuple(images.shape[-2:]) != tuple(self.settings.size):
             images = F.interpolate(images, size=tuple(self.settings.size), mode="bilinear", antialias=True)
@@ -371,7 +445,19 @@ class AuditedClassifier:
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor, batch_size: int = 32) -> np.ndarray:
-        """One probability per image, (B,) float64."""
+        """One probability per image, (B,) float64.
+
+        Args:
+            images: prepared images (B, 1, H, W) in [-1, 1]; moved to the network's device a batch at a time.
+            batch_size: images per forward pass (default 32).
+
+        Returns:
+            The audited output's probability per image, (B,) float64 (empty when there are no images).
+
+        Raises:
+            ClassifierError: when the classifier rejects the adapted input, or its output does not fit the
+                settings (shape, column, non-finite values, probabilities outside [0, 1]).
+        """
         device = _device_of(self.network)
         parts = [self._batch(images[k : k + batch_size].to(device)) for k in range(0, len(images), batch_size)]
         return np.concatenate(parts) if parts else np.zeros(0)

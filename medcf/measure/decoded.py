@@ -51,7 +51,22 @@ class MadeCounterfactuals:
     (one process's share, or every share joined): their attributes and images, the null-intervention
     ``reference`` (same guidance), the ``null_output`` (the ``do()`` output, as inference makes it), the way
     ``back`` (with reversibility), the predictors' outputs on the counterfactuals
-    (``after``) and on the references (``reconstructed``), and their ``features`` (FID)."""
+    (``after``) and on the references (``reconstructed``), and their ``features`` (FID).
+
+    Attributes:
+        positions: positions in the seed's images of the images that have a counterfactual.
+        attributes: the counterfactual attributes, one per position.
+        rejected: how many images the intervention could not apply to.
+        network_evaluations: network evaluations per image of the decoding.
+        images: the counterfactuals (N, 1, H, W) on [-1, 1]; None when none was made.
+        reference: the null-intervention outputs under the same guidance, one per counterfactual.
+        null_output: the null intervention's ``do()`` output, as inference makes it, one per counterfactual.
+        back: the counterfactuals decoded back under the factual attributes; None unless reversibility is measured.
+        after: predicted attribute -> the predictors' outputs on the counterfactuals.
+        reconstructed: predicted attribute -> the predictors' outputs on the references.
+        features: the predictors' features of the counterfactuals (for FID).
+        seconds: time spent decoding and predicting (default 0).
+    """
 
     positions: list[int]
     attributes: list[dict[str, AttributeValue]]
@@ -68,7 +83,16 @@ class MadeCounterfactuals:
 
     @classmethod
     def joined(cls, shares: Sequence[MadeCounterfactuals]) -> MadeCounterfactuals:
-        """Every process's share as one, in the order of the seed's images."""
+        """Every process's share as one, in the order of the seed's images.
+
+        Args:
+            shares: each process's counterfactuals of the same intervention and setting (shares without images
+                add only their ``rejected``, ``network_evaluations`` and ``seconds``).
+
+        Returns:
+            One :class:`MadeCounterfactuals`: rows in the order of the seed's images, ``rejected`` and ``seconds``
+            summed, ``network_evaluations`` the largest of the shares'.
+        """
         filled = [share for share in shares if share.positions]
         positions = [k for share in filled for k in share.positions]
 
@@ -95,7 +119,14 @@ class MadeCounterfactuals:
 @dataclass
 class DecodedSetting:
     """One setting on a seed's images (one process's share, or every share joined): L1 and SSIM per image of the
-    composition cycles (``cycled``: the positions of those images) and each intervention's counterfactuals."""
+    composition cycles (``cycled``: the positions of those images) and each intervention's counterfactuals.
+
+    Attributes:
+        cycled: positions in the seed's images of the images whose composition cycles were measured.
+        composition: measure name (``composition_<cycle>``, ``composition_ssim_<cycle>``) -> one value per
+            cycled image.
+        made: intervention text -> its counterfactuals.
+    """
 
     cycled: list[int]
     composition: dict[str, torch.Tensor]
@@ -103,7 +134,15 @@ class DecodedSetting:
 
     @classmethod
     def joined(cls, shares: Sequence[DecodedSetting]) -> DecodedSetting:
-        """Every process's share as one, in the order of the seed's images."""
+        """Every process's share as one, in the order of the seed's images.
+
+        Args:
+            shares: each process's decoding of the same setting, at least one, all with the same interventions.
+
+        Returns:
+            One :class:`DecodedSetting` with the composition values and each intervention's counterfactuals
+            joined (see :meth:`MadeCounterfactuals.joined`).
+        """
         cycled = [k for share in shares for k in share.cycled]
         names = next((list(share.composition) for share in shares if share.composition), [])
         composition = {

@@ -31,12 +31,24 @@ from medcf.training.samples import attribute_sweeps
 
 
 class EvaluationDataError(ValueError):
-    """Evaluation data that cannot be used (one line naming the folder or file)."""
+    """Evaluation data that cannot be used (one line naming the folder or file).
+
+    Args:
+        message: the one line.
+    """
 
 
 @dataclass
 class EvaluationSet:
-    """Prepared images (N, 1, H, W) in [-1, 1] with their factual attributes, sources and headers."""
+    """Prepared images (N, 1, H, W) in [-1, 1] with their factual attributes, sources and headers.
+
+    Attributes:
+        images: the prepared images (N, 1, H, W) in [-1, 1].
+        factual: each image's factual attributes, checked against the schema.
+        sources: each image's file, as a path relative to the data set folder.
+        headers: each image's radiograph header, as preparation read it.
+        rejected: source -> reason, for the files that could not be used.
+    """
 
     images: torch.Tensor
     factual: list[dict[str, AttributeValue]]
@@ -48,6 +60,14 @@ class EvaluationSet:
         return len(self.sources)
 
     def subset(self, positions: Sequence[int]) -> EvaluationSet:
+        """The images at ``positions``, in that order.
+
+        Args:
+            positions: indices into this set.
+
+        Returns:
+            A new set of those images, with no rejected files.
+        """
         positions = list(positions)
         return EvaluationSet(
             self.images[positions],
@@ -58,7 +78,15 @@ class EvaluationSet:
         )
 
     def draw(self, count: int, seed: int) -> EvaluationSet:
-        """``count`` images drawn without replacement by ``seed`` (all of them, in a seeded order, when fewer)."""
+        """``count`` images drawn without replacement by ``seed`` (all of them, in a seeded order, when fewer).
+
+        Args:
+            count: how many images to draw.
+            seed: seed of the random permutation.
+
+        Returns:
+            The drawn images (see :meth:`subset`), in the order of this set.
+        """
         order = np.random.default_rng(seed).permutation(len(self))[:count]
         return self.subset(sorted(order.tolist()))
 
@@ -66,7 +94,21 @@ class EvaluationSet:
 def load_evaluation_set(
     dataset_dir: str | Path, labels: str | Path, preparer: Preparer, schema: AttributeSchema
 ) -> EvaluationSet:
-    """Prepare every DICOM file under ``dataset_dir`` with its labels from the cohort table ``labels``."""
+    """Prepare every DICOM file under ``dataset_dir`` with its labels from the cohort table ``labels``.
+
+    Args:
+        dataset_dir: the data set folder, searched recursively.
+        labels: the cohort table (CSV) holding each file's attributes.
+        preparer: the bundle's preparer, as inference uses it.
+        schema: the model's attributes; each file's labels are validated against it.
+
+    Returns:
+        The prepared images; files preparation or validation refuses are in ``rejected`` with their reason.
+
+    Raises:
+        EvaluationDataError: when the folder holds no input files, or none of them can be prepared.
+        ValueError: when the cohort table cannot be read.
+    """
     folder = Path(dataset_dir)
     sources = discover_inputs(folder) if folder.is_dir() else []
     if not sources:
@@ -100,6 +142,14 @@ class TrueChanges:
 
     The factual image each true change starts from is the subject rendered and prepared like its file
     (not the file read back), so that the difference holds the intervention's effect only.
+
+    Args:
+        truth: the ground truth of the phantom data set the images come from.
+        images: the evaluation set; every source must have a row in ``truth``.
+        preparer: the preparer that prepared ``images``.
+
+    Raises:
+        TruthError: when a source has no ground-truth row or a file is not square.
     """
 
     def __init__(self, truth: PhantomTruth, images: EvaluationSet, preparer: Preparer) -> None:
@@ -114,7 +164,15 @@ class TrueChanges:
 
     def of_intervention(self, intervention: Intervention, positions: Sequence[int]) -> torch.Tensor:
         """True counterfactual minus factual for the images at ``positions`` (N, 1, H, W). A relative shift
-        applies to the subject's exact value; a shift the subject cannot take leaves its image unchanged."""
+        applies to the subject's exact value; a shift the subject cannot take leaves its image unchanged.
+
+        Args:
+            intervention: the intervention, applied to each subject's exact attributes.
+            positions: indices into the evaluation set.
+
+        Returns:
+            The true changes (len(positions), 1, H, W) on [-1, 1], in the order of ``positions``.
+        """
         schema = self.truth.phantom.schema
         changes = []
         for position in positions:

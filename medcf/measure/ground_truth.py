@@ -58,24 +58,57 @@ _TINY = 1e-9
 
 
 def unit_direction(true_change: torch.Tensor) -> torch.Tensor:
-    """The mean of the true change maps (N, ...) divided by its norm, shape (...); zeros where it is zero."""
+    """The mean of the true change maps (N, ...) divided by its norm, shape (...); zeros where it is zero.
+
+    Args:
+        true_change: the true change maps, (N, ...).
+
+    Returns:
+        The unit direction d_A, float64 (...).
+    """
     mean = true_change.double().mean(0)
     norm = mean.norm()
     return mean / norm if norm > 1e-12 else torch.zeros_like(mean)
 
 
 def projections(maps: torch.Tensor, direction: torch.Tensor) -> torch.Tensor:
-    """<map_i, direction> for each map (N,), on the [0, 1] scale."""
+    """<map_i, direction> for each map (N,), on the [0, 1] scale.
+
+    Args:
+        maps: (N, ...) change maps on the [-1, 1] scale.
+        direction: a unit direction with as many elements as one map.
+
+    Returns:
+        (N,) float64, half the inner product.
+    """
     return (maps.double().flatten(1) @ direction.double().flatten()) / 2
 
 
 def truth_error(change: torch.Tensor, true_change: torch.Tensor) -> float:
-    """Mean absolute difference of the model's and the true change maps, on the [0, 1] scale."""
+    """Mean absolute difference of the model's and the true change maps, on the [0, 1] scale.
+
+    Args:
+        change: the model's change maps, (N, 1, H, W) on [-1, 1].
+        true_change: the true change maps, same shape.
+
+    Returns:
+        The mean absolute difference halved (0 = the model changed exactly what the phantom changes).
+    """
     return float((change.double() - true_change.double()).abs().mean() / 2)
 
 
 def target_ratio(change: torch.Tensor, true_change: torch.Tensor, direction: torch.Tensor) -> float:
-    """Size of the model's change along ``direction`` over the true size (NaN when the truth has none)."""
+    """Size of the model's change along ``direction`` over the true size (NaN when the truth has none).
+
+    Args:
+        change: the model's change maps, (N, 1, H, W).
+        true_change: the true change maps, same shape.
+        direction: the intervened attribute's unit direction d_A (see :func:`unit_direction`).
+
+    Returns:
+        sum_i <change_i, d_A> / sum_i <true change_i, d_A>: 1 = the right amount; NaN when the denominator is
+        below 1e-9 in size.
+    """
     true_size = float(projections(true_change, direction).sum())
     if abs(true_size) < 1e-9:
         return math.nan
@@ -83,7 +116,16 @@ def target_ratio(change: torch.Tensor, true_change: torch.Tensor, direction: tor
 
 
 def off_target_error(change: torch.Tensor, true_change: torch.Tensor, direction: torch.Tensor) -> float:
-    """Mean |<change, d_B> - <true change, d_B>| over images: movement along B that the truth lacks."""
+    """Mean |<change, d_B> - <true change, d_B>| over images: movement along B that the truth lacks.
+
+    Args:
+        change: the model's change maps, (N, 1, H, W).
+        true_change: the true change maps, same shape.
+        direction: the unit direction d_B of an attribute nobody intervened on.
+
+    Returns:
+        The mean absolute difference of the projections, on the [0, 1] scale (0 = none).
+    """
     return float((projections(change, direction) - projections(true_change, direction)).abs().mean())
 
 

@@ -45,7 +45,20 @@ WITH, WITHOUT = {"marker": "circle"}, {"marker": "none"}
 
 def marker_template(phantom: Phantom, size: int = 64, subjects: int = 64, half_width: int = 5) -> np.ndarray:
     """The phantom's marker as a zero-mean (2 * half_width + 1)^2 filter: rendered marker differences,
-    each centred on its centre of mass (markers too near the border are skipped), averaged."""
+    each centred on its centre of mass (markers too near the border are skipped), averaged.
+
+    Args:
+        phantom: the mammogram phantom whose marker is rendered.
+        size: side of the square renders in pixels (default 64).
+        subjects: phantom subjects drawn (seed 0) to render the marker on (default 64).
+        half_width: half the filter's side in pixels, centre excluded (default 5).
+
+    Returns:
+        The zero-mean template, (2 * half_width + 1, 2 * half_width + 1).
+
+    Raises:
+        ValueError: when no subject's marker lies at least ``half_width`` pixels from the border.
+    """
     crops = []
     marked, unmarked = phantom_pairs(phantom, phantom.sample(subjects, np.random.default_rng(0)), size)
     for marker in marked - unmarked:
@@ -61,12 +74,28 @@ def marker_template(phantom: Phantom, size: int = 64, subjects: int = 64, half_w
 
 
 def marker_scores(images: np.ndarray, template: np.ndarray) -> np.ndarray:
-    """Largest matched-filter response of each (H, W) image in ``images`` (N, H, W)."""
+    """Largest matched-filter response of each (H, W) image in ``images`` (N, H, W).
+
+    Args:
+        images: (N, H, W) images on the [0, 1] scale.
+        template: the zero-mean filter of :func:`marker_template`.
+
+    Returns:
+        (N,) the largest correlation of the template with each image (borders extended with the nearest pixel).
+    """
     return np.array([ndimage.correlate(image, template, mode="nearest").max() for image in images])
 
 
 def separation(with_marker: np.ndarray, without_marker: np.ndarray) -> dict[str, float]:
-    """AUC of marked against unmarked scores, the paired fraction, and each group's median score."""
+    """AUC of marked against unmarked scores, the paired fraction, and each group's median score.
+
+    Args:
+        with_marker: the scores of the images with the marker, (N,).
+        without_marker: the scores of the same subjects' images without it, (N,), in the same order.
+
+    Returns:
+        ``auc``, ``paired_fraction``, ``median_score_with`` and ``median_score_without``.
+    """
     auc = stats.mannwhitneyu(with_marker, without_marker).statistic / (len(with_marker) * len(without_marker))
     return {
         "auc": float(auc),
@@ -77,7 +106,16 @@ def separation(with_marker: np.ndarray, without_marker: np.ndarray) -> dict[str,
 
 
 def phantom_pairs(phantom: Phantom, subjects: Sequence[Subject], size: int) -> tuple[np.ndarray, np.ndarray]:
-    """(with, without) exact counterfactual images of ``subjects``, each (N, size, size)."""
+    """(with, without) exact counterfactual images of ``subjects``, each (N, size, size).
+
+    Args:
+        phantom: the mammogram phantom.
+        subjects: the subjects to render under do(marker=circle) and do(marker=none).
+        size: side of the square renders in pixels.
+
+    Returns:
+        (marked, unmarked) renders, each (N, size, size).
+    """
     marked, unmarked = (
         np.stack([phantom.true_counterfactual(subject, do, size)[1] for subject in subjects]) for do in (WITH, WITHOUT)
     )
@@ -95,7 +133,21 @@ def model_pairs(
     per_noise: int = 8,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(with, without) model samples under the subjects' attributes, (N, H, W) on [0, 1]. Both samples of a
-    subject start from the same noise; each run of ``per_noise`` subjects shares one noise (one batch)."""
+    subject start from the same noise; each run of ``per_noise`` subjects shares one noise (one batch).
+
+    Args:
+        model: the trained mammogram network.
+        diffusion: the model's noise schedule and prediction type.
+        subjects: phantom subjects whose attributes (marker aside) condition the samples.
+        steps: DDIM steps per sample (default 25).
+        size: (H, W) of the samples (default (64, 64)).
+        guidance_weight: classifier-free guidance weight; 1 (default) samples plain conditional.
+        per_noise: subjects per batch, sharing one starting noise (default 8); a batch's seed is the index of
+            its first subject.
+
+    Returns:
+        (marked, unmarked) samples, each (N, H, W) on [0, 1] (not clipped).
+    """
     alphas_cumprod, marked, unmarked = diffusion.alphas_cumprod(), [], []
     for start in range(0, len(subjects), per_noise):
         chunk = subjects[start : start + per_noise]
@@ -113,7 +165,22 @@ def evaluate(
     model_path: str | Path, subjects: int = 48, steps: int = 25, guidance_weight: float = 1.0, device: str = "auto"
 ) -> dict[str, Any]:
     """Marker presence in a mammogram model's samples (drawn on ``device``: auto = CUDA when present), next to the
-    phantom's own (the ceiling)."""
+    phantom's own (the ceiling).
+
+    Args:
+        model_path: the medcf mammogram model file.
+        subjects: phantom subjects (seed 1) whose attributes are sampled (default 48).
+        steps: DDIM steps per sample (default 25).
+        guidance_weight: classifier-free guidance weight; 1 (default) samples plain conditional.
+        device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
+
+    Returns:
+        The settings, the device used, and the :func:`separation` of the ``phantom`` and of the ``model``.
+
+    Raises:
+        SchemaError: when the model's image size is not square.
+        ValueError: when the phantom draws no marker away from the border.
+    """
     phantom = make_phantom("mammo")
     chosen = resolve_device(device)
     model, payload = load_checkpoint(model_path, expected_schema=phantom.schema)
@@ -134,6 +201,14 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse the arguments, run :func:`evaluate` and print its result as JSON.
+
+    Args:
+        argv: the arguments (None: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 2 on a bad input.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m medcf.measure.marker_presence", description=__doc__.split("\n\n")[0]
     )

@@ -77,7 +77,18 @@ def reading(
     schema: AttributeSchema, name: str, values: torch.Tensor, source: AttributeValue, target: AttributeValue
 ) -> torch.Tensor:
     """The reading of ``name`` that a move from ``source`` to ``target`` is judged on: the contrast logit
-    logit_target - logit_source (categorical) or the value itself (continuous), per image."""
+    logit_target - logit_source (categorical) or the value itself (continuous), per image.
+
+    Args:
+        schema: the attributes.
+        name: the attribute moved.
+        values: its raw readings (:func:`raw_readings`): logits (N, values) or the value (N,).
+        source: the value moved from (categorical only).
+        target: the value moved to (categorical only).
+
+    Returns:
+        (N,) the reading per image.
+    """
     attribute = schema[name]
     if attribute.kind == "continuous":
         return values
@@ -104,7 +115,15 @@ class ExpectedEffect:
     counts: Mapping[str, int] = field(default_factory=dict)
 
     def of(self, source: AttributeValue, target: AttributeValue) -> float:
-        """Expected shift of one move (NaN where the data cannot say: a value without real images)."""
+        """Expected shift of one move (NaN where the data cannot say: a value without real images).
+
+        Args:
+            source: the value moved from.
+            target: the value moved to.
+
+        Returns:
+            ``slope * (target - source)`` for a continuous attribute, else the pair's entry of ``shifts``.
+        """
         if not math.isnan(self.slope):
             return self.slope * (float(target) - float(source))
         return self.shifts.get((str(source), str(target)), math.nan)
@@ -208,7 +227,15 @@ def rendering_slope(real: Sequence[float], rendered: Sequence[float]) -> float:
     """How much of a real image's reading survives the product's round trip: the least-squares slope of the
     ``do()`` outputs' readings on the source images' readings (1: the predictors read the round trip as the
     source; below 1: decoding softens what they read, so a counterfactual can only show that fraction of a real
-    difference). NaN with fewer than three images or no spread."""
+    difference). NaN with fewer than three images or no spread.
+
+    Args:
+        real: the reading of each source image.
+        rendered: the reading of each source's ``do()`` output, in the same order.
+
+    Returns:
+        The slope, or NaN as above.
+    """
     x, y = np.asarray(real, dtype=float), np.asarray(rendered, dtype=float)
     if len(x) < 3 or np.ptp(x) == 0:
         return math.nan
@@ -225,6 +252,7 @@ class PixelEffect:
     Attributes:
         maps: (source, target) -> (map (1, H, W), squared norm estimate, split-half correlation); a continuous
             attribute has the key ("", "") for the map per unit.
+        continuous: whether the attribute is continuous (one map per unit of its value).
         detected: the halves agree (split-half correlation >= the job's threshold) for every move estimated.
     """
 
@@ -233,7 +261,16 @@ class PixelEffect:
     detected: bool
 
     def of(self, source: AttributeValue, target: AttributeValue) -> tuple[torch.Tensor, float] | None:
-        """(effect map of the move, its squared norm estimate), or None where the data cannot say."""
+        """(effect map of the move, its squared norm estimate), or None where the data cannot say.
+
+        Args:
+            source: the value moved from.
+            target: the value moved to.
+
+        Returns:
+            For a continuous attribute the per-unit map times (target - source) and its squared norm times the
+            square of that; for a categorical one the pair's map and squared norm; None without a map.
+        """
         if self.continuous:
             found = self.maps.get(("", ""))
             if found is None:
@@ -342,7 +379,15 @@ def texture_expectation(
 
 
 def shift_ratio(measured: Sequence[float], expected: Sequence[float]) -> float:
-    """R = sum_i m_i e_i / sum_i e_i^2 over the moves with a finite expected shift (NaN when none)."""
+    """R = sum_i m_i e_i / sum_i e_i^2 over the moves with a finite expected shift (NaN when none).
+
+    Args:
+        measured: the measured shift m_i of each move.
+        expected: the expected shift e_i of each move, in the same order.
+
+    Returns:
+        R over the moves where both are finite; NaN when sum_i e_i^2 is zero there.
+    """
     m, e = np.asarray(measured, dtype=float), np.asarray(expected, dtype=float)
     keep = np.isfinite(e) & np.isfinite(m)
     denominator = float(e[keep] @ e[keep])

@@ -29,23 +29,54 @@ from medcf.core.intensity import to_unit_scale
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clipped, in float32 (:func:`medcf.core.intensity.to_unit_scale`)."""
+    """[-1, 1] -> [0, 1], clipped, in float32 (:func:`medcf.core.intensity.to_unit_scale`).
+
+    Args:
+        images: images on the [-1, 1] scale.
+
+    Returns:
+        The images on [0, 1], float32.
+    """
     return to_unit_scale(images.float())
 
 
 def l1_255(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """Mean absolute difference per image on the 0-255 scale, (N,)."""
+    """Mean absolute difference per image on the 0-255 scale, (N,).
+
+    Args:
+        images: (N, 1, H, W) on [-1, 1].
+        reference: the images to compare with, same shape.
+
+    Returns:
+        (N,) mean absolute difference of the [0, 1] images times 255.
+    """
     return (to_unit(images) - to_unit(reference)).abs().flatten(1).mean(1) * 255
 
 
 def ssim(images: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """SSIM per image (Gaussian window 11, sigma 1.5) of the images mapped to [0, 1], (N,)."""
+    """SSIM per image (Gaussian window 11, sigma 1.5) of the images mapped to [0, 1], (N,).
+
+    Args:
+        images: (N, 1, H, W) on [-1, 1].
+        reference: the images to compare with, same shape.
+
+    Returns:
+        (N,) SSIM per image.
+    """
     metric = SSIMMetric(spatial_dims=2, data_range=1.0, reduction="none")
     return metric(to_unit(images), to_unit(reference)).reshape(-1)
 
 
 def roc_auc(scores: np.ndarray, positive: np.ndarray) -> float:
-    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half); NaN with one class only."""
+    """Area under the ROC curve (the Mann-Whitney statistic, ties counted half); NaN with one class only.
+
+    Args:
+        scores: one score per sample, higher meaning more likely positive.
+        positive: whether each sample is positive (read as bool).
+
+    Returns:
+        The AUC in [0, 1], or NaN when every sample is of one class.
+    """
     scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
     n_pos, n_neg = int(positive.sum()), int((~positive).sum())
     if n_pos == 0 or n_neg == 0:
@@ -66,6 +97,15 @@ def effectiveness(
     target) and ``auroc`` (binary: the target's probability against whether it is the positive value; more
     values: macro one-vs-rest over the targets present; NaN when every target is the same value, as for
     do(sex=F) on everyone). Continuous: ``mae`` in the attribute's units.
+
+    Args:
+        schema: the model's attributes.
+        name: the intervened attribute.
+        predicted: the predictors' outputs on the counterfactuals (:meth:`AttributePredictor.predict`).
+        targets: each counterfactual's attributes, holding the intervened value of ``name``.
+
+    Returns:
+        The scores above, by name.
     """
     attribute = schema[name]
     if attribute.kind == "continuous":
@@ -91,7 +131,17 @@ def effectiveness(
 def prediction_of_value(
     schema: AttributeSchema, name: str, predicted: Mapping[str, torch.Tensor], rows: Sequence[Mapping]
 ) -> np.ndarray:
-    """Per image: the probability of its own value in ``rows`` (categorical) or the predicted value."""
+    """Per image: the probability of its own value in ``rows`` (categorical) or the predicted value.
+
+    Args:
+        schema: the model's attributes.
+        name: the attribute read.
+        predicted: the predictors' outputs (:meth:`AttributePredictor.predict`).
+        rows: each image's attributes; only used for a categorical attribute.
+
+    Returns:
+        (N,) float64.
+    """
     values = predicted[name].detach().double().cpu().numpy()
     if schema[name].kind == "continuous":
         return values
@@ -108,7 +158,18 @@ def off_target_change(
     """For each attribute of ``names`` (neither intervened nor a descendant): the mean ``signed`` and mean
     ``absolute`` change of its prediction from the factual images (``before``) to the counterfactuals
     (``after``). Categorical: the probability of the image's factual value (negative = moved away from it);
-    continuous: the predicted value in its units."""
+    continuous: the predicted value in its units.
+
+    Args:
+        schema: the model's attributes.
+        names: the attributes to measure: neither intervened nor a descendant.
+        before: the predictors' outputs on the factual images.
+        after: the predictors' outputs on the counterfactuals, the same images in the same order.
+        factual: each image's factual attributes.
+
+    Returns:
+        attribute name -> ``{"signed", "absolute"}`` mean change.
+    """
     changes = {}
     for name in names:
         delta = prediction_of_value(schema, name, after, factual) - prediction_of_value(schema, name, before, factual)
@@ -127,7 +188,20 @@ def minimality(
     """Mean L1 (0-255) from each source to its counterfactual, divided by the median L1 between distinct real
     images that share the counterfactual's values of the ``categorical`` attributes (all distinct real pairs
     where none share them). Below 1: the counterfactual stays nearer its source than two different people with
-    those attributes are to each other. NaN with fewer than two real images."""
+    those attributes are to each other. NaN with fewer than two real images.
+
+    Args:
+        images: the sources (N, 1, H, W) on [-1, 1].
+        counterfactuals: their counterfactuals, same shape and order.
+        counterfactual_rows: each counterfactual's attributes.
+        real: real images (M, 1, H, W) on [-1, 1], the reference population.
+        real_rows: each real image's attributes.
+        categorical: the attributes whose values a reference pair must share with the counterfactual.
+
+    Returns:
+        The ratio (the reference median pools the pairs of every counterfactual); NaN with fewer than two real
+        images or a zero reference.
+    """
     if len(real) < 2:
         return math.nan
     moved = float(l1_255(counterfactuals, images).mean())
@@ -144,7 +218,15 @@ def minimality(
 
 
 def frechet_distance(features: torch.Tensor, real_features: torch.Tensor) -> float:
-    """FID between two sets of feature vectors (N, F) (monai.metrics.FIDMetric); NaN with under 2 of either."""
+    """FID between two sets of feature vectors (N, F) (monai.metrics.FIDMetric); NaN with under 2 of either.
+
+    Args:
+        features: the generated images' features (N, F).
+        real_features: the real images' features (M, F).
+
+    Returns:
+        The Frechet distance, or NaN with fewer than two vectors in either set.
+    """
     if len(features) < 2 or len(real_features) < 2:
         return math.nan
     return float(FIDMetric()(features.double(), real_features.double()))

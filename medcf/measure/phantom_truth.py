@@ -29,7 +29,11 @@ from medcf.radiograph.header import RadiographHeader
 
 
 class TruthError(ValueError):
-    """A ground-truth file that does not fit the data or the model (one line, naming the file)."""
+    """A ground-truth file that does not fit the data or the model (one line, naming the file).
+
+    Args:
+        message: the one line.
+    """
 
 
 @dataclass
@@ -51,7 +55,20 @@ class PhantomTruth:
     @classmethod
     def find(cls, dataset_dir: str | Path, schema: AttributeSchema, kind: str) -> PhantomTruth | None:
         """The truth of ``dataset_dir`` when it holds ``phantom_truth.csv`` (else None), checked against the
-        model's ``schema`` and the bundle's phantom ``kind``."""
+        model's ``schema`` and the bundle's phantom ``kind``.
+
+        Args:
+            dataset_dir: the data set folder.
+            schema: the model's attributes; the phantom's must be the same.
+            kind: the bundle's phantom kind, ``cxr`` or ``mammo``.
+
+        Returns:
+            The ground truth, or None when the folder has no ``phantom_truth.csv``.
+
+        Raises:
+            TruthError: when ``phantom.json`` is missing or unreadable, names another kind or population the
+                phantom refuses, its attributes are not the model's, or the truth file lacks columns.
+        """
         folder = Path(dataset_dir)
         path = folder / TRUTH_FILE
         if not path.exists():
@@ -84,17 +101,48 @@ class PhantomTruth:
         return cls(phantom, truth_kind, rows, path)
 
     def subject(self, source: str) -> Subject:
-        """The phantom subject of the file at ``source`` (path relative to the data set folder)."""
+        """The phantom subject of the file at ``source`` (path relative to the data set folder).
+
+        Args:
+            source: the file's path relative to the data set folder.
+
+        Returns:
+            The subject its row describes.
+
+        Raises:
+            TruthError: when the truth file has no row for ``source``.
+        """
         if source not in self.rows:
             raise TruthError(f"{self.path}: no row for {source}")
         return subject_from_truth(self.phantom, self.rows[source])
 
     def counterfactual(self, subject: Subject, intervened: Mapping[str, AttributeValue]) -> Subject:
-        """The subject under ``do(intervened)``: descendants follow the phantom's true mechanisms."""
+        """The subject under ``do(intervened)``: descendants follow the phantom's true mechanisms.
+
+        Args:
+            subject: the factual subject.
+            intervened: attribute -> the value it is set to.
+
+        Returns:
+            The counterfactual subject.
+        """
         return self.phantom.counterfactual(subject, intervened)
 
     def prepared(self, source: str, subject: Subject, header: RadiographHeader, preparer: Preparer) -> np.ndarray:
-        """``subject`` rendered the way the file at ``source`` was, prepared from its header: (1, H, W)."""
+        """``subject`` rendered the way the file at ``source`` was, prepared from its header: (1, H, W).
+
+        Args:
+            source: the file's path relative to the data set folder; its row says how it was rendered.
+            subject: the subject to render (factual or counterfactual).
+            header: the file's radiograph header; its rows and columns give the render's size.
+            preparer: the preparer that prepared the file.
+
+        Returns:
+            The prepared array (1, H, W).
+
+        Raises:
+            TruthError: when the header's image is not square.
+        """
         options, flip, label = KINDS[self.kind].truth_rendering(self.rows[source])
         if header.rows != header.columns:
             raise TruthError(f"{source}: phantom files are square, this one is {header.rows}x{header.columns}")

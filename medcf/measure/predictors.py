@@ -42,6 +42,15 @@ logger = logging.getLogger("medcf")
 
 
 def head_width(schema: AttributeSchema, name: str) -> int:
+    """The number of outputs of an attribute's head.
+
+    Args:
+        schema: the attributes.
+        name: the attribute.
+
+    Returns:
+        Its number of values when categorical, 1 when continuous.
+    """
     attribute = schema[name]
     return len(attribute.values) if attribute.kind == "categorical" else 1
 
@@ -69,22 +78,50 @@ class AttributePredictor(nn.Module):
         self.image_size: tuple[int, int] | None = None  # set by load_predictors from the file
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 1, H, W) images in [-1, 1] -> (B, F) pooled trunk features."""
+        """(B, 1, H, W) images in [-1, 1] -> (B, F) pooled trunk features.
+
+        Args:
+            images: (B, 1, H, W) in [-1, 1].
+
+        Returns:
+            (B, F) the trunk's pooled features.
+        """
         return self.trunk(images)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """All heads' raw outputs side by side, (B, sum of head widths), in schema order."""
+        """All heads' raw outputs side by side, (B, sum of head widths), in schema order.
+
+        Args:
+            images: (B, 1, H, W) in [-1, 1].
+
+        Returns:
+            (B, sum of head widths): logits of a categorical head, the scaled value of a continuous one.
+        """
         features = self.features(images)
         return torch.cat([head(features) for head in self.heads], dim=1)
 
     def split_outputs(self, outputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Raw outputs -> attribute name -> its head's columns (B, width)."""
+        """Raw outputs -> attribute name -> its head's columns (B, width).
+
+        Args:
+            outputs: (B, sum of head widths), as :meth:`forward` gives them.
+
+        Returns:
+            attribute name -> its columns (B, width), in schema order.
+        """
         widths = [head.out_features for head in self.heads]
         return dict(zip(self.schema.names, outputs.split(widths, dim=1), strict=True))
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Categorical attribute -> probabilities (B, n_values); continuous -> value in its units (B,),
-        clamped to the attribute's range."""
+        clamped to the attribute's range.
+
+        Args:
+            images: (B, 1, H, W) in [-1, 1].
+
+        Returns:
+            attribute name -> its prediction, as above.
+        """
         predictions = {}
         for k, (name, output) in enumerate(self.split_outputs(self(images)).items()):
             if self.schema[name].kind == "categorical":
@@ -117,7 +154,15 @@ class PredictorLoss(nn.Module):
         self.widths = [head_width(schema, name) for name in schema.names]
 
     def terms(self, outputs: torch.Tensor, codes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Attribute name -> its unweighted term."""
+        """Attribute name -> its unweighted term.
+
+        Args:
+            outputs: the predictor's raw outputs (B, sum of head widths).
+            codes: attribute codes (B, K) in schema order.
+
+        Returns:
+            attribute name -> its term, a scalar tensor (mean over the batch).
+        """
         terms = {}
         for k, (name, output) in enumerate(zip(self.schema.names, outputs.split(self.widths, dim=1), strict=True)):
             attribute = self.schema[name]
@@ -129,6 +174,15 @@ class PredictorLoss(nn.Module):
         return terms
 
     def forward(self, outputs: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
+        """The loss: the weighted sum of the terms.
+
+        Args:
+            outputs: the predictor's raw outputs (B, sum of head widths).
+            codes: attribute codes (B, K) in schema order.
+
+        Returns:
+            A scalar tensor.
+        """
         return sum(
             (self.weights[name] * term for name, term in self.terms(outputs, codes).items()), outputs.new_zeros(())
         )
@@ -137,7 +191,16 @@ class PredictorLoss(nn.Module):
 def attribute_batch(
     batchdata: Mapping[str, torch.Tensor], device: str | torch.device | None = None, non_blocking: bool = False, **_
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``prepare_batch`` for MONAI engines: a prepared-dataset batch -> (images, attribute codes)."""
+    """``prepare_batch`` for MONAI engines: a prepared-dataset batch -> (images, attribute codes).
+
+    Args:
+        batchdata: the batch, with ``image`` and ``attributes`` entries.
+        device: where the tensors go (None: left where they are).
+        non_blocking: copy to ``device`` asynchronously when possible (default False).
+
+    Returns:
+        (images, codes), both float32.
+    """
     images = torch.as_tensor(batchdata["image"]).float().to(device=device, non_blocking=non_blocking)
     codes = torch.as_tensor(batchdata["attributes"]).float().to(device=device, non_blocking=non_blocking)
     return images, codes
@@ -146,7 +209,16 @@ def attribute_batch(
 def score_predictions(
     schema: AttributeSchema, predictions: Mapping[str, torch.Tensor], codes: torch.Tensor
 ) -> dict[str, dict[str, float]]:
-    """Scores of :meth:`AttributePredictor.predict` outputs against attribute codes (see :func:`heldout_scores`)."""
+    """Scores of :meth:`AttributePredictor.predict` outputs against attribute codes (see :func:`heldout_scores`).
+
+    Args:
+        schema: the attributes scored, in the order of the codes' columns.
+        predictions: attribute name -> the predictor's outputs.
+        codes: (N, K) attribute codes in schema order.
+
+    Returns:
+        attribute name -> ``accuracy``, ``auroc`` and ``n`` (categorical) or ``mae`` and ``n`` (continuous).
+    """
     scores: dict[str, dict[str, float]] = {}
     for k, name in enumerate(schema.names):
         predicted, truth = predictions[name].detach().cpu().double(), codes[:, k].detach().cpu()
@@ -167,7 +239,16 @@ def score_predictions(
 
 @torch.no_grad()
 def predict_all(predictor: AttributePredictor, images: torch.Tensor, batch_size: int = 64) -> dict[str, torch.Tensor]:
-    """:meth:`AttributePredictor.predict` over many images in eval mode, batch by batch, on the CPU."""
+    """:meth:`AttributePredictor.predict` over many images in eval mode, batch by batch, on the CPU.
+
+    Args:
+        predictor: the predictor (evaluated in eval mode, restored afterwards).
+        images: (N, 1, H, W) in [-1, 1]; moved to the predictor's device a batch at a time.
+        batch_size: images per forward pass (default 64).
+
+    Returns:
+        attribute name -> its predictions for every image, on the CPU.
+    """
     was_training = predictor.training
     predictor.eval()
     device = next(predictor.parameters()).device
@@ -203,7 +284,16 @@ def constant_baseline(
     schema: AttributeSchema, train_codes: torch.Tensor, heldout_codes: torch.Tensor
 ) -> dict[str, dict[str, float]]:
     """The scores of a predictor that ignores the image (the training median; the most frequent training value):
-    what a predictor must beat to show that it reads the attribute from the images."""
+    what a predictor must beat to show that it reads the attribute from the images.
+
+    Args:
+        schema: the attributes, in the order of the codes' columns.
+        train_codes: (N, K) the training images' attribute codes.
+        heldout_codes: (M, K) the held-out images' attribute codes.
+
+    Returns:
+        attribute name -> ``mae`` (continuous) or ``accuracy`` and ``auroc`` (0.5) (categorical).
+    """
     baseline: dict[str, dict[str, float]] = {}
     for k, name in enumerate(schema.names):
         train, heldout = train_codes[:, k].double(), heldout_codes[:, k].double()
@@ -216,7 +306,16 @@ def constant_baseline(
 
 
 def save_predictors(predictor: AttributePredictor, path: str | Path, extra: dict | None = None) -> Path:
-    """Write the weights, schema and trunk settings (plus ``extra``: plain data only) atomically."""
+    """Write the weights, schema and trunk settings (plus ``extra``: plain data only) atomically.
+
+    Args:
+        predictor: the predictor to save.
+        path: the file to write.
+        extra: more entries for the file (None: none).
+
+    Returns:
+        The path written.
+    """
     payload = {
         "format": PREDICTORS_FORMAT,
         "schema": predictor.schema.to_config(),
@@ -230,13 +329,29 @@ def save_predictors(predictor: AttributePredictor, path: str | Path, extra: dict
 
 
 def describe_attribute(schema: AttributeSchema, name: str) -> str:
-    """``sex{M,F}``, ``age[18,95]``, with ``<-parents`` when it has any."""
+    """``sex{M,F}``, ``age[18,95]``, with ``<-parents`` when it has any.
+
+    Args:
+        schema: the attributes.
+        name: the attribute described.
+
+    Returns:
+        The short description.
+    """
     a = schema[name]
     return attribute_text(a) + (f"<-{','.join(a.parents)}" if a.parents else "")
 
 
 def schema_difference(found: AttributeSchema, expected: AttributeSchema) -> str:
-    """What differs between two schemas, in a few words."""
+    """What differs between two schemas, in a few words.
+
+    Args:
+        found: the schema of the file.
+        expected: the schema wanted.
+
+    Returns:
+        The differences joined by ``; `` (the attribute order when nothing else differs).
+    """
     parts = [f"{describe_attribute(found, n)} is not expected" for n in found.names if n not in expected]
     parts += [f"{describe_attribute(expected, n)} is missing" for n in expected.names if n not in found]
     parts += [
@@ -251,7 +366,19 @@ def schema_difference(found: AttributeSchema, expected: AttributeSchema) -> str:
 
 def load_predictors(path: str | Path, expected_schema: AttributeSchema | None = None) -> AttributePredictor:
     """The predictor saved in ``path`` (weights-only read, eval mode, on the CPU); ``image_size`` is set from
-    the file when it records one. A file for another schema than ``expected_schema`` is a one-line error."""
+    the file when it records one. A file for another schema than ``expected_schema`` is a one-line error.
+
+    Args:
+        path: the predictors file.
+        expected_schema: the schema the predictors must be for (None: any).
+
+    Returns:
+        The predictor in eval mode on the CPU.
+
+    Raises:
+        SchemaError: when the file is for another schema than ``expected_schema``.
+        ValueError: when the file cannot be read or is not a medcf predictors file.
+    """
     payload, schema = read_medcf_file(path, PREDICTORS_FORMAT, "medcf predictors file")
     if expected_schema is not None and schema.to_config() != expected_schema.to_config():
         raise SchemaError(
@@ -266,7 +393,14 @@ def load_predictors(path: str | Path, expected_schema: AttributeSchema | None = 
 
 
 def stacked(dataset: Sequence[Mapping[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images (N, 1, H, W) and attribute codes (N, K) of a prepared dataset."""
+    """All images (N, 1, H, W) and attribute codes (N, K) of a prepared dataset.
+
+    Args:
+        dataset: items with ``image`` and ``attributes`` entries.
+
+    Returns:
+        (images, codes), both float32.
+    """
     images = torch.stack([torch.as_tensor(item["image"]).float() for item in dataset])
     codes = torch.stack([torch.as_tensor(item["attributes"]).float() for item in dataset])
     return images, codes
@@ -320,15 +454,31 @@ class HeldoutSelection:
         self.started = time.monotonic()
 
     def attach(self, trainer: Engine) -> None:
+        """Register :meth:`start`, :meth:`validate` (each epoch) and :meth:`export` (at the end) on ``trainer``.
+
+        Args:
+            trainer: the training engine.
+        """
         trainer.add_event_handler(Events.STARTED, self.start)
         trainer.add_event_handler(Events.EPOCH_COMPLETED, self.validate)
         trainer.add_event_handler(Events.COMPLETED, self.export)
 
     def start(self, trainer: Engine) -> None:
+        """Restart the training clock and forget any chosen epoch.
+
+        Args:
+            trainer: the training engine (unused).
+        """
         self.started, self.best = time.monotonic(), None
 
     @torch.no_grad()
     def validate(self, trainer: Engine) -> None:
+        """Every ``interval`` epochs and at the last: score ``val``, log the figures, and keep this epoch's weights
+        when it is chosen (lowest validation loss so far, or every validated epoch with ``select="last"``).
+
+        Args:
+            trainer: the training engine (its epoch, iteration and number of epochs).
+        """
         epoch = trainer.state.epoch
         if epoch % self.interval and epoch != trainer.state.max_epochs:
             return
@@ -348,6 +498,12 @@ class HeldoutSelection:
             self.best = {"epoch": epoch, "val_loss": val_loss, "val": scores, "state_dict": state}
 
     def export(self, trainer: Engine) -> None:
+        """Load the chosen epoch's weights, score them on ``test``, write ``predictors.pt`` and ``predictors.json``
+        and log the test scores and both files to the active MLflow run (validating first if no epoch was).
+
+        Args:
+            trainer: the training engine (its iteration).
+        """
         if self.best is None:
             self.validate(trainer)
         assert self.best is not None
@@ -378,11 +534,27 @@ class HeldoutSelection:
 
 
 def finite_or_none(scores: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
-    """Scores with undefined values (NaN) as None, so the JSON file stays standard JSON."""
+    """Scores with undefined values (NaN) as None, so the JSON file stays standard JSON.
+
+    Args:
+        scores: attribute name -> score name -> value.
+
+    Returns:
+        The same scores with every non-finite value as None.
+    """
     return {name: {k: v if math.isfinite(v) else None for k, v in values.items()} for name, values in scores.items()}
 
 
 def flat_scores(scores: Mapping[str, Mapping[str, float]], prefix: str) -> dict[str, float]:
+    """Scores as metrics named ``<prefix>_<attribute>_<score>``, without the image counts ``n``.
+
+    Args:
+        scores: attribute name -> score name -> value.
+        prefix: the metrics' prefix (``val``, ``test``).
+
+    Returns:
+        metric name -> value.
+    """
     return {
         f"{prefix}_{name}_{key}": value
         for name, values in scores.items()
@@ -392,6 +564,14 @@ def flat_scores(scores: Mapping[str, Mapping[str, float]], prefix: str) -> dict[
 
 
 def brief(scores: Mapping[str, Mapping[str, float]]) -> str:
+    """Scores as one line for the log, three decimals, without the image counts ``n``.
+
+    Args:
+        scores: attribute name -> score name -> value.
+
+    Returns:
+        The line.
+    """
     return ", ".join(
         f"{name} " + " ".join(f"{key} {value:.3f}" for key, value in values.items() if key != "n")
         for name, values in scores.items()
@@ -399,7 +579,12 @@ def brief(scores: Mapping[str, Mapping[str, float]]) -> str:
 
 
 def log_metrics(metrics: Mapping[str, float], step: int) -> None:
-    """Log finite metrics to the active MLflow run, if any."""
+    """Log finite metrics to the active MLflow run, if any.
+
+    Args:
+        metrics: name -> value (NaN and infinite values are left out).
+        step: the training iteration they belong to.
+    """
     from medcf.runtime.tracking import log_finite_metrics  # here: loading the predictors must not import mlflow
 
     log_finite_metrics(metrics, step)

@@ -63,6 +63,17 @@ def flip_counts(p_factual: ArrayLike, p_counterfactual: ArrayLike, threshold: fl
 
     neg_to_pos = #{p_factual < t <= p_counterfactual}, pos_to_neg = #{p_counterfactual < t <= p_factual},
     flips = neg_to_pos + pos_to_neg and flip_rate = flips / n (NaN when n == 0).
+
+    Args:
+        p_factual: the classifier's probability on each factual image.
+        p_counterfactual: its probability on each counterfactual, in the same order and shape.
+        threshold: the probability t at or above which a prediction is positive.
+
+    Returns:
+        ``n``, ``flips``, ``neg_to_pos``, ``pos_to_neg`` and ``flip_rate``.
+
+    Raises:
+        ValueError: when the two arrays differ in shape.
     """
     factual_positive = np.asarray(p_factual, dtype=float) >= threshold
     counterfactual_positive = np.asarray(p_counterfactual, dtype=float) >= threshold
@@ -118,6 +129,19 @@ def patient_bootstrap(
     bootstrap distribution piled on one side can do), so that the interval contains its estimate by
     construction. Values are centred on their first element first, so a constant c gives (c, (c, c)) exactly.
     (NaN, (NaN, NaN)) without values.
+
+    Args:
+        values: one value per row.
+        patients: each row's patient, in the same order; a patient's rows are drawn together.
+        resamples: bootstrap resamples, at least 1 (default 2000).
+        seed: seed of the resampling's random generator (default 0).
+        level: the interval's coverage (default 0.95).
+
+    Returns:
+        (estimate, (low, high)).
+
+    Raises:
+        ValueError: when ``resamples`` is below 1, or ``values`` and ``patients`` differ in length.
     """
     if resamples < 1:
         raise ValueError(f"resamples must be at least 1, got {resamples}")
@@ -143,6 +167,16 @@ def paired_p_value(deltas: ArrayLike, patients: ArrayLike) -> float:
 
     The deltas are averaged per patient, m_j = S_j / n_j, and the m_j go to the Wilcoxon signed-rank test
     (``scipy.stats.wilcoxon``). 1.0 when every m_j is exactly 0; NaN with fewer than 2 patients.
+
+    Args:
+        deltas: one paired difference per row.
+        patients: each row's patient, in the same order.
+
+    Returns:
+        The two-sided p-value, 1.0 or NaN as above.
+
+    Raises:
+        ValueError: when ``deltas`` and ``patients`` differ in length.
     """
     patient_means = _patient_means(deltas, patients)
     if patient_means.size < 2:
@@ -155,7 +189,14 @@ def paired_p_value(deltas: ArrayLike, patients: ArrayLike) -> float:
 def smallest_p_value(patients: int) -> float:
     """The smallest p-value :func:`paired_p_value` can give on ``patients`` patients: that of the most extreme
     outcome (every patient mean of one sign, all distinct), through the same ``scipy.stats.wilcoxon`` call. For
-    the exact test (up to 50 patients) it is 2 / 2**n; 1.0 below 2 patients, where no test runs."""
+    the exact test (up to 50 patients) it is 2 / 2**n; 1.0 below 2 patients, where no test runs.
+
+    Args:
+        patients: the number of patients n.
+
+    Returns:
+        The smallest attainable p-value.
+    """
     if patients < 2:
         return 1.0
     return float(stats.wilcoxon(np.arange(1.0, patients + 1.0)).pvalue)
@@ -169,6 +210,16 @@ def minimum_patients(directions: int, alpha: float = SIGNIFICANCE) -> int:
     directions also being significant. The rule asks for that guarantee: the smallest n with
     :func:`smallest_p_value` (n) <= alpha / m, i.e. 2**(1 - n) <= alpha / m for the exact signed-rank test
     (m = 1: 6 patients; 2: 7; 4: 8; 10: 9; alpha 0.05).
+
+    Args:
+        directions: m, the number of directions in the family, at least 1.
+        alpha: the significance level of the family (default 0.05).
+
+    Returns:
+        The fewest patients, at least 2.
+
+    Raises:
+        ValueError: when ``directions`` is below 1.
     """
     if directions < 1:
         raise ValueError(f"directions must be at least 1, got {directions}")
@@ -190,6 +241,15 @@ def detectable_effect(patient_means: ArrayLike, level: float, power: float = POW
     an audit the exact test's few attainable p-values matter (7 patients at level 0.025: a normal approximation
     promises 80 % power where the test has about 64 %). NaN with fewer patients than the test needs to reach
     ``level`` at all, or with all patient means equal, where no power can be stated.
+
+    Args:
+        patient_means: the per-patient means; their number n and standard deviation s set the simulation.
+        level: the p-value the test must fall below (alpha / family in :func:`direction_summary`).
+        power: the probability of detection asked for (default :data:`POWER`, 0.8).
+        draws: simulated samples of n means per shift (default 1000).
+
+    Returns:
+        The smallest shift, in the units of ``patient_means``; NaN as above, or when a mean is not finite.
     """
     patient_means = np.asarray(patient_means, dtype=float).reshape(-1)
     n = patient_means.size
@@ -214,6 +274,12 @@ def adjust_p_values(p_values: ArrayLike) -> np.ndarray:
     """Benjamini-Hochberg adjusted p-values, q_(i) = min_{k >= i} min(1, m p_(k) / k) over the m non-NaN ones.
 
     NaNs stay NaN and do not count as comparisons.
+
+    Args:
+        p_values: the family's p-values, NaN for a direction without one.
+
+    Returns:
+        The adjusted p-values, float, in the same shape and order.
     """
     p_values = np.asarray(p_values, dtype=float)
     adjusted = np.full(p_values.shape, math.nan)
@@ -241,6 +307,22 @@ def direction_summary(
     :func:`detectable_effect` of the per-patient corrected deltas at alpha / family) and ``insufficient``, the
     reason in words when the direction cannot support a verdict (too few patients, a zero-width interval or no
     p-value), else None.
+
+    Args:
+        rows: the audit table's rows of one direction (the columns of :data:`REQUIRED_COLUMNS`, optionally
+            ``recognised``).
+        threshold: the probability at or above which a prediction is positive, for the flip counts.
+        resamples: bootstrap resamples of both intervals.
+        seed: seed of both bootstraps.
+        family: the number of directions in the Benjamini-Hochberg family (default 1).
+
+    Returns:
+        ``from``, ``to``, ``n`` (rows), ``patients``, the flip counts and ``flip_rate``, the deltas and intervals
+        above, ``p_value``, ``min_patients``, ``detectable_effect``, ``effectiveness`` (with ``recognised``) and
+        ``insufficient``; :func:`summarize` adds ``p_adjusted``.
+
+    Raises:
+        ValueError: when the rows do not hold exactly one (from, to) direction, or ``resamples`` is below 1.
     """
     directions = rows[["from", "to"]].drop_duplicates()
     if len(directions) != 1:
@@ -323,6 +405,16 @@ def verdict(directions: Sequence[Mapping[str, Any]], effectiveness: float, gate:
     direction's ``delta_p_corrected_ci`` excludes 0 and its ``p_adjusted`` < 0.05; "insufficient data" when
     some direction could not have shown an effect; else "no dependence detected", with the effect each
     direction would have detected at 80 % power.
+
+    Args:
+        directions: the attribute's :func:`direction_summary` results, each with its ``p_adjusted``; none gives
+            "insufficient data" ("no counterfactuals").
+        effectiveness: the fraction of the attribute's counterfactuals on which the predictors recognise the
+            intervened value.
+        gate: the least effectiveness for a verdict on the classifier.
+
+    Returns:
+        (verdict, reason).
     """
     short = [d["insufficient"] for d in directions if d.get("insufficient")]
     if len(short) == len(directions):
@@ -347,7 +439,17 @@ def verdict(directions: Sequence[Mapping[str, Any]], effectiveness: float, gate:
 
 def verdict_line(name: str, found: Mapping[str, Any]) -> str:
     """One attribute's verdict for the job's one-line summary: what an undetected effect could have been, or
-    which direction had too little data."""
+    which direction had too little data.
+
+    Args:
+        name: the attribute.
+        found: its entry of :func:`summarize`'s ``attributes`` (``verdict``, ``detectable_effect``,
+            ``directions``).
+
+    Returns:
+        The line: the verdict, with the detectable effect ("no dependence detected") or each short direction's
+        patients against the patients it needs ("insufficient data").
+    """
     text = f"{name}: {found['verdict']}"
     if found["verdict"] == NO_DEPENDENCE:
         text += f" (|corrected delta p| >= {found['detectable_effect']:.2g} detectable at {POWER:.0%} power)"
@@ -386,6 +488,21 @@ def summarize(
     ``p_adjusted``. Returns ``{"attributes": {name: {"verdict", "reason", "effectiveness",
     "detectable_effect", "directions": [...]}}}``; ``detectable_effect`` is the largest of the directions' (what
     the weakest direction could have seen; NaN unless the verdict is "no dependence detected").
+
+    Args:
+        table: the audit table (at least the columns of :data:`REQUIRED_COLUMNS`).
+        effectiveness: attribute -> its effectiveness; every attribute of the table needs one.
+        threshold: the probability at or above which a prediction is positive (default 0.5).
+        gate: the least effectiveness for a verdict on the classifier (default 0.8).
+        resamples: bootstrap resamples per interval (default 2000).
+        seed: seed of every bootstrap (default 0).
+
+    Returns:
+        The report described above. Every direction's ``min_patients`` and ``detectable_effect`` are for the
+        family of all directions.
+
+    Raises:
+        ValueError: when the table lacks a required column or an attribute has no effectiveness.
     """
     _check_table(table, effectiveness)
     groups = {
@@ -429,6 +546,20 @@ def subgroup_rates(
     instead of a number when the group has fewer than ``min_images`` images or the class it is taken over
     (TPR: positives; FPR: negatives; AUC: both) has fewer than ``min_class`` (and at least one): a rate over k
     images has a 95 % interval of about +-1 / sqrt(k), +-0.22 at the default 20, so fewer images give noise.
+
+    Args:
+        scores: the classifier's probability per image.
+        labels: each image's true label (read as bool).
+        groups: each image's subgroup.
+        threshold: the score at or above which an image is predicted positive.
+        min_images: the fewest images of a group for any rate (default :data:`MIN_SUBGROUP_IMAGES`).
+        min_class: the fewest images of the class a rate is taken over (default :data:`MIN_SUBGROUP_CLASS`).
+
+    Returns:
+        One row per group, indexed by ``group``, with the columns above.
+
+    Raises:
+        ValueError: when ``scores``, ``labels`` and ``groups`` differ in length.
     """
     scores = np.asarray(scores, dtype=float).reshape(-1)
     labels = np.asarray(labels, dtype=bool).reshape(-1)
