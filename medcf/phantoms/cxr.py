@@ -96,7 +96,21 @@ CXR_FACTORS = (
 @dataclass(frozen=True)
 class CXRPopulation(Population):
     """Population of the chest phantom. Defaults make attribute amplification observable: sex is
-    associated with age and race with disease through correlated noise, and disease depends on age."""
+    associated with age and race with disease through correlated noise, and disease depends on age.
+
+    Args:
+        female_fraction: probability of sex F, in [0, 1].
+        race_probabilities: probabilities of White, Asian and Black; non-negative, summing to 1.
+        age_mean: mean of the age normal before truncation to [18, 95]; must lie in that range.
+        age_sd: standard deviation of the age normal, positive and finite.
+        effusion_logit_at_60: log-odds of Pleural Effusion at age 60.
+        effusion_logit_per_decade: change of that log-odds per decade of age.
+        race_soft_tissue_step: extra chest-wall soft-tissue attenuation per race step (White 0, Asian 1, Black 2).
+        noise_correlations: ``{"a~b": rho}`` correlations of the attribute noises (see :class:`Population`).
+
+    Raises:
+        SchemaError: when ``female_fraction``, ``race_probabilities`` or the age distribution is invalid.
+    """
 
     female_fraction: float = 0.5
     race_probabilities: tuple[float, float, float] = (0.6, 0.15, 0.25)
@@ -115,7 +129,24 @@ class CXRPopulation(Population):
 
 @dataclass(frozen=True)
 class ChestGeometry:
-    """Anatomy of one frontal radiograph, in pixels: soft masks the renderer uses and tests measure."""
+    """Anatomy of one frontal radiograph, in pixels: soft masks the renderer uses and tests measure.
+
+    Every array has shape (size, size); coordinates are the normalized ones of
+    :func:`~medcf.phantoms.textures.grid` after positioning.
+
+    Attributes:
+        lungs: soft mask of both lungs, the heart cut out.
+        right_lung: soft mask of the patient's right lung (image left), the heart cut out.
+        left_lung: soft mask of the patient's left lung (image right), the heart cut out.
+        lung_depth: air depth in [0, 1], 0 at the lung border and rising inwards, the heart cut out.
+        body: soft profile of the body outline.
+        heart: thickness profile of the cardiac silhouette (0 outside).
+        diaphragm_y: diaphragm height (y) under each pixel, for the patient's right and left sides.
+        x: x coordinate of each pixel in the patient frame (after rotation, shift and magnification).
+        y: y coordinate of each pixel in the patient frame.
+        params: shape parameters drawn from the image factors (``half_width``, ``apex_y``, ``dome_y``,
+            ``heart_rx``, ``heart_cx``, ``med_half``, ``apex_x``, ``recess_depth``).
+    """
 
     lungs: np.ndarray
     right_lung: np.ndarray  # patient's right = image left
@@ -130,7 +161,11 @@ class ChestGeometry:
 
 
 class ChestXRayPhantom(Phantom):
-    """Structural causal model of chest radiographs (see the module docstring for the equations)."""
+    """Structural causal model of chest radiographs (see the module docstring for the equations).
+
+    Args:
+        population: population settings (default: ``CXRPopulation()``).
+    """
 
     schema = CXR_SCHEMA
     factors = CXR_FACTORS
@@ -141,6 +176,19 @@ class ChestXRayPhantom(Phantom):
 
     # -- structural equations -------------------------------------------------------------------------
     def mechanism(self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]) -> AttributeValue:
+        """Structural equation of ``age``, ``sex``, ``race`` or ``disease`` (see the module docstring).
+
+        Args:
+            name: the attribute to compute.
+            noise: the subject's exogenous noise (holds ``u_name``).
+            parents: values of the attribute's parents (``age`` for ``disease``).
+
+        Returns:
+            The attribute's value.
+
+        Raises:
+            KeyError: when ``name`` is not an attribute of the schema.
+        """
         pop: CXRPopulation = self.population  # type: ignore[assignment]
         u = noise[f"u_{name}"]
         if name == "age":
@@ -154,13 +202,28 @@ class ChestXRayPhantom(Phantom):
         raise KeyError(name)
 
     def effusion_probability(self, age: float) -> float:
-        """P(Pleural Effusion | age): the disease mechanism's logistic curve."""
+        """P(Pleural Effusion | age): the disease mechanism's logistic curve.
+
+        Args:
+            age: age in years.
+
+        Returns:
+            The probability, in (0, 1).
+        """
         pop: CXRPopulation = self.population  # type: ignore[assignment]
         return float(expit(pop.effusion_logit_at_60 + pop.effusion_logit_per_decade * (age - 60.0) / 10.0))
 
     # -- anatomy --------------------------------------------------------------------------------------
     def geometry(self, subject: Subject, size: int) -> ChestGeometry:
-        """Positioned anatomy of a frontal view: lungs, body, heart, diaphragm."""
+        """Positioned anatomy of a frontal view: lungs, body, heart, diaphragm.
+
+        Args:
+            subject: the subject; only its image factors are read.
+            size: image side in pixels.
+
+        Returns:
+            The geometry.
+        """
         u = subject.noise
         y0, x0 = grid(size)
         angle = math.radians(lerp(-4.0, 4.0, u["rotation"]))
@@ -235,7 +298,16 @@ class ChestXRayPhantom(Phantom):
 
     # -- rendering ------------------------------------------------------------------------------------
     def render(self, subject: Subject, size: int, view: str = "PA") -> np.ndarray:
-        """Display image in [0, 1] (bright = attenuating, as MONOCHROME2), float32, ``size`` x ``size``."""
+        """Display image in [0, 1] (bright = attenuating, as MONOCHROME2), float32, ``size`` x ``size``.
+
+        Args:
+            subject: the subject to render.
+            size: image side in pixels.
+            view: "LATERAL", "LL" or "RL" give a lateral view; anything else a frontal one (default "PA").
+
+        Returns:
+            The display image.
+        """
         if view in ("LATERAL", "LL", "RL"):
             return self._render_lateral(subject, size)
         attenuation, _ = self._attenuation(subject, size)

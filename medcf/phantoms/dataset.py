@@ -36,7 +36,15 @@ MIN_SIZE, MAX_SIZE = 32, 4096
 
 @dataclass(frozen=True)
 class PhantomSpec:
-    """What each phantom kind is made of: its model, its population settings and its export planner."""
+    """What each phantom kind is made of: its model, its population settings and its export planner.
+
+    Attributes:
+        phantom: the phantom class.
+        population: its population settings class.
+        planner: plans the export: ``(phantom, n, size, rng, interventions)`` -> (image jobs, label tables by
+            file name).
+        truth_rendering: maps a ground-truth row to the render options, mirroring and burned-in label of its file.
+    """
 
     phantom: type[Phantom]
     population: type[Population]
@@ -52,7 +60,19 @@ KINDS: dict[str, PhantomSpec] = {
 
 
 def make_phantom(kind: str, population: Population | Mapping | None = None) -> Phantom:
-    """The phantom of ``kind`` ("cxr" or "mammo"), with default or given population settings."""
+    """The phantom of ``kind`` ("cxr" or "mammo"), with default or given population settings.
+
+    Args:
+        kind: "cxr" or "mammo".
+        population: population settings, or a mapping of them (checked by ``from_mapping``); None for the
+            defaults.
+
+    Returns:
+        The phantom.
+
+    Raises:
+        SchemaError: when ``kind`` is unknown or the population settings are invalid.
+    """
     if kind not in KINDS:
         raise SchemaError(f"unknown phantom kind {kind!r}; choose one of {', '.join(KINDS)}")
     spec = KINDS[kind]
@@ -62,6 +82,14 @@ def make_phantom(kind: str, population: Population | Mapping | None = None) -> P
 
 
 def check_size(size: int) -> None:
+    """Raise unless ``size`` is a multiple of 16 between 32 and 4096.
+
+    Args:
+        size: image side in pixels.
+
+    Raises:
+        SchemaError: when ``size`` is not allowed.
+    """
     if size % 16 or not MIN_SIZE <= size <= MAX_SIZE:
         raise SchemaError(f"size: {size} must be a multiple of 16 between {MIN_SIZE} and {MAX_SIZE}")
 
@@ -82,6 +110,25 @@ def write_phantom_dataset(
 
     ``do`` intervenes on attributes for the whole data set (e.g. ``{"sex": "F"}``). The folder appears only
     when everything is written; an existing non-empty ``out`` is an error before any work is done.
+
+    Args:
+        kind: "cxr" or "mammo".
+        out: the new data set folder.
+        n: number of images to plan, > 0: frontal images for "cxr", about that many 2D screening images for
+            "mammo"; the extra views come on top.
+        size: image side in pixels, a multiple of 16 between 32 and 4096.
+        seed: seed of the random generator that plans the data set.
+        population: population settings or a mapping of them; None for the defaults.
+        do: attribute values to set on every subject (default: none).
+        workers: processes that write the files (default: one per available core; 1: in this process).
+        progress: show a progress bar (default True).
+
+    Returns:
+        ``out``, holding the DICOM files, the label tables, ``phantom_truth.csv`` and ``phantom.json``.
+
+    Raises:
+        SchemaError: when ``n``, ``size``, ``kind``, ``population`` or ``do`` is invalid.
+        OutputExistsError: when ``out`` exists and is not an empty folder.
     """
     if n <= 0:
         raise SchemaError(f"n: {n} must be a positive number of images")

@@ -49,7 +49,20 @@ FIELD_OF_VIEW_MM = 240.0
 
 @dataclass(frozen=True)
 class ExportMix:
-    """How often the export holds the awkward cases real EMBED data holds."""
+    """How often the export holds the awkward cases real EMBED data holds.
+
+    Attributes:
+        laterality_only_in_series: fraction of images with ImageLaterality absent, only Laterality.
+        burned_label: fraction of images with the view label burned into the pixels.
+        for_processing_twin: fraction of 2D screening images with an extra raw FOR PROCESSING copy.
+        xccl: fraction of CC images recorded as XCCL.
+        spot_mag: fraction of exams with an extra spot-magnification image.
+        cview: fraction of exams with an extra C-view (synthetic 2D) image.
+        unilateral: fraction of exams of one breast only.
+        male: fraction of male patients (rendered as density A, recorded with tissueden 5).
+        ethnicity_unknown: fraction of patients whose ethnicity is recorded as unreported.
+        second_exam: fraction of patients with a second exam.
+    """
 
     laterality_only_in_series: float = 0.3  # ImageLaterality absent, only Laterality
     burned_label: float = 0.3  # view label burned into the pixels
@@ -71,7 +84,20 @@ def plan_embed(
     do: Mapping[str, AttributeValue] | None = None,
     mix: ExportMix = ExportMix(),
 ) -> tuple[list[ImageJob], dict[str, pd.DataFrame]]:
-    """Plan about ``n`` screening images (2D CC/MLO FOR PRESENTATION; extras on top) and both tables."""
+    """Plan about ``n`` screening images (2D CC/MLO FOR PRESENTATION; extras on top) and both tables.
+
+    Args:
+        phantom: the mammogram phantom that draws the patients.
+        n: number of screening images; new patients are drawn until it is reached, so the last may go past it.
+        size: image side in pixels (for the header and the metadata table).
+        rng: random generator for every choice.
+        do: attribute values to set on every subject (default: none).
+        mix: how often the awkward cases occur (default: ``ExportMix()``).
+
+    Returns:
+        The image jobs, and the EMBED tables by file name (``EMBED_OpenData_metadata.csv``,
+        ``EMBED_OpenData_clinical.csv``).
+    """
     do = dict(do or {})
     jobs: list[ImageJob] = []
     metadata, clinical = [], []
@@ -287,7 +313,15 @@ def _orientation(side: str, view: str) -> list[str]:
 
 
 def truth_rendering(row: Mapping[str, Any]) -> tuple[dict[str, Any], bool, str | None]:
-    """How the file of a ground-truth row was rendered: (render options, mirrored, burned-in label)."""
+    """How the file of a ground-truth row was rendered: (render options, mirrored, burned-in label).
+
+    Args:
+        row: one row of ``phantom_truth.csv``; ``presentation``, ``flipped`` and ``burned_label`` are read.
+
+    Returns:
+        ``{"for_processing": ...}``, whether the image was mirrored, and the burned-in label (None if empty
+        or missing).
+    """
     label = row.get("burned_label")
     label = None if label is None or (isinstance(label, float) and label != label) or label == "" else str(label)
     flipped = str(row["flipped"]).strip().lower() in ("true", "1")

@@ -20,7 +20,20 @@ def random_encoding(
     transfer_weights: Sequence[float] = (0.4, 0.2, 0.2, 0.2),
 ) -> PixelEncoding:
     """Draw an encoding: photometric, bit depth, rescale, VOI function (LINEAR, LINEAR_EXACT, SIGMOID),
-    window placement and transfer syntax (uncompressed, RLE, JPEG 2000 or JPEG-LS, all lossless)."""
+    window placement and transfer syntax (uncompressed, RLE, JPEG 2000 or JPEG-LS, all lossless).
+
+    Args:
+        rng: random generator for every choice.
+        bits: bit depths to choose from, uniformly.
+        monochrome1: probability of MONOCHROME1 (stored high = dark) instead of MONOCHROME2 (default 0.3).
+        voi_weights: probabilities of the VOI functions LINEAR, LINEAR_EXACT and SIGMOID.
+        transfer_weights: probabilities of the transfer syntaxes, in the order of
+            :data:`~medcf.radiograph.encode.TRANSFER_SYNTAXES`.
+
+    Returns:
+        The encoding; rescale is one of :data:`RESCALES`, the window starts in [0.02, 0.15) of the stored range
+        and ends at least 0.6 above that, below 0.98.
+    """
     slope, intercept = RESCALES[int(rng.integers(len(RESCALES)))]
     low = float(rng.uniform(0.02, 0.15))
     return PixelEncoding(
@@ -36,7 +49,14 @@ def random_encoding(
 
 
 def describe_encoding(encoding: PixelEncoding) -> dict[str, str | int]:
-    """The encoding's choices as flat columns for the ground-truth sidecar."""
+    """The encoding's choices as flat columns for the ground-truth sidecar.
+
+    Args:
+        encoding: the encoding to describe.
+
+    Returns:
+        ``photometric``, ``bits_stored``, ``voi_function`` and ``transfer_syntax`` (as a string).
+    """
     return {
         "photometric": encoding.photometric,
         "bits_stored": encoding.bits_stored,

@@ -89,7 +89,23 @@ MAMMO_FACTORS = (
 @dataclass(frozen=True)
 class MammoPopulation(Population):
     """Population of the breast phantom. Defaults associate race and the circle marker with density
-    through correlated noise (no causal edge), so amplification of density is observable."""
+    through correlated noise (no causal edge), so amplification of density is observable.
+
+    Args:
+        race_probabilities: probabilities of White, Black and Asian; non-negative, summing to 1.
+        age_mean: mean of the age normal before truncation to [30, 95]; must lie in that range.
+        age_sd: standard deviation of the age normal, positive and finite.
+        density_probabilities: probabilities of BI-RADS density A, B, C and D at age 57; non-negative,
+            summing to 1.
+        density_shift_per_decade: shift of the latent density per decade of age past 57 (negative: breasts
+            get less dense with age).
+        mlo_fraction: probability of the MLO view, in [0, 1].
+        marker_fraction: probability of a circle skin marker, in [0, 1].
+        noise_correlations: ``{"a~b": rho}`` correlations of the attribute noises (see :class:`Population`).
+
+    Raises:
+        SchemaError: when a probability tuple, fraction or the age distribution is invalid.
+    """
 
     race_probabilities: tuple[float, float, float] = (0.45, 0.42, 0.13)
     age_mean: float = 58.0
@@ -111,7 +127,11 @@ class MammoPopulation(Population):
 
 
 class MammogramPhantom(Phantom):
-    """Structural causal model of 2D mammograms (see the module docstring for the equations)."""
+    """Structural causal model of 2D mammograms (see the module docstring for the equations).
+
+    Args:
+        population: population settings (default: ``MammoPopulation()``).
+    """
 
     schema = MAMMO_SCHEMA
     factors = MAMMO_FACTORS
@@ -124,6 +144,19 @@ class MammogramPhantom(Phantom):
 
     # -- structural equations -------------------------------------------------------------------------
     def mechanism(self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]) -> AttributeValue:
+        """Structural equation of ``age``, ``race``, ``density``, ``view`` or ``marker`` (see the module docstring).
+
+        Args:
+            name: the attribute to compute.
+            noise: the subject's exogenous noise (holds ``u_name``).
+            parents: values of the attribute's parents (``age`` for ``density``).
+
+        Returns:
+            The attribute's value.
+
+        Raises:
+            KeyError: when ``name`` is not an attribute of the schema.
+        """
         pop: MammoPopulation = self.population  # type: ignore[assignment]
         u = noise[f"u_{name}"]
         if name == "age":
@@ -141,7 +174,15 @@ class MammogramPhantom(Phantom):
 
     # -- rendering ------------------------------------------------------------------------------------
     def breast_mask(self, subject: Subject, size: int) -> np.ndarray:
-        """Soft mask of the breast (muscle included) in canonical orientation (chest wall on the left)."""
+        """Soft mask of the breast (muscle included) in canonical orientation (chest wall on the left).
+
+        Args:
+            subject: the subject; its image factors and view are read.
+            size: image side in pixels.
+
+        Returns:
+            The mask in [0, 1], shape (size, size).
+        """
         return self._anatomy(subject, size)[0]
 
     def _anatomy(
@@ -177,6 +218,14 @@ class MammogramPhantom(Phantom):
 
         ``for_processing=True`` returns the raw detector signal instead (bright background, tissue dark,
         linear in transmitted intensity), as a FOR PROCESSING image.
+
+        Args:
+            subject: the subject to render.
+            size: image side in pixels.
+            for_processing: return the raw detector signal instead of the display image (default False).
+
+        Returns:
+            The ``size`` x ``size`` image.
         """
         u, a = subject.noise, subject.attributes
         mask, level, pectoral, y, depth = self._anatomy(subject, size)

@@ -58,7 +58,16 @@ FIELD_OF_VIEW_MM = 430.0
 
 @dataclass(frozen=True)
 class LabelNoise:
-    """How often the tables disagree with the truth, as real exports do."""
+    """How often the tables disagree with the truth, as real exports do.
+
+    Attributes:
+        uncertain_effusion: fraction of Pleural Effusion studies recorded as -1.0 (uncertain).
+        other_finding: fraction of No Finding studies recorded with another finding instead.
+        race_conflict: fraction of patients with a second admission of a different race.
+        race_unknown: fraction of patients whose race is recorded as UNKNOWN.
+        lateral_study: fraction of studies that also have a lateral view.
+        follow_up: probabilities of 1, 2 and 3 studies per patient.
+    """
 
     uncertain_effusion: float = 0.04  # Pleural Effusion recorded as -1.0
     other_finding: float = 0.05  # a No Finding study recorded with another finding instead
@@ -84,7 +93,20 @@ def plan_mimic_cxr(
     do: Mapping[str, AttributeValue] | None = None,
     label_noise: LabelNoise = LabelNoise(),
 ) -> tuple[list[ImageJob], dict[str, pd.DataFrame]]:
-    """Plan ``n`` frontal images (plus lateral views) and the four MIMIC tables."""
+    """Plan ``n`` frontal images (plus lateral views) and the four MIMIC tables.
+
+    Args:
+        phantom: the chest phantom that draws the patients.
+        n: number of studies, each with one frontal image.
+        size: image side in pixels (for the header and the metadata table).
+        rng: random generator for every choice.
+        do: attribute values to set on every subject (default: none).
+        label_noise: how often the tables disagree with the truth (default: ``LabelNoise()``).
+
+    Returns:
+        The image jobs, and the tables by file name (``mimic-cxr-2.0.0-metadata.csv``,
+        ``mimic-cxr-2.0.0-chexpert.csv``, ``patients.csv``, ``admissions.csv``).
+    """
     do = dict(do or {})
     study_counts: list[int] = []
     while sum(study_counts) < n:
@@ -338,5 +360,12 @@ def _info(
 
 
 def truth_rendering(row: Mapping[str, Any]) -> tuple[dict[str, Any], bool, str | None]:
-    """How the file of a ground-truth row was rendered: (render options, mirrored, burned-in label)."""
+    """How the file of a ground-truth row was rendered: (render options, mirrored, burned-in label).
+
+    Args:
+        row: one row of ``phantom_truth.csv``; ``view_position`` is read.
+
+    Returns:
+        ``{"view": ...}``, False (never mirrored) and None (no burned-in label).
+    """
     return {"view": str(row["view_position"])}, False, None

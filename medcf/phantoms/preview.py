@@ -17,7 +17,17 @@ from medcf.phantoms.scm import Phantom, Subject  # noqa: E402
 
 def showcase_intervention(attribute: Attribute, value: AttributeValue) -> AttributeValue:
     """A telling counterfactual value: the other end of a continuous range, the next category, or the
-    far category of an ordered one (density A/B -> D, C/D -> A)."""
+    far category of an ordered one (density A/B -> D, C/D -> A).
+
+    Args:
+        attribute: the attribute to intervene on.
+        value: the subject's factual value of it.
+
+    Returns:
+        For a continuous attribute, 10 below the top of the range if ``value`` is in the lower half, else 7
+        above the bottom (rounded to 0.1). For a categorical one with more than 3 values, the last value if
+        ``value`` is in the first half, else the first; otherwise the next value, wrapping around.
+    """
     if attribute.kind == "continuous":
         middle = (attribute.low + attribute.high) / 2
         return round(attribute.high - 10 if float(value) < middle else attribute.low + 7, 1)
@@ -46,6 +56,15 @@ def preview_grid(phantom: Phantom, subjects: list[Subject], size: int, path: str
 
     Each counterfactual's title lists every attribute that changed, descendants included; the image
     under it is the phantom's true counterfactual (same exogenous noise).
+
+    Args:
+        phantom: the phantom that renders the images.
+        subjects: the subjects, one row each.
+        size: image side in pixels.
+        path: PNG file to write.
+
+    Returns:
+        ``path``.
     """
     names = phantom.schema.names
     fig, axes = plt.subplots(
@@ -66,7 +85,16 @@ def preview_grid(phantom: Phantom, subjects: list[Subject], size: int, path: str
 
 
 def preview_subjects(phantom: Phantom, rows: int, seed: int) -> list[Subject]:
-    """``rows`` subjects drawn from the phantom's population."""
+    """``rows`` subjects drawn from the phantom's population.
+
+    Args:
+        phantom: the phantom to sample from.
+        rows: number of subjects.
+        seed: seed of the random generator.
+
+    Returns:
+        The subjects.
+    """
     return phantom.sample(rows, np.random.default_rng(seed))
 
 
@@ -74,7 +102,16 @@ def true_sweeps(phantom: Phantom, subject: Subject, size: int) -> tuple[dict, di
     """The phantom's own answer to a model's sample grid: the attribute sweeps of
     :func:`medcf.training.samples.attribute_sweeps` applied as interventions to one subject (exact
     counterfactuals with the subject's exogenous noise). Returns (attribute -> images (V, 1, H, W) on
-    [-1, 1], attribute -> value labels)."""
+    [-1, 1], attribute -> value labels).
+
+    Args:
+        phantom: the phantom that renders the counterfactuals.
+        subject: the factual subject.
+        size: image side in pixels.
+
+    Returns:
+        The images of each sweep as a float32 tensor, and the sweep's values as strings, both by attribute.
+    """
     import torch
 
     from medcf.training.samples import attribute_sweeps
@@ -88,7 +125,17 @@ def true_sweeps(phantom: Phantom, subject: Subject, size: int) -> tuple[dict, di
 
 
 def true_sweep_grid(phantom: Phantom, subject: Subject, size: int, path: str | Path) -> Path:
-    """:func:`true_sweeps` drawn like a model's sample grid (samples, then |difference| rows)."""
+    """:func:`true_sweeps` drawn like a model's sample grid (samples, then |difference| rows).
+
+    Args:
+        phantom: the phantom that renders the counterfactuals.
+        subject: the factual subject.
+        size: image side in pixels.
+        path: PNG file to write.
+
+    Returns:
+        ``path``.
+    """
     from medcf.training.samples import save_sweep_grid
 
     return save_sweep_grid(*true_sweeps(phantom, subject, size), path)

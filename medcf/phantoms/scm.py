@@ -39,7 +39,13 @@ _EPS = 1e-6
 
 @dataclass(frozen=True)
 class Factor:
-    """One exogenous image factor: uniform on (0, 1), mapped to a physical range by the renderer."""
+    """One exogenous image factor: uniform on (0, 1), mapped to a physical range by the renderer.
+
+    Attributes:
+        name: noise key of the factor in :attr:`Subject.noise`.
+        level: "patient", "study" or "image": the level at which :meth:`Phantom.follow_up` draws it anew.
+        doc: what the factor controls in the rendering.
+    """
 
     name: str
     level: FactorLevel
@@ -48,13 +54,27 @@ class Factor:
 
 @dataclass(frozen=True)
 class Subject:
-    """A phantom subject: exogenous noise, texture seeds and the attribute values it has."""
+    """A phantom subject: exogenous noise, texture seeds and the attribute values it has.
+
+    Attributes:
+        noise: exogenous noise in (0, 1): attribute noise ``u_<attribute>`` and the image factors.
+        seeds: integer texture seeds by name (see :attr:`Phantom.seed_names`).
+        attributes: attribute values the structural equations give for ``noise`` (or set by interventions).
+    """
 
     noise: Mapping[str, float]
     seeds: Mapping[str, int]
     attributes: Mapping[str, AttributeValue]
 
     def replace(self, **changes: Any) -> Subject:
+        """A copy with some fields replaced (``dataclasses.replace``).
+
+        Args:
+            changes: new values by field name (``noise``, ``seeds``, ``attributes``).
+
+        Returns:
+            The new subject.
+        """
         return dataclasses.replace(self, **changes)
 
 
@@ -72,7 +92,18 @@ class Population:
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any], source: str = "population") -> Population:
-        """Build from a mapping (e.g. parsed JSON), rejecting unknown fields with a clear message."""
+        """Build from a mapping (e.g. parsed JSON), rejecting unknown fields with a clear message.
+
+        Args:
+            values: field values by field name; lists are converted to tuples.
+            source: where the values come from, used as prefix of error messages (default "population").
+
+        Returns:
+            The population settings.
+
+        Raises:
+            SchemaError: when ``values`` has unknown fields or the constructor rejects them.
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -85,6 +116,17 @@ class Population:
 
     @classmethod
     def from_json(cls, path: str | Path) -> Population:
+        """Read population settings from a JSON file holding one object (see :meth:`from_mapping`).
+
+        Args:
+            path: JSON file to read.
+
+        Returns:
+            The population settings.
+
+        Raises:
+            SchemaError: when the file cannot be read or parsed, does not hold a JSON object, or has bad fields.
+        """
         try:
             values = json.loads(Path(path).read_text())
         except (OSError, ValueError) as error:  # ValueError: bad JSON or undecodable bytes
@@ -94,11 +136,25 @@ class Population:
         return cls.from_mapping(values, source=str(path))
 
     def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values, e.g. for writing JSON.
+
+        Returns:
+            A dict of the fields (``dataclasses.asdict``).
+        """
         return dataclasses.asdict(self)
 
 
 def check_probabilities(name: str, probabilities: tuple[float, ...], count: int) -> None:
-    """Raise unless ``probabilities`` has ``count`` non-negative entries summing to 1."""
+    """Raise unless ``probabilities`` has ``count`` non-negative entries summing to 1.
+
+    Args:
+        name: setting name, used in error messages.
+        probabilities: the probabilities to check.
+        count: expected number of entries.
+
+    Raises:
+        SchemaError: when the count is wrong, an entry is negative or not finite, or the sum is not 1 (within 1e-6).
+    """
     if len(probabilities) != count:
         raise SchemaError(f"{name}: expected {count} probabilities, got {len(probabilities)}")
     if not all(math.isfinite(p) and p >= 0 for p in probabilities) or abs(sum(probabilities) - 1.0) > 1e-6:
@@ -106,12 +162,30 @@ def check_probabilities(name: str, probabilities: tuple[float, ...], count: int)
 
 
 def check_fraction(name: str, value: float) -> None:
+    """Raise unless ``value`` lies in [0, 1].
+
+    Args:
+        name: setting name, used in the error message.
+        value: the value to check.
+
+    Raises:
+        SchemaError: when ``value`` is outside [0, 1].
+    """
     if not 0.0 <= value <= 1.0:
         raise SchemaError(f"{name}: {value!r} must lie in [0, 1]")
 
 
 def check_age_distribution(mean: float, sd: float, bounds: tuple[float, float]) -> None:
-    """Raise unless ``mean`` lies within ``bounds`` and ``sd`` is positive and finite."""
+    """Raise unless ``mean`` lies within ``bounds`` and ``sd`` is positive and finite.
+
+    Args:
+        mean: mean age in years.
+        sd: standard deviation of age in years.
+        bounds: ``(low, high)`` range of ages.
+
+    Raises:
+        SchemaError: when ``mean`` is outside ``bounds`` or ``sd`` is not a positive finite number.
+    """
     if not bounds[0] <= mean <= bounds[1]:
         raise SchemaError(f"age_mean: {mean!r} must lie in [{bounds[0]:g}, {bounds[1]:g}]")
     if not 0 < sd < math.inf:
@@ -119,13 +193,32 @@ def check_age_distribution(mean: float, sd: float, bounds: tuple[float, float]) 
 
 
 def age_from_noise(u: float, mean: float, sd: float, bounds: tuple[float, float]) -> float:
-    """Age structural equation: the ``u`` quantile of a normal(mean, sd) truncated to ``bounds``."""
+    """Age structural equation: the ``u`` quantile of a normal(mean, sd) truncated to ``bounds``.
+
+    Args:
+        u: the age noise, in (0, 1).
+        mean: mean of the normal before truncation.
+        sd: standard deviation of the normal before truncation.
+        bounds: ``(low, high)`` truncation range.
+
+    Returns:
+        The age.
+    """
     low, high = ((b - mean) / sd for b in bounds)
     return float(truncnorm.ppf(u, low, high, loc=mean, scale=sd))
 
 
 def categorical_from_noise(u: float, values: tuple[str, ...], probabilities: tuple[float, ...]) -> str:
-    """Inverse-CDF draw: the value whose cumulative-probability interval holds ``u``."""
+    """Inverse-CDF draw: the value whose cumulative-probability interval holds ``u``.
+
+    Args:
+        u: the attribute noise, in (0, 1).
+        values: the categories.
+        probabilities: probability of each of ``values``, in the same order.
+
+    Returns:
+        One of ``values`` (the last one if rounding leaves ``u`` past the cumulative sum).
+    """
     index = int(np.searchsorted(np.cumsum(probabilities), u, side="right"))
     return values[min(index, len(values) - 1)]
 
@@ -135,6 +228,13 @@ class Phantom(ABC):
 
     Subclasses define the schema, the image factors, the population and the structural equations
     (:meth:`mechanism`), and render a subject to a display image in [0, 1] (bright = attenuating).
+
+    Args:
+        population: population settings; its ``noise_correlations`` set the copula of the attribute noise.
+
+    Raises:
+        SchemaError: when ``noise_correlations`` names unknown or equal attributes, gives a pair twice, has a
+            value outside (-1, 1), or is not positive definite as a whole.
     """
 
     schema: AttributeSchema
@@ -152,11 +252,28 @@ class Phantom(ABC):
     # -- structural equations -------------------------------------------------------------------------
     @abstractmethod
     def mechanism(self, name: str, noise: Mapping[str, float], parents: Mapping[str, AttributeValue]) -> AttributeValue:
-        """Structural equation of attribute ``name`` from its own noise ``u_name`` and its parents."""
+        """Structural equation of attribute ``name`` from its own noise ``u_name`` and its parents.
+
+        Args:
+            name: the attribute to compute.
+            noise: the subject's exogenous noise (holds ``u_name``).
+            parents: values of the attribute's parents in the schema.
+
+        Returns:
+            The attribute's value.
+        """
 
     @abstractmethod
     def render(self, subject: Subject, size: int) -> np.ndarray:
-        """Render ``subject`` as a ``size`` x ``size`` float32 display image in [0, 1]."""
+        """Render ``subject`` as a ``size`` x ``size`` float32 display image in [0, 1].
+
+        Args:
+            subject: the subject to render.
+            size: image side in pixels.
+
+        Returns:
+            The display image.
+        """
 
     # -- sampling -------------------------------------------------------------------------------------
     def _copula_correlation(self, correlations: Mapping[str, float]) -> np.ndarray:
@@ -183,7 +300,16 @@ class Phantom(ABC):
         return matrix
 
     def sample(self, n: int, rng: np.random.Generator, do: Mapping[str, AttributeValue] | None = None) -> list[Subject]:
-        """Draw ``n`` subjects from the population; ``do`` intervenes on attributes at sampling time."""
+        """Draw ``n`` subjects from the population; ``do`` intervenes on attributes at sampling time.
+
+        Args:
+            n: number of subjects.
+            rng: random generator for the noise and the texture seeds.
+            do: attribute values to set on every subject (default: none); they are validated by the schema.
+
+        Returns:
+            The subjects.
+        """
         interventions = self.schema.validate(do or {})
         latent = rng.standard_normal((n, len(self._noise_names))) @ self._cholesky.T
         attribute_noise = np.clip(ndtr(latent), _EPS, 1 - _EPS)
@@ -204,7 +330,16 @@ class Phantom(ABC):
         keep: Mapping[str, AttributeValue] | None = None,
     ) -> dict[str, AttributeValue]:
         """Attribute values for ``noise``: intervened ones from ``do``, kept ones from ``keep``, others from
-        their structural equations, in topological order."""
+        their structural equations, in topological order.
+
+        Args:
+            noise: exogenous noise of the subject.
+            do: intervened attribute values (default: none); they take precedence over ``keep``.
+            keep: attribute values to keep as they are (default: none).
+
+        Returns:
+            Every attribute's value, by name.
+        """
         do, keep = do or {}, keep or {}
         values: dict[str, AttributeValue] = {}
         for name in self.schema.topological_order():
@@ -226,7 +361,17 @@ class Phantom(ABC):
     ) -> Subject:
         """Another image of the same patient: the image factors of ``levels`` and the ``noise`` seed are drawn
         anew, and, when "study" is in ``levels``, the noise of :attr:`study_level_attributes` too.
-        Patient anatomy is kept; attributes change only under ``do`` or through redrawn noise."""
+        Patient anatomy is kept; attributes change only under ``do`` or through redrawn noise.
+
+        Args:
+            subject: the patient's earlier image.
+            rng: random generator for the redrawn noise and the new ``noise`` seed.
+            levels: factor levels ("patient", "study", "image") whose image factors are drawn anew.
+            do: attribute values to set on the new image (default: none).
+
+        Returns:
+            The new subject.
+        """
         noise = dict(subject.noise)
         for factor in self.factors:
             if factor.level in levels:
@@ -256,7 +401,15 @@ class Phantom(ABC):
     # -- counterfactuals ------------------------------------------------------------------------------
     def counterfactual(self, subject: Subject, do: Mapping[str, AttributeValue]) -> Subject:
         """The same subject (same U) under ``do``: descendants of intervened attributes are recomputed,
-        every other attribute keeps its factual value."""
+        every other attribute keeps its factual value.
+
+        Args:
+            subject: the factual subject.
+            do: intervened attribute values; they are validated by the schema.
+
+        Returns:
+            The counterfactual subject, with the same noise and seeds.
+        """
         return self._update(subject.attributes, subject.noise, subject.seeds, do)
 
     def _update(
@@ -278,6 +431,15 @@ class Phantom(ABC):
     def true_counterfactual(
         self, subject: Subject, do: Mapping[str, AttributeValue], size: int
     ) -> tuple[Subject, np.ndarray]:
-        """Exact counterfactual attributes AND image of ``subject`` under ``do``."""
+        """Exact counterfactual attributes AND image of ``subject`` under ``do``.
+
+        Args:
+            subject: the factual subject.
+            do: intervened attribute values.
+            size: image side in pixels.
+
+        Returns:
+            The counterfactual subject (see :meth:`counterfactual`) and its rendered image.
+        """
         counterfactual = self.counterfactual(subject, do)
         return counterfactual, self.render(counterfactual, size)

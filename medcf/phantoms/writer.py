@@ -30,7 +30,11 @@ TRUTH_FILE = "phantom_truth.csv"
 
 
 class OutputExistsError(FileExistsError):
-    """The output folder exists and is not empty."""
+    """The output folder exists and is not empty.
+
+    Args:
+        args: as for :class:`FileExistsError`; :func:`staged_directory` passes the message.
+    """
 
 
 @dataclass(frozen=True)
@@ -59,7 +63,16 @@ class ImageJob:
 
 
 def render_job(phantom: Phantom, job: ImageJob, size: int) -> np.ndarray:
-    """The display image the job's DICOM file stores: render, flip, burn in the label."""
+    """The display image the job's DICOM file stores: render, flip, burn in the label.
+
+    Args:
+        phantom: the phantom that renders the job's subject.
+        job: the file to render.
+        size: image side in pixels.
+
+    Returns:
+        The float32 display image in [0, 1].
+    """
     return render_display(phantom, job.subject, size, job.render_options, job.flip, job.burned_label)
 
 
@@ -71,7 +84,20 @@ def render_display(
     flip: bool = False,
     burned_label: str | None = None,
 ) -> np.ndarray:
-    """A subject's display image as an exported file shows it: rendered, mirrored, label burned in."""
+    """A subject's display image as an exported file shows it: rendered, mirrored, label burned in.
+
+    Args:
+        phantom: the phantom that renders the subject.
+        subject: the subject to render.
+        size: image side in pixels.
+        render_options: keyword arguments of the phantom's ``render``.
+        flip: mirror the image left-right (default False).
+        burned_label: text to burn into the top corner away from the chest wall (right, or left when
+            ``flip``); None or empty for none.
+
+    Returns:
+        The contiguous float32 display image in [0, 1].
+    """
     image = phantom.render(subject, size, **render_options)
     if flip:
         image = image[:, ::-1]
@@ -81,7 +107,16 @@ def render_display(
 
 
 def burn_in_text(image: np.ndarray, text: str, right_side: bool) -> np.ndarray:
-    """Draw ``text`` in full white into a top corner, as scanners burn in view labels."""
+    """Draw ``text`` in full white into a top corner, as scanners burn in view labels.
+
+    Args:
+        image: display image in [0, 1].
+        text: the label.
+        right_side: put it in the top-right corner; False for the top-left one.
+
+    Returns:
+        A new image with the text's pixels raised towards 1.
+    """
     size = image.shape[0]
     canvas = Image.new("L", image.shape[::-1], 0)
     draw = ImageDraw.Draw(canvas)
@@ -95,7 +130,18 @@ def burn_in_text(image: np.ndarray, text: str, right_side: bool) -> np.ndarray:
 
 
 def build_dataset(job: ImageJob, stored: np.ndarray, pixel_attributes: Mapping[str, Any]) -> Dataset:
-    """A DICOM dataset from the job's header and the encoded pixels."""
+    """A DICOM dataset from the job's header and the encoded pixels.
+
+    For DX and MG files, Presentation LUT Shape is set from the encoding's photometric interpretation.
+
+    Args:
+        job: the file; its header and encoding are read.
+        stored: the stored pixel values.
+        pixel_attributes: the pixel-describing DICOM attributes that go with ``stored``.
+
+    Returns:
+        The dataset, pixels attached.
+    """
     ds = Dataset()
     for keyword, value in job.header.items():
         setattr(ds, keyword, value)
@@ -106,7 +152,17 @@ def build_dataset(job: ImageJob, stored: np.ndarray, pixel_attributes: Mapping[s
 
 
 def write_job(phantom: Phantom, job: ImageJob, size: int, root: Path) -> str:
-    """Render, encode and write one job's file under ``root``; returns its relative path."""
+    """Render, encode and write one job's file under ``root``; returns its relative path.
+
+    Args:
+        phantom: the phantom that renders the job's subject.
+        job: the file to write.
+        size: image side in pixels.
+        root: data set folder; missing subfolders are created.
+
+    Returns:
+        ``job.path``.
+    """
     stored, pixel_attributes = encode_pixels(render_job(phantom, job, size), job.encoding)
     target = root / job.path
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +196,16 @@ def write_images(
     workers: int | None = None,
     progress: bool = True,
 ) -> None:
-    """Write every job's DICOM file under ``root``, in ``workers`` processes (1: in this process)."""
+    """Write every job's DICOM file under ``root``, in ``workers`` processes (1: in this process).
+
+    Args:
+        phantom: the phantom that renders the subjects.
+        jobs: the files to write.
+        size: image side in pixels.
+        root: data set folder.
+        workers: number of processes (default: one per available core).
+        progress: show a progress bar (default True).
+    """
     workers = workers or default_workers()
     bar = tqdm(total=len(jobs), desc="writing DICOM", unit="img", disable=not progress, leave=False)
     with bar:
@@ -156,7 +221,15 @@ def write_images(
 
 
 def truth_table(phantom: Phantom, jobs: Sequence[ImageJob]) -> pd.DataFrame:
-    """Ground truth for evaluation: one row per file with its true attributes, exogenous noise and seeds."""
+    """Ground truth for evaluation: one row per file with its true attributes, exogenous noise and seeds.
+
+    Args:
+        phantom: the phantom of the jobs (not read: each job's subject carries its truth).
+        jobs: the files of the data set.
+
+    Returns:
+        Columns ``path``, the jobs' ``info`` columns, the attributes, the noise and ``seed_<name>``.
+    """
     rows = []
     for job in jobs:
         s = job.subject
@@ -169,7 +242,15 @@ def truth_table(phantom: Phantom, jobs: Sequence[ImageJob]) -> pd.DataFrame:
 
 
 def subject_from_truth(phantom: Phantom, row: Mapping[str, Any]) -> Subject:
-    """Rebuild the phantom subject of one ``phantom_truth.csv`` row (for true counterfactuals)."""
+    """Rebuild the phantom subject of one ``phantom_truth.csv`` row (for true counterfactuals).
+
+    Args:
+        phantom: the phantom that wrote the row; its schema, factors and seed names select the columns.
+        row: one row of the ground-truth table.
+
+    Returns:
+        The subject.
+    """
     noise = {f"u_{n}": float(row[f"u_{n}"]) for n in phantom.schema.names}
     noise.update({f.name: float(row[f.name]) for f in phantom.factors})
     seeds = {k: int(row[f"seed_{k}"]) for k in phantom.seed_names}
@@ -180,6 +261,12 @@ def subject_from_truth(phantom: Phantom, row: Mapping[str, Any]) -> Subject:
 @contextlib.contextmanager
 def staged_directory(out: Path) -> Iterator[Path]:
     """Yield a fresh staging folder beside ``out``; on success it becomes ``out``, on failure it is removed.
+
+    Args:
+        out: the folder to create; may exist if empty.
+
+    Yields:
+        The staging folder, to write into.
 
     Raises:
         OutputExistsError: ``out`` exists and is not an empty folder (checked before anything is written).

@@ -33,6 +33,9 @@ class NoisingPrepareBatch(PrepareBatch):
             loss as sqrt(w) on the target here and on the prediction in :class:`LossWeightedInferer`, so that
             MSE(sqrt(w) pred, sqrt(w) target) = mean of w (pred - target)^2.
         snr_gamma: gamma of min_snr (the paper's 5).
+
+    Raises:
+        ValueError: when ``loss_weighting`` is unknown, or ``snr_gamma`` is not > 0 with ``min_snr``.
     """
 
     def __init__(
@@ -87,7 +90,20 @@ class NoisingPrepareBatch(PrepareBatch):
 class LossWeightedInferer(Inferer):
     """MONAI inferer of the denoising network: ``network(x_t, **kwargs)``, times ``loss_scale`` (the per-sample
     sqrt of the loss weight, shaped to broadcast) when the batch carries one. Without it (validation, or
-    ``loss_weighting: none``) it is MONAI's SimpleInferer."""
+    ``loss_weighting: none``) it is MONAI's SimpleInferer.
+
+    The constructor takes no arguments; calling the inferer takes:
+
+    Args:
+        inputs: the noisy images ``x_t``.
+        network: the denoising network.
+        args: further positional arguments of ``network``.
+        kwargs: keyword arguments of ``network`` (``timesteps``, ``attributes``, ``keep``), plus the optional
+            ``loss_scale``, which is taken out and not passed on.
+
+    Returns:
+        The network's prediction, times ``loss_scale`` (cast to the prediction's dtype) when given.
+    """
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         scale = kwargs.pop("loss_scale", None)

@@ -34,6 +34,20 @@ class ResumableCheckpoint:
     settings), which inference loads; at the end of training it (and graph.json beside it) is logged to the
     MLflow training run as artifacts ``model/``. Without a checkpoint, ``init_weights`` (a medcf model file)
     warm-starts the network and its EMA.
+
+    Args:
+        path: the training checkpoint file.
+        network: the trained network (a DistributedDataParallel wrapper is unwrapped).
+        optimizer: its optimizer.
+        diffusion: diffusion settings, written into the exported model file.
+        ema: the EMA handler; its weights are saved, and exported instead of the network's (default: none).
+        prepare_batch: the training batch preparation, whose random generator state is saved and restored.
+        every: save every this many epochs (at least 1).
+        export_path: where to export the medcf model file (default: no export).
+        init_weights: medcf model file to start from when ``path`` does not exist (default: none).
+        image_size: training image size, recorded in the exported model file (an int means square).
+        graph_manifest: preparation manifest to fit the causal mechanisms on; they are written to graph.json
+            beside ``export_path`` at a save when that file does not exist yet (default: none).
     """
 
     def __init__(
@@ -59,6 +73,12 @@ class ResumableCheckpoint:
         self.training_run_id = ""  # the MLflow run of this training, kept for the export after the run has ended
 
     def attach(self, trainer: Engine) -> None:
+        """Load at STARTED; on the main process also save every ``every`` epochs and at COMPLETED, then log
+        the model.
+
+        Args:
+            trainer: the ignite trainer.
+        """
         trainer.add_event_handler(Events.STARTED, self.load)
         if is_main_process():
             trainer.add_event_handler(Events.EPOCH_COMPLETED(every=self.every), self.save)
@@ -66,6 +86,17 @@ class ResumableCheckpoint:
             trainer.add_event_handler(Events.COMPLETED, self.log_model)
 
     def load(self, trainer: Engine) -> None:
+        """Resume from the checkpoint at ``path``: weights, optimizer, EMA, batch RNG, the trainer's epoch and
+        iteration and the MLflow run id. Without a checkpoint, warm-start from ``init_weights`` if it exists.
+
+        Args:
+            trainer: the ignite trainer whose position is restored.
+
+        Raises:
+            ValueError: when the checkpoint or ``init_weights`` is not a readable torch file of plain data, or
+                ``init_weights`` is not a medcf model file.
+            SchemaError: when ``init_weights`` was trained for other attributes than the network's.
+        """
         if not self.path.exists():
             self._warm_start()
             return
@@ -98,6 +129,12 @@ class ResumableCheckpoint:
         logger.info("started from the weights in %s", self.init_weights)
 
     def save(self, trainer: Engine) -> None:
+        """Write the checkpoint atomically and, with ``export_path``, the medcf model file (EMA weights when
+        there is an EMA) and, if missing and ``graph_manifest`` is set, graph.json.
+
+        Args:
+            trainer: the ignite trainer whose epoch and iteration are saved.
+        """
         self.training_run_id = active_run_id() or self.training_run_id
         state: dict[str, Any] = {
             "network": _unwrap(self.network).state_dict(),
@@ -130,7 +167,13 @@ class ResumableCheckpoint:
 
     def log_model(self, trainer: Engine) -> None:
         """Log the exported model file and graph.json as artifacts ``model/`` of the training run. The run may
-        have ended already (the MLflow tracker closes it at COMPLETED too), so it is named by its id."""
+        have ended already (the MLflow tracker closes it at COMPLETED too), so it is named by its id.
+
+        Does nothing without ``export_path`` or a known run.
+
+        Args:
+            trainer: the ignite trainer (not read; ignite passes it).
+        """
         if self.export_path is None or not self.training_run_id:
             return
         log_files([self.export_path, self.export_path.with_name("graph.json")], self.training_run_id, "model")
@@ -138,7 +181,17 @@ class ResumableCheckpoint:
 
 def saved_run_id(path: str | Path) -> str:
     """The MLflow run of the training checkpoint at ``path`` ("" when there is no checkpoint or it predates
-    the record): a resumed training continues that run (``MLflowTracker(resume_run_id=...)``)."""
+    the record): a resumed training continues that run (``MLflowTracker(resume_run_id=...)``).
+
+    Args:
+        path: the training checkpoint file.
+
+    Returns:
+        The run id, or "".
+
+    Raises:
+        ValueError: when the file is not a readable torch file of plain data.
+    """
     if not Path(path).exists():
         return ""
     return str(read_torch_file(path, what="medcf training checkpoint", mmap=True).get("training_run_id", ""))

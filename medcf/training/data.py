@@ -24,7 +24,21 @@ T = TypeVar("T")
 
 
 def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | None = None) -> list[dict[str, Any]]:
-    """``{"image": path, "attributes": codes}`` for every prepared image of ``split`` (all when None)."""
+    """``{"image": path, "attributes": codes}`` for every prepared image of ``split`` (all when None).
+
+    Args:
+        manifest: the preparation manifest CSV; only rows with ``status`` ``ok`` are used, and image paths are
+            taken relative to its folder.
+        schema: the attributes; the manifest needs a column for each.
+        split: keep only the rows of this split; None keeps all.
+
+    Returns:
+        One item per image, its attribute codes as made by :func:`~medcf.core.conditioning.encode_attributes`.
+
+    Raises:
+        SchemaError: when an attribute column is missing, ``split`` is given without a ``split`` column, or an
+            image lacks attribute values.
+    """
     manifest = Path(manifest)
     table = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
     table = table[table["status"] == "ok"]
@@ -54,7 +68,16 @@ def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | N
 def shard_items(items: Sequence[T], shard: Shard, even_divisible: bool = True) -> list[T]:
     """This process's part of ``items`` (every ``world``-th from position ``rank``). ``even_divisible``: all
     parts the same size, the shorter ones topped up from the head of ``items`` (every rank of a DDP training
-    must run as many iterations, or it hangs); else each item exactly once (validation: :meth:`Shard.pick`)."""
+    must run as many iterations, or it hangs); else each item exactly once (validation: :meth:`Shard.pick`).
+
+    Args:
+        items: every item, in the same order on each process.
+        shard: this process's rank and the number of processes.
+        even_divisible: give every process the same number of items (default True).
+
+    Returns:
+        This process's items (all of them with one process).
+    """
     if shard.world == 1 or not even_divisible:
         return shard.pick(items)
     return partition_dataset(items, num_partitions=shard.world, even_divisible=True)[shard.rank]
@@ -71,7 +94,24 @@ def prepared_dataset(
 ) -> CacheDataset:
     """A MONAI CacheDataset of prepared arrays (1 x H x W in [-1, 1]) with their attribute codes; with
     ``shard`` (a torchrun process's :class:`~medcf.runtime.distributed.Shard`) only that process's part, as
-    :func:`shard_items` cuts it, is cached."""
+    :func:`shard_items` cuts it, is cached.
+
+    Args:
+        manifest: the preparation manifest CSV.
+        schema: the attributes to encode.
+        split: the split to load; None loads all.
+        cache_rate: fraction of the items cached in memory (default 1.0).
+        num_workers: threads that fill the cache (default 0).
+        shard: this process's share of a distributed training; None loads every item.
+        even_divisible: with ``shard``, give every process the same number of items (see :func:`shard_items`).
+
+    Returns:
+        The dataset of ``{"image": array, "attributes": codes}`` items.
+
+    Raises:
+        SchemaError: when the manifest is not usable (see :func:`manifest_items`), the split has no images, or
+            it has fewer images than processes.
+    """
     items = manifest_items(manifest, schema, split)
     if not items:
         raise SchemaError(f"{manifest}: no prepared images in split {split!r}")
@@ -136,7 +176,22 @@ def training_sampler(
     shard's weights from that shard's items. Weighting by the condition leaves each p(image | condition) the
     model learns unchanged; a rare value (a skin marker on a quarter of the images) just gets as many gradient
     steps as a common one.
-    The unconditional (dropped-condition) branch then learns the balanced mix instead of the data's."""
+    The unconditional (dropped-condition) branch then learns the balanced mix instead of the data's.
+
+    Args:
+        dataset: the training dataset (items with an ``attributes`` code vector).
+        schema: attribute order of the codes.
+        balance: a categorical attribute or a list of them to balance; None for no balancing.
+        seed: seed of the shuffle or of the weighted draws (default 0).
+        sharded: ``dataset`` holds only this process's shard (default False).
+
+    Returns:
+        A ``WeightedRandomSampler`` with ``balance``, else a one-replica ``DistributedSampler`` when
+        ``sharded``, else None.
+
+    Raises:
+        SchemaError: when ``balance`` is empty, or names an unknown or continuous attribute.
+    """
     if balance is not None:
         weights = balancing_weights(dataset, schema, balance)
         generator = torch.Generator().manual_seed(seed)

@@ -26,7 +26,16 @@ from medcf.outputs.grids import save_figure
 
 def attribute_sweeps(schema: AttributeSchema, per_attribute: int = 4) -> dict[str, list[dict[str, Any]]]:
     """For each attribute, rows of attribute values sweeping it while the others stay at a base (the first
-    category; the middle of a continuous range)."""
+    category; the middle of a continuous range).
+
+    Args:
+        schema: the attributes.
+        per_attribute: number of evenly spaced values of a continuous attribute, ends included (default 4);
+            a categorical attribute takes all its values.
+
+    Returns:
+        Attribute name -> rows of values of every attribute, one row per swept value (numbers rounded to 0.1).
+    """
     base = {
         a.name: (a.values[0] if a.kind == "categorical" else round((a.low + a.high) / 2, 1)) for a in schema.attributes
     }
@@ -53,7 +62,21 @@ def conditional_samples(
 ) -> torch.Tensor:
     """One DDIM sample per row of attribute values, all from the same starting noise (B, 1, H, W).
 
-    ``guidance_weight`` != 1 samples with classifier-free guidance of that weight (0: unconditional)."""
+    ``guidance_weight`` != 1 samples with classifier-free guidance of that weight (0: unconditional).
+
+    Args:
+        model: the denoising network; it is put in eval mode for sampling and restored after.
+        alphas_cumprod: cumulative products of the noise schedule.
+        prediction_type: what the network predicts ("epsilon" or "v_prediction").
+        rows: attribute values of each sample.
+        steps: DDIM steps (default 25).
+        seed: seed of the starting noise (default 0).
+        size: sample height and width (default (64, 64)).
+        guidance_weight: classifier-free guidance weight (default 1.0: plain conditional sampling).
+
+    Returns:
+        The samples, clamped to [-1, 1], on the model's device.
+    """
     device = next(model.parameters()).device
     attributes = encode_attributes(model.schema, rows).to(device)
     generator = torch.Generator().manual_seed(seed)
@@ -71,7 +94,16 @@ def conditional_samples(
 
 def save_sweep_grid(sweeps: Mapping[str, torch.Tensor], labels: Mapping[str, Sequence[str]], path: str | Path) -> Path:
     """Save sweeps (attribute -> samples (V, 1, H, W) on [-1, 1]) as a PNG: a row of samples per attribute,
-    each followed by a row of |sample - first sample|."""
+    each followed by a row of |sample - first sample|.
+
+    Args:
+        sweeps: attribute name -> samples (V, 1, H, W) on [-1, 1].
+        labels: attribute name -> the V value labels written over the samples.
+        path: PNG file to write.
+
+    Returns:
+        ``path``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
