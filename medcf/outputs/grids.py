@@ -14,7 +14,16 @@ from medcf.runtime.files import atomic_path
 
 
 def save_figure(fig, path: str | Path, dpi: int = 100) -> Path:
-    """Save a matplotlib figure as a PNG atomically (a temporary file renamed into place) and close it."""
+    """Save a matplotlib figure as a PNG atomically (a temporary file renamed into place) and close it.
+
+    Args:
+        fig: the matplotlib figure; closed also when saving fails.
+        path: the PNG file to create or replace.
+        dpi: resolution in dots per inch (default 100).
+
+    Returns:
+        ``path``.
+    """
     import matplotlib.pyplot as plt
 
     path = Path(path)
@@ -32,7 +41,21 @@ def counterfactual_grid(
     path: str | Path,
     row_labels: Sequence[str] | None = None,
 ) -> Path:
-    """Save a labelled grid PNG atomically (the figure of :func:`counterfactual_figure`)."""
+    """Save a labelled grid PNG atomically (the figure of :func:`counterfactual_figure`).
+
+    Args:
+        factual: one image per row on a [0, 1] scale.
+        counterfactuals: intervention text -> per row an image on [0, 1], the reason it was not made (text), or
+            None (see :func:`counterfactual_figure`).
+        path: the PNG file to create or replace (written at 110 dpi).
+        row_labels: a short label per row (e.g. the source file).
+
+    Returns:
+        ``path``.
+
+    Raises:
+        ValueError: an intervention has not one entry per factual image.
+    """
     return save_figure(counterfactual_figure(factual, counterfactuals, row_labels), path, dpi=110)
 
 
@@ -53,6 +76,12 @@ def counterfactual_figure(
         counterfactuals: intervention text -> per row an image on [0, 1], or for a counterfactual that was not
             made the reason as text (printed, wrapped, in its cell), or None (left blank).
         row_labels: a short label per row (e.g. the source file).
+
+    Returns:
+        The figure (the caller closes it, e.g. with :func:`save_figure`).
+
+    Raises:
+        ValueError: an intervention has not one entry per factual image.
     """
     import matplotlib
 
@@ -94,7 +123,14 @@ def counterfactual_figure(
 
 def cell_text(text: str) -> str:
     """``text`` wrapped to fit a grid cell: :data:`CELL_TEXT_WIDTH` characters a line, at most
-    :data:`CELL_TEXT_LINES` lines (the last ending in "..." when cut)."""
+    :data:`CELL_TEXT_LINES` lines (the last ending in "..." when cut).
+
+    Args:
+        text: the text, e.g. why a counterfactual was not made; runs of whitespace count as one space.
+
+    Returns:
+        The lines joined by newlines.
+    """
     lines = textwrap.wrap(" ".join(text.split()), CELL_TEXT_WIDTH, break_on_hyphens=False) or [""]
     if len(lines) > CELL_TEXT_LINES:
         lines = [

@@ -10,11 +10,22 @@ LOCK_FILE = ".lock"
 
 
 class OutputFolderInUse(RuntimeError):
-    """Another process holds the output folder's lock."""
+    """Another process holds the output folder's lock.
+
+    Args:
+        *args: the one-line message, as for :class:`RuntimeError`.
+    """
 
 
 class OutputFolderLock:
-    """``with OutputFolderLock(folder):`` holds ``folder/.lock`` exclusively, or raises OutputFolderInUse."""
+    """``with OutputFolderLock(folder):`` holds ``folder/.lock`` exclusively, or raises OutputFolderInUse.
+
+    Args:
+        folder: the output folder; created on entering when missing.
+
+    Raises:
+        OutputFolderInUse: on entering, when another process holds the lock (it is not waited for).
+    """
 
     def __init__(self, folder: str | Path) -> None:
         self.folder = Path(folder)

@@ -72,13 +72,40 @@ class RunManifest:
         self._saved_at = time.monotonic()
 
     def key_of(self, row: Mapping[str, Any]) -> tuple[str, ...]:
+        """The key of a row: its values of the key columns, as text.
+
+        Args:
+            row: a row with every key column.
+
+        Returns:
+            The key, in the order of ``key``.
+        """
         return tuple(str(row[name]) for name in self.key)
 
     def get(self, *key: str) -> dict[str, Any] | None:
+        """The row with this key.
+
+        Args:
+            *key: the values of the key columns, as text, in the order of ``key``.
+
+        Returns:
+            The row (values as text), or None when there is none.
+        """
         return self.rows.get(tuple(key))
 
     def record(self, row: Mapping[str, Any]) -> None:
-        """Add or replace a row; it is on disk (in the journal) when this returns."""
+        """Add or replace a row; it is on disk (in the journal) when this returns.
+
+        Saves the table too when ``save_every`` seconds have passed since the last save (only where this process
+        writes the table).
+
+        Args:
+            row: column -> value, with the key columns, ``status`` (``"ok"`` or ``"rejected"``) and ``reason``;
+                values are kept as text (see :func:`as_text`).
+
+        Raises:
+            ValueError: a key column, ``status`` or ``reason`` is missing, or the status is neither.
+        """
         missing = [name for name in (*self.key, "status", "reason") if name not in row]
         if missing or row["status"] not in STATUSES:
             raise ValueError(f"manifest row needs {', '.join(missing) or 'a status in ' + str(STATUSES)}: {row}")
@@ -90,11 +117,19 @@ class RunManifest:
             self.save()
 
     def retain(self, keep: Callable[[dict[str, Any]], bool]) -> None:
-        """Drop the rows for which ``keep`` is false (e.g. inputs that are gone); saved with the next save."""
+        """Drop the rows for which ``keep`` is false (e.g. inputs that are gone); saved with the next save.
+
+        Args:
+            keep: row -> whether to keep it.
+        """
         self.rows = {key: row for key, row in self.rows.items() if keep(row)}
 
     def table(self) -> pd.DataFrame:
-        """The rows sorted by key, the ``first`` columns first."""
+        """The rows sorted by key, the ``first`` columns first.
+
+        Returns:
+            The table, every value as text (missing ones empty); only the ``first`` columns when there are no rows.
+        """
         ordered = [self.rows[key] for key in sorted(self.rows)]
         table = pd.DataFrame(ordered, columns=None if ordered else list(self.first))
         for name in self.first:
@@ -104,7 +139,11 @@ class RunManifest:
 
     def save(self) -> pd.DataFrame:
         """Rewrite manifest.csv atomically with every row, then empty the journal and remove the other journals
-        folded in (a process that does not write the table keeps its journal: rank 0 collects it)."""
+        folded in (a process that does not write the table keeps its journal: rank 0 collects it).
+
+        Returns:
+            The table (see :meth:`table`), also where this process does not write it.
+        """
         table = self.table()
         if not self.writes_table:
             return table
@@ -125,7 +164,11 @@ class RunManifest:
                 self._replay(path)
 
     def close(self) -> pd.DataFrame:
-        """Save and close the journal."""
+        """Save and close the journal.
+
+        Returns:
+            The table (see :meth:`save`).
+        """
         table = self.save()
         self._journal.close()
         return table
@@ -157,7 +200,14 @@ class RunManifest:
 
 def as_text(value: Any) -> str:
     """A value as manifest.csv holds it, so that a row reads the same in memory, in the journal and after a
-    reload: None and NaN as "", numpy scalars as Python values, everything as its ``str``."""
+    reload: None and NaN as "", numpy scalars as Python values, everything as its ``str``.
+
+    Args:
+        value: a cell's value.
+
+    Returns:
+        The text.
+    """
     value = plain_json(value) if getattr(value, "ndim", None) == 0 else value
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""

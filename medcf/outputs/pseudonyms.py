@@ -52,7 +52,22 @@ class Pseudonyms:
 
     @classmethod
     def for_output(cls, output_dir: str | Path, key_file: str | Path | None = None, uid_root: str | None = None):
-        """The pseudonyms of a job: the key from ``key_file``, else ``output_dir/pseudonym.key`` (made when missing)."""
+        """The pseudonyms of a job: the key from ``key_file``, else ``output_dir/pseudonym.key`` (made when missing).
+
+        Args:
+            output_dir: the job's output folder.
+            key_file: a file holding one hexadecimal key of at least 32 digits (an even number); None: the
+                output folder's ``pseudonym.key``, made with a random 64-digit key, readable by its owner only,
+                when missing.
+            uid_root: the root of generated UIDs (default ``2.25``, UUID-derived).
+
+        Returns:
+            The pseudonyms under that key.
+
+        Raises:
+            ValueError: the key file cannot be read, does not hold one such key, or ``uid_root`` is not a DICOM
+                UID root.
+        """
         path = Path(key_file) if key_file else Path(output_dir) / KEY_FILE
         if key_file is None and not path.exists():
             with atomic_path(path) as temporary:
@@ -80,19 +95,51 @@ class Pseudonyms:
         return self._digest("key-id").hex()[:16]
 
     def image(self, source: str) -> str:
-        """The pseudonym of an input file, from its path relative to the data set folder: ``img-<16 hex>``."""
+        """The pseudonym of an input file, from its path relative to the data set folder: ``img-<16 hex>``.
+
+        Args:
+            source: the file's path relative to the data set folder.
+
+        Returns:
+            The pseudonym.
+        """
         return "img-" + self._digest("image", source).hex()[:16]
 
     def patient(self, patient_id: str) -> str:
-        """The pseudonymous Patient ID of a source Patient ID: ``CF-<12 HEX>`` (one per patient)."""
+        """The pseudonymous Patient ID of a source Patient ID: ``CF-<12 HEX>`` (one per patient).
+
+        Args:
+            patient_id: the source's Patient ID (0010,0020), or another value standing for the patient.
+
+        Returns:
+            The pseudonymous Patient ID.
+        """
         return "CF-" + self._digest("patient", patient_id).hex()[:12].upper()
 
     def short(self, kind: str, value: str, length: int = 8) -> str:
-        """A short keyed code, e.g. for a Study ID (SH, at most 16 characters)."""
+        """A short keyed code, e.g. for a Study ID (SH, at most 16 characters).
+
+        Args:
+            kind: what the code is for (e.g. ``"study-id"``); other kinds give other codes for one value.
+            value: the source value.
+            length: hexadecimal digits (default 8).
+
+        Returns:
+            The code, upper-case hexadecimal.
+        """
         return self._digest(kind, value).hex()[:length].upper()
 
     def uid(self, kind: str, *parts: str) -> str:
-        """A DICOM UID for ``kind`` (study, series, instance, ...) of the given source values."""
+        """A DICOM UID for ``kind`` (study, series, instance, ...) of the given source values.
+
+        Args:
+            kind: what the UID identifies (e.g. ``"study"``, ``"series"``, ``"instance"``).
+            *parts: the source values it stands for.
+
+        Returns:
+            ``2.25.<UUID as an integer>`` under the default root, else ``<uid_root>.<number>`` of at most 64
+            characters.
+        """
         digest = self._digest(f"uid:{kind}", *parts)
         if self.uid_root == UUID_ROOT:
             return f"{UUID_ROOT}.{uuid.UUID(bytes=digest[:16], version=4).int}"

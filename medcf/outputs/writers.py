@@ -33,7 +33,14 @@ DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 
 
 def slug(intervention: Intervention) -> str:
-    """A file-name-safe name of an intervention: do(age=+20, sex=F) -> age-+20_sex-F; do() -> null."""
+    """A file-name-safe name of an intervention: do(age=+20, sex=F) -> age-+20_sex-F; do() -> null.
+
+    Args:
+        intervention: the intervention.
+
+    Returns:
+        The name: letters, digits and ``_+.-`` only.
+    """
     if intervention.is_null:
         return "null"
     text = intervention.text[3:-1].replace(", ", "_").replace("=", "-")
@@ -42,7 +49,16 @@ def slug(intervention: Intervention) -> str:
 
 def output_folder(source: str, image: str, keep_identifiers: bool) -> str:
     """The folder of an input's outputs: its pseudonym ``image``, or with ``keep_identifiers`` its source path
-    without a DICOM suffix (other suffixes stay: UID-named files such as ``1.2.3.4`` must not collide)."""
+    without a DICOM suffix (other suffixes stay: UID-named files such as ``1.2.3.4`` must not collide).
+
+    Args:
+        source: the input's path relative to the data set folder (POSIX).
+        image: the input's pseudonym.
+        keep_identifiers: name the folder after ``source`` instead of ``image``.
+
+    Returns:
+        The folder, relative to the output folder.
+    """
     if not keep_identifiers:
         return image
     path = PurePosixPath(source)
@@ -69,7 +85,13 @@ class SourceImage:
 @dataclass(frozen=True)
 class Drawn:
     """One counterfactual of an image: the intervention, the image ([0, 1], prepared orientation) and the
-    DerivationDescription of its DICOM."""
+    DerivationDescription of its DICOM.
+
+    Attributes:
+        intervention: the intervention it answers.
+        display: the counterfactual image, rows x columns, [0, 1], in the prepared orientation.
+        description: the DerivationDescription (0008,2111) of its DICOM.
+    """
 
     intervention: Intervention
     display: np.ndarray
@@ -80,7 +102,14 @@ class Drawn:
 class Written:
     """What :meth:`CounterfactualWriter.write` wrote for one image: the factual and each counterfactual image as
     written (source orientation, [0, 1]) and, per counterfactual, its files and mean absolute change (manifest
-    columns)."""
+    columns).
+
+    Attributes:
+        factual: the factual image, in the source's orientation.
+        displays: each counterfactual image, in the source's orientation, in the order they were given.
+        files: per counterfactual, ``dicom``, ``png`` and ``diff`` (paths relative to the output folder) and
+            ``mean_abs_change``.
+    """
 
     factual: np.ndarray
     displays: list[np.ndarray] = field(default_factory=list)
@@ -111,7 +140,16 @@ class CounterfactualWriter:
 
     def write(self, item: SourceImage, factual: np.ndarray, drawn: Sequence[Drawn]) -> Written:
         """Write every counterfactual of ``item`` (``factual`` is the prepared factual image); what was written,
-        with the images as written (in the source's orientation) for grids."""
+        with the images as written (in the source's orientation) for grids.
+
+        Args:
+            item: the input.
+            factual: the prepared factual image, rows x columns, [0, 1], in the prepared orientation.
+            drawn: its counterfactuals.
+
+        Returns:
+            The images and files written.
+        """
         header = item.header
         folder = output_folder(item.source, item.image, self.keep_identifiers)
         factual = item.geometry.to_source_orientation(factual)
@@ -146,7 +184,18 @@ class CounterfactualWriter:
         return written
 
     def identity(self, header: Dataset, item: SourceImage, intervention: Intervention) -> DerivedIdentity:
-        """Patient, study, series and instance of a counterfactual: keyed, so re-runs agree (see pseudonyms)."""
+        """Patient, study, series and instance of a counterfactual: keyed, so re-runs agree (see pseudonyms).
+
+        Args:
+            header: the source's DICOM header; its Patient ID, Study, Series and SOP Instance UIDs and Instance
+                Number are the keyed values (the image's pseudonym stands in for a missing UID, the study for a
+                missing Patient ID).
+            item: the input.
+            intervention: the counterfactual's intervention (with the settings, part of series and instance).
+
+        Returns:
+            The identity; the instance number is the source's (1 when it has none).
+        """
         p = self.pseudonyms
         study = str(header.get("StudyInstanceUID") or item.image)
         series = str(header.get("SeriesInstanceUID") or item.image)
@@ -176,7 +225,13 @@ class CounterfactualWriter:
 
 
 def save_png(image: np.ndarray, path: Path, cmap: str = "gray") -> None:
-    """Save a [0, 1] image as a PNG atomically."""
+    """Save a [0, 1] image as a PNG atomically.
+
+    Args:
+        image: a 2-D image; values outside [0, 1] are clipped.
+        path: the PNG file to create or replace.
+        cmap: the matplotlib colour map (default ``"gray"``).
+    """
     import matplotlib
 
     matplotlib.use("Agg")

@@ -43,7 +43,11 @@ from medcf.radiograph.pixels import read_radiograph
 
 
 class Rejected(Exception):
-    """A file the preparation does not accept; ``reason`` is one short line for the manifest."""
+    """A file the preparation does not accept; ``reason`` is one short line for the manifest.
+
+    Args:
+        reason: why the file is not accepted, one short line without the file's path (kept as ``reason``).
+    """
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -51,7 +55,11 @@ class Rejected(Exception):
 
 
 class OutsideDataset(Rejected):
-    """An input whose resolved path lies outside the data set folder (a symbolic link out of it)."""
+    """An input whose resolved path lies outside the data set folder (a symbolic link out of it).
+
+    Attributes:
+        reason: always the same line, starting ``outside_dataset:`` (the constructor takes no arguments).
+    """
 
     def __init__(self) -> None:
         super().__init__(
@@ -68,6 +76,17 @@ def dataset_file(dataset_dir: str | os.PathLike[str], source: str) -> Path:
     :class:`OutsideDataset`, before anything of the target is read. (A link may still be swapped between this
     check and the read; the rule guards against exports that point outside, not against a hostile owner of the
     folder.)
+
+    Args:
+        dataset_dir: the data set folder.
+        source: the file's path relative to ``dataset_dir``.
+
+    Returns:
+        ``dataset_dir / source`` as given (not resolved).
+
+    Raises:
+        OutsideDataset: the resolved path lies outside the resolved ``dataset_dir``.
+        Rejected: ``unreadable``: the path runs into a loop of symbolic links.
     """
     path = Path(dataset_dir, source)
     try:
@@ -80,7 +99,17 @@ def dataset_file(dataset_dir: str | os.PathLike[str], source: str) -> Path:
 
 
 def checked_pixel_budget(value: Any) -> int:
-    """``max_pixel_bytes`` as a positive integer (an integral float such as ``2.5e8`` is accepted)."""
+    """``max_pixel_bytes`` as a positive integer (an integral float such as ``2.5e8`` is accepted).
+
+    Args:
+        value: the setting as given (an int, or a float as YAML writes large numbers).
+
+    Returns:
+        The budget in bytes, as an int.
+
+    Raises:
+        ValueError: ``value`` is a bool, not a number, not a whole number, or less than 1.
+    """
     if isinstance(value, bool) or not isinstance(value, int | float) or not float(value).is_integer() or value < 1:
         raise ValueError(f"max_pixel_bytes: {value!r} must be a positive whole number of bytes")
     return int(value)
@@ -127,6 +156,14 @@ MANIFEST_HEADER_FIELDS = (
 
 
 def header_details(header: RadiographHeader) -> dict[str, Any]:
+    """The header's manifest columns: each of :data:`MANIFEST_HEADER_FIELDS` as ``dicom_<field>``.
+
+    Args:
+        header: the file's header.
+
+    Returns:
+        ``dicom_<field>`` -> the header's value (None where the file has none).
+    """
     values = asdict(header)
     return {f"dicom_{name}": values.get(name) for name in MANIFEST_HEADER_FIELDS}
 
@@ -136,7 +173,17 @@ def _missing(value: Any) -> bool:
 
 
 class Preparer(ABC):
-    """Prepares one kind of radiograph. Subclasses set :attr:`required_labels` and the two steps."""
+    """Prepares one kind of radiograph. Subclasses set :attr:`required_labels` and the two steps.
+
+    The constructor arguments are the subclass's (see :class:`medcf.prepare.chest.ChestPreparer` and
+    :class:`medcf.prepare.mammo.MammoPreparer`).
+
+    Attributes:
+        kind: the name of the preparation (``"cxr"``, ``"mammo"``), set by each subclass.
+        required_labels: attributes a cohort row must provide.
+        max_pixel_bytes: the pixel budget (see :func:`medcf.radiograph.header.check_pixel_budget`); subclasses
+            take it as a setting.
+    """
 
     kind: str
     #: attributes a cohort row must provide
@@ -146,14 +193,32 @@ class Preparer(ABC):
 
     @abstractmethod
     def check_header(self, header: RadiographHeader) -> None:
-        """Raise :class:`Rejected` when the file is not one this preparation accepts."""
+        """Raise :class:`Rejected` when the file is not one this preparation accepts.
+
+        Args:
+            header: the file's header, read without its pixel data.
+
+        Raises:
+            Rejected: the file is not one this preparation accepts; the reason says why.
+        """
 
     @abstractmethod
     def prepare_pixels(
         self, image: np.ndarray, header: RadiographHeader
     ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
         """Display image in [0, 1] (rows x columns) -> channel-first float32 array in [-1, 1], where it lies in
-        the source (see :class:`medcf.radiograph.geometry.Geometry`), and details for the manifest."""
+        the source (see :class:`medcf.radiograph.geometry.Geometry`), and details for the manifest.
+
+        Args:
+            image: the display image (float32, rows x columns, [0, 1], bright = attenuating).
+            header: the file's header.
+
+        Returns:
+            The prepared array (1, H, W), its :class:`Geometry`, and manifest columns to add.
+
+        Raises:
+            Rejected: the pixels cannot be prepared (e.g. an image without contrast).
+        """
 
     @abstractmethod
     def settings(self) -> dict[str, Any]:
@@ -161,18 +226,49 @@ class Preparer(ABC):
 
         ``max_pixel_bytes`` is not among them: it never changes an array, only which files are refused before
         decoding; the preparation runner records it next to these (inference retries refused files anyway).
+
+        Returns:
+            Setting name -> value (plain values, for JSON).
         """
 
     def check_attributes(self, header: RadiographHeader, attributes: Mapping[str, Any]) -> None:
-        """Checks that need the header and the final attributes together (cohort or header); none here."""
+        """Checks that need the header and the final attributes together (cohort or header); none here.
+
+        Args:
+            header: the file's header.
+            attributes: the labels kept for the file: its checked cohort row, or :meth:`header_labels` without a
+                cohort.
+        """
         return None
 
     def header_labels(self, header: RadiographHeader) -> dict[str, Any]:
-        """Attributes readable from the header, used when no cohort table is given."""
+        """Attributes readable from the header, used when no cohort table is given.
+
+        :meth:`check_labels` also compares a cohort row with them.
+
+        Args:
+            header: the file's header.
+
+        Returns:
+            Label name -> value (None when the header has none); empty here.
+        """
         return {}
 
     def check_labels(self, header: RadiographHeader, labels: Mapping[str, Any]) -> dict[str, Any]:
-        """Cohort labels must be complete and must not contradict the header; returns the labels to keep."""
+        """Cohort labels must be complete and must not contradict the header; returns the labels to keep.
+
+        Args:
+            header: the file's header.
+            labels: the file's cohort row.
+
+        Returns:
+            A copy of ``labels``.
+
+        Raises:
+            Rejected: a label of :attr:`required_labels` is missing (None, NaN or empty), or a label contradicts
+                :meth:`header_labels` (ages more than 2 years apart; other labels differ as text). A label the
+                header lacks is not compared.
+        """
         missing = [name for name in self.required_labels if _missing(labels.get(name))]
         if missing:
             raise Rejected(f"missing label(s) in the cohort table: {', '.join(missing)}")
@@ -190,7 +286,16 @@ class Preparer(ABC):
     ) -> PreparedImage:
         """:meth:`prepare` for the file ``source`` (relative path) of the data set folder ``dataset_dir``: what
         prepare, inference, evaluate and audit call for every input. A file whose resolved path lies outside
-        ``dataset_dir`` is rejected ``outside_dataset`` and never opened (see :func:`dataset_file`)."""
+        ``dataset_dir`` is rejected ``outside_dataset`` and never opened (see :func:`dataset_file`).
+
+        Args:
+            dataset_dir: the data set folder.
+            source: the file's path relative to ``dataset_dir``; it also finds the file's cohort row.
+            cohort: the labels table (see :meth:`prepare`); None: the attributes come from the header.
+
+        Returns:
+            The outcome; every failure is a ``"rejected"`` outcome with its reason, not an exception.
+        """
         try:
             path = dataset_file(dataset_dir, source)
         except Rejected as rejection:
@@ -200,6 +305,9 @@ class Preparer(ABC):
     def prepare(self, path: str, cohort: CohortIndex | None = None, source: str | None = None) -> PreparedImage:
         """Read, check and prepare one file; every failure becomes a rejection with its reason.
 
+        Reasons never contain the file's path (paths of hospital exports hold patient and study IDs). A header
+        declaring more decoded pixel bytes than ``max_pixel_bytes`` is rejected ``too_large`` before decoding.
+
         Args:
             path: the DICOM file.
             cohort: the labels table. The file's row is found by ``source`` (its path relative to the data set
@@ -207,8 +315,10 @@ class Preparer(ABC):
                 without exactly one row is rejected. Without a cohort the attributes come from the header.
             source: the file's path relative to the data set folder.
 
-        Reasons never contain the file's path (paths of hospital exports hold patient and study IDs). A header
-        declaring more decoded pixel bytes than ``max_pixel_bytes`` is rejected ``too_large`` before decoding.
+        Returns:
+            ``"ok"`` with the array, manifest details (header fields, preparation details, geometry, labels),
+            geometry and header without pixel data; or ``"rejected"`` with the reason (and the header fields
+            when a check, not reading or decoding, refused the file).
         """
         try:
             dataset = read_dataset(Path(path), header_only=True)
@@ -255,12 +365,28 @@ class Preparer(ABC):
 
 
 def source_spacing(header: RadiographHeader) -> dict[str, Any]:
-    """The spacing arguments of :class:`Geometry` from a header."""
+    """The spacing arguments of :class:`Geometry` from a header.
+
+    Args:
+        header: the file's header.
+
+    Returns:
+        ``spacing_mm`` and ``spacing_tag``: the header's (row, column) spacing and the tag it came from (None
+        without spacing).
+    """
     return {"spacing_mm": header.spacing_mm, "spacing_tag": header.spacing_source}
 
 
 def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Anti-aliased downsizing by area averaging (MONAI Resize, mode="area"); (H, W) -> (H', W')."""
+    """Anti-aliased downsizing by area averaging (MONAI Resize, mode="area"); (H, W) -> (H', W').
+
+    Args:
+        image: a 2-D array (H, W).
+        size: the output (H', W').
+
+    Returns:
+        The resized float32 array; ``image`` itself when it already has that size.
+    """
     if image.shape == tuple(size):
         return image
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
@@ -270,7 +396,20 @@ def resize_area(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def robust_unit_range(
     image: np.ndarray, mask: np.ndarray | None = None, low: float = 0.5, high: float = 99.5
 ) -> np.ndarray:
-    """Map the ``low``..``high`` percentiles (within ``mask``) to 0..1, clipping outliers."""
+    """Map the ``low``..``high`` percentiles (within ``mask``) to 0..1, clipping outliers.
+
+    Args:
+        image: a 2-D array.
+        mask: boolean, same shape: the pixels whose values give the percentiles; None or an empty mask: all.
+        low: the percentile mapped to 0 (default 0.5).
+        high: the percentile mapped to 1 (default 99.5).
+
+    Returns:
+        The whole image mapped and clipped to [0, 1].
+
+    Raises:
+        Rejected: the two percentiles are less than 1e-6 apart (no contrast).
+    """
     values = image[mask] if mask is not None and mask.any() else image
     lo, hi = np.percentile(values, (low, high))
     if hi - lo < 1e-6:

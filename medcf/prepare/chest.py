@@ -54,9 +54,24 @@ class ChestPreparer(Preparer):
         self.max_pixel_bytes = checked_pixel_budget(max_pixel_bytes)
 
     def settings(self) -> dict[str, Any]:
+        """The settings that determine the prepared arrays.
+
+        Returns:
+            ``kind``, ``image_size`` and ``square_crop``.
+        """
         return {"kind": self.kind, "image_size": self.image_size, "square_crop": self.square_crop}
 
     def check_header(self, header: RadiographHeader) -> None:
+        """Refuse files that are not frontal chest radiographs of at least ``image_size`` pixels a side.
+
+        Args:
+            header: the file's header, read without its pixel data.
+
+        Raises:
+            Rejected: Modality (0008,0060) is not CR, DX or DR; Body Part Examined (0018,0015) is present and not
+                CHEST, THORAX, LUNG or CHEST_LAT; the view (see :func:`medcf.radiograph.header.view_of`) is
+                present and not AP or PA; Rows or Columns is smaller than ``image_size``.
+        """
         if header.modality not in CHEST_MODALITIES:
             raise Rejected(f"wrong modality {header.modality or 'missing'}: chest preparation takes CR/DX")
         if (header.body_part or "") not in CHEST_BODY_PARTS:
@@ -67,15 +82,46 @@ class ChestPreparer(Preparer):
             raise Rejected(f"image too small to resize: {header.rows}x{header.columns} < {self.image_size}")
 
     def header_labels(self, header: RadiographHeader) -> dict[str, Any]:
+        """Sex, age and view from the header, used when no cohort table is given.
+
+        Args:
+            header: the file's header.
+
+        Returns:
+            ``sex`` (Patient's Sex, M or F), ``age`` (Patient's Age in years) and ``view``; None where absent.
+        """
         return {"sex": header.patient_sex, "age": header.patient_age_years, "view": header.view_position}
 
     def check_attributes(self, header: RadiographHeader, attributes: Mapping[str, Any]) -> None:
+        """The view must be known: the header's, else the ``view`` of the attributes.
+
+        Args:
+            header: the file's header.
+            attributes: the labels kept for the file (cohort row, or header labels).
+
+        Raises:
+            Rejected: neither the header nor the attributes say AP or PA.
+        """
         if (header.view_position or attributes.get("view")) not in FRONTAL_VIEWS:
             raise Rejected("view position unknown: neither the header nor the cohort says AP/PA")
 
     def prepare_pixels(
         self, image: np.ndarray, header: RadiographHeader
     ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+        """Centre square crop (with ``square_crop``), area resize to ``image_size`` x ``image_size``, robust
+        percentile normalisation, values in [-1, 1].
+
+        Args:
+            image: the display image (float32, rows x columns, [0, 1], bright = attenuating).
+            header: the file's header (for the pixel spacing).
+
+        Returns:
+            The array (1, ``image_size``, ``image_size``) float32 in [-1, 1], its :class:`Geometry`, and no
+            further manifest columns.
+
+        Raises:
+            Rejected: the image has no contrast.
+        """
         rows, columns = image.shape
         top, bottom, left, right = 0, rows, 0, columns
         if self.square_crop:

@@ -23,7 +23,11 @@ UID_COLUMN = "sop_instance_uid"
 
 
 class CohortMatchError(LookupError):
-    """A file has no cohort row, or more than one; ``reason`` is one line for the manifest."""
+    """A file has no cohort row, or more than one; ``reason`` is one line for the manifest.
+
+    Args:
+        reason: why the file has no labels, one line without the file's path (kept as ``reason``).
+    """
 
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
@@ -32,20 +36,46 @@ class CohortMatchError(LookupError):
 
 def normalise_path(path: str) -> str:
     """A relative POSIX path in one spelling: backslashes as slashes, no ``./`` or ``a/../`` parts, Unicode in
-    composed form (a table written on macOS spells accented names decomposed)."""
+    composed form (a table written on macOS spells accented names decomposed).
+
+    Args:
+        path: a path relative to the data set folder, as a cohort table or the folder listing spells it.
+
+    Returns:
+        The path in NFC, normalised with ``posixpath.normpath``.
+    """
     return unicodedata.normalize("NFC", posixpath.normpath(str(path).replace("\\", "/")))
 
 
 @dataclass(frozen=True)
 class CohortIndex:
     """Cohort rows by file path (relative to the data set folder) and, when the table has the column, by
-    SOP Instance UID. Several rows under one key are kept so that the ambiguity can be reported."""
+    SOP Instance UID. Several rows under one key are kept so that the ambiguity can be reported.
+
+    Attributes:
+        by_path: normalised path (see :func:`normalise_path`) -> the rows with that path, without their ``path``.
+        by_uid: SOP Instance UID (stripped) -> the rows with that UID; None when the table has no
+            ``sop_instance_uid`` column.
+    """
 
     by_path: dict[str, list[dict[str, Any]]]
     by_uid: dict[str, list[dict[str, Any]]] | None = None
 
     @classmethod
     def from_csv(cls, path: str | Path) -> CohortIndex:
+        """The index of a cohort table written by ``data_prep``.
+
+        Args:
+            path: the CSV file. It needs a ``path`` column, read verbatim (``00012`` and ``NA`` stay text);
+                ``patient``, ``study``, ``image_id`` and ``sop_instance_uid`` are read as text. With a
+                ``sop_instance_uid`` column the rows are also indexed by UID.
+
+        Returns:
+            The index (see :meth:`from_records`).
+
+        Raises:
+            ValueError: the file cannot be read as a table, or has no ``path`` column (one line naming the file).
+        """
         try:
             table = pd.read_csv(path, dtype={"patient": str, "study": str, "image_id": str, UID_COLUMN: str})
             if "path" not in table.columns:
@@ -58,6 +88,15 @@ class CohortIndex:
 
     @classmethod
     def from_records(cls, records: list[dict[str, Any]], with_uid: bool = False) -> CohortIndex:
+        """The index of cohort rows given as dictionaries.
+
+        Args:
+            records: the rows, each with a ``path`` relative to the data set folder; NaN values become None.
+            with_uid: also index the rows by ``sop_instance_uid`` (rows without one are only indexed by path).
+
+        Returns:
+            The index; ``by_uid`` is None without ``with_uid``.
+        """
         by_path: dict[str, list[dict[str, Any]]] = defaultdict(list)
         by_uid: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for record in records:
@@ -70,6 +109,14 @@ class CohortIndex:
     def labels_for(self, source: str, sop_instance_uid: str | None = None) -> dict[str, Any]:
         """The cohort row of a file, given its path relative to the data set folder and (optionally) the SOP
         Instance UID from its header.
+
+        Args:
+            source: the file's path relative to the data set folder.
+            sop_instance_uid: SOPInstanceUID (0008,0018) from the file's header. With a UID column it finds the
+                row when no row has the path, and refuses a path match whose row lists another UID.
+
+        Returns:
+            A copy of the file's row, without its ``path``.
 
         Raises:
             CohortMatchError: no row, several rows, or a row whose UID is another image's.

@@ -42,6 +42,14 @@ def discover_inputs(dataset_dir: Path) -> list[str]:
     ``dataset_dir`` is followed (a linked folder is searched too; a link back to a folder above it, a loop,
     is not searched again); a link whose target lies outside, to a file or to a folder, is listed as it is, one
     candidate per link, and becomes a rejected ``outside_dataset`` row: nothing outside is listed or read.
+
+    A folder that cannot be listed is logged as a warning (without its path) and its files are left out.
+
+    Args:
+        dataset_dir: the data set folder.
+
+    Returns:
+        The candidates' paths relative to ``dataset_dir``, with forward slashes, sorted.
     """
     root = Path(dataset_dir)
     found: list[str] = []

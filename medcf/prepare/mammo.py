@@ -62,9 +62,24 @@ class MammoPreparer(Preparer):
         self.max_pixel_bytes = checked_pixel_budget(max_pixel_bytes)
 
     def settings(self) -> dict[str, Any]:
+        """The settings that determine the prepared arrays.
+
+        Returns:
+            ``kind`` and ``image_size`` (as a list).
+        """
         return {"kind": self.kind, "image_size": list(self.image_size)}
 
     def check_header(self, header: RadiographHeader) -> None:
+        """Refuse files that are not FOR PRESENTATION CC/MLO mammograms large enough for ``image_size``.
+
+        Args:
+            header: the file's header, read without its pixel data.
+
+        Raises:
+            Rejected: Modality (0008,0060) is not MG; Presentation Intent Type (0008,0068) is FOR PROCESSING; the
+                view (see :func:`medcf.radiograph.header.view_of`) is present and not CC, XCCL or MLO; Rows or
+                Columns is smaller than the smaller side of ``image_size``.
+        """
         if header.modality != "MG":
             raise Rejected(f"wrong modality {header.modality or 'missing'}: mammogram preparation takes MG")
         if (header.presentation_intent or "").upper() == "FOR PROCESSING":
@@ -75,14 +90,44 @@ class MammoPreparer(Preparer):
             raise Rejected(f"image too small to resize: {header.rows}x{header.columns} < {min(self.image_size)}")
 
     def header_labels(self, header: RadiographHeader) -> dict[str, Any]:
+        """View, laterality and age from the header, used when no cohort table is given.
+
+        Args:
+            header: the file's header.
+
+        Returns:
+            ``view`` (CC or MLO; XCCL counts as CC; None otherwise), ``laterality`` and ``age`` (Patient's Age in
+            years); None where absent.
+        """
         view = MAMMO_VIEWS.get(header.view_position or "")
         return {"view": view, "laterality": header.laterality, "age": header.patient_age_years}
 
     def check_labels(self, header: RadiographHeader, labels: Mapping[str, Any]) -> dict[str, Any]:
+        """The cohort's ``view`` spelled as the header's (XCCL counts as CC), then :meth:`Preparer.check_labels`.
+
+        Args:
+            header: the file's header.
+            labels: the file's cohort row.
+
+        Returns:
+            The labels to keep, with ``view`` as CC or MLO where it is one of CC, XCCL or MLO.
+
+        Raises:
+            Rejected: a required label is missing, or a label contradicts the header.
+        """
         labels = {**labels, "view": MAMMO_VIEWS.get(str(labels.get("view") or ""), labels.get("view"))}
         return super().check_labels(header, labels)
 
     def check_attributes(self, header: RadiographHeader, attributes: Mapping[str, Any]) -> None:
+        """The view must be known: CC or MLO from the header, else the ``view`` of the attributes.
+
+        Args:
+            header: the file's header.
+            attributes: the labels kept for the file (cohort row, or header labels).
+
+        Raises:
+            Rejected: neither the header nor the attributes say CC or MLO.
+        """
         if MAMMO_VIEWS.get(header.view_position or "") is None and attributes.get("view") not in (
             "CC",
             "MLO",
@@ -92,6 +137,21 @@ class MammoPreparer(Preparer):
     def prepare_pixels(
         self, image: np.ndarray, header: RadiographHeader
     ) -> tuple[np.ndarray, Geometry, dict[str, Any]]:
+        """Steps 1-4 of the module docstring: orientation, breast mask, crop and resize, normalisation.
+
+        The mask is computed on a copy downsized to at most :data:`ANALYSIS_SIZE` pixels on its longest side.
+
+        Args:
+            image: the display image (float32, rows x columns, [0, 1], bright = attenuating).
+            header: the file's header (orientation and laterality tags, pixel spacing).
+
+        Returns:
+            The array (1, height, width) float32 in [-1, 1] (background -1, chest wall on the left), its
+            :class:`Geometry`, and manifest columns ``flipped``, ``flip_source`` and ``breast_fraction``.
+
+        Raises:
+            Rejected: the breast covers under 2% of the image (:data:`MIN_BREAST_FRACTION`), or it has no contrast.
+        """
         scale = min(1.0, ANALYSIS_SIZE / max(image.shape))
         small_shape = (max(1, round(image.shape[0] * scale)), max(1, round(image.shape[1] * scale)))
         mask = breast_mask(resize_area(image, small_shape))

@@ -59,6 +59,18 @@ class DerivedIdentity:
 
     ``source_reference_uid`` is the source image's SOP Instance UID when identifiers are kept, else its
     pseudonymous counterpart (the same keyed UID on every counterfactual of that source).
+
+    Attributes:
+        patient_id: Patient ID (0010,0020) of the counterfactual (the source's is written instead with
+            ``keep_identifiers``).
+        patient_name: Patient's Name (0010,0010) (likewise).
+        study_uid: Study Instance UID (0020,000D).
+        study_id: Study ID (0020,0010).
+        series_uid: Series Instance UID (0020,000E).
+        series_number: Series Number (0020,0011).
+        instance_uid: SOP Instance UID (0008,0018).
+        instance_number: Instance Number (0020,0013).
+        source_reference_uid: Referenced SOP Instance UID (0008,1155) of the Source Image Sequence (0008,2112).
     """
 
     patient_id: str
@@ -78,7 +90,16 @@ def patient_orientation(source: Dataset, geometry: Geometry | None) -> list[str]
     The source's own value when it is a valid pair of directions; for a mammogram without one (film scans
     often hold the view there), the standard directions from laterality and view, with the row direction
     from where the chest wall lies (preparation mirrored the images whose chest wall was on the right);
-    otherwise empty (Type 2: unknown)."""
+    otherwise empty (Type 2: unknown).
+
+    Args:
+        source: the source image's dataset (pixels not needed).
+        geometry: what preparation did (its mirroring says where a mammogram's chest wall was); None: no
+            directions are derived for a mammogram.
+
+    Returns:
+        The (row, column) directions, e.g. ``["A", "FR"]`` for a left MLO, or ``[]``.
+    """
     value = source.get("PatientOrientation") or []
     values = [str(v).upper() for v in ([value] if isinstance(value, str) else value)]
     if len(values) == 2 and all(_ORIENTATION.fullmatch(v) for v in values):
@@ -113,6 +134,11 @@ def counterfactual_dataset(
         series_title: short text after "SYNTHETIC COUNTERFACTUAL " in the SeriesDescription.
         geometry: what preparation did (for the pixel spacing and, for mammograms, the orientation).
         keep_identifiers: copy the source's patient and study identifiers (off by default: no PHI).
+        encoding: how the pixels are stored (default: 16 bits stored, a LINEAR_EXACT window, MONOCHROME2); its
+            transfer syntax is not used: the pixel data is always Explicit VR Little Endian.
+
+    Returns:
+        The dataset with its pixel data and file meta transfer syntax, not yet written.
     """
     now = dt.datetime.now()
     ds = Dataset()
@@ -161,7 +187,18 @@ def counterfactual_dataset(
 
 
 def write_counterfactual(path: str | Path, source: Dataset, display: np.ndarray, **kwargs) -> Dataset:
-    """Build the counterfactual dataset (:func:`counterfactual_dataset` arguments) and write it atomically."""
+    """Build the counterfactual dataset (:func:`counterfactual_dataset` arguments) and write it atomically.
+
+    Args:
+        path: the DICOM file to write (see :func:`medcf.radiograph.encode.write_dataset_atomic`).
+        source: the factual image's header (pixels not needed).
+        display: counterfactual image, rows x columns, in [0, 1].
+        **kwargs: the other arguments of :func:`counterfactual_dataset` (``identity``, ``description`` and
+            ``series_title`` are required).
+
+    Returns:
+        The dataset as written.
+    """
     ds = counterfactual_dataset(source, display, **kwargs)
     write_dataset_atomic(ds, Path(path))
     return ds

@@ -148,6 +148,12 @@ def as_ds(value: float) -> DSfloat:
 
     Short values look like real exports (``"16384.0"``, not ``"16384.0000000000"``); computing with the
     returned value keeps the encoder consistent with what a reader parses.
+
+    Args:
+        value: a number.
+
+    Returns:
+        The Decimal String value (a float subclass).
     """
     return DSfloat(format_number_as_ds(float(f"{float(value):.10g}")))
 
@@ -172,6 +178,17 @@ def window_for(lo: float, hi: float, voi_function: str) -> tuple[float, float]:
     and ``c = (lo + hi) / 2 + 0.5``. LINEAR_EXACT maps x to ``(x - c) / w + 0.5``: ``c`` is the middle,
     ``w = hi - lo``. SIGMOID maps x to ``1 / (1 + exp(-4 (x - c) / w))``: ``c`` is the middle and ``w``
     is chosen so that outputs SIGMOID_CLIP and 1 - SIGMOID_CLIP fall exactly at ``lo`` and ``hi``.
+
+    Args:
+        lo: the modality value whose VOI output is 0.
+        hi: the modality value whose VOI output is 1.
+        voi_function: VOI LUT Function (0028,1056): ``"LINEAR"``, ``"LINEAR_EXACT"`` or ``"SIGMOID"``.
+
+    Returns:
+        (Window Center, Window Width).
+
+    Raises:
+        ValueError: ``voi_function`` is not one of :data:`VOI_FUNCTIONS`.
     """
     middle = (lo + hi) / 2
     if voi_function == "LINEAR":
@@ -185,7 +202,20 @@ def window_for(lo: float, hi: float, voi_function: str) -> tuple[float, float]:
 
 
 def inverse_window(u: np.ndarray, center: float, width: float, voi_function: str) -> np.ndarray:
-    """Modality values that the window (``center``, ``width``, ``voi_function``) maps to VOI output ``u``."""
+    """Modality values that the window (``center``, ``width``, ``voi_function``) maps to VOI output ``u``.
+
+    Args:
+        u: VOI outputs in [0, 1] (clipped to [SIGMOID_CLIP, 1 - SIGMOID_CLIP] for SIGMOID).
+        center: Window Center (0028,1050).
+        width: Window Width (0028,1051).
+        voi_function: VOI LUT Function (0028,1056): ``"LINEAR"``, ``"LINEAR_EXACT"`` or ``"SIGMOID"``.
+
+    Returns:
+        The modality values, same shape as ``u``.
+
+    Raises:
+        ValueError: ``voi_function`` is not one of :data:`VOI_FUNCTIONS`.
+    """
     if voi_function == "LINEAR":
         return center - 0.5 + (u - 0.5) * (width - 1)
     if voi_function == "LINEAR_EXACT":
@@ -201,6 +231,17 @@ def encode_pixels(display: np.ndarray, encoding: PixelEncoding) -> tuple[np.ndar
 
     The attributes (keyword -> value, decimal ones as exact DS values) are those of the Image Pixel,
     Modality LUT and VOI LUT modules; see the module docstring for the mapping.
+
+    Args:
+        display: the display image, a non-empty, finite 2-D array in [0, 1] (bright = attenuating).
+        encoding: pixel format, rescale and window to store it with.
+
+    Returns:
+        (stored, attributes): the stored values, clipped to [0, :attr:`PixelEncoding.max_stored`], and the
+        attributes to set with :func:`attach_pixels`.
+
+    Raises:
+        ValueError: ``display`` is not 2-D, is empty, holds NaN or infinite values, or lies outside [0, 1].
     """
     v = _check_display(display)
     slope, intercept = as_ds(encoding.rescale_slope), as_ds(encoding.rescale_intercept)
@@ -259,6 +300,18 @@ def decode_display(ds: Dataset) -> np.ndarray:
     stored range [0, 2**BitsStored - 1] (signed if PixelRepresentation is 1) through the rescale, for all
     of LINEAR, LINEAR_EXACT and SIGMOID; LINEAR and LINEAR_EXACT reach both ends, SIGMOID neither. That
     range is normalised to [0, 1] and inverted for MONOCHROME1.
+
+    Args:
+        ds: a dataset with its pixel data and file meta, as read from a file or made by :func:`attach_pixels`.
+
+    Returns:
+        The display image, shape (Rows, Columns).
+
+    Raises:
+        ValueError: PixelData, PhotometricInterpretation, BitsStored, PixelRepresentation, WindowCenter,
+            WindowWidth or file_meta.TransferSyntaxUID is missing; the photometric interpretation is not
+            MONOCHROME1 or MONOCHROME2; the dataset has a ModalityLUTSequence; or it has only one of
+            RescaleSlope and RescaleIntercept.
     """
     _require_tags(
         ds,
@@ -286,7 +339,20 @@ def attach_pixels(ds: Dataset, stored: np.ndarray, attributes: PixelAttributes, 
     """Set the pixel attributes and Pixel Data of ``ds`` (in place), compressed as ``transfer_syntax`` asks.
 
     Also sets ``ds.file_meta.TransferSyntaxUID``. Compression keeps the dataset's SOPInstanceUID.
-    Returns ``ds`` for convenience.
+
+    Args:
+        ds: the dataset to complete.
+        stored: the stored pixels, uint16, shape (Rows, Columns) as ``attributes`` say.
+        attributes: keyword -> value, as :func:`encode_pixels` returns them.
+        transfer_syntax: one of :data:`TRANSFER_SYNTAXES`; Explicit VR Little Endian stores the pixels
+            uncompressed (VR OW), the others compress them with ``Dataset.compress``.
+
+    Returns:
+        ``ds`` for convenience.
+
+    Raises:
+        ValueError: ``transfer_syntax`` is not one of :data:`TRANSFER_SYNTAXES`, ``stored`` is not uint16, or
+            its shape is not the attributes' (Rows, Columns).
     """
     if transfer_syntax not in TRANSFER_SYNTAXES:
         raise ValueError(f"transfer syntax {transfer_syntax!r} is not one of {TRANSFER_SYNTAXES}")
@@ -324,6 +390,14 @@ def write_dataset_atomic(ds: Dataset, path: Path) -> None:
 
     Fills the file meta (see :func:`_fill_file_meta`), writes a hidden temporary file in the same
     directory, syncs it and renames it over ``path``. The temporary file is removed on any error.
+
+    Args:
+        ds: the dataset, with SOPClassUID, SOPInstanceUID and ``file_meta.TransferSyntaxUID`` (set by
+            :func:`attach_pixels`); its file meta is completed in place.
+        path: the file to create or replace.
+
+    Raises:
+        ValueError: SOPClassUID, SOPInstanceUID or ``file_meta.TransferSyntaxUID`` is missing.
     """
     _fill_file_meta(ds)
     with atomic_path(path, durable=True) as temporary, open(temporary, "wb") as file:
@@ -331,7 +405,14 @@ def write_dataset_atomic(ds: Dataset, path: Path) -> None:
 
 
 def new_uid(*entropy: object) -> str:
-    """A new DICOM UID under pydicom's root: random, or derived from ``entropy`` (same entropy, same UID)."""
+    """A new DICOM UID under pydicom's root: random, or derived from ``entropy`` (same entropy, same UID).
+
+    Args:
+        *entropy: values whose text (``str``) derives the UID; none: a random UID.
+
+    Returns:
+        The UID.
+    """
     if entropy:
         return generate_uid(entropy_srcs=[str(source) for source in entropy])
     return generate_uid()

@@ -52,7 +52,22 @@ class Geometry:
         mirrored: bool,
         **spacing: Any,
     ) -> Geometry:
-        """A crop given in the coordinates of the (possibly) mirrored source, as preparation computes it."""
+        """A crop given in the coordinates of the (possibly) mirrored source, as preparation computes it.
+
+        Args:
+            source_shape: the source image's (rows, columns).
+            crop_in_mirrored: (top, bottom, left, right) in the mirrored source when ``mirrored``, else in the
+                source; bottom and right are exclusive.
+            output_shape: the prepared image's (rows, columns).
+            mirrored: the prepared image is the crop mirrored left-right.
+            **spacing: ``spacing_mm`` and ``spacing_tag``, as for :class:`Geometry`.
+
+        Returns:
+            The geometry, its crop in the source's stored pixel grid.
+
+        Raises:
+            ValueError: the crop does not lie inside the source image.
+        """
         top, bottom, left, right = crop_in_mirrored
         if mirrored:
             left, right = source_shape[1] - right, source_shape[1] - left
@@ -72,11 +87,23 @@ class Geometry:
         return self.spacing_mm[0] * self.scale[0], self.spacing_mm[1] * self.scale[1]
 
     def to_source_orientation(self, image: np.ndarray) -> np.ndarray:
-        """A prepared-size image (..., rows, columns) turned back the way the source lies (mirroring undone)."""
+        """A prepared-size image (..., rows, columns) turned back the way the source lies (mirroring undone).
+
+        Args:
+            image: an image or batch of images, columns last.
+
+        Returns:
+            A contiguous copy mirrored left-right when :attr:`mirrored`, else ``image`` itself.
+        """
         return np.ascontiguousarray(image[..., ::-1]) if self.mirrored else image
 
     def to_record(self) -> dict[str, Any]:
-        """Flat manifest columns (``geometry_*``)."""
+        """Flat manifest columns (``geometry_*``).
+
+        Returns:
+            ``geometry_mirrored``, ``geometry_source_shape`` (``RxC``), ``geometry_crop``, ``geometry_scale`` and,
+            with source spacing, ``geometry_output_spacing_mm``; values as text except the first.
+        """
         top, bottom, left, right = self.crop
         record: dict[str, Any] = {
             "geometry_mirrored": self.mirrored,

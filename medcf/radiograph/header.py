@@ -165,9 +165,18 @@ class RadiographHeader:
 def read_header(path: PathLike) -> RadiographHeader:
     """The header of a DICOM file, read without its pixel data.
 
-    Raises DicomReadError: ``not_dicom``, ``truncated`` (the file ends inside the header), ``unsupported``
-    (Rows, Columns, Samples per Pixel, Photometric Interpretation or Bits Stored missing). Truncated pixel
-    data is only found by :func:`read_radiograph`.
+    Truncated pixel data is only found by :func:`read_radiograph`.
+
+    Args:
+        path: the DICOM file.
+
+    Returns:
+        The header fields (see :func:`header_from_dataset`).
+
+    Raises:
+        DicomReadError: ``not_dicom``, ``truncated`` (the file ends inside the header), ``unsupported``
+            (Rows, Columns, Samples per Pixel, Photometric Interpretation or Bits Stored missing).
+        OSError: the file cannot be opened.
     """
     path = Path(path)
     return header_from_dataset(read_dataset(path, header_only=True), path)
@@ -175,7 +184,15 @@ def read_header(path: PathLike) -> RadiographHeader:
 
 def check_pixel_budget(header: RadiographHeader, max_pixel_bytes: int) -> None:
     """Raise DicomReadError ``too_large`` when the header declares more than ``max_pixel_bytes`` bytes of decoded
-    pixel data (:attr:`RadiographHeader.pixel_bytes`); the detail gives the dimensions, the bytes and the budget."""
+    pixel data (:attr:`RadiographHeader.pixel_bytes`); the detail gives the dimensions, the bytes and the budget.
+
+    Args:
+        header: the file's header.
+        max_pixel_bytes: the budget, in bytes (see :data:`DEFAULT_MAX_PIXEL_BYTES`).
+
+    Raises:
+        DicomReadError: ``too_large``: the header declares more than ``max_pixel_bytes`` bytes.
+    """
     if (needed := header.pixel_bytes) > max_pixel_bytes:
         bytes_per_sample = needed // (header.rows * header.columns * header.number_of_frames * header.samples_per_pixel)
         raise DicomReadError(
@@ -203,6 +220,13 @@ def inverts_display(photometric: str, presentation_lut_shape: str | None) -> boo
     INVERSE on a MONOCHROME1 file restates the same inversion (C.11.6: "output after inversion is in
     P-Values"); it is not a second one. INVERSE on a MONOCHROME2 file has no such reading and means invert;
     IDENTITY never cancels MONOCHROME1 (the photometric interpretation describes the stored values).
+
+    Args:
+        photometric: Photometric Interpretation (0028,0004), upper case.
+        presentation_lut_shape: Presentation LUT Shape (2050,0020), or None when absent.
+
+    Returns:
+        True for MONOCHROME1 or for Presentation LUT Shape INVERSE (any case).
     """
     return photometric == "MONOCHROME1" or (presentation_lut_shape or "").upper() == "INVERSE"
 
@@ -212,6 +236,12 @@ def parse_patient_age(value: object) -> float | None:
 
     One to three digits are accepted (some exporters drop leading zeros); anything else, including an
     empty value or a missing unit, gives None.
+
+    Args:
+        value: the attribute's value as read (None, an empty or malformed value give None).
+
+    Returns:
+        The age in years (days, weeks and months converted), or None.
     """
     match = AGE_PATTERN.fullmatch(str(value or "").strip().upper())
     if not match:
@@ -222,7 +252,15 @@ def parse_patient_age(value: object) -> float | None:
 def view_of(ds: Dataset) -> tuple[str | None, str | None]:
     """(view, source tag): View Position (0018,5101), else the View Code Sequence (0054,0220) Code Meaning
     mapped by :data:`VIEW_MEANINGS`, else a single-valued Patient Orientation (0020,0020) that holds a
-    mammography view (CBIS-DDSM puts ``CC`` / ``MLO`` there), else (None, None)."""
+    mammography view (CBIS-DDSM puts ``CC`` / ``MLO`` there), else (None, None).
+
+    Args:
+        ds: the dataset (pixels not needed).
+
+    Returns:
+        The view in upper case and the keyword it came from (``"ViewPosition"``, ``"ViewCodeSequence"`` or
+        ``"PatientOrientation"``), or (None, None).
+    """
     if view := text_value(ds, "ViewPosition"):
         return view.upper(), "ViewPosition"
     for item in ds.get("ViewCodeSequence") or []:
@@ -238,7 +276,15 @@ def view_of(ds: Dataset) -> tuple[str | None, str | None]:
 def laterality_of(ds: Dataset) -> tuple[str | None, str | None]:
     """(laterality, source tag): Image Laterality (0020,0062), else the series-level Laterality (0020,0060),
     else Frame Laterality (0020,9072) in the shared, then the first per-frame, functional groups (enhanced
-    IODs, PS3.3 C.7.6.16.2.8), else (None, None)."""
+    IODs, PS3.3 C.7.6.16.2.8), else (None, None).
+
+    Args:
+        ds: the dataset (pixels not needed).
+
+    Returns:
+        The laterality in upper case and the keyword it came from (``"ImageLaterality"``, ``"Laterality"`` or
+        ``"FrameLaterality"``), or (None, None).
+    """
     for keyword in ("ImageLaterality", "Laterality"):
         if value := text_value(ds, keyword):
             return value.upper(), keyword
@@ -255,7 +301,21 @@ def laterality_of(ds: Dataset) -> tuple[str | None, str | None]:
 
 
 def read_dataset(path: Path, header_only: bool) -> Dataset:
-    """``pydicom.dcmread(force=False)``, with not-DICOM and truncated files turned into DicomReadError."""
+    """``pydicom.dcmread(force=False)``, with not-DICOM and truncated files turned into DicomReadError.
+
+    Args:
+        path: the DICOM file.
+        header_only: stop before the pixel data (``stop_before_pixels``); bytes left after the header are then
+            not taken for a truncated element.
+
+    Returns:
+        The dataset, with its file meta.
+
+    Raises:
+        DicomReadError: ``not_dicom`` (no 'DICM' prefix after the 128-byte preamble) or ``truncated`` (the file
+            ends while reading the header, or pydicom stopped quietly at a cut-off end).
+        OSError: the file cannot be opened.
+    """
     with open(path, "rb") as file:
         try:
             ds = pydicom.dcmread(file, force=False, stop_before_pixels=header_only)
@@ -310,7 +370,15 @@ def _check_complete(ds: Dataset, path: Path, size: int, stopped_at_pixel_data: b
 
 
 def text_value(ds: Dataset, keyword: str) -> str | None:
-    """A string attribute (its first value if multi-valued), stripped; None when absent or empty."""
+    """A string attribute (its first value if multi-valued), stripped; None when absent or empty.
+
+    Args:
+        ds: the dataset (or a sequence item).
+        keyword: the attribute's keyword, e.g. ``"Modality"``.
+
+    Returns:
+        The stripped text, or None.
+    """
     values = _multi_text(ds, keyword)
     return (values[0] or None) if values else None
 
@@ -326,7 +394,20 @@ def _multi_text(ds: Dataset, keyword: str) -> tuple[str, ...] | None:
 
 def required_int(ds: Dataset, keyword: str, path: Path, default: int | None = None) -> int:
     """An integer attribute that images must have (Rows, Columns, ...); ``unsupported`` when it is missing
-    (and there is no ``default``) or malformed."""
+    (and there is no ``default``) or malformed.
+
+    Args:
+        ds: the dataset.
+        keyword: the attribute's keyword, e.g. ``"Rows"``.
+        path: the file, named in the error.
+        default: the value when the attribute is absent or empty; None: it is required.
+
+    Returns:
+        The value as an int.
+
+    Raises:
+        DicomReadError: ``unsupported``: the attribute is missing without a ``default``, or is not an integer.
+    """
     value = ds.get(keyword)
     if value is None or value == "":
         if default is None:
@@ -383,7 +464,19 @@ def _transfer_syntax(ds: Dataset) -> str:
 
 
 def header_from_dataset(ds: Dataset, path: Path) -> RadiographHeader:
-    """The :class:`RadiographHeader` of a dataset read from ``path``."""
+    """The :class:`RadiographHeader` of a dataset read from ``path``.
+
+    Args:
+        ds: the dataset (pixels not needed).
+        path: the file it was read from (the header's ``path``, named in errors).
+
+    Returns:
+        The header fields.
+
+    Raises:
+        DicomReadError: ``unsupported``: Photometric Interpretation, Bits Stored, Rows, Columns or Samples per
+            Pixel is missing, or an integer attribute (also Number of Frames, Bits Allocated) is malformed.
+    """
     view, view_source = view_of(ds)
     laterality, laterality_source = laterality_of(ds)
     spacing, spacing_source = _spacing(ds)

@@ -20,7 +20,12 @@ from medcf.radiograph.pixels import read_radiograph
 
 
 class Radiograph(NamedTuple):
-    """What :meth:`RadiographReader.read` returns per file: display pixels and header."""
+    """What :meth:`RadiographReader.read` returns per file: display pixels and header.
+
+    Attributes:
+        pixels: the display image (float32, (Rows, Columns), [0, 1], bright = attenuating).
+        header: the file's header fields.
+    """
 
     pixels: np.ndarray
     header: RadiographHeader
@@ -40,7 +45,16 @@ def _plain(value: Any) -> Any:
 
 def radiograph_meta(header: RadiographHeader) -> dict[str, Any]:
     """MONAI metadata for a radiograph: every header field as a plain value (see :func:`_plain`;
-    ``spacing_mm`` is ``(nan, nan)`` when unknown), plus the keys LoadImage and EnsureChannelFirst use."""
+    ``spacing_mm`` is ``(nan, nan)`` when unknown), plus the keys LoadImage and EnsureChannelFirst use.
+
+    Args:
+        header: the file's header.
+
+    Returns:
+        Field name -> value, with the affine (diagonal: row and column spacing in mm, 1 without spacing), the
+        original affine, the spatial shape (Rows, Columns), no original channel axis (NaN) and
+        ``filename_or_obj``.
+    """
     meta = {field.name: _plain(getattr(header, field.name)) for field in fields(header)}
     spacing = header.spacing_mm or (1.0, 1.0)
     meta["spacing_mm"] = header.spacing_mm or (math.nan, math.nan)
@@ -61,13 +75,24 @@ class RadiographReader(ImageReader):
     ``LoadImage(reader=RadiographReader())`` falls back to MONAI's default readers when this one raises, so
     a rejected file may still be loaded by another reader (so may ``LoadImaged``); :func:`radiograph_loader`
     registers this reader alone, so that DicomReadError propagates.
+
+    Attributes:
+        SUFFIXES: the file suffixes :meth:`verify_suffix` accepts besides none (the constructor takes no
+            arguments).
     """
 
     SUFFIXES = (".dcm", ".dicom")
 
     def verify_suffix(self, filename: Sequence[PathLike] | PathLike) -> bool:
         """True when every name ends in .dcm or .dicom (any case), or has no suffix (a last dot-part of
-        digits, as in a SOP Instance UID file name, counts as none)."""
+        digits, as in a SOP Instance UID file name, counts as none).
+
+        Args:
+            filename: one file name, or several.
+
+        Returns:
+            Whether this reader takes all of them.
+        """
         return all(self._suffix_ok(Path(name)) for name in ensure_tuple(filename))
 
     @classmethod
@@ -77,12 +102,34 @@ class RadiographReader(ImageReader):
         return suffix in cls.SUFFIXES or suffix == "" or suffix[1:].isdigit()
 
     def read(self, data: Sequence[PathLike] | PathLike, **kwargs: Any) -> Radiograph | list[Radiograph]:
-        """Read one file, or each of a list of files, with :func:`read_radiograph`."""
+        """Read one file, or each of a list of files, with :func:`read_radiograph`.
+
+        Args:
+            data: one path, or several.
+            **kwargs: ignored (part of MONAI's reader interface).
+
+        Returns:
+            One :class:`Radiograph` for one path (also a list of one), else a list of them.
+
+        Raises:
+            DicomReadError: a file is refused (see :func:`read_radiograph`; default pixel budget).
+        """
         radiographs = [Radiograph(*read_radiograph(name)) for name in ensure_tuple(data)]
         return radiographs[0] if len(radiographs) == 1 else radiographs
 
     def get_data(self, img: Radiograph | Sequence[Radiograph]) -> tuple[np.ndarray, dict]:
-        """(array, metadata) of what :meth:`read` returned; several files become channels of one array."""
+        """(array, metadata) of what :meth:`read` returned; several files become channels of one array.
+
+        Args:
+            img: one :class:`Radiograph`, or several.
+
+        Returns:
+            The pixels, (Rows, Columns) or (files, Rows, Columns), and the metadata of the first file (see
+            :func:`radiograph_meta`; original channel axis 0 when stacked).
+
+        Raises:
+            ValueError: the radiographs differ in shape.
+        """
         radiographs = [img] if isinstance(img, Radiograph) else list(img)
         meta = radiograph_meta(radiographs[0].header)
         if len(radiographs) == 1:
@@ -101,6 +148,13 @@ def radiograph_loader(**kwargs: Any) -> LoadImage:
     (PydicomReader loads a multi-frame file that this reader rejects, transposed). Here the reader list is
     replaced while LoadImage keeps choosing by suffix, a path that calls the reader without catching, so a
     DicomReadError reaches the caller.
+
+    Args:
+        **kwargs: the other arguments of ``LoadImage`` (e.g. ``image_only``, ``ensure_channel_first``); not
+            ``reader``.
+
+    Returns:
+        The loader.
     """
     loader = LoadImage(reader=None, **kwargs)
     loader.readers = [RadiographReader()]

@@ -78,8 +78,19 @@ def read_radiograph(
     See the module docstring for the pipeline. With a ``max_pixel_bytes`` budget (default
     :data:`DEFAULT_MAX_PIXEL_BYTES`; None: no limit) the header is read first, without the pixel data, and a file
     declaring more decoded bytes is refused (``too_large``, see :func:`check_pixel_budget`) before the rest of the
-    file is read or anything is decoded. Raises DicomReadError with reason ``not_dicom``, ``truncated``,
-    ``no_pixel_data``, ``unsupported``, ``too_large``, ``multi_frame``, ``not_grayscale`` or ``undecodable``.
+    file is read or anything is decoded.
+
+    Args:
+        path: the DICOM file.
+        max_pixel_bytes: the pixel budget in bytes; None: no limit (for a header already checked).
+
+    Returns:
+        (display image, header).
+
+    Raises:
+        DicomReadError: with reason ``not_dicom``, ``truncated``, ``no_pixel_data``, ``unsupported``,
+            ``too_large``, ``multi_frame``, ``not_grayscale`` or ``undecodable``.
+        OSError: the file cannot be opened.
     """
     path = Path(path)
     if max_pixel_bytes is not None:
