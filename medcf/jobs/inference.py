@@ -50,6 +50,7 @@ from medcf.core.intensity import to_unit_scale
 from medcf.core.interventions import Intervention
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import LoadedModel, load_model, parse_interventions
+from medcf.outputs.background import BackgroundWriter
 from medcf.outputs.grids import counterfactual_grid
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
@@ -103,6 +104,7 @@ class InferenceRun:
         pseudonym_key: a file holding the secret of the keyed pseudonyms and UIDs (default: generated once
             into ``output_dir/pseudonym.key``).
         uid_root: root of the generated DICOM UIDs (default ``2.25``, UUID-derived).
+        progress: show a progress bar (rank 0's share of the inputs).
         workers: DataLoader worker processes that read and prepare the DICOM files while the model works
             (0: in this process).
         device: where the model, the stacked guidance batch and the sampler run: ``auto`` (CUDA when present),
@@ -134,6 +136,11 @@ class InferenceRun:
         Returns:
             The run's figures on rank 0 (``counterfactuals``, ``rows_ok``, ``rows_rejected``, ``seconds_total``,
             network evaluations and device seconds per counterfactual); ``{}`` on the other ranks.
+
+        Raises:
+            ValueError: when a setting is refused before any image is read (e.g. ``batch_size`` or ``workers``
+                out of range, an intervention the model cannot take), ``dataset_dir`` holds no input files, or the
+                output folder was made with another pseudonym key or ``keep_identifiers``.
         """
         job = JobContext("inference", self.output_dir, self.experiment)
         shard, output_dir = job.shard, job.output_dir
@@ -300,12 +307,22 @@ class _Job:
         self.grid_folder = output_dir / "grids" / time.strftime("%Y%m%d-%H%M%S")
         self.grid_prefix = "batch_" if rank == 0 else f"rank{rank}_batch_"  # the ranks of a sharded run share it
         self.grids: list[Path] = []
-        self.totals = {"evaluations": 0, "made": 0, "seconds": 0.0}
+        self.totals = {"evaluations": 0, "made": 0, "seconds": 0.0}  # seconds: decoding, not writing
         self.inputs: dict[str, str] = {}  # image -> fingerprint of its file and cohort row
+        self.output = BackgroundWriter()
 
     def process(self, sources: list[str], images: dict[str, str], dataset_dir: Path, labels: CohortIndex) -> None:
         """Prepare (in DataLoader workers when ``workers`` > 0), batch, generate, write and record every
-        intervention each source still needs; the figures add up in ``totals``."""
+        intervention each source still needs; the figures add up in ``totals``. Writing (files, rows, grids) runs in
+        a background thread (:class:`medcf.outputs.background.BackgroundWriter`), so the next batch is decoded
+        while the last one is written; every row is recorded when this returns.
+
+        Args:
+            sources: this process's inputs, paths relative to ``dataset_dir``.
+            images: source -> its keyed pseudonym (the manifest's ``image``), for every input of the job.
+            dataset_dir: the folder of DICOM files.
+            labels: the cohort table, with each file's factual attributes.
+        """
         todo: dict[str, list[Intervention]] = {}
         for source in sources:
             image = images[source]
@@ -320,26 +337,27 @@ class _Job:
         )
         quiet = not self.config.progress or self.rank > 0  # one bar per job: rank 0's share
         progress = tqdm(loader, total=len(prepared), desc="counterfactuals", disable=quiet)
-        for source, outcome in progress:
-            image = images[source]
-            attributes: dict[str, AttributeValue] = {}
-            if outcome.status == "ok":
-                try:  # the labels as the preparer checked them, then against the model's attribute ranges
-                    names = self.engine.model.schema.names
-                    attributes = self.engine.model.schema.validate({n: outcome.details.get(n) for n in names})
-                except (SchemaError, ValueError) as error:
-                    outcome.status, outcome.reason = "rejected", f"labels: {error}"
-            if outcome.status != "ok":
-                for intervention in todo[source]:
-                    self.manifest.record(self._row(image, source, intervention, "rejected", outcome.reason))
-                continue
-            item = SourceImage(image, source, outcome.header, outcome.geometry)
-            pending.append(_Pending(item, outcome.array, attributes, todo[source]))
-            if len(pending) == self.config.batch_size:
+        with self.output:  # writing runs in the background; leaving waits for it (also on an error)
+            for source, outcome in progress:
+                image = images[source]
+                attributes: dict[str, AttributeValue] = {}
+                if outcome.status == "ok":
+                    try:  # the labels as the preparer checked them, then against the model's attribute ranges
+                        names = self.engine.model.schema.names
+                        attributes = self.engine.model.schema.validate({n: outcome.details.get(n) for n in names})
+                    except (SchemaError, ValueError) as error:
+                        outcome.status, outcome.reason = "rejected", f"labels: {error}"
+                if outcome.status != "ok":
+                    rows = [self._row(image, source, i, "rejected", outcome.reason) for i in todo[source]]
+                    self.output.submit(self._record_all, rows)
+                    continue
+                item = SourceImage(image, source, outcome.header, outcome.geometry)
+                pending.append(_Pending(item, outcome.array, attributes, todo[source]))
+                if len(pending) == self.config.batch_size:
+                    self._generate(pending)
+                    pending = []
+            if pending:
                 self._generate(pending)
-                pending = []
-        if pending:
-            self._generate(pending)
 
     def _is_made(self, row: dict[str, Any] | None, image: str) -> bool:
         """A row to skip: made with the current settings from the same file and labels, and its DICOM is there
@@ -353,7 +371,8 @@ class _Job:
         )
 
     def _generate(self, batch: list[_Pending]) -> None:
-        """Abduct a batch once, decode each intervention its images still need, write, record."""
+        """Abduct a batch once and decode each intervention its images still need; the writing and recording go to
+        the background writer, so the next batch decodes while this one is written."""
         started = time.perf_counter()
         images = torch.from_numpy(np.stack([p.array for p in batch]))
         factual = [p.attributes for p in batch]
@@ -362,6 +381,7 @@ class _Job:
         factual_displays = [to_unit_scale(image) for image in images[:, 0].numpy()]
         drawn: dict[int, list[tuple[Drawn, dict[str, Any]]]] = defaultdict(list)
         not_made: dict[int, dict[str, str]] = defaultdict(dict)  # the grid prints the manifest's reason
+        rejected: list[dict[str, Any]] = []
         for intervention in self.interventions:
             members = [k for k, p in enumerate(batch) if intervention in p.todo]
             if not members:
@@ -370,13 +390,31 @@ class _Job:
             self.totals["evaluations"] += result.network_evaluations * len(result.made)
             for position, reason in result.rejected.items():
                 p = batch[members[position]]
-                self.manifest.record(self._row(p.item.image, p.item.source, intervention, "rejected", reason))
+                rejected.append(self._row(p.item.image, p.item.source, intervention, "rejected", reason))
                 shown_reason = reason.removeprefix(f"{intervention.text}: ")  # the column's title says it
                 not_made[members[position]][intervention.text] = f"not made: {shown_reason}"
             description = self._describe(result)
             for j, position in enumerate(result.made):
                 display = to_unit_scale(result.images[j, 0].cpu().numpy())
                 drawn[members[position]].append((Drawn(intervention, display, description), self._extra(result, j)))
+        self.totals["seconds"] += time.perf_counter() - started
+        self.output.submit(self._write, batch, factual_displays, drawn, not_made, rejected)
+
+    def _record_all(self, rows: list[dict[str, Any]]) -> None:
+        for row in rows:
+            self.manifest.record(row)
+
+    def _write(
+        self,
+        batch: list[_Pending],
+        factual_displays: list[np.ndarray],
+        drawn: dict[int, list[tuple[Drawn, dict[str, Any]]]],
+        not_made: dict[int, dict[str, str]],
+        rejected: list[dict[str, Any]],
+    ) -> None:
+        """Write a decoded batch (in the background writer): every image's files, then its rows (a row is recorded
+        once its files exist), then the batch's preview grid."""
+        self._record_all(rejected)
         shown: dict[str, list[np.ndarray | str]] = {i.text: [] for i in self.interventions}
         factual_shown, labels = [], []
         for k, p in enumerate(batch):
@@ -399,7 +437,6 @@ class _Job:
         if shown:
             grid = self.grid_folder / f"{self.grid_prefix}{len(self.grids):03d}.png"
             self.grids.append(counterfactual_grid(factual_shown, shown, grid, labels))
-        self.totals["seconds"] += time.perf_counter() - started
 
     def _describe(self, result: CounterfactualBatch) -> str:
         g = self.config.guidance
@@ -454,7 +491,17 @@ def _as_is(item: Any) -> Any:
 def input_fingerprint(dataset_dir: Path, source: str, labels: CohortIndex) -> str:
     """What decides an input's counterfactuals besides the settings: its file (size, modification time) and
     its cohort row. A re-run makes a row again when either changed (a corrected label, a replaced file). A file
-    outside ``dataset_dir`` (through a symbolic link) is not looked at (see :func:`dataset_file`)."""
+    outside ``dataset_dir`` (through a symbolic link) is not looked at (see :func:`dataset_file`).
+
+    Args:
+        dataset_dir: the folder of DICOM files.
+        source: the input, its path relative to ``dataset_dir``.
+        labels: the cohort table.
+
+    Returns:
+        16 hex digits of the SHA-256 of the file's size and modification time (the error's name where the file
+        cannot be read) and its cohort row (the reason where it has none).
+    """
     try:
         path = dataset_file(dataset_dir, source)
         stat = path.stat()
