@@ -59,7 +59,15 @@ AUDIT_COLUMNS = [
 @dataclass
 class Triplet:
     """One example for the report: a factual image and its counterfactual on [-1, 1], (H, W), and how far the
-    classifier's probability moved (the report draws their difference beside them)."""
+    classifier's probability moved (the report draws their difference beside them).
+
+    Attributes:
+        attribute: the intervened attribute.
+        direction: the row's ``from -> to`` (e.g. ``M -> F``, or ``observed -> +20`` for a shift).
+        delta_p: the classifier's probability of the counterfactual minus that of the factual image.
+        factual: the factual image, (H, W) on [-1, 1].
+        counterfactual: the counterfactual, (H, W) on [-1, 1].
+    """
 
     attribute: str
     direction: str
@@ -88,6 +96,14 @@ class AuditRun:
         gate: the least effectiveness (predictors recognising the intervened value) for a verdict.
         resamples, seed: the patient bootstrap.
         examples: image triplets per attribute in the report.
+        batch_size: images abducted, decoded and scored together (one chunk).
+        phantom_kind: ``cxr`` or ``mammo``: the held-out phantom set made when ``dataset_dir`` is None.
+        pseudonym_key: a file holding the secret of the keyed pseudonyms (default: generated once into
+            ``output_dir/pseudonym.key``).
+        device: where the model, the predictors and the classifier run: ``auto`` (CUDA when present), ``cpu``,
+            ``cuda`` or ``cuda:N``.
+        experiment: MLflow experiment name.
+        progress: show a progress bar (rank 0's share of the work).
     """
 
     output_dir: str | Path
@@ -125,6 +141,13 @@ class AuditRun:
         Returns:
             On rank 0 the summary (verdicts, directions, subgroups, settings) and the output files; ``{}`` on the
             other ranks.
+
+        Raises:
+            ValueError: when a setting is refused before any image is read (e.g. ``do()`` among the
+                interventions, a missing cohort table, an out-of-range ``gate`` or count, an unknown
+                ``label_attribute`` or ``positive_value``, neither ``dataset_dir`` nor ``heldout_subjects``), an
+                intervention changes none of the images, the cohort table has no patient for an image, or no
+                counterfactual could be made.
         """
         job = JobContext("audit", self.output_dir, self.experiment)
         shard, output_dir = job.shard, job.output_dir
@@ -398,6 +421,13 @@ class _Examples:
         self.kept: list[tuple[tuple[int, int], Triplet]] = []
 
     def add(self, order: tuple[int, int], triplet: Triplet) -> None:
+        """Keep ``triplet`` if it is among the ``count`` largest moves of its attribute so far.
+
+        Args:
+            order: the row's place in a single process's order, ``(chunk start, row in the chunk)``; of equal
+                moves the earlier is kept.
+            triplet: the example.
+        """
         self.kept.append((order, triplet))
         mine = [entry for entry in self.kept if entry[1].attribute == triplet.attribute]
         mine.sort(key=lambda entry: (-abs(entry[1].delta_p), entry[0]))

@@ -43,7 +43,19 @@ VERDICT_CLASS = {DEPENDS: "depends", NO_DEPENDENCE: "none", UNRELIABLE: "unrelia
 
 
 def render_report(table: pd.DataFrame, summary: dict[str, Any], triplets: Sequence[Any]) -> str:
-    """The report page for an audit table and its summary (see :mod:`medcf.measure.statistics`)."""
+    """The report page for an audit table and its summary (see :mod:`medcf.measure.statistics`).
+
+    Args:
+        table: the audit's rows (audit.csv: ``source``, ``attribute``, ``from``, ``to``, ``p_factual``,
+            ``p_counterfactual``, ...).
+        summary: the audit's summary (summary.json: ``settings``, ``images``, ``attributes`` with their verdicts
+            and directions, ``subgroups``); a missing part is left out or shown as ``?``.
+        triplets: the examples to draw (factual, counterfactual and their difference; see
+            :class:`medcf.jobs.audit.Triplet`); none: no examples section.
+
+    Returns:
+        The self-contained HTML page.
+    """
     settings = summary.get("settings", {})
     parts = [
         "<!DOCTYPE html>",

@@ -16,7 +16,17 @@ BUNDLE_NAMES = ("cxr_counterfactual", "mammo_counterfactual")
 
 
 def bundle_root(name: str) -> str:
-    """The folder of bundle ``name``: inside the medcf checkout (editable install), else ./bundles/<name>."""
+    """The folder of bundle ``name``: inside the medcf checkout (editable install), else ./bundles/<name>.
+
+    Args:
+        name: one of :data:`BUNDLE_NAMES`.
+
+    Returns:
+        The bundle's folder.
+
+    Raises:
+        ValueError: when ``name`` is not a bundle medcf ships.
+    """
     if name not in BUNDLE_NAMES:
         raise ValueError(f"unknown bundle {name!r}; medcf ships {', '.join(BUNDLE_NAMES)}")
     in_checkout = Path(medcf.__file__).resolve().parents[1] / "bundles" / name
@@ -30,7 +40,18 @@ COMMON_KEYS = ("kind", "attributes", "files", "phantom_training_set", "guidance"
 def common(root: str | Path) -> dict[str, Any]:
     """The settings every config of the bundle at ``root`` shares (``configs/common.yaml``), its ``files``
     made absolute under ``root``. A config reads it once (``common: $medcf.jobs.bundles.common(@bundle_root)``)
-    and takes its attributes, model files, phantom training set and guidance defaults from it."""
+    and takes its attributes, model files, phantom training set and guidance defaults from it.
+
+    Args:
+        root: the bundle's folder.
+
+    Returns:
+        The settings, one entry per key of :data:`COMMON_KEYS`; ``files`` maps each name to an absolute path.
+
+    Raises:
+        FileNotFoundError: when the bundle has no ``configs/common.yaml``.
+        ValueError: when the file lacks a key of :data:`COMMON_KEYS` or has another key.
+    """
     from monai.bundle import ConfigParser
 
     path = Path(root) / "configs" / "common.yaml"
@@ -50,7 +71,23 @@ def training_manifest(
 ) -> str:
     """The preparation manifest a training bundle reads: ``manifest`` when given, else the bundle's phantom
     training set (made once in ``phantom_dir`` by the phantoms package; in a distributed run rank 0 makes it
-    while the others wait). Training itself only ever sees this path."""
+    while the others wait). Training itself only ever sees this path.
+
+    Args:
+        manifest: a preparation manifest (``OUT/manifest.csv`` of prepare.yaml); None or empty: the phantom
+            training set.
+        kind: ``cxr`` or ``mammo``: the phantom of the training set.
+        phantom_dir: the folder the phantom training set is made in (once).
+        phantom_n: images of the phantom export (see :func:`medcf.jobs.phantom_sets.phantom_training_set`).
+        image_size: the side of the prepared images, in pixels.
+        seed: the phantom's seed.
+
+    Returns:
+        The manifest's path.
+
+    Raises:
+        FileNotFoundError: when ``manifest`` is given and is not a file.
+    """
     if manifest:
         if not Path(manifest).is_file():
             raise FileNotFoundError(f"manifest: {manifest} is not a file (OUT/manifest.csv of prepare.yaml)")

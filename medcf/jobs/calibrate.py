@@ -113,6 +113,8 @@ class CalibrationRun:
         no_effect_weights: the weights tried for an attribute the data show no effect of.
         intervals: candidate guidance intervals (None: every step, or [low, high] noise levels), see the module.
         schema: the bundle's attributes; device: ``auto``, ``cpu`` or ``cuda[:N]``.
+        experiment: MLflow experiment name.
+        progress: show a progress bar (one step per attribute).
     """
 
     output_dir: str | Path
@@ -151,6 +153,11 @@ class CalibrationRun:
 
         Returns:
             The plan as written to ``plan_path`` (default ``output_dir/guidance_plan.json``) and read back.
+
+        Raises:
+            ValueError: when a setting is refused before any image is read (e.g. ``attributes`` naming no
+                attribute of the model, a continuous attribute without a non-zero shift, a count below its
+                minimum, ``bounds`` not [low, high] with 0 <= low < high, an unknown ``match``, no ``intervals``).
         """
         job = JobContext("calibrate", self.output_dir, self.experiment)
         output_dir = job.output_dir
@@ -299,6 +306,15 @@ class _Calibrator:
         return CounterfactualEngine(self.loaded.model, self.loaded.diffusion, self.loaded.graph, settings)
 
     def calibrate(self, names: Sequence[str]) -> tuple[dict[str, AttributeGuidance], list[dict[str, Any]]]:
+        """Calibrate each attribute in turn, decoding with the weights and intervals chosen before it.
+
+        Args:
+            names: the attributes to calibrate, descendants first (:func:`_descendants_first`).
+
+        Returns:
+            Each attribute's guidance, in the schema's order, and every decode tried as a row of calibration.csv
+            (with its ``attribute``).
+        """
         attributes, rows = {}, []
         with tqdm(names, desc="calibrate", unit="attribute", disable=not self.run.progress) as bar:
             for name in bar:
@@ -464,7 +480,15 @@ def _fingerprint(chosen: EvaluationSet) -> str:
 
 
 def summary_lines(plan: CalibratedPlan) -> list[str]:
-    """One line per attribute, e.g. ``sex: w = 1.35 (matched; pixel ratio 0.82 at w=1, 1.31 at w=2)``."""
+    """One line per attribute, e.g. ``sex: w = 1.35 (matched; pixel ratio 0.82 at w=1, 1.31 at w=2)``.
+
+    Args:
+        plan: a calibrated guidance plan.
+
+    Returns:
+        The lines: each attribute's weight, status and the ratios at the weights tried (for an attribute without
+        an effect in the data, its mean |change|).
+    """
     lines = []
     for name, guidance in plan.attributes.items():
         if guidance.status == "no_effect":

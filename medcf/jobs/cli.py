@@ -27,7 +27,11 @@ DEMO_MARKER = "medcf-demo.json"
 
 
 class UsageError(Exception):
-    """A command-line mistake: reported as one line, exit status 2."""
+    """A command-line mistake: reported as one line, exit status 2.
+
+    Args:
+        *args: the one-line message, as for :class:`Exception`.
+    """
 
 
 def _phantom_command(args: argparse.Namespace) -> None:
@@ -79,6 +83,11 @@ def _demo_command(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The parser of the ``medcf`` command and its subcommands (phantom, preview, demo).
+
+    Returns:
+        The parser; each subcommand sets ``run`` to the function that carries it out.
+    """
     parser = argparse.ArgumentParser(prog="medcf", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -120,6 +129,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``medcf`` command.
+
+    Args:
+        argv: the arguments after ``medcf`` (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 2 on bad input (a schema error, an existing output, a usage error or a ValueError),
+        reported as one line on stderr.
+    """
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -39,6 +39,8 @@ class JobContext:
         experiment: the MLflow experiment the run goes to (None for a job without a run, such as prepare).
         shard: this process's share of a torchrun job (default: from the environment; a single process is rank 0
             of one).
+        started: the job's start, as :func:`time.perf_counter` (default: when the context is made; see
+            :attr:`seconds`).
     """
 
     job: str
@@ -115,6 +117,9 @@ class JobContext:
 
         Returns:
             A context manager; inside it on rank 0, ``mlflow.log_*`` calls go to the job's run.
+
+        Raises:
+            ValueError: when the context has no ``experiment``.
         """
         if self.experiment is None:
             raise ValueError(f"{self.job}: a tracked job needs an MLflow experiment")

@@ -104,6 +104,8 @@ class EvaluationRun:
         schema: the bundle's attributes; a model or predictors for others are refused.
         device: where the model and predictors run (``auto``: CUDA when present, else the CPU); metrics are
             computed on the CPU.
+        experiment: MLflow experiment name.
+        progress: show a progress bar (one step per seed and setting, rank 0's share).
     """
 
     output_dir: str | Path
@@ -142,6 +144,10 @@ class EvaluationRun:
         Returns:
             On rank 0 what ``metrics.json`` holds (model and predictor hashes, settings, summary, rows, seconds);
             ``{}`` on the other ranks.
+
+        Raises:
+            ValueError: when a setting is refused before any image is read (e.g. a count below its minimum,
+                ``seeds`` not distinct integers >= 0, an intervention or guidance setting the model cannot take).
         """
         job = JobContext("evaluate", self.output_dir, self.experiment)
         shard, output_dir = job.shard, job.output_dir
@@ -413,5 +419,3 @@ def _metric_key(text: str) -> str:
     for char in text:
         out.append(char if char.isalnum() or char in "_-./ " else {"=": "-", "+": "p", ",": "_"}.get(char, "_"))
     return "".join(out).strip("_")
-
-

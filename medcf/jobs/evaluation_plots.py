@@ -72,7 +72,18 @@ def _against_weight(plt, means: pd.DataFrame, interventions: list[str], column: 
 
 
 def save_study_plots(table: pd.DataFrame, folder: str | Path) -> list[Path]:
-    """Write the plots the table's columns allow to ``folder``; returns their paths."""
+    """Write the plots the table's columns allow to ``folder``; returns their paths.
+
+    Args:
+        table: metrics rows of an evaluation or a study (``intervention``, ``guidance``, ``mode``, ``w``,
+            ``w_aff``, ``effectiveness``, ``effectiveness_metric``, ``off_target``, and the truth measures when
+            there is a ground truth), one row per intervention, setting and seed.
+        folder: where the PNG files go.
+
+    Returns:
+        The paths of the plots written: effectiveness against off-target change always, the truth plots when the
+        table holds truth measures; none for an empty table or one without ``effectiveness``.
+    """
     folder = Path(folder)
     if table.empty or "effectiveness" not in table.columns:
         return []

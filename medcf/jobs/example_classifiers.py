@@ -38,7 +38,16 @@ from medcf.measure.statistics import subgroup_rates
 class Example:
     """One example classifier: ``label`` == ``positive`` is what it predicts; with ``shortcut`` = (attribute,
     value) its training set is confounded so that ``value`` goes with the positive label; ``subgroups`` names
-    the attribute its test rates are broken down by."""
+    the attribute its test rates are broken down by.
+
+    Attributes:
+        name: the classifier's name: its file ``<name>.ts`` and its entry in ``classifiers.json``.
+        label: the manifest column (attribute) it predicts.
+        positive: the value of ``label`` that is the positive class.
+        subgroups: the attribute its test rates are broken down by.
+        shortcut: (attribute, value) that goes with the positive label in its training set (default None: the
+            training split as it is).
+    """
 
     name: str
     label: str
@@ -57,7 +66,18 @@ EXAMPLES = {
 
 
 def load_split(manifest: str | Path, split: str) -> tuple[torch.Tensor, pd.DataFrame]:
-    """Prepared images (N, 1, H, W) of one split with their manifest rows."""
+    """Prepared images (N, 1, H, W) of one split with their manifest rows.
+
+    Args:
+        manifest: a preparation manifest (``OUT/manifest.csv``); the arrays are read from beside it.
+        split: ``train``, ``val`` or ``test`` (the cohort's patient-level split).
+
+    Returns:
+        The split's prepared images, float32 (N, 1, H, W), and its ``ok`` rows (as text), in the same order.
+
+    Raises:
+        ValueError: when the manifest has no prepared image in ``split``.
+    """
     manifest = Path(manifest)
     table = pd.read_csv(manifest, dtype=str)
     table = table[(table["status"] == "ok") & (table["split"] == split)].reset_index(drop=True)
@@ -69,18 +89,43 @@ def load_split(manifest: str | Path, split: str) -> tuple[torch.Tensor, pd.DataF
 
 def confounded(labels: np.ndarray, marked: np.ndarray, leak: float, seed: int) -> np.ndarray:
     """Positions to keep so that the positive label goes with ``marked`` (e.g. sex F) and the negative with the
-    rest: every image that agrees, and a random ``leak`` share of those that do not."""
+    rest: every image that agrees, and a random ``leak`` share of those that do not.
+
+    Args:
+        labels: per image, whether its label is positive.
+        marked: per image, whether it has the shortcut's value.
+        leak: the share of the images that disagree to keep, in [0, 1].
+        seed: seed of the random draw.
+
+    Returns:
+        The positions kept, ascending.
+    """
     agrees = labels == marked
     rng = np.random.default_rng(seed)
     return np.flatnonzero(agrees | (rng.random(len(labels)) < leak))
 
 
 def network() -> nn.Module:
+    """The untrained example classifier: MONAI ``Classifier`` on (1, 64, 64) images, one logit.
+
+    Returns:
+        The network.
+    """
     return Classifier(in_shape=(1, 64, 64), classes=1, channels=(16, 32, 64, 128), strides=(2, 2, 2, 2))
 
 
 def train(images: torch.Tensor, labels: np.ndarray, epochs: int, seed: int) -> nn.Module:
-    """Adam (1e-3), batch 64, binary cross-entropy, horizontal shifts of up to 4 pixels as augmentation."""
+    """Adam (1e-3), batch 64, binary cross-entropy, horizontal shifts of up to 4 pixels as augmentation.
+
+    Args:
+        images: prepared training images (N, 1, 64, 64).
+        labels: per image, whether its label is positive.
+        epochs: passes over the images.
+        seed: seed of the initial weights, the batch order and the shifts.
+
+    Returns:
+        The trained :func:`network`, in eval mode.
+    """
     torch.manual_seed(seed)
     model = network()
     optimiser = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -100,6 +145,15 @@ def train(images: torch.Tensor, labels: np.ndarray, epochs: int, seed: int) -> n
 
 @torch.no_grad()
 def scores(model: nn.Module, images: torch.Tensor) -> np.ndarray:
+    """The model's probability (sigmoid of its logit) per image, 256 images at a time.
+
+    Args:
+        model: a classifier with one logit (:func:`train`).
+        images: prepared images (N, 1, H, W).
+
+    Returns:
+        One probability per image, (N,).
+    """
     return torch.cat([model(images[k : k + 256])[:, 0].sigmoid() for k in range(0, len(images), 256)]).numpy()
 
 
@@ -107,7 +161,23 @@ def train_example(
     example: Example, train_split: tuple[torch.Tensor, pd.DataFrame], test_split: tuple[torch.Tensor, pd.DataFrame],
     out: Path, epochs: int, leak: float, seed: int,
 ) -> dict[str, Any]:  # fmt: skip
-    """Train ``example``, save it as ``out/<name>.ts`` and return its card (training set and test rates)."""
+    """Train ``example``, save it as ``out/<name>.ts`` and return its card (training set and test rates).
+
+    Args:
+        example: the classifier to train.
+        train_split: (images, manifest rows) of the training split (:func:`load_split`).
+        test_split: (images, manifest rows) of the test split, for the rates.
+        out: the folder the TorchScript file goes to.
+        epochs: training epochs.
+        leak: for an example with a ``shortcut``, the share of the images that disagree with it kept
+            (:func:`confounded`).
+        seed: seed of the training and of the confounding draw.
+
+    Returns:
+        The card: the file, what it predicts, the shortcut and how often the training labels agree with it (if
+        any), the number of training images and their positive share, and the test AUC, TPR and FPR (``all`` and per
+        subgroup, at threshold 0.5).
+    """
     images, rows = train_split
     labels = (rows[example.label] == example.positive).to_numpy()
     keep = np.arange(len(labels))
@@ -134,6 +204,14 @@ def train_example(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train the examples of ``--kind``; write their files and ``classifiers.json`` (their cards) to ``--out``.
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``), see the module docstring.
+
+    Returns:
+        The exit status, 0.
+    """
     parser = argparse.ArgumentParser(
         prog="python -m medcf.jobs.example_classifiers", description=__doc__.split("\n\n")[0]
     )

@@ -22,7 +22,16 @@ from medcf.runtime.files import file_sha256
 
 @dataclass
 class LoadedModel:
-    """A counterfactual model with what decoding needs."""
+    """A counterfactual model with what decoding needs.
+
+    Attributes:
+        model: the network, on ``device``.
+        diffusion: the diffusion process it was trained with (timesteps, noise schedule, prediction type).
+        graph: its fitted causal graph.
+        sha256: SHA-256 of the model file.
+        device: where the model is (default the CPU).
+        training_run_id: the MLflow run that trained it (empty for files made before medcf recorded it).
+    """
 
     model: CounterfactualUNet
     diffusion: DiffusionConfig
@@ -32,7 +41,11 @@ class LoadedModel:
     training_run_id: str = ""  # the MLflow run that trained it (empty for files made before medcf recorded it)
 
     def lineage_tags(self) -> dict[str, str]:
-        """MLflow tags linking a job's run to the training run of its model."""
+        """MLflow tags linking a job's run to the training run of its model.
+
+        Returns:
+            ``{"medcf.training_run_id": ...}``, or no tag when the run is not recorded.
+        """
         return {"medcf.training_run_id": self.training_run_id} if self.training_run_id else {}
 
 
@@ -45,7 +58,25 @@ def load_model(
 ) -> LoadedModel:
     """The model file and its graph, the model on ``device`` (``auto``: CUDA when present); refused when the
     model is for other attributes than ``schema`` or the preparation makes images of another size or channel
-    count than the model was trained on."""
+    count than the model was trained on.
+
+    Args:
+        model_path: the medcf model file, read weights-only.
+        graph_path: its fitted causal graph (``graph.json``).
+        preparer: the job's preparation; its ``image_size`` must be the size the model was trained at.
+        schema: the attributes the job expects (None: not checked).
+        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or a device (default ``cpu``).
+
+    Returns:
+        The model on its device, its diffusion settings, graph, file hash and training run.
+
+    Raises:
+        FileNotFoundError: when ``model_path`` or ``graph_path`` is not a file.
+        ValueError: when ``device`` is not one this machine has, the file is not a medcf model, the model does
+            not take 1-channel images, or the preparation's image size is not the model's.
+        SchemaError: when the model is for other attributes than ``schema``, or the graph does not fit the
+            model's attributes.
+    """
     device = resolve_device(device)
     _require_file("model_path", model_path)
     _require_file("graph_path", graph_path)
@@ -75,7 +106,20 @@ def _require_file(setting: str, path: str | Path) -> None:
 def trained_image_size(model_path: str | Path, square: bool = False) -> int | list[int]:
     """The image size recorded in a model file (the size it was trained at): [height, width], or the side when
     ``square`` (chest X-rays); a bundle config's default ``image_size``, so that a model trained at another size
-    needs no second setting."""
+    needs no second setting.
+
+    Args:
+        model_path: the medcf model file.
+        square: return one side (and require a square size) instead of [height, width] (default False).
+
+    Returns:
+        [height, width], or the side when ``square``.
+
+    Raises:
+        FileNotFoundError: when ``model_path`` is not a file.
+        ValueError: when the file is not a medcf model, does not record its image size, or (``square``) was
+            trained at a size that is not square.
+    """
     _require_file("model_path", model_path)
     payload, _ = read_medcf_file(model_path, CHECKPOINT_FORMAT, "medcf checkpoint")
     size = [int(side) for side in payload.get("image_size") or ()]
@@ -89,7 +133,19 @@ def trained_image_size(model_path: str | Path, square: bool = False) -> int | li
 
 
 def parse_interventions(schema: AttributeSchema, texts: Sequence[str] | str) -> list[Intervention]:
-    """The interventions of a job (one string is one intervention); none or a repeated one is an error."""
+    """The interventions of a job (one string is one intervention); none or a repeated one is an error.
+
+    Args:
+        schema: the model's attributes.
+        texts: intervention texts such as ``do(sex=F)``, or one such text.
+
+    Returns:
+        The parsed interventions, in the given order.
+
+    Raises:
+        InterventionError: when a text is not a valid intervention on ``schema``.
+        ValueError: when none is given, or one is given more than once.
+    """
     texts = [texts] if isinstance(texts, str) else list(texts)
     interventions = [parse_intervention(schema, text) for text in texts]
     if not interventions:

@@ -19,7 +19,23 @@ def phantom_export_with_cohort(
     """Write (once) a phantom export of ``n`` subjects to ``folder/export`` and build its cohort table
     ``folder/cohort.csv`` with the data_prep builder a real MIMIC-CXR or EMBED export goes through. The
     phantom's ``marker`` (not in EMBED's tables) is added to the mammogram cohort from the ground truth.
-    Returns (export folder, cohort table)."""
+
+    Args:
+        kind: ``cxr`` (MIMIC-CXR layout, :mod:`data_prep.mimic_cxr`) or ``mammo`` (EMBED layout,
+            :mod:`data_prep.embed`).
+        folder: where ``export/`` and ``cohort.csv`` go.
+        n: subjects of the export (``n`` of :func:`medcf.phantoms.dataset.write_phantom_dataset`; extra views
+            come on top).
+        export_size: the side of the phantom images, in pixels.
+        seed: the phantom's seed, also the seed of the cohort's patient-level split.
+        workers: processes that write the files (default: one per available core).
+
+    Returns:
+        (export folder, cohort table).
+
+    Raises:
+        RuntimeError: when the cohort builder fails.
+    """
     from data_prep import embed, mimic_cxr
 
     folder = Path(folder)
@@ -40,7 +56,20 @@ def heldout_phantom_set(
 ) -> tuple[Path, Path]:
     """A held-out phantom export of ``subjects`` subjects (phantom ``seed``, never a training seed) with its cohort
     table, made once in ``folder`` at twice the model's ``image_size`` (at least 64), as the training sets are.
-    Returns (export folder, cohort table)."""
+
+    Args:
+        kind: ``cxr`` or ``mammo``.
+        folder: where the set is made (once).
+        subjects: subjects of the export.
+        image_size: the model's image size, a side or (height, width) (the larger side counts).
+        seed: the phantom's seed (never a training seed).
+
+    Returns:
+        (export folder, cohort table).
+
+    Raises:
+        RuntimeError: when the cohort builder fails.
+    """
     side = image_size if isinstance(image_size, int) else max(image_size)
     return phantom_export_with_cohort(kind, folder, subjects, max(64, 2 * side), seed)
 
@@ -122,6 +151,21 @@ def phantom_training_set(
     The phantom export is written at twice ``size`` and goes through the cohort builder and the preparation,
     exactly as a real export would. The phantom's ``marker`` (not in EMBED's tables) is added to the
     mammogram cohort from the ground truth. A folder made with other settings is an error.
+
+    Args:
+        kind: ``cxr`` (chest preparation) or ``mammo`` (mammogram preparation).
+        folder: where the export, its cohort table, ``prepared/`` and the settings
+            (``phantom_training_set.json``) go.
+        n: subjects of the phantom export.
+        size: the side of the prepared images, in pixels.
+        seed: the phantom's seed (default 0).
+        workers: processes that write and prepare the files (default: one per available core).
+
+    Returns:
+        The preparation manifest, ``folder/prepared/manifest.csv``.
+
+    Raises:
+        ValueError: when ``folder`` holds a phantom training set made with other settings.
     """
     from medcf.jobs.prepare import PreparationRun
     from medcf.prepare import ChestPreparer, MammoPreparer
@@ -147,7 +191,22 @@ def phantom_training_set(
 
 
 def phantom_training_set_once(kind: str, folder: str | Path, n: int, size: int, seed: int = 0) -> Path:
-    """:func:`phantom_training_set` in a distributed run: rank 0 makes it while the other ranks wait."""
+    """:func:`phantom_training_set` in a distributed run: rank 0 makes it while the other ranks wait.
+
+    Args:
+        kind: ``cxr`` or ``mammo``.
+        folder: where the training set is made.
+        n: subjects of the phantom export.
+        size: the side of the prepared images, in pixels.
+        seed: the phantom's seed (default 0).
+
+    Returns:
+        The preparation manifest, on every rank.
+
+    Raises:
+        ValueError: on rank 0, when ``folder`` holds a phantom training set made with other settings.
+        RuntimeError: on the other ranks, when making it failed on rank 0.
+    """
     from medcf.runtime.distributed import Shard
 
     return Shard.current().once(lambda: phantom_training_set(kind, folder, n, size, seed))

@@ -46,10 +46,22 @@ SETTINGS = "prepare.json"
 
 
 class NothingPreparedError(RuntimeError):
-    """No input file could be prepared at all."""
+    """No input file could be prepared at all.
+
+    Args:
+        *args: the one-line message, as for :class:`RuntimeError`.
+    """
 
 
 def output_name(source: str) -> str:
+    """Where the prepared array of a file goes, relative to the output folder (the manifest's ``output``).
+
+    Args:
+        source: the file's path relative to the dataset folder.
+
+    Returns:
+        ``images/<source>.npy``.
+    """
     return f"images/{source}.npy"
 
 
@@ -99,10 +111,13 @@ class PreparationRun:
         """Prepare every file the folder does not hold yet, then write the manifest, summary and preview.
 
         Returns:
-            The summary (files ok and rejected, reasons counted), as written to ``settings.json``.
+            The summary (files ok and rejected, reasons counted), as written to ``prepare.json`` with the settings.
 
         Raises:
             NothingPreparedError: no file could be prepared.
+            FileNotFoundError: ``dataset_dir`` is not a folder.
+            ValueError: ``output_dir`` holds a preparation with other settings, or files that are not a medcf
+                preparation.
         """
         dataset_dir, output_dir = Path(self.dataset_dir), Path(self.output_dir)
         if not dataset_dir.is_dir():
@@ -185,6 +200,15 @@ def _finished(row: dict[str, Any], output_dir: Path) -> bool:
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """A run's summary: files, how many were prepared and rejected, and why.
+
+    Args:
+        records: the manifest rows, one per input file (``status``, ``reason``).
+
+    Returns:
+        ``files``, ``ok``, ``rejected`` and ``reasons`` (each reason's text before its first colon -> how many
+        files, most frequent first).
+    """
     reasons = Counter(r["reason"].split(":")[0] for r in records if r["status"] != "ok")
     ok = sum(r["status"] == "ok" for r in records)
     return {
@@ -196,13 +220,29 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def format_summary(summary: dict[str, Any]) -> str:
+    """The summary as printed and logged: the counts, then one indented line per rejection reason.
+
+    Args:
+        summary: a run's summary (:func:`summarise`).
+
+    Returns:
+        The text, lines joined by newlines.
+    """
     lines = [f"prepared {summary['ok']} of {summary['files']} files; rejected {summary['rejected']}"]
     lines += [f"  {count:6d}  {reason}" for reason, count in summary["reasons"].items()]
     return "\n".join(lines)
 
 
 def write_preview(records: list[dict[str, Any]], output_dir: Path, count: int = 16) -> None:
-    """A grid of the first prepared images, to look at."""
+    """A grid of the first prepared images, to look at.
+
+    Written to ``output_dir/preview.png``, at most 8 images a row; nothing is written when no file was prepared.
+
+    Args:
+        records: the manifest rows (``status``, ``output``).
+        output_dir: the preparation's folder, holding the arrays the rows name.
+        count: at most this many images (default 16).
+    """
     outputs = [r["output"] for r in records if r["status"] == "ok"][:count]
     if not outputs:
         return

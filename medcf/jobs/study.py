@@ -55,7 +55,14 @@ TOLERANCE = {"accuracy": 0.05, "mae": 1.0}
 
 
 def grid_settings(weights: Sequence[float]) -> list[dict[str, Any]]:
-    """No guidance, CFG and DCFG over ``weights``, the variants and the bundle's calibrated plan."""
+    """No guidance, CFG and DCFG over ``weights``, the variants and the bundle's calibrated plan.
+
+    Args:
+        weights: the guidance weights: CFG's w and DCFG's w_aff (with w_inv = 1).
+
+    Returns:
+        The evaluate job's ``guidance_settings`` entries, in that order.
+    """
     return [
         {"mode": "none"},
         *({"mode": "cfg", "weight": float(w)} for w in weights),
@@ -66,13 +73,29 @@ def grid_settings(weights: Sequence[float]) -> list[dict[str, Any]]:
 
 
 def reaches(value: float, target: float, metric: str) -> bool:
-    """Effectiveness at least ``target`` (accuracy) or at most it (age MAE: lower is better)."""
+    """Effectiveness at least ``target`` (accuracy) or at most it (age MAE: lower is better).
+
+    Args:
+        value: the effectiveness.
+        target: the level to reach.
+        metric: ``accuracy`` or ``mae`` (the row's ``effectiveness_metric``).
+
+    Returns:
+        Whether ``value`` reaches ``target``.
+    """
     return value <= target if metric == "mae" else value >= target
 
 
 def select_weights(table: pd.DataFrame) -> dict[str, float]:
     """Per intervention: the smallest DCFG w_aff within the tolerance of the best effectiveness (predictors
-    only, no ground truth)."""
+    only, no ground truth).
+
+    Args:
+        table: the selection stage's metrics (DCFG rows with w_inv = 1 over the study's weights).
+
+    Returns:
+        Intervention -> its selected w_aff.
+    """
     chosen = {}
     dcfg = table[(table["mode"] == "dcfg") & table["guidance"].str.fullmatch(r"dcfg w_aff=\S+ w_inv=1")]
     for intervention, part in dcfg.groupby("intervention", sort=False):
@@ -86,7 +109,14 @@ def select_weights(table: pd.DataFrame) -> dict[str, float]:
 
 def closest_to_right_size(family: pd.DataFrame) -> str | None:
     """The setting of ``family`` whose mean exact_target_ratio over seeds is closest to 1 on a log scale (the best
-    single weight with hindsight of the truth, which no user has), or None without the measure."""
+    single weight with hindsight of the truth, which no user has), or None without the measure.
+
+    Args:
+        family: one intervention's rows of one guidance family (e.g. CFG at every weight), over the seeds.
+
+    Returns:
+        The ``guidance`` label of that setting, or None (no ``exact_target_ratio`` column, or no positive mean).
+    """
     if "exact_target_ratio" not in family.columns:
         return None
     means = family.groupby("guidance", sort=False)["exact_target_ratio"].mean()
@@ -97,7 +127,15 @@ def closest_to_right_size(family: pd.DataFrame) -> str | None:
 def matched_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per intervention, CFG and DCFG at matched effectiveness (the smallest weight of each reaching the level
     both reach), CFG and DCFG at the single weight closest to the right size on the truth, the selected DCFG, the
-    calibrated plan and the variants: mean and sd over seeds; ``choice`` says why each row is there."""
+    calibrated plan and the variants: mean and sd over seeds; ``choice`` says why each row is there.
+
+    Args:
+        table: the study's combined metrics (every stage's rows, one per intervention, setting and seed).
+
+    Returns:
+        One row per intervention and chosen setting: ``intervention``, ``guidance``, ``choice``, ``seeds``, each
+        measure the table has as ``mean ± sd`` text, and ``effectiveness_metric``.
+    """
     columns = [
         "effectiveness",
         "off_target",
@@ -170,7 +208,16 @@ def equal_weight_table(table: pd.DataFrame) -> pd.DataFrame:
     """Per intervention and weight w: CFG (w) beside DCFG (w_aff = w, w_inv = 1), mean +- sd over seeds, and two
     per-seed paired comparisons of truth_off_target_source: DCFG's change against CFG's in % (negative: DCFG
     moves the untouched attributes less), and the amplification ratio, DCFG's excess over the unguided decoder
-    divided by CFG's (1 = no better, 0 = DCFG adds nothing to what decoding without guidance moves)."""
+    divided by CFG's (1 = no better, 0 = DCFG adds nothing to what decoding without guidance moves).
+
+    Args:
+        table: the study's combined metrics (every stage's rows, one per intervention, setting and seed).
+
+    Returns:
+        One row per intervention and CFG weight with a DCFG run at that weight: ``<measure> cfg`` and
+        ``<measure> dcfg`` as ``mean ± sd`` text and, with ``truth_off_target_source``, the two comparisons
+        (the amplification ratio only above w = 1 and with an unguided run).
+    """
     rows = []
     columns = [c for c in EQUAL_WEIGHT_COLUMNS if c in table.columns]
     for intervention, part in table.groupby("intervention", sort=False):
@@ -224,7 +271,27 @@ def run_study(
     model_path: str | Path | None = None,
 ) -> pd.DataFrame:
     """Run (or resume) the study of one bundle (of ``model_path`` instead of the shipped weights when given);
-    returns the combined metrics table."""
+    returns the combined metrics table.
+
+    Args:
+        bundle: a key of :data:`STUDY_INTERVENTIONS` (``cxr_counterfactual`` or ``mammo_counterfactual``).
+        output_dir: where the stages' folders and the report go; a stage finished there earlier is kept.
+        seeds: the seeds of the grid and the selected stage; each draws its own images.
+        images_per_seed: held-out images each seed draws.
+        steps: DDIM steps of every setting.
+        weights: the guidance weights of the grid and of the selection (CFG's w, DCFG's w_aff).
+        heldout_subjects: subjects of the held-out phantom set, made once in ``output_dir/heldout_data`` and used
+            by every stage.
+        selection_seed: the seed that draws the selection stage's images (default 100).
+        device: ``auto`` (CUDA when present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``.
+        model_path: another model file of the bundle's schema (default None: the shipped weights).
+
+    Returns:
+        Every grid and selected row (also written to ``study.csv``).
+
+    Raises:
+        KeyError: when ``bundle`` is not a key of :data:`STUDY_INTERVENTIONS`.
+    """
     started = time.perf_counter()
     output_dir = Path(output_dir)
     interventions = STUDY_INTERVENTIONS[bundle]
@@ -283,7 +350,14 @@ def _slug(text: str) -> str:
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """A pipe table of ``table``'s cells as text."""
+    """A pipe table of ``table``'s cells as text.
+
+    Args:
+        table: the table to show.
+
+    Returns:
+        The Markdown table: a header line, a rule and one line per row.
+    """
     header = "| " + " | ".join(map(str, table.columns)) + " |"
     rule = "|" + "|".join("---" for _ in table.columns) + "|"
     body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
@@ -329,6 +403,14 @@ def _markdown(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the study from the command line (see the module docstring) and print the report's path as JSON.
+
+    Args:
+        argv: the command-line arguments (default: ``sys.argv[1:]``).
+
+    Returns:
+        The exit status: 0, or 2 on a ValueError or OSError (one line on stderr).
+    """
     parser = argparse.ArgumentParser(prog="python -m medcf.jobs.study", description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", required=True, choices=sorted(STUDY_INTERVENTIONS))
     parser.add_argument("--output_dir", required=True)
