@@ -1,5 +1,6 @@
 """The counterfactual inference job on a tiny model: outputs, manifest, MLflow, re-runs, kills and bad settings."""
 
+import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.interventions import InterventionError, parse_intervention
 from medcf.core.network import CounterfactualUNet, ModelConfig, load_checkpoint, save_checkpoint
 from medcf.jobs.inference import InferenceRun
+from medcf.outputs.background import BackgroundWriter
 from medcf.outputs.grids import CELL_TEXT_LINES, CELL_TEXT_WIDTH, counterfactual_figure, counterfactual_grid
 from medcf.outputs.writers import CounterfactualWriter, output_folder, slug
 from medcf.phantoms.cxr import CXR_SCHEMA
@@ -139,6 +141,36 @@ def test_preparing_in_worker_processes_writes_what_one_process_writes(setup, tmp
             pydicom.dcmread(tmp_path / "main" / dicom).pixel_array
             == pydicom.dcmread(tmp_path / "workers" / dicom).pixel_array
         ).all(), dicom
+
+
+def test_writing_in_the_background_thread_writes_what_writing_in_line_writes(setup, tmp_path, monkeypatch):
+    """On a GPU the writing runs in a background thread while the next batch decodes; forced here on the CPU, with
+    batches of one image so that several batches are pending, the rows, grids and pixels are those written in line."""
+    import medcf.jobs.inference as inference
+
+    threads = set()
+
+    class Threaded(BackgroundWriter):
+        def __init__(self, depth: int = 2, background: bool = False) -> None:
+            super().__init__(depth, background=True)
+
+        def submit(self, task, *args):
+            super().submit(lambda: (threads.add(threading.current_thread().name), task(*args)))
+
+    run(setup, tmp_path / "inline", batch_size=1)
+    monkeypatch.setattr(inference, "BackgroundWriter", Threaded)
+    run(setup, tmp_path / "threaded", batch_size=1, pseudonym_key=tmp_path / "inline" / "pseudonym.key")
+    assert threads and threading.current_thread().name not in threads
+    inline, threaded = read_manifest(tmp_path / "inline"), read_manifest(tmp_path / "threaded")
+    assert (inline["status"] == "ok").sum() >= 4
+    pd.testing.assert_frame_equal(inline, threaded)
+    for dicom in inline.loc[inline["status"] == "ok", "dicom"]:
+        assert (
+            pydicom.dcmread(tmp_path / "inline" / dicom).pixel_array
+            == pydicom.dcmread(tmp_path / "threaded" / dicom).pixel_array
+        ).all(), dicom
+    grids = [sorted(p.name for p in (tmp_path / folder / "grids").rglob("*.png")) for folder in ("inline", "threaded")]
+    assert grids[0] == grids[1] and len(grids[0]) >= 2
 
 
 def test_a_batch_grid_shows_its_first_images_and_every_image_is_written(setup, tmp_path, monkeypatch):

@@ -309,13 +309,13 @@ class _Job:
         self.grids: list[Path] = []
         self.totals = {"evaluations": 0, "made": 0, "seconds": 0.0}  # seconds: decoding, not writing
         self.inputs: dict[str, str] = {}  # image -> fingerprint of its file and cohort row
-        self.output = BackgroundWriter()
+        self.output = BackgroundWriter(background=engine.model_device.type == "cuda")  # CPU: inline, see there
 
     def process(self, sources: list[str], images: dict[str, str], dataset_dir: Path, labels: CohortIndex) -> None:
         """Prepare (in DataLoader workers when ``workers`` > 0), batch, generate, write and record every
-        intervention each source still needs; the figures add up in ``totals``. Writing (files, rows, grids) runs in
-        a background thread (:class:`medcf.outputs.background.BackgroundWriter`), so the next batch is decoded
-        while the last one is written; every row is recorded when this returns.
+        intervention each source still needs; the figures add up in ``totals``. With the network on a GPU, writing
+        (files, rows, grids) runs in a background thread (:class:`medcf.outputs.background.BackgroundWriter`), so
+        the next batch is decoded while the last one is written; every row is recorded when this returns.
 
         Args:
             sources: this process's inputs, paths relative to ``dataset_dir``.

@@ -72,3 +72,12 @@ def test_on_the_callers_error_the_tasks_handed_over_finish_and_the_callers_error
 def test_depth_must_be_a_positive_integer():
     with pytest.raises(ValueError, match="depth: 0 must be an integer >= 1"):
         BackgroundWriter(depth=0)
+
+
+def test_without_a_background_thread_each_task_runs_at_once_in_the_callers_thread():
+    ran = []
+    with BackgroundWriter(background=False) as output:
+        output.submit(lambda k: ran.append((k, threading.current_thread().name)), 1)
+        assert ran == [(1, threading.current_thread().name)], "ran before submit returned, in this thread"
+        with pytest.raises(OSError, match="disk full"):
+            output.submit(lambda: (_ for _ in ()).throw(OSError("disk full")))
