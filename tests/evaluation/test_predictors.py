@@ -15,16 +15,8 @@ from monai.engines import SupervisedTrainer
 
 from medcf.core.attributes import AttributeSchema, SchemaError
 from medcf.jobs.phantom_sets import phantom_training_set
-from medcf.measure.predictors import (
-    PREDICTORS_FORMAT,
-    AttributePredictor,
-    PredictorLoss,
-    constant_baseline,
-    heldout_scores,
-    load_predictors,
-    save_predictors,
-    score_predictions,
-)
+from medcf.measure.predictor_training import PredictorLoss, constant_baseline, heldout_scores, score_predictions
+from medcf.measure.predictors import PREDICTORS_FORMAT, AttributePredictor, load_predictors, save_predictors
 from medcf.phantoms.cxr import CXR_SCHEMA
 from medcf.phantoms.mammo import MAMMO_SCHEMA
 from medcf.training.data import prepared_dataset
