@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from throughput import median_seconds  # benchmarks/throughput.py, beside this script
 from torch.utils.flop_counter import FlopCounterMode
 
 from medcf.core.causal import CausalGraph
@@ -45,23 +43,6 @@ from medcf.prepare import ChestPreparer
 from medcf.runtime.devices import resolve_device
 
 PRECISIONS = ("fp32", "bf16")
-
-
-def synchronise(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def median_seconds(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    fn()  # warm-up (cuDNN algorithm choice, allocator)
-    synchronise(device)
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        synchronise(device)
-        samples.append(time.perf_counter() - started)
-    return statistics.median(samples)
 
 
 def matmul_peak(device: torch.device, repeats: int) -> dict[str, float]:
