@@ -23,6 +23,7 @@ from medcf.core.attributes import AttributeSchema, SchemaError
 from medcf.measure.metrics import roc_auc
 from medcf.measure.predictors import AttributePredictor, head_width, predict_all, save_predictors
 from medcf.runtime.files import write_json_atomic
+from medcf.runtime.tracking import log_files, log_finite_metrics
 
 logger = logging.getLogger("medcf")
 
@@ -274,7 +275,7 @@ class HeldoutSelection:
         val_loss = float(self.loss(outputs, codes))
         terms = {f"val_loss_{name}": float(term) for name, term in self.loss.terms(outputs, codes).items()}
         scores = heldout_scores(self.network, images, codes)
-        log_metrics({"val_loss": val_loss, **terms, **flat_scores(scores, "val")}, trainer.state.iteration)
+        log_finite_metrics({"val_loss": val_loss, **terms, **flat_scores(scores, "val")}, trainer.state.iteration)
         logger.info("epoch %d: val_loss %.4f %s", epoch, val_loss, brief(scores))
         if self.best is None or self.select == "last" or val_loss < self.best["val_loss"]:
             state = {key: value.detach().cpu().clone() for key, value in self.network.state_dict().items()}
@@ -309,9 +310,7 @@ class HeldoutSelection:
         }
         model_path = save_predictors(self.network, self.output_dir / "predictors.pt", extra=record)
         json_path = write_json_atomic(self.output_dir / "predictors.json", record)
-        log_metrics(flat_scores(test_scores, "test"), trainer.state.iteration)
-        from medcf.runtime.tracking import log_files  # here: loading the predictors must not import mlflow
-
+        log_finite_metrics(flat_scores(test_scores, "test"), trainer.state.iteration)
         log_files([json_path, model_path])
         logger.info("held-out test (%d images, epoch %d): %s", sizes["test"], self.best["epoch"], brief(test_scores))
 
@@ -359,15 +358,3 @@ def brief(scores: Mapping[str, Mapping[str, float]]) -> str:
         f"{name} " + " ".join(f"{key} {value:.3f}" for key, value in values.items() if key != "n")
         for name, values in scores.items()
     )
-
-
-def log_metrics(metrics: Mapping[str, float], step: int) -> None:
-    """Log finite metrics to the active MLflow run, if any.
-
-    Args:
-        metrics: name -> value (NaN and infinite values are left out).
-        step: the training iteration they belong to.
-    """
-    from medcf.runtime.tracking import log_finite_metrics  # here: loading the predictors must not import mlflow
-
-    log_finite_metrics(metrics, step)
