@@ -6,7 +6,8 @@
 
 An intervention only counts for images whose attribute it changes (do(sex=F) is audited on the male images);
 ``from`` and ``to`` name the direction (``M`` -> ``F``; for a shift of a continuous attribute ``observed`` ->
-``+20``). The statistics are :mod:`medcf.measure.statistics`; the classifier is :mod:`medcf.measure.classifier`.
+``+20``). The statistics are :mod:`medcf.measure.statistics`, the report per attribute
+:mod:`medcf.measure.audit_summary`; the classifier is :mod:`medcf.measure.classifier`.
 Everything that can be checked (model, predictors, classifier file, interventions, guidance settings) is
 checked before any image is read. Sources and patients appear only as keyed pseudonyms.
 
@@ -38,10 +39,10 @@ from medcf.jobs.audit_report import render_report
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import load_model, parse_interventions
 from medcf.jobs.phantom_sets import MeasuredData, cohort_table, measured_data
+from medcf.measure.audit_summary import subgroup_rates, summarize, verdict_line
 from medcf.measure.classifier import AuditedClassifier, ClassifierSettings
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
-from medcf.measure.statistics import subgroup_rates, summarize, verdict_line
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex

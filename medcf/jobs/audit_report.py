@@ -15,17 +15,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from medcf.measure.statistics import (
+from medcf.measure.audit_summary import (
     DEPENDS,
     INSUFFICIENT,
     MIN_SUBGROUP_CLASS,
     MIN_SUBGROUP_IMAGES,
     NO_DEPENDENCE,
-    POWER,
-    SIGNIFICANCE,
     TOO_SMALL,
     UNRELIABLE,
 )
+from medcf.measure.statistics import POWER, SIGNIFICANCE
 
 STYLE = """
 body { font-family: system-ui, -apple-system, 'Segoe UI', sans-serif; margin: 2em auto; max-width: 84em;
@@ -43,7 +42,7 @@ VERDICT_CLASS = {DEPENDS: "depends", NO_DEPENDENCE: "none", UNRELIABLE: "unrelia
 
 
 def render_report(table: pd.DataFrame, summary: dict[str, Any], triplets: Sequence[Any]) -> str:
-    """The report page for an audit table and its summary (see :mod:`medcf.measure.statistics`).
+    """The report page for an audit table and its summary (see :mod:`medcf.measure.audit_summary`).
 
     Args:
         table: the audit's rows (audit.csv: ``source``, ``attribute``, ``from``, ``to``, ``p_factual``,

@@ -56,18 +56,15 @@ from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.ground_truth import field_mask, high_frequency
 from medcf.measure.matching import (
     ExpectedEffect,
-    PixelEffect,
-    WeightSearch,
     expected_effect,
-    match_weight,
-    pixel_effect,
     raw_readings,
     reading,
     rendering_slope,
     shift_ratio,
-    texture_expectation,
 )
+from medcf.measure.pixel_effect import PixelEffect, pixel_effect, texture_expectation
 from medcf.measure.predictors import AttributePredictor, load_predictors
+from medcf.measure.weight_search import WeightSearch, match_weight
 from medcf.prepare.base import Preparer
 from medcf.runtime.files import file_sha256, write_csv_atomic
 from medcf.runtime.tracking import flatten
@@ -105,7 +102,7 @@ class CalibrationRun:
             reference the counterfactuals are compared with.
         steps: DDIM steps; w_inv: the invariant group's weight.
         bounds, start, tolerance, max_evaluations: the weight search
-            (:func:`~medcf.measure.matching.search_weight`).
+            (:func:`~medcf.measure.weight_search.search_weight`).
         min_z: standard errors a real effect must exceed to be matched (predictor readings).
         match: ``pixels`` (the change along the effect map estimated from the real images, where the two halves
             of the data agree on it; the predictors' readings otherwise) or ``predictors`` (their readings only).

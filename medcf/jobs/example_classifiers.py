@@ -31,7 +31,7 @@ import torch
 from monai.networks.nets import Classifier
 from torch import nn
 
-from medcf.measure.statistics import subgroup_rates
+from medcf.measure.audit_summary import subgroup_rates
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""Matching statistics: expected shifts from real images, the shift ratio and the weight search."""
+"""Matching statistics (medcf.measure.matching, pixel_effect, weight_search): expected shifts from real images, the
+shift ratio, the pixel effect and the weight search."""
 
 import math
 
@@ -6,18 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from medcf.measure.matching import (
-    expected_effect,
-    grows_with_weight,
-    match_weight,
-    pixel_effect,
-    raw_readings,
-    reading,
-    rendering_slope,
-    search_weight,
-    shift_ratio,
-)
+from medcf.measure.matching import expected_effect, raw_readings, reading, rendering_slope, shift_ratio
+from medcf.measure.pixel_effect import pixel_effect
 from medcf.measure.predictors import AttributePredictor
+from medcf.measure.weight_search import grows_with_weight, match_weight, search_weight
 from medcf.phantoms.cxr import CXR_SCHEMA
 
 
