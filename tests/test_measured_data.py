@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from medcf.jobs.phantom_sets import cohort_table, measured_data
+from medcf.jobs.phantom_sets import cohort_table, job_data, measured_data
 
 
 def test_the_cohort_table_defaults_to_the_folders_cohort_csv(tmp_path):
@@ -28,3 +28,16 @@ def test_a_users_folder_is_measured_as_given_and_described_without_its_path(tmp_
     assert (data.dataset_dir, data.labels) == (Path(tmp_path), tmp_path / "cohort.csv")
     assert str(tmp_path) not in data.description
     assert not (tmp_path / "unused").exists(), "no phantom set is made when a folder is given"
+
+
+def test_the_evaluate_audit_and_calibrate_jobs_take_their_data_by_one_rule(tmp_path):
+    """job_data reads a job's own settings (its YAML keys), so the three measuring jobs hold no copy of the rule."""
+    from types import SimpleNamespace
+
+    (tmp_path / "labels.csv").write_text("path\n")
+    job = SimpleNamespace(
+        dataset_dir=tmp_path, labels=tmp_path / "labels.csv", phantom_kind="cxr", heldout_subjects=4,
+        heldout_seed=1000, preparer=SimpleNamespace(image_size=64),
+    )  # fmt: skip
+    data = job_data(job, tmp_path / "unused")
+    assert (data.dataset_dir, data.labels) == (Path(tmp_path), tmp_path / "labels.csv")

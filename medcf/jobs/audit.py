@@ -38,7 +38,7 @@ from medcf.core.interventions import Intervention, InterventionError, parse_inte
 from medcf.jobs.audit_report import render_report
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import load_model, parse_interventions
-from medcf.jobs.phantom_sets import MeasuredData, cohort_table, measured_data
+from medcf.jobs.phantom_sets import cohort_table, job_data
 from medcf.measure.audit_summary import subgroup_rates, summarize, verdict_line
 from medcf.measure.classifier import AuditedClassifier, ClassifierSettings
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
@@ -164,7 +164,7 @@ class AuditRun:
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
         self._check_settings(schema)
         with job.folder():
-            data = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
+            data = shard.once(lambda: job_data(self, output_dir / "heldout_data"))  # a held-out set is written once
             pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
             _refuse_inapplicable(schema, interventions, pool.factual)
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key) if shard.main else None
@@ -210,15 +210,6 @@ class AuditRun:
             values = schema[self.label_attribute].values or ()
             if self.positive_value not in values:
                 raise ValueError(f"positive_value: {self.positive_value!r} is not a value of {self.label_attribute}")
-
-    def _data(self, output_dir: Path) -> MeasuredData:
-        """The given folder and its cohort table (default ``dataset_dir/cohort.csv``), or without a folder a
-        held-out phantom export of ``heldout_subjects`` subjects made once (as the evaluate job does)."""
-        size = getattr(self.preparer, "image_size", 64)
-        return measured_data(
-            self.dataset_dir, self.labels, output_dir / "heldout_data", self.phantom_kind, self.heldout_subjects,
-            size, self.heldout_seed,
-        )  # fmt: skip
 
     def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms | None) -> list[str]:
         """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""

@@ -51,7 +51,7 @@ from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.interventions import Assignment, Intervention
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import LoadedModel, load_model
-from medcf.jobs.phantom_sets import MeasuredData, measured_data
+from medcf.jobs.phantom_sets import job_data
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.ground_truth import field_mask, high_frequency
 from medcf.measure.matching import (
@@ -164,7 +164,7 @@ class CalibrationRun:
         names = self._check(schema)
         plan_path = Path(self.plan_path) if self.plan_path is not None else output_dir / PLAN_FILE
         with job.folder():
-            data = self._data(output_dir)
+            data = job_data(self, output_dir / "calibration_data")
             pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
             chosen = pool.draw(self.images, self.seed)
             with job.tracked("calibrate", loaded.device, loaded.lineage_tags()):
@@ -233,13 +233,6 @@ class CalibrationRun:
         for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
             GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
         return _descendants_first(schema, names)
-
-    def _data(self, output_dir: Path) -> MeasuredData:
-        size = getattr(self.preparer, "image_size", 64)
-        return measured_data(
-            self.dataset_dir, self.labels, output_dir / "calibration_data", self.phantom_kind, self.heldout_subjects,
-            size, self.heldout_seed,
-        )  # fmt: skip
 
     def _track(
         self, plan: CalibratedPlan, plan_path: Path, output_dir: Path, table: pd.DataFrame, seconds: float

@@ -64,7 +64,7 @@ from medcf.core.interventions import Intervention
 from medcf.jobs.context import JobContext
 from medcf.jobs.evaluation_plots import save_study_plots
 from medcf.jobs.loading import load_model, parse_interventions
-from medcf.jobs.phantom_sets import MeasuredData, measured_data
+from medcf.jobs.phantom_sets import heldout_phantom_set, job_data
 from medcf.measure import metrics
 from medcf.measure.decoded import DecodedSetting, MadeCounterfactuals
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
@@ -160,7 +160,7 @@ class EvaluationRun:
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
         self._check_numbers()
         with job.folder():
-            data = shard.once(lambda: self._data(output_dir))  # a held-out set is written once
+            data = shard.once(lambda: job_data(self, output_dir / "heldout_data"))  # a held-out set is written once
             truth = PhantomTruth.find(data.dataset_dir, schema, self.phantom_kind)
             pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
             ground_truth_tag = "phantom" if truth else "none"
@@ -181,14 +181,6 @@ class EvaluationRun:
         print(f"{len(table)} rows in {result['seconds']:.0f} s -> {output_dir / METRICS_CSV}")
         return result
 
-    def _data(self, output_dir: Path) -> MeasuredData:
-        """The held-out folder and cohort table: the given ones, or a held-out phantom export made once."""
-        size = getattr(self.preparer, "image_size", 64)
-        return measured_data(
-            self.dataset_dir, self.labels, output_dir / "heldout_data", self.phantom_kind, self.heldout_subjects,
-            size, self.heldout_seed,
-        )  # fmt: skip
-
     def make_heldout_set(self, folder: Path) -> tuple[Path, Path]:
         """A held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``) with its cohort
         table, made once in ``folder`` at twice the model's size, as the training sets are.
@@ -200,8 +192,7 @@ class EvaluationRun:
             The export folder and its cohort table.
         """
         size = getattr(self.preparer, "image_size", 64)
-        data = measured_data(None, None, folder, self.phantom_kind, self.heldout_subjects, size, self.heldout_seed)
-        return data.dataset_dir, data.labels
+        return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
 
     def _check_numbers(self) -> None:
         for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):

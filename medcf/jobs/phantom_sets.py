@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import pandas as pd
 
@@ -141,6 +142,34 @@ def measured_data(
         return MeasuredData(Path(dataset_dir), table, "user data set (dataset_dir with its cohort table)")
     export, cohort = heldout_phantom_set(kind, heldout_folder, subjects, image_size, seed)
     return MeasuredData(export, cohort, f"held-out {kind} phantom set ({subjects} subjects, seed {seed})")
+
+
+class MeasuringJob(Protocol):
+    """The settings of a job that measures held-out data (evaluate, audit, calibrate), as their YAML keys name
+    them: the user's folder and cohort table, or the held-out phantom set made without one."""
+
+    dataset_dir: str | Path | None
+    labels: str | Path | None
+    phantom_kind: str
+    heldout_subjects: int
+    heldout_seed: int
+    preparer: Any
+
+
+def job_data(job: MeasuringJob, heldout_folder: Path) -> MeasuredData:
+    """:func:`measured_data` with a measuring job's own settings, the held-out set at its preparer's image size.
+
+    Args:
+        job: the job's settings.
+        heldout_folder: where the held-out phantom set is made once (used without ``job.dataset_dir``).
+
+    Returns:
+        The folder, its cohort table and a description.
+    """
+    size = getattr(job.preparer, "image_size", 64)
+    return measured_data(
+        job.dataset_dir, job.labels, heldout_folder, job.phantom_kind, job.heldout_subjects, size, job.heldout_seed
+    )
 
 
 def phantom_training_set(
