@@ -146,7 +146,14 @@ def measured_data(
 
 class MeasuringJob(Protocol):
     """The settings of a job that measures held-out data (evaluate, audit, calibrate), as their YAML keys name
-    them: the user's folder and cohort table, or the held-out phantom set made without one."""
+    them: the user's folder and cohort table, or the held-out phantom set made without one.
+
+    Attributes:
+        dataset_dir, labels: the user's DICOM folder and its cohort table (None: the held-out phantom set).
+        phantom_kind: ``cxr`` or ``mammo``: the phantom of the held-out set.
+        heldout_subjects, heldout_seed: the held-out set's size and phantom seed.
+        preparer: the job's preparer; its ``image_size`` sizes the held-out set.
+    """
 
     dataset_dir: str | Path | None
     labels: str | Path | None

@@ -21,7 +21,6 @@ spurious effect. Maps are on the model's [-1, 1] scale.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 from medcf.core.attributes import AttributeSchema, SchemaError
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.network import CounterfactualUNet, load_checkpoint
-from medcf.measure.report import report
+from medcf.measure.report import command_parser, report
 from medcf.outputs.grids import save_figure
 from medcf.phantoms.dataset import make_phantom
 from medcf.phantoms.scm import Phantom
@@ -246,7 +245,8 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parse the arguments, run :func:`evaluate` and print its result as JSON.
+    """``python -m medcf.measure.attribute_effects``: compare the model's attribute effect maps with the phantom's
+    and print the agreement as JSON (:func:`evaluate`).
 
     Args:
         argv: the arguments (None: ``sys.argv[1:]``).
@@ -254,17 +254,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 2 on a bad input.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m medcf.measure.attribute_effects", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model", required=True, help="medcf model file (models/model.pt)")
+    parser = command_parser("medcf.measure.attribute_effects", __doc__, "medcf model file (models/model.pt)")
     parser.add_argument("--phantom", required=True, choices=("cxr", "mammo"), help="the phantom the model learnt")
     parser.add_argument("--seeds", type=int, default=16, help="starting noises to average the model's map over")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
     parser.add_argument("--subjects", type=int, default=64, help="phantom subjects to average the truth over")
     parser.add_argument("--guidance-weight", type=float, default=1.0, help="CFG weight (1: plain conditional)")
     parser.add_argument("--figure", help="PNG to write the phantom and model maps to")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if min(args.seeds, args.steps, args.subjects) < 1:
         parser.error("--seeds, --steps and --subjects must be at least 1")

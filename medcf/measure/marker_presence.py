@@ -20,7 +20,6 @@ Images are on the [0, 1] scale.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,7 +33,7 @@ from medcf.core.diffusion import DiffusionConfig
 from medcf.core.intensity import to_unit_scale
 from medcf.core.network import CounterfactualUNet, load_checkpoint
 from medcf.measure.attribute_effects import square_image_size
-from medcf.measure.report import report
+from medcf.measure.report import command_parser, report
 from medcf.phantoms.dataset import make_phantom
 from medcf.phantoms.scm import Phantom, Subject
 from medcf.runtime.devices import resolve_device
@@ -201,7 +200,8 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parse the arguments, run :func:`evaluate` and print its result as JSON.
+    """``python -m medcf.measure.marker_presence``: sample mammograms with and without the marker and print how well
+    the marker separates them, as JSON (:func:`evaluate`).
 
     Args:
         argv: the arguments (None: ``sys.argv[1:]``).
@@ -209,14 +209,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 2 on a bad input.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m medcf.measure.marker_presence", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model", required=True, help="medcf mammogram model file (models/model.pt)")
+    parser = command_parser("medcf.measure.marker_presence", __doc__, "medcf mammogram model file (models/model.pt)")
     parser.add_argument("--subjects", type=int, default=48, help="phantom subjects whose attributes to sample")
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
     parser.add_argument("--guidance-weight", type=float, default=1.0, help="CFG weight (1: plain conditional)")
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.subjects < 2 or args.steps < 1:
         parser.error("--subjects must be at least 2 and --steps at least 1")

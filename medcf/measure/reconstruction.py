@@ -11,7 +11,6 @@ model works in). For an exact Gaussian model and the linear schedule, 50-step in
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import torch
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.network import CounterfactualUNet, load_checkpoint
 from medcf.core.sampling import DDIMSampler
-from medcf.measure.report import report
+from medcf.measure.report import command_parser, report
 from medcf.runtime.devices import resolve_device
 from medcf.training.data import manifest_items
 
@@ -112,7 +111,8 @@ def evaluate(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parse the arguments, run :func:`evaluate` and print its result as JSON.
+    """``python -m medcf.measure.reconstruction``: invert and decode held-out images and print the reconstruction
+    errors as JSON (:func:`evaluate`).
 
     Args:
         argv: the arguments (None: ``sys.argv[1:]``).
@@ -120,15 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns:
         The exit status: 0, or 2 on a bad input.
     """
-    parser = argparse.ArgumentParser(
-        prog="python -m medcf.measure.reconstruction", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--model", required=True, help="medcf model file (models/model.pt)")
+    parser = command_parser("medcf.measure.reconstruction", __doc__, "medcf model file (models/model.pt)")
     parser.add_argument("--manifest", required=True, help="manifest.csv of prepared images with a cohort")
     parser.add_argument("--split", default="test")
     parser.add_argument("--count", type=int, default=64)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     return report(
         parser.prog, lambda: evaluate(args.model, args.manifest, args.split, args.count, args.steps, args.device)
