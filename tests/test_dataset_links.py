@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from medcf.core.guidance_settings import GuidanceSettings
-from medcf.jobs.inference import InferenceRun, input_fingerprint
+from medcf.jobs.inference import InferenceRun
+from medcf.jobs.inference_folder import input_fingerprint
 from medcf.jobs.prepare import MANIFEST, PreparationRun
 from medcf.measure.evaluation_set import load_evaluation_set
 from medcf.phantoms.cxr import CXR_SCHEMA

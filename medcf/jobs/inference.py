@@ -26,8 +26,6 @@ killed run loses at most the rows in flight, and its MLflow run is marked KILLED
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -37,34 +35,34 @@ from typing import Any
 
 import mlflow
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-import medcf
 from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
 from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.intensity import to_unit_scale
 from medcf.core.interventions import Intervention
 from medcf.jobs.context import JobContext
+from medcf.jobs.inference_folder import (
+    SOURCE_KEY,
+    input_fingerprint,
+    open_folder,
+    settings_fingerprint,
+    update_source_key,
+)
 from medcf.jobs.loading import LoadedModel, load_model, parse_interventions
 from medcf.outputs.background import BackgroundWriter
 from medcf.outputs.grids import counterfactual_grid
 from medcf.outputs.manifest import MANIFEST, RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, output_folder
-from medcf.prepare.base import PreparedImage, Preparer, Rejected, dataset_file
-from medcf.prepare.cohort import CohortIndex, CohortMatchError
+from medcf.prepare.base import PreparedImage, Preparer
+from medcf.prepare.cohort import CohortIndex
 from medcf.prepare.inputs import discover_inputs
-from medcf.radiograph.header import DicomReadError, read_header
-from medcf.runtime.distributed import Shard
-from medcf.runtime.files import file_sha256, remove_temporaries, write_csv_atomic, write_json_atomic
 from medcf.runtime.tracking import flatten
 
-SOURCE_KEY = "source_key.csv"
-FOLDER_SETTINGS = "inference.json"
 GRID_ROWS = 8
 """Images shown in each batch's preview grid: matplotlib takes about 0.17 s a row, so a GPU batch of 64 drawn in
 full (11 s) took longer than decoding it; the DICOM and PNG files of every image are written regardless."""
@@ -152,11 +150,16 @@ class InferenceRun:
             raise ValueError(f"dataset_dir: no input files under {dataset_dir}")
         labels = CohortIndex.from_csv(self.labels)
         with job.folder():
-            pseudonyms, manifest = self._open_folder(output_dir, shard)
+            pseudonyms, manifest = open_folder(
+                output_dir, shard, self.pseudonym_key, self.uid_root, self.keep_identifiers
+            )
             images = {source: pseudonyms.image(source) for source in sources}
             if shard.main:
-                _update_source_key(output_dir / SOURCE_KEY, images)
-            settings = self._fingerprint(model_sha256, pseudonyms)
+                update_source_key(output_dir / SOURCE_KEY, images)
+            settings = settings_fingerprint(
+                self.guidance, model_sha256, self.graph_path, self.preparer, self.keep_identifiers, self.nifti,
+                pseudonyms.uid_root,
+            )  # fmt: skip
             writer = CounterfactualWriter(output_dir, pseudonyms, settings, self.keep_identifiers, self.nifti)
             with manifest, job.tracked("counterfactuals", engine.model_device, loaded.lineage_tags()):
                 if shard.main:
@@ -180,23 +183,6 @@ class InferenceRun:
             f"{metrics['rows_rejected']} rejected rows in {metrics['seconds_total']:.1f} s -> {output_dir / MANIFEST}"
         )
         return metrics
-
-    def _open_folder(self, output_dir: Path, shard: Shard) -> tuple[Pseudonyms, RunManifest]:
-        """The folder's pseudonyms and manifest. Rank 0 (or a single process) makes or checks the shared files
-        first; the other ranks of a sharded run open them after that, each recording into its own journal."""
-        first = ("settings", "dicom", "png", "diff", *(("source",) if self.keep_identifiers else ()))
-        key = ("image", "intervention")
-        if shard.main:
-            remove_temporaries(output_dir)  # files a killed run was writing; their rows were never recorded
-            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
-            self._check_folder(output_dir, pseudonyms)
-            manifest = RunManifest(output_dir, key, first)
-            manifest.save()  # folds in what the ranks of a killed sharded run left in their journals
-        shard.barrier()
-        if not shard.main:
-            pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key, self.uid_root)
-            manifest = RunManifest(output_dir, key, first, rank=shard.rank, writes_table=False)
-        return pseudonyms, manifest
 
     def _parameters(
         self, interventions: list[Intervention], model_sha256: str, settings: str, inputs: int, pseudonyms: Pseudonyms
@@ -244,48 +230,6 @@ class InferenceRun:
         if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
             raise ValueError(f"workers: {self.workers!r} must be an integer >= 0")
         return engine, interventions, loaded
-
-    def _check_folder(self, output_dir: Path, pseudonyms: Pseudonyms) -> None:
-        """An output folder keeps one pseudonym key (its names and UIDs stay consistent) and one choice of
-        keep_identifiers (a pseudonymous folder never gains rows with source paths, nor the reverse)."""
-        path = output_dir / FOLDER_SETTINGS
-        if path.exists():
-            earlier = json.loads(path.read_text())
-            if earlier.get("pseudonym_key_id") != pseudonyms.key_id:
-                raise ValueError(
-                    f"output_dir {output_dir}: its outputs were made with another pseudonym key; give that key "
-                    "(pseudonym_key) or use a new output_dir"
-                )
-            if earlier.get("keep_identifiers", False) != self.keep_identifiers:
-                raise ValueError(
-                    f"output_dir {output_dir}: its outputs were made with keep_identifiers="
-                    f"{str(earlier.get('keep_identifiers', False)).lower()}; use that or a new output_dir"
-                )
-        write_json_atomic(
-            path,
-            {
-                "pseudonym_key_id": pseudonyms.key_id,
-                "uid_root": pseudonyms.uid_root,
-                "keep_identifiers": self.keep_identifiers,
-            },
-        )
-
-    def _fingerprint(self, model_sha256: str, pseudonyms: Pseudonyms) -> str:
-        """A short hash of everything that decides an output: a re-run only skips rows made with the same."""
-        guidance = {k: float(v) if k in ("weight", "w_aff", "w_inv") else v for k, v in asdict(self.guidance).items()}
-        guidance["per_attribute"] = {k: float(v) for k, v in sorted(guidance["per_attribute"].items())}
-        del guidance["max_rows"]  # speed only
-        settings = {
-            "medcf": medcf.__version__,
-            "guidance": guidance,
-            "model": model_sha256,
-            "graph": file_sha256(self.graph_path),
-            "preparer": self.preparer.settings(),
-            "keep_identifiers": self.keep_identifiers,
-            "nifti": self.nifti,
-            "uid_root": pseudonyms.uid_root,
-        }
-        return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class _Job:
@@ -486,42 +430,3 @@ class _Preparation(Dataset):
 
 def _as_is(item: Any) -> Any:
     return item
-
-
-def input_fingerprint(dataset_dir: Path, source: str, labels: CohortIndex) -> str:
-    """What decides an input's counterfactuals besides the settings: its file (size, modification time) and
-    its cohort row. A re-run makes a row again when either changed (a corrected label, a replaced file). A file
-    outside ``dataset_dir`` (through a symbolic link) is not looked at (see :func:`dataset_file`).
-
-    Args:
-        dataset_dir: the folder of DICOM files.
-        source: the input, its path relative to ``dataset_dir``.
-        labels: the cohort table.
-
-    Returns:
-        16 hex digits of the SHA-256 of the file's size and modification time (the error's name where the file
-        cannot be read) and its cohort row (the reason where it has none).
-    """
-    try:
-        path = dataset_file(dataset_dir, source)
-        stat = path.stat()
-        uid = read_header(path).sop_instance_uid if labels.by_uid is not None else None
-        file = [stat.st_size, stat.st_mtime_ns]
-    except (OSError, DicomReadError, Rejected) as error:
-        file, uid = [type(error).__name__], None
-    try:
-        row: dict[str, Any] = labels.labels_for(source, uid)
-    except CohortMatchError as error:
-        row = {"unmatched": error.reason}
-    return hashlib.sha256(json.dumps([file, row], sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _update_source_key(path: Path, images: dict[str, str]) -> None:
-    """Write ``image, source`` for every input (kept from earlier runs too), atomically, readable by its owner
-    only (it links pseudonyms back to paths that hold patient IDs)."""
-    rows = {}
-    if path.exists():
-        earlier = pd.read_csv(path, dtype=str, keep_default_na=False, encoding_errors="surrogateescape")
-        rows = dict(earlier.values)
-    rows.update({image: source for source, image in images.items()})
-    write_csv_atomic(path, pd.DataFrame(sorted(rows.items()), columns=["image", "source"]), mode=0o600)
