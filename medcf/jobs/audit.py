@@ -30,16 +30,18 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.attributes import AttributeSchema
 from medcf.core.engine import CounterfactualEngine
 from medcf.core.guidance_plan import plan_if_used
 from medcf.core.guidance_settings import GuidanceSettings, guidance_settings_from
-from medcf.core.interventions import Intervention, InterventionError, parse_intervention
+from medcf.core.interventions import Intervention, parse_intervention
+from medcf.jobs.audit_examples import ExampleKeeper, Triplet
 from medcf.jobs.audit_report import render_report
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import load_model, parse_interventions
 from medcf.jobs.phantom_sets import cohort_table, job_data
 from medcf.measure.audit_summary import subgroup_rates, summarize, verdict_line
+from medcf.measure.audited_moves import age_band, changes_image, recognised_moves, refuse_inapplicable, row_direction
 from medcf.measure.classifier import AuditedClassifier, ClassifierSettings
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
@@ -55,26 +57,6 @@ AUDIT_COLUMNS = [
     "source", "patient", "attribute", "from", "to", "p_factual", "p_counterfactual", "p_null", "flipped",
     "recognised",
 ]  # fmt: skip
-
-
-@dataclass
-class Triplet:
-    """One example for the report: a factual image and its counterfactual on [-1, 1], (H, W), and how far the
-    classifier's probability moved (the report draws their difference beside them).
-
-    Attributes:
-        attribute: the intervened attribute.
-        direction: the row's ``from -> to`` (e.g. ``M -> F``, or ``observed -> +20`` for a shift).
-        delta_p: the classifier's probability of the counterfactual minus that of the factual image.
-        factual: the factual image, (H, W) on [-1, 1].
-        counterfactual: the counterfactual, (H, W) on [-1, 1].
-    """
-
-    attribute: str
-    direction: str
-    delta_p: float
-    factual: np.ndarray
-    counterfactual: np.ndarray
 
 
 @dataclass
@@ -166,7 +148,7 @@ class AuditRun:
         with job.folder():
             data = shard.once(lambda: job_data(self, output_dir / "heldout_data"))  # a held-out set is written once
             pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
-            _refuse_inapplicable(schema, interventions, pool.factual)
+            refuse_inapplicable(schema, interventions, pool.factual)
             pseudonyms = Pseudonyms.for_output(output_dir, self.pseudonym_key) if shard.main else None
             patients = shard.once(lambda: self._patients(pool, data.labels, pseudonyms))  # the key stays with rank 0
             with job.tracked("audit", device, loaded.lineage_tags()):
@@ -240,7 +222,7 @@ class AuditRun:
         gets the rows in the order of the chunks, the effectiveness per attribute and the report's examples of
         every process (the other ranks get None)."""
         starts = shard.pick(range(0, len(pool), self.batch_size))
-        chunks, examples = [], _Examples(self.examples)
+        chunks, examples = [], ExampleKeeper(self.examples)
         quiet = not (self.progress and shard.main)  # one bar per job: rank 0's share
         with tqdm(total=len(starts) * len(interventions), desc="audit", disable=quiet) as bar:
             for start in starts:
@@ -263,7 +245,7 @@ class AuditRun:
         threshold = self.classifier_settings.threshold
         table["flipped"] = (table["p_factual"] >= threshold) != (table["p_counterfactual"] >= threshold)
         effectiveness = table.groupby("attribute", sort=False)["recognised"].mean().astype(float).to_dict()
-        every = _Examples(self.examples)
+        every = ExampleKeeper(self.examples)
         for order, triplet in sorted((entry for _, kept in gathered for entry in kept), key=lambda entry: entry[0]):
             every.add(order, triplet)
         return table, effectiveness, every.triplets
@@ -278,7 +260,7 @@ class AuditRun:
         patients: list[str],
         interventions: list[Intervention],
         p_factual: np.ndarray,
-        examples: _Examples,
+        examples: ExampleKeeper,
         bar: tqdm,
     ) -> list[dict[str, Any]]:
         """The rows of the ``batch_size`` images from position ``start`` of the pool (one abduction), every
@@ -291,7 +273,9 @@ class AuditRun:
         references = engine.references(latents, chunk.factual)
         p_null: dict[str, np.ndarray] = {}  # per guidance plan: the classifier reads each reference once
         for intervention in interventions:
-            changed = [k for k, attributes in enumerate(chunk.factual) if _changes(schema, intervention, attributes)]
+            changed = [
+                k for k, attributes in enumerate(chunk.factual) if changes_image(schema, intervention, attributes)
+            ]
             for decoded, positions in self._holding_the_label(engine, intervention, chunk, changed):
                 batch = engine.predict(latents[positions], [chunk.factual[k] for k in positions], decoded)
                 made = [positions[k] for k in batch.made]
@@ -303,9 +287,9 @@ class AuditRun:
                 before = {name: values[made] for name, values in predicted_factual.items()}
                 name = intervention.names[0]
                 factual = [chunk.factual[k] for k in made]
-                recognised = _recognised(schema, name, before, after, batch.attributes, factual)
+                recognised = recognised_moves(schema, name, before, after, batch.attributes, factual)
                 for j, k in enumerate(made):
-                    source_value, target_value = _direction(intervention, chunk.factual[k])
+                    source_value, target_value = row_direction(intervention, chunk.factual[k])
                     delta = float(p_cf[j] - p_factual[start + k])
                     direction = f"{source_value} -> {target_value}"
                     triplet = Triplet(
@@ -353,7 +337,7 @@ class AuditRun:
         found = {}
         for name in audited:
             if schema[name].kind == "continuous":
-                groups = [_band(float(row[name])) for row in pool.factual]
+                groups = [age_band(float(row[name])) for row in pool.factual]
             else:
                 groups = [str(row[name]) for row in pool.factual]
             rates = subgroup_rates(scores, labels, groups, self.classifier_settings.threshold)
@@ -404,105 +388,12 @@ class AuditRun:
         return summary
 
 
-class _Examples:
-    """The report's examples: per attribute the ``count`` triplets whose prediction moved most (of equal moves the
-    earlier row's), each with its row's place in a single process's order, ``(chunk start, row in the chunk)``."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.kept: list[tuple[tuple[int, int], Triplet]] = []
-
-    def add(self, order: tuple[int, int], triplet: Triplet) -> None:
-        """Keep ``triplet`` if it is among the ``count`` largest moves of its attribute so far.
-
-        Args:
-            order: the row's place in a single process's order, ``(chunk start, row in the chunk)``; of equal
-                moves the earlier is kept.
-            triplet: the example.
-        """
-        self.kept.append((order, triplet))
-        mine = [entry for entry in self.kept if entry[1].attribute == triplet.attribute]
-        mine.sort(key=lambda entry: (-abs(entry[1].delta_p), entry[0]))
-        dropped = {id(entry) for entry in mine[self.count :]}
-        self.kept = [entry for entry in self.kept if id(entry) not in dropped]
-
-    @property
-    def triplets(self) -> list[Triplet]:
-        return [triplet for _, triplet in self.kept]
-
-
 def _classifier_file(classifier: Path) -> Path:
     """The file that holds the classifier's weights: the TorchScript file, or a bundle folder's models/model.pt."""
     return classifier / "models" / "model.pt" if classifier.is_dir() else classifier
-
-
-def _refuse_inapplicable(
-    schema: AttributeSchema, interventions: Sequence[Intervention], factual: Sequence[Mapping[str, AttributeValue]]
-) -> None:
-    """ValueError, one line, for an intervention that changes none of the images (before any is decoded): every
-    image already has the value, or the shift takes every image outside the attribute's range."""
-    for intervention in interventions:
-        if any(_changes(schema, intervention, attributes) for attributes in factual):
-            continue
-        name = intervention.names[0]
-        try:
-            for attributes in factual:
-                intervention.apply(schema, attributes)
-        except InterventionError:
-            attribute = schema[name]
-            values = [float(attributes[name]) for attributes in factual]
-            raise ValueError(
-                f"interventions: {intervention.text} takes {name} outside [{attribute.low:g}, {attribute.high:g}] for "
-                f"every one of the {len(factual)} images ({name} {min(values):g}-{max(values):g}); nothing to audit"
-            ) from None
-        raise ValueError(
-            f"interventions: {intervention.text} changes none of the {len(factual)} images (each already has "
-            f"{name} = {intervention.assignments[0].value}); nothing to audit"
-        )
 
 
 def _images_record(pool: EvaluationSet, pseudonyms: Pseudonyms) -> dict[str, Any]:
     """How many images the audit used, and every rejected one (as a pseudonym) with its reason."""
     rejected = [{"source": pseudonyms.image(source), "reason": reason} for source, reason in pool.rejected.items()]
     return {"audited": len(pool), "rejected": rejected}
-
-
-def _changes(schema: AttributeSchema, intervention: Intervention, factual: Mapping[str, AttributeValue]) -> bool:
-    """Whether ``intervention`` changes any attribute of this image (do(sex=F) leaves a female image alone)."""
-    try:
-        intervened = intervention.apply(schema, factual)
-    except InterventionError:
-        return False
-    return any(intervened[name] != factual[name] for name in intervened)
-
-
-def _direction(intervention: Intervention, factual: Mapping[str, AttributeValue]) -> tuple[str, str]:
-    """``from`` and ``to`` of a row: ``M`` and ``F`` for a set value, ``observed`` and ``+20`` for a shift."""
-    assignment = intervention.assignments[0]
-    if assignment.relative:
-        return "observed", f"{float(assignment.value):+g}"
-    return str(factual[assignment.name]), str(assignment.value)
-
-
-def _recognised(
-    schema: AttributeSchema,
-    name: str,
-    before: Mapping[str, torch.Tensor],
-    after: Mapping[str, torch.Tensor],
-    intervened: Sequence[Mapping[str, AttributeValue]],
-    factual: Sequence[Mapping[str, AttributeValue]],
-) -> list[float]:
-    """Per counterfactual, 1 where the predictors recognise the intervention, else 0: the intervened value is the
-    predicted class (categorical), or the predicted value moved at least half the shift its way (continuous)."""
-    attribute = schema[name]
-    if attribute.kind == "categorical":
-        predicted = after[name].argmax(dim=1).tolist()
-        return [float(attribute.values[p] == row[name]) for p, row in zip(predicted, intervened, strict=True)]
-    moved = (after[name].reshape(-1) - before[name].reshape(-1)).tolist()
-    shifts = [float(row[name]) - float(source[name]) for row, source in zip(intervened, factual, strict=True)]
-    return [float(m * s > 0 and abs(m) >= abs(s) / 2) for m, s in zip(moved, shifts, strict=True)]
-
-
-def _band(value: float, width: int = 20) -> str:
-    low = int(value // width * width)
-    return f"{low}-{low + width - 1}"

@@ -50,7 +50,7 @@ def render_report(table: pd.DataFrame, summary: dict[str, Any], triplets: Sequen
         summary: the audit's summary (summary.json: ``settings``, ``images``, ``attributes`` with their verdicts
             and directions, ``subgroups``); a missing part is left out or shown as ``?``.
         triplets: the examples to draw (factual, counterfactual and their difference; see
-            :class:`medcf.jobs.audit.Triplet`); none: no examples section.
+            :class:`medcf.jobs.audit_examples.Triplet`); none: no examples section.
 
     Returns:
         The self-contained HTML page.
