@@ -132,16 +132,17 @@ class ExpectedEffect:
         return found
 
 
-def finite_or_none(value: float | None) -> float | None:
-    """``value`` rounded to 6 decimals for a report, or None where it is missing or not finite.
+def finite_or_none(value: float | None, digits: int = 6) -> float | None:
+    """``value`` rounded for a report, or None where it is missing or not finite.
 
     Args:
         value: a figure.
+        digits: decimals kept.
 
     Returns:
         The rounded figure or None.
     """
-    return None if value is None or not math.isfinite(value) else round(float(value), 6)
+    return None if value is None or not math.isfinite(value) else round(float(value), digits)
 
 
 def adjusted_covariates(schema: AttributeSchema, rows: Sequence[Mapping[str, AttributeValue]], name: str) -> np.ndarray:

@@ -1,0 +1,294 @@
+"""The calibration itself, without the job around it: one abduction and one ``do()`` output per held-out image,
+then per attribute (descendants first) the images moved to other values decoded at the weights the search tries,
+their change measured in pixels and with the attribute predictors, and the weight with ratio 1 chosen (see
+:mod:`medcf.jobs.calibrate` for the rules, :mod:`medcf.measure.matching`, :mod:`medcf.measure.pixel_effect` and
+:mod:`medcf.measure.weight_search` for the statistics).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from medcf.core.attributes import AttributeSchema, AttributeValue
+from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance_plan import AttributeGuidance
+from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.interventions import Assignment, Intervention
+from medcf.jobs.loading import LoadedModel
+from medcf.measure.evaluation_set import EvaluationSet
+from medcf.measure.ground_truth import field_mask, high_frequency
+from medcf.measure.matching import (
+    ExpectedEffect,
+    expected_effect,
+    finite_or_none,
+    raw_readings,
+    reading,
+    rendering_slope,
+    shift_ratio,
+)
+from medcf.measure.pixel_effect import PixelEffect, pixel_effect, texture_expectation
+from medcf.measure.predictors import AttributePredictor
+from medcf.measure.weight_search import WeightSearch, match_weight
+
+if TYPE_CHECKING:
+    from medcf.jobs.calibrate import CalibrationRun
+
+
+@dataclass
+class Move:
+    """The images moved to one target value of one attribute (or by one shift).
+
+    Attributes:
+        intervention: the move.
+        positions: the moved images' positions in the calibration set.
+    """
+
+    intervention: Intervention
+    positions: list[int]
+
+
+class Calibrator:
+    """The decoding and measuring of one calibration: one abduction and one do() output per image, made at
+    construction; then :meth:`calibrate` searches each attribute's weight.
+
+    Args:
+        run: the calibrate job's settings (search bounds, tolerance, intervals, shifts, steps, w_inv).
+        loaded: the model, its diffusion and causal graph.
+        predictor: the attribute predictors.
+        pool: every held-out image (the data's effects are estimated on them).
+        chosen: the images that are moved and decoded.
+    """
+
+    def __init__(
+        self,
+        run: CalibrationRun,
+        loaded: LoadedModel,
+        predictor: AttributePredictor,
+        pool: EvaluationSet,
+        chosen: EvaluationSet,
+    ) -> None:
+        self.run, self.loaded, self.predictor, self.pool, self.chosen = run, loaded, predictor, pool, chosen
+        self.schema = loaded.model.schema
+        self.weights: dict[str, float] = {}
+        self.bands: dict[str, tuple[float, float] | None] = {}
+        engine = self._engine({}, {})
+        self.latents = engine.abduct(chosen.images, chosen.factual)
+        reference = engine.predict(self.latents, chosen.factual, Intervention(())).images.cpu()
+        self.reference = reference
+        self.reference_readings = raw_readings(predictor, reference)
+        self.real_readings = raw_readings(predictor, pool.images)
+        self.source_readings = raw_readings(predictor, chosen.images)
+        self.field = field_mask(chosen.images)
+        self.reference_hf = high_frequency(reference, self.field).numpy()
+        self.real_hf = high_frequency(pool.images, field_mask(pool.images)).numpy()
+
+    def _engine(self, weights: Mapping[str, float], bands: Mapping[str, Any]) -> CounterfactualEngine:
+        settings = GuidanceSettings(
+            mode="calibrated",
+            per_attribute=dict(weights),
+            intervals=dict(bands),
+            w_aff=1.0,  # an attribute not calibrated yet is decoded conditionally
+            w_inv=self.run.w_inv,
+            steps=self.run.steps,
+            plan="calibrating",
+        )
+        return CounterfactualEngine(self.loaded.model, self.loaded.diffusion, self.loaded.graph, settings)
+
+    def calibrate(self, names: Sequence[str]) -> tuple[dict[str, AttributeGuidance], list[dict[str, Any]]]:
+        """Calibrate each attribute in turn, decoding with the weights and intervals chosen before it.
+
+        Args:
+            names: the attributes to calibrate, descendants first (:func:`descendants_first`).
+
+        Returns:
+            Each attribute's guidance, in the schema's order, and every decode tried as a row of calibration.csv
+            (with its ``attribute``).
+        """
+        attributes, rows = {}, []
+        with tqdm(names, desc="calibrate", unit="attribute", disable=not self.run.progress) as bar:
+            for name in bar:
+                guidance, tried = self._attribute(name)
+                attributes[name] = guidance
+                self.weights[name], self.bands[name] = guidance.weight, guidance.interval
+                rows.extend({"attribute": name, **row} for row in tried)
+        return {name: attributes[name] for name in self.schema.names if name in attributes}, rows
+
+    def _moves(self, name: str) -> list[Move]:
+        attribute = self.schema[name]
+        if attribute.kind == "continuous":
+            shift = float(self.run.shifts[name])
+            return [Move(Intervention((Assignment(name, shift, relative=True),)), list(range(len(self.chosen))))]
+        targets: dict[AttributeValue, list[int]] = {}
+        for k, factual in enumerate(self.chosen.factual):
+            others = [v for v in attribute.values if v != factual[name]]
+            targets.setdefault(others[k % len(others)], []).append(k)
+        return [Move(Intervention((Assignment(name, value),)), positions) for value, positions in targets.items()]
+
+    @functools.cache  # noqa: B019  (one calibrator per job; the slope of a move is the same at every weight)
+    def _slope(self, name: str, source: AttributeValue, target: AttributeValue) -> float:
+        """The rendering slope of the reading a move is judged on (:func:`rendering_slope`), over the images."""
+        real = reading(self.schema, name, self.source_readings[name], source, target)
+        rendered = reading(self.schema, name, self.reference_readings[name], source, target)
+        return rendering_slope(real.tolist(), rendered.tolist())
+
+    def _decode(
+        self, name: str, weight: float, band: Any, effect: ExpectedEffect, pixels: PixelEffect, texture: Any
+    ) -> dict[str, Any]:
+        """The moves of ``name`` decoded at ``weight`` (guided in ``band``): the pixel ratio (change projected on the
+        data's effect map), the predictors' shift ratio (against the real shift times the rendering slope), mean
+        |change|, texture score (``texture``: the real images' expected HF ratio of a move) and what the
+        predictors read."""
+        engine = self._engine({**self.weights, name: weight}, {**self.bands, name: band})
+        measured, expected, changes, hits, textures, moved = [], [], [], [], [], 0
+        along, squared = [], []
+        for move in self._moves(name):
+            factual = [self.chosen.factual[p] for p in move.positions]
+            batch = engine.predict(self.latents[move.positions], factual, move.intervention)
+            if not batch.made:
+                continue
+            positions = [move.positions[j] for j in batch.made]
+            images = batch.images.cpu()
+            readings = raw_readings(self.predictor, images)[name]
+            hf = high_frequency(images, self.field[positions]).numpy()
+            before = self.reference_readings[name][positions]
+            for j, position in enumerate(positions):
+                source, target = self.chosen.factual[position][name], batch.attributes[j][name]
+                after_j = reading(self.schema, name, readings[j : j + 1], source, target)
+                before_j = reading(self.schema, name, before[j : j + 1], source, target)
+                measured.append(float(after_j - before_j))
+                expected.append(effect.of(source, target) * self._slope(name, source, target))
+                found = pixels.of(source, target)
+                if found is not None:
+                    change_j = (images[j] - self.reference[position]).double()
+                    along.append(float((change_j * found[0]).sum()))
+                    squared.append(found[1])
+                textures.append(hf[j] / self.reference_hf[position] / texture(source, target))
+                if self.schema[name].kind == "categorical":
+                    hits.append(float(after_j) > 0)  # the predictor prefers the target value over the source
+            changes.append((images - self.reference[positions]).abs().flatten(1).mean(1))
+            moved += len(positions)
+        change = float(torch.cat(changes).mean()) if changes else math.nan
+        finite_textures = [t for t in textures if math.isfinite(t)]
+        return {
+            "weight": weight,
+            "interval": "none" if band is None else f"{band[0]:g}-{band[1]:g}",
+            "pixel_ratio": sum(along) / sum(squared) if squared and sum(squared) > 0 else math.nan,
+            "shift_ratio": shift_ratio(measured, expected),
+            "measured_shift": float(np.mean(measured)) if measured else math.nan,
+            "expected_shift": float(np.nanmean(expected)) if expected and np.isfinite(expected).any() else math.nan,
+            "mean_abs_change": change,
+            "texture_score": float(np.mean(finite_textures)) if finite_textures else math.nan,
+            "target_preferred": float(np.mean(hits)) if hits else math.nan,
+            "images": moved,
+        }
+
+    def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
+        labels = [f[name] for f in self.pool.factual]
+        effect = expected_effect(self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z)
+        pixels = pixel_effect(self.schema, name, self.pool.images, self.pool.factual, self.run.min_correlation)
+        texture = texture_expectation(self.schema, name, self.real_hf, labels)
+        space = "pixel_ratio" if self.run.match == "pixels" and pixels.detected else "shift_ratio"
+        tried: list[dict[str, Any]] = []
+        if not (effect.detected or pixels.detected):
+            for weight in self.run.no_effect_weights:
+                tried.append(self._decode(name, float(weight), None, effect, pixels, texture))
+            best = min(tried, key=lambda row: row["mean_abs_change"])
+            figures = {
+                "expected": effect.to_dict(),
+                "pixels": pixels.to_dict(),
+                "mean_abs_change": rounded(best["mean_abs_change"]),
+                "tried": rounded_rows(tried),
+            }
+            return AttributeGuidance(best["weight"], None, "no_effect", figures), tried
+        outcomes = []
+        for candidate in self.run.intervals:
+            band = None if candidate is None else (float(candidate[0]), float(candidate[1]))
+            first = len(tried)
+            decoded: dict[float, dict[str, Any]] = {}  # one decode per weight, whichever ratio is searched
+
+            def ratio_at(weight: float, measure: str, band: Any = band, decoded: dict = decoded) -> float:
+                if weight not in decoded:
+                    decoded[weight] = self._decode(name, weight, band, effect, pixels, texture)
+                    tried.append(decoded[weight])
+                return decoded[weight][measure]
+
+            search, measure = match_weight(
+                ratio_at,
+                space,
+                fallback="shift_ratio" if space == "pixel_ratio" and effect.detected else None,
+                start=tuple(float(w) for w in self.run.start),
+                bounds=(float(self.run.bounds[0]), float(self.run.bounds[1])),
+                tolerance=self.run.tolerance,
+                max_evaluations=self.run.max_evaluations,
+            )
+            if len(self.run.intervals) > 1:  # the texture at the chosen weight decides between the bands
+                ratio_at(search.weight, measure)
+            closest = min(tried[first:], key=lambda row: abs(row["weight"] - search.weight))
+            outcomes.append((band, search, closest["texture_score"], measure))
+        matched = [o for o in outcomes if o[1].status == "matched"] or outcomes
+        band, search, texture_score, measure = min(
+            matched, key=lambda o: abs(o[2] - 1) if math.isfinite(o[2]) else math.inf
+        )
+        ratios = list(search.tried.values())
+        if max(ratios) - min(ratios) < self.run.tolerance:  # the weight does not move what is matched
+            search = WeightSearch(1.0, "insensitive", search.tried)
+        figures = {
+            "matched": measure,
+            **({"pixel_ratio_not_rising": True} if measure != space else {}),
+            "expected": effect.to_dict(),
+            "pixels": pixels.to_dict(),
+            "ratio_at_weights": {f"{w:g}": rounded(r) for w, r in search.tried.items()},
+            "texture_score": rounded(texture_score),
+            "tried": rounded_rows(tried),
+        }
+        return AttributeGuidance(search.weight, band, search.status, figures), tried
+
+
+def rounded(value: float | None) -> float | None:
+    """A figure of the plan or calibration.csv: 4 decimals, or None where it is not finite.
+
+    Args:
+        value: the figure.
+
+    Returns:
+        The rounded figure or None.
+    """
+    return finite_or_none(value, digits=4)
+
+
+def rounded_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """``rows`` with every float :func:`rounded`.
+
+    Args:
+        rows: rows of calibration.csv.
+
+    Returns:
+        The rows, copied.
+    """
+    return [{key: rounded(value) if isinstance(value, float) else value for key, value in row.items()} for row in rows]
+
+
+def descendants_first(schema: AttributeSchema, names: Sequence[str]) -> list[str]:
+    """``names`` ordered so that an attribute comes after every descendant of it (deepest first, then schema order).
+
+    Args:
+        schema: the attributes (their parents give the depth).
+        names: the attributes to order.
+
+    Returns:
+        The names, descendants first.
+    """
+
+    def depth(name: str) -> int:
+        parents = schema[name].parents
+        return 0 if not parents else 1 + max(depth(p) for p in parents)
+
+    return sorted(names, key=lambda n: (-depth(n), schema.names.index(n)))
