@@ -25,7 +25,8 @@ from medcf.outputs.manifest import RunManifest
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.prepare.base import Preparer, Rejected, dataset_file
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
-from medcf.radiograph.header import DicomReadError, read_header
+from medcf.radiograph.header import read_header
+from medcf.radiograph.opening import DicomReadError
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, remove_temporaries, write_csv_atomic, write_json_atomic
 

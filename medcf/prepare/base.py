@@ -31,14 +31,8 @@ from pydicom.dataset import Dataset
 
 from medcf.prepare.cohort import CohortIndex, CohortMatchError
 from medcf.radiograph.geometry import Geometry
-from medcf.radiograph.header import (
-    DEFAULT_MAX_PIXEL_BYTES,
-    DicomReadError,
-    RadiographHeader,
-    check_pixel_budget,
-    header_from_dataset,
-    read_dataset,
-)
+from medcf.radiograph.header import DEFAULT_MAX_PIXEL_BYTES, RadiographHeader, check_pixel_budget, header_from_dataset
+from medcf.radiograph.opening import DicomReadError, read_dataset
 from medcf.radiograph.pixels import read_radiograph
 
 

@@ -1,7 +1,7 @@
 """Radiographs as DICOM: reading real-world files and writing synthetic and derived images as realistic DICOM.
 
-Reading is three small steps, each its own module: :mod:`.header` opens a file and reads its header without the
-pixel data (the pixel budget is checked there), :mod:`.pixels` decodes and renders the display image (PS3.3's
+Reading is small steps, each its own module: :mod:`.opening` opens a file (and names why one cannot be read),
+:mod:`.header` reads its header without the pixel data (the pixel budget is checked there), :mod:`.pixels` decodes and renders the display image (PS3.3's
 grayscale pipeline), and :mod:`.monai_reader` wraps both as a MONAI ``ImageReader``. Its names are exported lazily,
 because it imports MONAI (several seconds), which the rest does not need. Writing: :mod:`.encode` (pixel encodings,
 atomic DICOM files) and :mod:`.derived` (counterfactual DICOM derived from a source); :mod:`.geometry` records the
@@ -18,7 +18,8 @@ from medcf.radiograph.encode import (
     new_uid,
     write_dataset_atomic,
 )
-from medcf.radiograph.header import DicomReadError, RadiographHeader, parse_patient_age, read_header
+from medcf.radiograph.header import RadiographHeader, parse_patient_age, read_header
+from medcf.radiograph.opening import DicomReadError
 from medcf.radiograph.pixels import read_radiograph
 
 _MONAI_READER_NAMES = ("RadiographReader", "radiograph_loader")

@@ -15,7 +15,8 @@ from monai.data import ImageReader
 from monai.transforms import LoadImage
 from monai.utils import MetaKeys, TraceKeys, ensure_tuple
 
-from medcf.radiograph.header import PathLike, RadiographHeader
+from medcf.radiograph.header import RadiographHeader
+from medcf.radiograph.opening import PathLike
 from medcf.radiograph.pixels import read_radiograph
 
 

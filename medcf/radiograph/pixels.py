@@ -52,16 +52,14 @@ from medcf.radiograph.header import (
     PERCENTILES,
     VOI_LUT_SEQUENCE,
     WINDOW,
-    DicomReadError,
-    PathLike,
     RadiographHeader,
     check_pixel_budget,
     header_from_dataset,
-    read_dataset,
     read_header,
     required_int,
     text_value,
 )
+from medcf.radiograph.opening import DicomReadError, PathLike, read_dataset
 
 ROBUST_PERCENTILES = (0.5, 99.5)
 GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")

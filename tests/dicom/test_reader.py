@@ -29,14 +29,13 @@ from medcf.phantoms.writer import TRUTH_FILE
 from medcf.radiograph.encode import decode_display
 from medcf.radiograph.header import (
     DEFAULT_MAX_PIXEL_BYTES,
-    REASONS,
-    DicomReadError,
     RadiographHeader,
     inverts_display,
     parse_patient_age,
     read_header,
 )
 from medcf.radiograph.monai_reader import RadiographReader, radiograph_loader
+from medcf.radiograph.opening import REASONS, DicomReadError
 from medcf.radiograph.pixels import read_radiograph
 from tests.dicom.bombs import write_rle_bomb, write_sparse_uncompressed
 
