@@ -1,11 +1,11 @@
 """Radiographs as DICOM: reading real-world files and writing synthetic and derived images as realistic DICOM.
 
 Reading is small steps, each its own module: :mod:`.opening` opens a file (and names why one cannot be read),
-:mod:`.header` reads its header without the pixel data (the pixel budget is checked there), :mod:`.pixels` decodes and renders the display image (PS3.3's
-grayscale pipeline), and :mod:`.monai_reader` wraps both as a MONAI ``ImageReader``. Its names are exported lazily,
-because it imports MONAI (several seconds), which the rest does not need. Writing: :mod:`.encode` (pixel encodings,
-atomic DICOM files) and :mod:`.derived` (counterfactual DICOM derived from a source); :mod:`.geometry` records the
-crop, flip and resize a preparation applied.
+:mod:`.header` reads its header without the pixel data (the pixel budget is checked there), :mod:`.pixels` decodes
+and renders the display image (PS3.3's grayscale pipeline), and :mod:`.monai_reader` wraps them as a MONAI
+``ImageReader``. Its names are exported lazily, because it imports MONAI (several seconds), which the rest does not
+need. Writing: :mod:`.encode` (pixel encodings, atomic DICOM files) and :mod:`.derived` (counterfactual DICOM
+derived from a source); :mod:`.geometry` records the crop, flip and resize a preparation applied.
 """
 
 from typing import Any

@@ -3,13 +3,8 @@
 import pandas as pd
 import pytest
 
-from medcf.jobs.study import (
-    closest_to_right_size,
-    equal_weight_table,
-    grid_settings,
-    matched_table,
-    select_weights,
-)
+from medcf.jobs.study import grid_settings
+from medcf.measure.study_tables import closest_to_right_size, equal_weight_table, matched_table, select_weights
 
 
 def rows(intervention, metric, values, seeds=(0, 1), source=None):
