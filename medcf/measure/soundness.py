@@ -186,6 +186,18 @@ def predictor_features(predictor: AttributePredictor, images: torch.Tensor, batc
     )
 
 
+#: The measures against the phantom's ground truth (:mod:`medcf.measure.ground_truth`).
+TRUTH_COLUMNS = (
+    "truth_error",
+    "target_ratio",
+    "truth_off_target",
+    "truth_off_target_source",
+    "exact_target_ratio",
+    "exact_off_target",
+    "texture_ratio",
+)
+
+#: The columns summarised over seeds (:func:`summary_records`).
 SUMMARY_COLUMNS = (
     "effectiveness",
     "off_target",
@@ -197,13 +209,7 @@ SUMMARY_COLUMNS = (
     "reconstruction_mae",
     "minimality",
     "fid",
-    "truth_error",
-    "target_ratio",
-    "truth_off_target",
-    "truth_off_target_source",
-    "exact_target_ratio",
-    "exact_off_target",
-    "texture_ratio",
+    *TRUTH_COLUMNS,
     "mean_abs_change",
 )
 

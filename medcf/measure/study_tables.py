@@ -10,23 +10,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medcf.measure.soundness import TRUTH_COLUMNS
+
 TOLERANCE = {"accuracy": 0.05, "mae": 1.0}
 
 #: The measures :func:`matched_table` shows, those the table has: the predictors' (effectiveness, off-target), the
 #: truth's and FID.
-MATCHED_COLUMNS = (
-    "effectiveness",
-    "off_target",
-    "off_target_vs_null",
-    "truth_error",
-    "target_ratio",
-    "truth_off_target",
-    "truth_off_target_source",
-    "exact_target_ratio",
-    "exact_off_target",
-    "texture_ratio",
-    "fid",
-)
+MATCHED_COLUMNS = ("effectiveness", "off_target", "off_target_vs_null", *TRUTH_COLUMNS, "fid")
 
 
 def reaches(value: float, target: float, metric: str) -> bool:

@@ -1,11 +1,7 @@
 """EMBED cohort builder on a phantom EMBED export: rows agree with the ground truth, screening views only,
 women of three races, clinical rows joined by exam and side, the flow table adds up, bad inputs fail."""
 
-import gzip
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import functools
 from pathlib import Path
 
 import pandas as pd
@@ -15,25 +11,14 @@ from data_prep import embed
 from data_prep.flow import flow_path
 from medcf.phantoms import write_phantom_dataset
 from medcf.phantoms.writer import TRUTH_FILE
+from tests.data_prep.conftest import IDS, ModuleRun, copy_tables, dropped, run_builder
 
 N, SIZE, SEED = (
     60,
     32,
     96,
 )  # seed 96: C-view, spot-mag, XCCL, a male patient, unknown ethnicity, per-side rows
-REPO = Path(__file__).resolve().parents[2]
-IDS = {"patient": str, "study": str, "image_id": str}
 TABLE_IDS = {"empi_anon": str, "acc_anon": str}
-
-Edit = Callable[[pd.DataFrame], pd.DataFrame]
-
-
-@dataclass(frozen=True)
-class ModuleRun:
-    returncode: int
-    stdout: str
-    stderr: str
-    out: Path
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +31,7 @@ def root(tmp_path_factory) -> Path:
 def run(root, tmp_path_factory) -> ModuleRun:
     """The builder run once as ``python -m data_prep.embed`` on the phantom export."""
     out = tmp_path_factory.mktemp("cohort") / "mammo.csv"
-    command = [sys.executable, "-m", "data_prep.embed", "--root", str(root), "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    return ModuleRun(result.returncode, result.stdout, result.stderr, out)
+    return run_builder("data_prep.embed", root, out)
 
 
 @pytest.fixture(scope="module")
@@ -66,31 +49,13 @@ def tables(root) -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(root / name, dtype=TABLE_IDS) for name in (*embed.TABLES, TRUTH_FILE)}
 
 
-def variant(root: Path, dst: Path, edits: dict[str, Edit] | None = None, gz: bool = False) -> Path:
-    """A copy of the export's tables (edited, or gzipped) beside links to its image folders."""
-    dst.mkdir()
-    for folder in root.iterdir():
-        if folder.is_dir():
-            (dst / folder.name).symlink_to(folder)
-    for name in embed.TABLES:
-        table = pd.read_csv(root / name, dtype=str)
-        table = (edits or {}).get(name, lambda t: t)(table)
-        if gz:
-            with gzip.open(dst / f"{name}.gz", "wt") as stream:
-                table.to_csv(stream, index=False)
-        else:
-            table.to_csv(dst / name, index=False)
-    return dst
+variant = functools.partial(copy_tables, tables=embed.TABLES)
 
 
 def build(root: Path, out: Path, *options: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Cohort and flow table of one successful ``main`` run."""
     assert embed.main(["--root", str(root), "--out", str(out), *options]) == 0
     return pd.read_csv(out, dtype=IDS), pd.read_csv(flow_path(out))
-
-
-def dropped(flow: pd.DataFrame, reason: str) -> int:
-    return int(flow.loc[flow["reason"] == reason, "rows_dropped"].sum())
 
 
 def bilateral_exam(tables: dict[str, pd.DataFrame], cohort: pd.DataFrame) -> str:

@@ -1,12 +1,8 @@
 """MIMIC-CXR cohort builder on a phantom MIMIC export: rows agree with the ground truth, the flow table adds
 up, whole patients go to one split, input variants (.csv.gz, ``ethnicity``) work, bad inputs fail clearly."""
 
-import gzip
+import functools
 import shutil
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +13,10 @@ from data_prep import mimic_cxr
 from data_prep.flow import flow_path, patient_split
 from medcf.phantoms import write_phantom_dataset
 from medcf.phantoms.writer import TRUTH_FILE
+from tests.data_prep.conftest import IDS, ModuleRun, copy_tables, dropped, run_builder
 
 N, SIZE, SEED = 60, 32, 8  # seed 8: laterals, other findings, uncertain effusion, conflicting, unknown race
-REPO = Path(__file__).resolve().parents[2]
 AGE_CAP = 95.0
-IDS = {"patient": str, "study": str, "image_id": str}
-
-Edit = Callable[[pd.DataFrame], pd.DataFrame]
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +25,11 @@ def root(tmp_path_factory) -> Path:
     return write_phantom_dataset("cxr", out, N, SIZE, SEED, workers=1, progress=False)
 
 
-@dataclass(frozen=True)
-class ModuleRun:
-    returncode: int
-    stdout: str
-    stderr: str
-    out: Path
-
-
 @pytest.fixture(scope="module")
 def run(root, tmp_path_factory) -> ModuleRun:
     """The builder run once as ``python -m data_prep.mimic_cxr`` on the phantom export."""
     out = tmp_path_factory.mktemp("cohort") / "cohort.csv"
-    command = [sys.executable, "-m", "data_prep.mimic_cxr", "--root", str(root), "--out", str(out)]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, check=False)
-    return ModuleRun(result.returncode, result.stdout, result.stderr, out)
+    return run_builder("data_prep.mimic_cxr", root, out)
 
 
 @pytest.fixture(scope="module")
@@ -65,19 +48,7 @@ def tables(root) -> dict[str, pd.DataFrame]:
     return {name: pd.read_csv(root / name, dtype=ids) for name in (*mimic_cxr.TABLES, TRUTH_FILE)}
 
 
-def variant(root: Path, dst: Path, edits: dict[str, Edit] | None = None, gz: bool = False) -> Path:
-    """A copy of the export's tables (edited, or gzipped) beside a link to its image folder."""
-    dst.mkdir()
-    (dst / "files").symlink_to(root / "files")
-    for name in mimic_cxr.TABLES:
-        table = pd.read_csv(root / name, dtype=str)
-        table = (edits or {}).get(name, lambda t: t)(table)
-        if gz:
-            with gzip.open(dst / f"{name}.gz", "wt") as stream:
-                table.to_csv(stream, index=False)
-        else:
-            table.to_csv(dst / name, index=False)
-    return dst
+variant = functools.partial(copy_tables, tables=mimic_cxr.TABLES)
 
 
 def build(root: Path, out: Path, *options: str) -> tuple[int, pd.DataFrame | None, pd.DataFrame | None]:
@@ -86,10 +57,6 @@ def build(root: Path, out: Path, *options: str) -> tuple[int, pd.DataFrame | Non
     if status:
         return status, None, None
     return status, pd.read_csv(out, dtype=IDS), pd.read_csv(flow_path(out))
-
-
-def dropped(flow: pd.DataFrame, reason: str) -> int:
-    return int(flow.loc[flow["reason"] == reason, "rows_dropped"].sum())
 
 
 class TestCommandLine:

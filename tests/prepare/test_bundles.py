@@ -51,20 +51,8 @@ def test_dataset_and_output_dir_and_cohort_overrides(tmp_path):
     )
     assert built.returncode == 0, built.stderr
     out = tmp_path / "prepared"
-    result = bundle_run(
-        "cxr_counterfactual",
-        tmp_path,
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--cohort",
-        str(cohort),
-        "--image_size",
-        "64",
-        "--workers",
-        "2",
-    )
+    settings = ["--dataset_dir", str(data), "--output_dir", str(out), "--cohort", str(cohort), "--image_size", "64"]
+    result = bundle_run("cxr_counterfactual", tmp_path, *settings, "--workers", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = pd.read_csv(out / "manifest.csv", keep_default_na=False)
     rows = pd.read_csv(cohort)
@@ -72,18 +60,7 @@ def test_dataset_and_output_dir_and_cohort_overrides(tmp_path):
     assert set(ok.index) == set(rows["path"])
     assert (ok.loc[rows["path"], "split"].to_numpy() == rows["split"].to_numpy()).all()
     assert np.load(out / ok["output"].iloc[0]).shape == (1, 64, 64)
-    rerun = bundle_run(
-        "cxr_counterfactual",
-        tmp_path,
-        "--dataset_dir",
-        str(data),
-        "--output_dir",
-        str(out),
-        "--cohort",
-        str(cohort),
-        "--image_size",
-        "64",
-    )
+    rerun = bundle_run("cxr_counterfactual", tmp_path, *settings)
     assert rerun.returncode == 0 and "0 to prepare" in rerun.stdout + rerun.stderr
 
 
