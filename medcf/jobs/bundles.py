@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import medcf
+
+if TYPE_CHECKING:
+    from medcf.prepare.base import Preparer
 
 BUNDLE_NAMES = ("cxr_counterfactual", "mammo_counterfactual")
 
@@ -34,7 +38,16 @@ def bundle_root(name: str) -> str:
 
 
 #: The keys of a bundle's configs/common.yaml.
-COMMON_KEYS = ("kind", "attributes", "files", "phantom_training_set", "guidance", "steps", "max_pixel_bytes")
+COMMON_KEYS = (
+    "kind",
+    "attributes",
+    "files",
+    "phantom_training_set",
+    "guidance",
+    "steps",
+    "max_pixel_bytes",
+    "defaults",
+)
 
 
 def common(root: str | Path) -> dict[str, Any]:
@@ -64,6 +77,39 @@ def common(root: str | Path) -> dict[str, Any]:
         raise ValueError(f"{path}: missing {missing or 'nothing'}, unknown {unknown or 'nothing'}")
     settings["files"] = {name: str(Path(root) / relative) for name, relative in settings["files"].items()}
     return settings
+
+
+def preparer(
+    kind: str, image_size: int | Sequence[int], max_pixel_bytes: int, square_crop: bool = False
+) -> Preparer:
+    """The preparer of a bundle's kind, so that the two bundles' job configs name one target: chest X-rays
+    (:class:`~medcf.prepare.ChestPreparer`, a square side) or mammograms (:class:`~medcf.prepare.MammoPreparer`,
+    height and width).
+
+    Args:
+        kind: ``cxr`` or ``mammo`` (common.yaml's ``kind``).
+        image_size: the side, or [height, width] (a chest size must be square).
+        max_pixel_bytes: the pixel budget per file.
+        square_crop: chest only: crop the centre square instead of squeezing the aspect ratio.
+
+    Returns:
+        The preparer.
+
+    Raises:
+        ValueError: for another kind, a chest size that is not square, or ``square_crop`` for mammograms.
+    """
+    from medcf.prepare import ChestPreparer, MammoPreparer
+
+    if kind == "cxr":
+        sides = [image_size] if isinstance(image_size, int) else list(image_size)
+        if len(set(sides)) != 1:
+            raise ValueError(f"image_size: {image_size!r}; a chest X-ray is prepared square (one side)")
+        return ChestPreparer(sides[0], square_crop=square_crop, max_pixel_bytes=max_pixel_bytes)
+    if kind == "mammo":
+        if square_crop:
+            raise ValueError("square_crop: mammograms keep their aspect ratio; leave it false")
+        return MammoPreparer(image_size, max_pixel_bytes=max_pixel_bytes)
+    raise ValueError(f"kind: {kind!r} is not a bundle kind (cxr or mammo)")
 
 
 def training_manifest(
