@@ -68,6 +68,18 @@ def test_the_bundle_writes_every_metric_for_each_intervention_setting_and_seed(t
         assert made[column].apply(math.isfinite).all(), column
     assert (made["exact_off_target"] > 0).all() and (made["texture_ratio"] > 0).all()
     assert (made["mean_abs_change"] > 0).all()
+    # regression figures on fixed seeds (the seeded tiny model, held-out phantom seed 1000, seeds 0 and 1): a change
+    # that moves a decoded pixel or a prediction moves these
+    figures = made.set_index(["intervention", "guidance", "seed"])
+    expected = {  # (effectiveness, truth_error, mean_abs_change)
+        ("do(sex=F)", "cfg w=3", 0): (1.0, 0.662041, 1.324147),
+        ("do(age=+20)", "dcfg w_aff=3 w_inv=1", 0): (42.333333, 0.866931, 3.242862),
+        ("do(race=Black)", "cfg w=3", 1): (0.0, 0.802653, 1.605825),
+        ("do(sex=F)", "dcfg w_aff=3 w_inv=1", 1): (0.666667, 0.318481, 2.116709),
+    }
+    for key, values in expected.items():
+        found = tuple(figures.loc[key, ["effectiveness", "truth_error", "mean_abs_change"]])
+        assert found == pytest.approx(values, rel=1e-3, abs=1e-5), key
     # an intervention's own attribute and its descendants are never counted as off-target
     assert table.loc[table["intervention"] == "do(sex=F)", "off_target.sex"].isna().all()
     assert (
