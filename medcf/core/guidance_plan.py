@@ -26,6 +26,7 @@ from typing import Any
 from medcf.core.attributes import AttributeSchema
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.runtime.files import file_sha256, write_json_atomic
+from medcf.runtime.settings import require_integer
 
 PLAN_FORMAT = "medcf-guidance-plan/1"
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kB; anything larger is not one
@@ -232,9 +233,7 @@ class CalibratedPlan:
         try:
             attributes = _attributes(content.get("attributes"), schema)
             w_inv = _weight(content.get("w_inv", 1.0), "w_inv")
-            steps = content.get("steps", 50)
-            if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-                raise ValueError(f"steps: {steps!r} must be an integer >= 1")
+            steps = require_integer("steps", content.get("steps", 50), 1)
         except ValueError as error:
             raise PlanError(f"guidance_plan: {path}: {error}") from None
         return cls(

@@ -50,6 +50,7 @@ from medcf.prepare.base import Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic, write_text_atomic
+from medcf.runtime.settings import require_integer
 from medcf.runtime.tracking import flatten
 
 AUDIT_CSV, SUMMARY_JSON, REPORT_HTML = "audit.csv", "summary.json", "report.html"
@@ -169,23 +170,20 @@ class AuditRun:
                 result = self._save(output_dir, table, summary, examples, job.seconds)
         return result
 
-    def _check_settings(self, schema: AttributeSchema) -> None:
-        if (
-            not isinstance(self.heldout_subjects, int)
-            or isinstance(self.heldout_subjects, bool)
-            or self.heldout_subjects < 0
-        ):
-            raise ValueError(f"heldout_subjects: {self.heldout_subjects!r} must be an integer >= 0")
-        if self.dataset_dir is not None:
-            cohort_table(self.dataset_dir, self.labels)  # refused before any output
+    def __post_init__(self) -> None:
+        require_integer("heldout_subjects", self.heldout_subjects, 0)
         if self.dataset_dir is None and not self.heldout_subjects:
             raise ValueError("dataset_dir: none given and heldout_subjects is 0; give one of them")
         if not 0 < self.gate <= 1:
             raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
         for name in ("resamples", "batch_size", "steps"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
+            require_integer(name, getattr(self, name), 1)
+
+    def _check_settings(self, schema: AttributeSchema) -> None:
+        """The settings that need the model's attributes or the user's files (the others are checked when the job
+        is made)."""
+        if self.dataset_dir is not None:
+            cohort_table(self.dataset_dir, self.labels)  # refused before any output
         if self.label_attribute is not None:
             if self.label_attribute not in schema.names:
                 raise ValueError(f"label_attribute: {self.label_attribute!r} is not one of {list(schema.names)}")

@@ -51,6 +51,7 @@ from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.predictors import load_predictors
 from medcf.prepare.base import Preparer
 from medcf.runtime.files import file_sha256, write_csv_atomic
+from medcf.runtime.settings import require_integer
 from medcf.runtime.tracking import flatten
 
 PLAN_FILE, CALIBRATION_CSV = "guidance_plan.json", "calibration.csv"
@@ -172,7 +173,23 @@ class CalibrationRun:
         print(f"guidance plan -> {plan_path} ({seconds:.0f} s)")
         return plan
 
+    def __post_init__(self) -> None:
+        for setting in ("images", "steps", "heldout_subjects"):
+            require_integer(setting, getattr(self, setting), 1)
+        require_integer("max_evaluations", self.max_evaluations, 2)
+        low, high = (float(b) for b in self.bounds)
+        if not (0 <= low < high and math.isfinite(high)):
+            raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
+        if self.match not in ("pixels", "predictors"):
+            raise ValueError(f"match: {self.match!r} must be pixels or predictors")
+        if not list(self.intervals):
+            raise ValueError("intervals: give at least one candidate (null: guide at every step)")
+        for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
+            GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
+
     def _check(self, schema: AttributeSchema) -> list[str]:
+        """The attributes to calibrate, descendants first, and their shifts: what needs the model's attributes
+        (the other settings are checked when the job is made)."""
         names = list(schema.names) if self.attributes is None else list(self.attributes)
         unknown = sorted(set(names) - set(schema.names))
         if unknown or not names:
@@ -189,25 +206,6 @@ class CalibrationRun:
                     or shift == 0
                 ):
                     raise ValueError(f"shifts.{name}: {shift!r} must be a non-zero number (e.g. {{{name}: 20}})")
-        for setting in ("images", "steps", "heldout_subjects", "max_evaluations"):
-            value = getattr(self, setting)
-            if (
-                not isinstance(value, int)
-                or isinstance(value, bool)
-                or value < (2 if setting == "max_evaluations" else 1)
-            ):
-                raise ValueError(
-                    f"{setting}: {value!r} must be an integer >= {2 if setting == 'max_evaluations' else 1}"
-                )
-        low, high = (float(b) for b in self.bounds)
-        if not (0 <= low < high and math.isfinite(high)):
-            raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
-        if self.match not in ("pixels", "predictors"):
-            raise ValueError(f"match: {self.match!r} must be pixels or predictors")
-        if not list(self.intervals):
-            raise ValueError("intervals: give at least one candidate (null: guide at every step)")
-        for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
-            GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
         return descendants_first(schema, names)
 
     def _track(

@@ -74,6 +74,7 @@ from medcf.measure.soundness import SoundnessMeasures, predictor_features, summa
 from medcf.prepare.base import Preparer
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic
+from medcf.runtime.settings import require_integer
 from medcf.runtime.tracking import flatten
 
 METRICS_CSV, METRICS_JSON, PLOTS = "metrics.csv", "metrics.json", "plots"
@@ -158,7 +159,6 @@ class EvaluationRun:
         plan = plan_if_used(self.guidance_settings, self.guidance_plan, schema, loaded.sha256)
         settings = guidance_settings_from(self.guidance_settings, self.steps, plan=plan)
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
-        self._check_numbers()
         with job.folder():
             data = shard.once(lambda: job_data(self, output_dir / "heldout_data"))  # a held-out set is written once
             truth = PhantomTruth.find(data.dataset_dir, schema, self.phantom_kind)
@@ -194,13 +194,10 @@ class EvaluationRun:
         size = getattr(self.preparer, "image_size", 64)
         return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
 
-    def _check_numbers(self) -> None:
+    def __post_init__(self) -> None:
         for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name}: {value!r} must be an integer >= 1")
-        if not isinstance(self.composition_images, int) or self.composition_images < 0:
-            raise ValueError(f"composition_images: {self.composition_images!r} must be an integer >= 0")
+            require_integer(name, getattr(self, name), 1)
+        require_integer("composition_images", self.composition_images, 0)
         seeds = [self.seeds] if isinstance(self.seeds, int) else list(self.seeds)
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
             raise ValueError(f"seeds: {self.seeds!r} must be a list of integers >= 0")

@@ -61,6 +61,7 @@ from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, outp
 from medcf.prepare.base import PreparedImage, Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.prepare.inputs import discover_inputs
+from medcf.runtime.settings import require_integer
 from medcf.runtime.tracking import flatten
 
 GRID_ROWS = 8
@@ -219,16 +220,16 @@ class InferenceRun:
             "seconds_per_counterfactual": sum(t["seconds"] for t in totals) / made if made else 0.0,
         }
 
+    def __post_init__(self) -> None:
+        require_integer("batch_size", self.batch_size, 1)
+        require_integer("workers", self.workers, 0)
+
     def _checked_engine(self, job: JobContext) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
         """Model, graph, interventions and settings, all checked before any image is read."""
         device = job.device(self.device)
         loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, self.guidance)
         interventions = parse_interventions(loaded.model.schema, self.interventions)
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ValueError(f"batch_size: {self.batch_size!r} must be an integer >= 1")
-        if not isinstance(self.workers, int) or isinstance(self.workers, bool) or self.workers < 0:
-            raise ValueError(f"workers: {self.workers!r} must be an integer >= 0")
         return engine, interventions, loaded
 
 

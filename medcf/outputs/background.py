@@ -22,6 +22,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
+from medcf.runtime.settings import require_integer
+
 
 class BackgroundWriter:
     """Run writing tasks in one background thread, in order, at most ``depth`` at a time.
@@ -38,8 +40,7 @@ class BackgroundWriter:
     """
 
     def __init__(self, depth: int = 2, background: bool = True) -> None:
-        if not isinstance(depth, int) or depth < 1:
-            raise ValueError(f"depth: {depth!r} must be an integer >= 1")
+        require_integer("depth", depth, 1)
         self.depth, self.background = depth, background
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="medcf-writer") if background else None
         self._pending: deque[Future] = deque()
