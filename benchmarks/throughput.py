@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/throughput.py [--device auto] [--stages engine end_to_end train]
         [--sizes 64 128 192] [--batches 1 8 64 256 512] [--precisions fp32 bf16] [--compile both]
-        [--guidance dcfg cfg] [--steps 50] [--repeats 3] [--warmup 1] [--subjects 64]
+        [--guidance dcfg cfg dcfg_interval] [--steps 50] [--repeats 3] [--warmup 1] [--subjects 64]
         [--out benchmarks/results/throughput.csv]
 
 Stages (the ``stage`` column):
@@ -61,7 +61,12 @@ COLUMNS = [
 ]  # fmt: skip
 INTERVENTIONS = ("do(sex=F)", "do(age=+20)", "do(race=Black)")
 FACTUAL = {"age": 50.0, "sex": "M", "race": "White", "disease": "No Finding"}
-GUIDANCE = {"dcfg": {"mode": "dcfg", "w_aff": 2.0, "w_inv": 1.0}, "cfg": {"mode": "cfg", "weight": 2.0}}
+GUIDANCE = {
+    "dcfg": {"mode": "dcfg", "w_aff": 2.0, "w_inv": 1.0},
+    "cfg": {"mode": "cfg", "weight": 2.0},
+    # the guidance study's interval setting: guided only at noise levels sigma in (0.3, 5], one row per image outside
+    "dcfg_interval": {"mode": "dcfg", "w_aff": 3.0, "w_inv": 1.0, "interval": (0.3, 5.0)},
+}
 
 
 class UtilisationSampler:
@@ -186,6 +191,17 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     return rows
 
 
+def guidance_arguments(name: str) -> list[str]:
+    """The inference bundle's command-line settings of the guidance ``name`` of :data:`GUIDANCE`."""
+    settings = GUIDANCE[name]
+    keys = {"mode": "--guidance", "weight": "--w", "w_aff": "--w_aff", "w_inv": "--w_inv", "interval": "--interval"}
+    return [
+        text
+        for key, value in settings.items()
+        for text in (keys[key], str(list(value) if key == "interval" else value))
+    ]
+
+
 def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Counterfactuals per second of the chest inference bundle command on a phantom export, per batch."""
     rows = []
@@ -199,7 +215,7 @@ def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict
                     command = [
                         sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config),
                         "--dataset_dir", str(export), "--labels", str(cohort), "--output_dir", str(out),
-                        "--guidance", guidance, "--w", "2", "--w_aff", "2", "--w_inv", "1", "--steps", str(args.steps),
+                        *guidance_arguments(guidance), "--steps", str(args.steps),
                         "--batch_size", str(batch), "--precision", precision, "--device", str(device),
                         "--interventions", str(list(INTERVENTIONS)),
                     ]  # fmt: skip
