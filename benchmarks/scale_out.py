@@ -1,0 +1,112 @@
+"""Scale-out of the sharded inference: counterfactuals per second of the chest inference bundle on one process and
+on N processes (torchrun, ``multi_gpu_inference.yaml``), on the same phantom export, one row per run appended to
+benchmarks/results/scale_out.csv.
+
+    .venv/bin/python benchmarks/scale_out.py [--device cpu] [--processes 1 2] [--threads 1] [--subjects 32]
+        [--steps 20] [--batch 8] [--guidance dcfg] [--out benchmarks/results/scale_out.csv]
+
+On a CPU each process gets ``--threads`` torch threads (give N x threads <= the cores, so that N processes have
+N times one process's cores); on GPUs each process its own card (``cuda:LOCAL_RANK``). ``efficiency`` is a run's
+counterfactuals per second over N times the one-process run's: the issue's target is at least 0.9. The rate is the
+job's own clock (rank 0's, from the start of the job to the gathered manifest; interpreter and torchrun start-up
+excluded), and every run must make the same rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+import torch
+from throughput import INTERVENTIONS, device_name, guidance_arguments  # benchmarks/throughput.py, beside this script
+
+from medcf.jobs.bundles import bundle_root
+from medcf.jobs.phantom_sets import phantom_export_with_cohort
+
+COLUMNS = [
+    "device", "processes", "threads_per_process", "subjects", "steps", "batch", "guidance", "counterfactuals",
+    "seconds", "counterfactuals_per_s", "efficiency", "date",
+]  # fmt: skip
+
+
+def run_inference(
+    processes: int, threads: int, args: argparse.Namespace, export: Path, cohort: Path, out: Path
+) -> tuple[int, float]:
+    """One inference run over ``processes`` processes; (counterfactuals made, seconds of the job's clock)."""
+    root = Path(bundle_root("cxr_counterfactual")) / "configs"
+    configs = [str(root / "inference.yaml")]
+    launcher = [sys.executable, "-m"]
+    if processes > 1:
+        configs.append(str(root / "multi_gpu_inference.yaml"))
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+                    "-m"]  # fmt: skip
+    command = [
+        *launcher, "monai.bundle", "run", "--config_file", str(configs) if processes > 1 else configs[0],
+        "--dataset_dir", str(export), "--labels", str(cohort), "--output_dir", str(out),
+        *guidance_arguments(args.guidance), "--steps", str(args.steps), "--batch_size", str(args.batch),
+        "--device", args.device, "--interventions", str(list(INTERVENTIONS)), "--workers", "0",
+    ]  # fmt: skip
+    environment = {
+        **os.environ,
+        "OMP_NUM_THREADS": str(threads),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}",
+    }
+    done = subprocess.run(command, capture_output=True, text=True, env=environment)
+    found = re.search(r"(\d+) counterfactuals made, .* in ([\d.]+) s", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{processes} processes: {done.stderr.strip().splitlines()[-3:]}")
+    return int(found.group(1)), float(found.group(2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per process (CPU)")
+    parser.add_argument("--subjects", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--guidance", default="dcfg")
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale_out.csv")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    rows, manifests = [], []
+    with tempfile.TemporaryDirectory() as folder:
+        export, cohort = phantom_export_with_cohort("cxr", Path(folder) / "data", args.subjects, 128, 4242)
+        single = None
+        for processes in args.processes:
+            out = Path(folder) / f"out_{processes}"
+            made, seconds = run_inference(processes, args.threads, args, export, cohort, out)
+            rate = made / seconds
+            single = rate if processes == 1 else single
+            efficiency = rate / (processes * single) if single else float("nan")
+            manifests.append(pd.read_csv(out / "manifest.csv").drop(columns=["input"], errors="ignore"))
+            rows.append({
+                "device": device_name(device), "processes": processes, "threads_per_process": args.threads,
+                "subjects": args.subjects, "steps": args.steps, "batch": args.batch, "guidance": args.guidance,
+                "counterfactuals": made, "seconds": round(seconds, 1), "counterfactuals_per_s": round(rate, 4),
+                "efficiency": round(efficiency, 3), "date": datetime.date.today().isoformat(),
+            })  # fmt: skip
+            print(f"{processes} process(es) x {args.threads} thread(s): {made} counterfactuals in {seconds:.1f} s = "
+                  f"{rate:.3g}/s, efficiency {efficiency:.2f}", flush=True)  # fmt: skip
+    counts = [m.groupby(["intervention", "status"]).size() for m in manifests]
+    print(f"the same rows (per intervention and status) in every run: {all(c.equals(counts[0]) for c in counts)}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    new = not args.out.exists()
+    with open(args.out, "a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if new:
+            writer.writeheader()
+        writer.writerows(rows)
+
+
+if __name__ == "__main__":
+    main()
