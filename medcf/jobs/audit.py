@@ -119,6 +119,15 @@ class AuditRun:
     experiment: str = "medcf-audit"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        require_integer("heldout_subjects", self.heldout_subjects, 0)
+        if self.dataset_dir is None and not self.heldout_subjects:
+            raise ValueError("dataset_dir: none given and heldout_subjects is 0; give one of them")
+        if not 0 < self.gate <= 1:
+            raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
+        for name in ("resamples", "batch_size", "steps"):
+            require_integer(name, getattr(self, name), 1)
+
     def run(self) -> dict[str, Any]:
         """Audit the classifier: every intervention's counterfactuals against the ``do()`` control, per patient.
 
@@ -169,15 +178,6 @@ class AuditRun:
                 summary["settings"] = self._settings_record(loaded.sha256, settings)
                 result = self._save(output_dir, table, summary, examples, job.seconds)
         return result
-
-    def __post_init__(self) -> None:
-        require_integer("heldout_subjects", self.heldout_subjects, 0)
-        if self.dataset_dir is None and not self.heldout_subjects:
-            raise ValueError("dataset_dir: none given and heldout_subjects is 0; give one of them")
-        if not 0 < self.gate <= 1:
-            raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
-        for name in ("resamples", "batch_size", "steps"):
-            require_integer(name, getattr(self, name), 1)
 
     def _check_settings(self, schema: AttributeSchema) -> None:
         """The settings that need the model's attributes or the user's files (the others are checked when the job

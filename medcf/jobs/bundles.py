@@ -79,9 +79,7 @@ def common(root: str | Path) -> dict[str, Any]:
     return settings
 
 
-def preparer(
-    kind: str, image_size: int | Sequence[int], max_pixel_bytes: int, square_crop: bool = False
-) -> Preparer:
+def preparer(kind: str, image_size: int | Sequence[int], max_pixel_bytes: int, square_crop: bool = False) -> Preparer:
     """The preparer of a bundle's kind, so that the two bundles' job configs name one target: chest X-rays
     (:class:`~medcf.prepare.ChestPreparer`, a square side) or mammograms (:class:`~medcf.prepare.MammoPreparer`,
     height and width).

@@ -122,6 +122,20 @@ class CalibrationRun:
     device: str | torch.device = "auto"
     progress: bool = True
 
+    def __post_init__(self) -> None:
+        for setting in ("images", "steps", "heldout_subjects"):
+            require_integer(setting, getattr(self, setting), 1)
+        require_integer("max_evaluations", self.max_evaluations, 2)
+        low, high = (float(b) for b in self.bounds)
+        if not (0 <= low < high and math.isfinite(high)):
+            raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
+        if self.match not in ("pixels", "predictors"):
+            raise ValueError(f"match: {self.match!r} must be pixels or predictors")
+        if not list(self.intervals):
+            raise ValueError("intervals: give at least one candidate (null: guide at every step)")
+        for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
+            GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
+
     def run(self) -> CalibratedPlan:
         """Calibrate, write the plan and the table, and return the plan.
 
@@ -172,20 +186,6 @@ class CalibrationRun:
             print(line)
         print(f"guidance plan -> {plan_path} ({seconds:.0f} s)")
         return plan
-
-    def __post_init__(self) -> None:
-        for setting in ("images", "steps", "heldout_subjects"):
-            require_integer(setting, getattr(self, setting), 1)
-        require_integer("max_evaluations", self.max_evaluations, 2)
-        low, high = (float(b) for b in self.bounds)
-        if not (0 <= low < high and math.isfinite(high)):
-            raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
-        if self.match not in ("pixels", "predictors"):
-            raise ValueError(f"match: {self.match!r} must be pixels or predictors")
-        if not list(self.intervals):
-            raise ValueError("intervals: give at least one candidate (null: guide at every step)")
-        for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
-            GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
 
     def _check(self, schema: AttributeSchema) -> list[str]:
         """The attributes to calibrate, descendants first, and their shifts: what needs the model's attributes

@@ -134,6 +134,17 @@ class EvaluationRun:
     device: str | torch.device = "auto"
     _timing: dict[str, float] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):
+            require_integer(name, getattr(self, name), 1)
+        require_integer("composition_images", self.composition_images, 0)
+        seeds = [self.seeds] if isinstance(self.seeds, int) else list(self.seeds)
+        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
+            raise ValueError(f"seeds: {self.seeds!r} must be a list of integers >= 0")
+        if len(set(seeds)) != len(seeds):
+            raise ValueError(f"seeds: {self.seeds!r} repeats a seed")
+        self.seeds = seeds
+
     @property
     def metrics_path(self) -> Path:
         """Where the run writes its metrics table (``output_dir/metrics.csv``)."""
@@ -193,17 +204,6 @@ class EvaluationRun:
         """
         size = getattr(self.preparer, "image_size", 64)
         return heldout_phantom_set(self.phantom_kind, folder, self.heldout_subjects, size, self.heldout_seed)
-
-    def __post_init__(self) -> None:
-        for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):
-            require_integer(name, getattr(self, name), 1)
-        require_integer("composition_images", self.composition_images, 0)
-        seeds = [self.seeds] if isinstance(self.seeds, int) else list(self.seeds)
-        if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
-            raise ValueError(f"seeds: {self.seeds!r} must be a list of integers >= 0")
-        if len(set(seeds)) != len(seeds):
-            raise ValueError(f"seeds: {self.seeds!r} repeats a seed")
-        self.seeds = seeds
 
     def _seed(
         self,

@@ -129,6 +129,10 @@ class InferenceRun:
     workers: int = 0
     device: str | torch.device = "auto"
 
+    def __post_init__(self) -> None:
+        require_integer("batch_size", self.batch_size, 1)
+        require_integer("workers", self.workers, 0)
+
     def run(self) -> dict[str, Any]:
         """Make, write and record every counterfactual the folder does not hold yet.
 
@@ -219,10 +223,6 @@ class InferenceRun:
             "network_evaluations_per_counterfactual": sum(t["evaluations"] for t in totals) / made if made else 0.0,
             "seconds_per_counterfactual": sum(t["seconds"] for t in totals) / made if made else 0.0,
         }
-
-    def __post_init__(self) -> None:
-        require_integer("batch_size", self.batch_size, 1)
-        require_integer("workers", self.workers, 0)
 
     def _checked_engine(self, job: JobContext) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
         """Model, graph, interventions and settings, all checked before any image is read."""
