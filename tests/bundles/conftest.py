@@ -38,6 +38,14 @@ def load_schema(bundle: str):
 #: The one setting the suite changes from the defaults: DDIM steps (inference's default is 50).
 STEPS = 10
 
+#: Regression figures: per default intervention, the mean |counterfactual - do() output| over the sample images
+#: made with the shipped weights and guidance plan at STEPS steps (measured 2026-12-07). New weights or a new plan
+#: change them: measure again and update them with the weights.
+MEAN_CHANGE = {
+    "cxr_counterfactual": {"do(sex=F)": 0.121614, "do(age=+20)": 0.115449, "do(race=Black)": 0.130432},
+    "mammo_counterfactual": {"do(density=D)": 0.101383, "do(age=+15)": 0.064091},
+}
+
 
 def check_inference_command(tmp_path: Path, bundle: str, dciodvfy_errors, chest_wall_right) -> None:
     """Run the bundle's inference.yaml with only ``--steps`` in ``tmp_path`` and check everything it leaves."""
@@ -60,6 +68,8 @@ def check_inference_command(tmp_path: Path, bundle: str, dciodvfy_errors, chest_
     assert (manifest.loc[manifest["status"] == "rejected", "reason"] != "").all()
     made = manifest[manifest["status"] == "ok"]
     assert set(made["intervention"]) == set(settings["interventions"]), "every default intervention made something"
+    change = made.assign(change=made["mean_abs_change"].astype(float)).groupby("intervention")["change"].mean()
+    assert change.to_dict() == pytest.approx(MEAN_CHANGE[bundle], rel=1e-3), "the shipped weights' figures moved"
 
     studies, series = {}, {}
     for row in made.to_dict("records"):
