@@ -15,55 +15,20 @@ excluded), and every run must make the same rows.
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime
-import os
-import re
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pandas as pd
-import torch
-from throughput import INTERVENTIONS, device_name, guidance_arguments  # benchmarks/throughput.py, beside this script
+from throughput import append_rows, device_name, run_inference_bundle  # benchmarks/throughput.py, beside this script
 
-from medcf.jobs.bundles import bundle_root
 from medcf.jobs.phantom_sets import phantom_export_with_cohort
+from medcf.runtime.devices import resolve_device
 
 COLUMNS = [
     "device", "processes", "threads_per_process", "subjects", "steps", "batch", "guidance", "counterfactuals",
     "seconds", "counterfactuals_per_s", "efficiency", "date",
 ]  # fmt: skip
-
-
-def run_inference(
-    processes: int, threads: int, args: argparse.Namespace, export: Path, cohort: Path, out: Path
-) -> tuple[int, float]:
-    """One inference run over ``processes`` processes; (counterfactuals made, seconds of the job's clock)."""
-    root = Path(bundle_root("cxr_counterfactual")) / "configs"
-    configs = [str(root / "inference.yaml")]
-    launcher = [sys.executable, "-m"]
-    if processes > 1:
-        configs.append(str(root / "multi_gpu_inference.yaml"))
-        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
-                    "-m"]  # fmt: skip
-    command = [
-        *launcher, "monai.bundle", "run", "--config_file", str(configs) if processes > 1 else configs[0],
-        "--dataset_dir", str(export), "--labels", str(cohort), "--output_dir", str(out),
-        *guidance_arguments(args.guidance), "--steps", str(args.steps), "--batch_size", str(args.batch),
-        "--device", args.device, "--interventions", str(list(INTERVENTIONS)), "--workers", "0",
-    ]  # fmt: skip
-    environment = {
-        **os.environ,
-        "OMP_NUM_THREADS": str(threads),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}",
-    }
-    done = subprocess.run(command, capture_output=True, text=True, env=environment)
-    found = re.search(r"(\d+) counterfactuals made, .* in ([\d.]+) s", done.stdout)
-    if done.returncode != 0 or found is None:
-        raise RuntimeError(f"{processes} processes: {done.stderr.strip().splitlines()[-3:]}")
-    return int(found.group(1)), float(found.group(2))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -77,14 +42,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", default="dcfg")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "scale_out.csv")
     args = parser.parse_args(argv)
-    device = torch.device(args.device if args.device != "auto" else "cuda" if torch.cuda.is_available() else "cpu")
+    device = resolve_device(args.device)
     rows, manifests = [], []
     with tempfile.TemporaryDirectory() as folder:
         export, cohort = phantom_export_with_cohort("cxr", Path(folder) / "data", args.subjects, 128, 4242)
         single = None
         for processes in args.processes:
             out = Path(folder) / f"out_{processes}"
-            made, seconds = run_inference(processes, args.threads, args, export, cohort, out)
+            made, seconds = run_inference_bundle(
+                export, cohort, out, args.guidance, args.steps, args.batch, args.device, processes=processes,
+                environment={"OMP_NUM_THREADS": str(args.threads)}, extra=("--workers", "0"),
+            )  # fmt: skip
             rate = made / seconds
             single = rate if processes == 1 else single
             efficiency = rate / (processes * single) if single else float("nan")
@@ -99,13 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                   f"{rate:.3g}/s, efficiency {efficiency:.2f}", flush=True)  # fmt: skip
     counts = [m.groupby(["intervention", "status"]).size() for m in manifests]
     print(f"the same rows (per intervention and status) in every run: {all(c.equals(counts[0]) for c in counts)}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    new = not args.out.exists()
-    with open(args.out, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerows(rows)
+    append_rows(args.out, rows, COLUMNS)
 
 
 if __name__ == "__main__":

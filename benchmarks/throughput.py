@@ -202,35 +202,62 @@ def guidance_arguments(name: str) -> list[str]:
     ]
 
 
+def run_inference_bundle(
+    export: Path, cohort: Path, out: Path, guidance: str, steps: int, batch: int, device: str,
+    precision: str = "fp32", processes: int = 1, environment: dict[str, str] | None = None,
+    extra: tuple[str, ...] = (),
+) -> tuple[int, float]:  # fmt: skip
+    """Run the chest inference bundle as a user does (over ``processes`` torchrun processes when more than one, with
+    ``multi_gpu_inference.yaml``), the MLflow store beside ``out``.
+
+    Returns:
+        (counterfactuals made, seconds of the job's own clock).
+
+    Raises:
+        RuntimeError: the command failed, with the end of its error output.
+    """
+    root = Path(bundle_root("cxr_counterfactual")) / "configs"
+    config = str(root / "inference.yaml")
+    launcher = [sys.executable, "-m"]
+    if processes > 1:
+        config = str([config, str(root / "multi_gpu_inference.yaml")])
+        launcher += ["torch.distributed.run", "--standalone", f"--nproc_per_node={processes}", "-m"]
+    command = [
+        *launcher, "monai.bundle", "run", "--config_file", config,
+        "--dataset_dir", str(export), "--labels", str(cohort), "--output_dir", str(out),
+        *guidance_arguments(guidance), "--steps", str(steps), "--batch_size", str(batch), "--precision", precision,
+        "--device", device, "--interventions", str(list(INTERVENTIONS)), *extra,
+    ]  # fmt: skip
+    store = {"MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}"}
+    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **store, **(environment or {})})
+    found = re.search(r"(\d+) counterfactuals made, .* in ([\d.]+) s", done.stdout)
+    if done.returncode != 0 or found is None:
+        raise RuntimeError(f"{done.stderr.strip().splitlines()[-3:]}")
+    return int(found.group(1)), float(found.group(2))
+
+
 def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
     """Counterfactuals per second of the chest inference bundle command on a phantom export, per batch."""
     rows = []
-    config = Path(bundle_root("cxr_counterfactual")) / "configs" / "inference.yaml"
     with tempfile.TemporaryDirectory() as folder:
         export, cohort = phantom_export_with_cohort("cxr", Path(folder) / "data", args.subjects, 128, 4242)
         for guidance in args.guidance:
             for precision in args.precisions:
                 for batch in args.batches:
                     out = Path(folder) / f"out_{guidance}_{precision}_{batch}"
-                    command = [
-                        sys.executable, "-m", "monai.bundle", "run", "--config_file", str(config),
-                        "--dataset_dir", str(export), "--labels", str(cohort), "--output_dir", str(out),
-                        *guidance_arguments(guidance), "--steps", str(args.steps),
-                        "--batch_size", str(batch), "--precision", precision, "--device", str(device),
-                        "--interventions", str(list(INTERVENTIONS)),
-                    ]  # fmt: skip
-                    environment = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{Path(folder) / 'mlflow.db'}"}
-                    with UtilisationSampler(device) as sampler:
-                        done = subprocess.run(command, capture_output=True, text=True, env=environment)
-                    found = re.search(r"(\d+) counterfactuals made, .* in ([\d.]+) s", done.stdout)
-                    if done.returncode != 0 or found is None:
-                        print(f"end_to_end batch {batch}: failed ({done.stderr.strip().splitlines()[-1:]}); skipped")
+                    try:
+                        with UtilisationSampler(device) as sampler:
+                            made, seconds = run_inference_bundle(
+                                export, cohort, out, guidance, args.steps, batch, str(device), precision
+                            )
+                    except RuntimeError as error:
+                        print(f"end_to_end batch {batch}: failed ({error}); skipped")
                         continue
-                    rate = int(found.group(1)) / float(found.group(2))
+                    rate = made / seconds
                     rows.append(row(device, "end_to_end", 64, batch, precision, False, guidance, rate, sampler))
                     append_rows(args.out, rows[-1:])
-                    print(f"end_to_end {guidance} {precision} batch {batch}: {found.group(1)} counterfactuals in "
-                          f"{found.group(2)} s = {rate:.3g}/s", flush=True)  # fmt: skip
+                    print(f"end_to_end {guidance} {precision} batch {batch}: {made} counterfactuals in "
+                          f"{seconds} s = {rate:.3g}/s", flush=True)  # fmt: skip
     return rows
 
 
@@ -286,12 +313,12 @@ def row(
     }  # fmt: skip
 
 
-def append_rows(path: Path, rows: list[dict]) -> None:
-    """Append ``rows`` to the CSV at ``path`` (its header written when the file is new)."""
+def append_rows(path: Path, rows: list[dict], columns: list[str] = COLUMNS) -> None:
+    """Append ``rows`` to the CSV at ``path`` (its header, ``columns``, written when the file is new)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     new = not path.exists()
     with open(path, "a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         if new:
             writer.writeheader()
         writer.writerows(rows)
