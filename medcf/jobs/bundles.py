@@ -12,6 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import medcf
+from medcf.radiograph.header import DEFAULT_MAX_PIXEL_BYTES
 
 if TYPE_CHECKING:
     from medcf.prepare.base import Preparer
@@ -79,7 +80,12 @@ def common(root: str | Path) -> dict[str, Any]:
     return settings
 
 
-def preparer(kind: str, image_size: int | Sequence[int], max_pixel_bytes: int, square_crop: bool = False) -> Preparer:
+def preparer(
+    kind: str,
+    image_size: int | Sequence[int],
+    max_pixel_bytes: int = DEFAULT_MAX_PIXEL_BYTES,
+    square_crop: bool = False,
+) -> Preparer:
     """The preparer of a bundle's kind, so that the two bundles' job configs name one target: chest X-rays
     (:class:`~medcf.prepare.ChestPreparer`, a square side) or mammograms (:class:`~medcf.prepare.MammoPreparer`,
     height and width).
@@ -87,7 +93,7 @@ def preparer(kind: str, image_size: int | Sequence[int], max_pixel_bytes: int, s
     Args:
         kind: ``cxr`` or ``mammo`` (common.yaml's ``kind``).
         image_size: the side, or [height, width] (a chest size must be square).
-        max_pixel_bytes: the pixel budget per file.
+        max_pixel_bytes: the pixel budget per file (default 128 MiB).
         square_crop: chest only: crop the centre square instead of squeezing the aspect ratio.
 
     Returns:

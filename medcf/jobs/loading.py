@@ -103,32 +103,26 @@ def _require_file(setting: str, path: str | Path) -> None:
         raise FileNotFoundError(f"{setting}: {path} does not exist or is not a file")
 
 
-def trained_image_size(model_path: str | Path, square: bool = False) -> int | list[int]:
-    """The image size recorded in a model file (the size it was trained at): [height, width], or the side when
-    ``square`` (chest X-rays); a bundle config's default ``image_size``, so that a model trained at another size
-    needs no second setting.
+def trained_image_size(model_path: str | Path) -> list[int]:
+    """The image size recorded in a model file (the size it was trained at), [height, width]: a bundle config's
+    default ``image_size``, so that a model trained at another size needs no second setting (the bundle's
+    preparer, :func:`medcf.jobs.bundles.preparer`, takes a chest size as its one side).
 
     Args:
         model_path: the medcf model file.
-        square: return one side (and require a square size) instead of [height, width] (default False).
 
     Returns:
-        [height, width], or the side when ``square``.
+        [height, width].
 
     Raises:
         FileNotFoundError: when ``model_path`` is not a file.
-        ValueError: when the file is not a medcf model, does not record its image size, or (``square``) was
-            trained at a size that is not square.
+        ValueError: when the file is not a medcf model or does not record its image size.
     """
     _require_file("model_path", model_path)
     payload, _ = read_medcf_file(model_path, CHECKPOINT_FORMAT, "medcf checkpoint")
     size = [int(side) for side in payload.get("image_size") or ()]
     if len(size) != 2:
         raise ValueError(f"model_path: {model_path} does not record its image size; give --image_size")
-    if square:
-        if size[0] != size[1]:
-            raise ValueError(f"model_path: {model_path} was trained at {size[0]}x{size[1]}, not a square size")
-        return size[0]
     return size
 
 

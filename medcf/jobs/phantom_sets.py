@@ -203,8 +203,8 @@ def phantom_training_set(
     Raises:
         ValueError: when ``folder`` holds a phantom training set made with other settings.
     """
+    from medcf.jobs.bundles import preparer as preparer_of
     from medcf.jobs.prepare import PreparationRun
-    from medcf.prepare import ChestPreparer, MammoPreparer
 
     folder = Path(folder)
     settings = {"kind": kind, "n": n, "size": size, "seed": seed}
@@ -221,7 +221,7 @@ def phantom_training_set(
     folder.mkdir(parents=True, exist_ok=True)
     stamp.write_text(json.dumps(settings) + "\n")
     export, cohort = phantom_export_with_cohort(kind, folder, n, max(64, 2 * size), seed, workers)
-    preparer = ChestPreparer(size) if kind == "cxr" else MammoPreparer((size, size))
+    preparer = preparer_of(kind, size)
     PreparationRun(export, folder / "prepared", preparer, cohort=cohort, workers=workers, progress=False).run()
     return manifest
 
