@@ -117,7 +117,9 @@ def test_outputs_manifest_source_key_and_mlflow(setup, tmp_path):
     client, found = only_run("medcf-inference")
     assert found.info.status == "FINISHED" and found.data.params["guidance.mode"] == "dcfg"
     assert len(found.data.params["model_sha256"]) == 64
-    assert found.data.metrics["network_evaluations_per_counterfactual"] > 0
+    # per counterfactual: 4 DCFG decoding steps of 3 rows (affected, invariant, null) + its half of the 4 inversion
+    # steps the image's two interventions share
+    assert found.data.metrics["network_evaluations_per_counterfactual"] == 4 * 3 + 4 / 2
     assert [a.path for a in client.list_artifacts(found.info.run_id, "grids")]
     assert "source_key.csv" not in [a.path for a in client.list_artifacts(found.info.run_id)]
     assert not (out / RUN_MARKER).exists()
