@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/throughput.py [--device auto] [--stages engine end_to_end train]
         [--sizes 64 128 192] [--batches 1 8 64 256 512] [--precisions fp32 bf16] [--compile both]
-        [--guidance dcfg cfg dcfg_interval] [--steps 50] [--repeats 3] [--warmup 1] [--subjects 64]
+        [--guidance dcfg cfg dcfg_interval calibrated] [--steps 50] [--repeats 3] [--warmup 1] [--subjects 64]
         [--out benchmarks/results/throughput.csv]
 
 Stages (the ``stage`` column):
@@ -47,6 +47,7 @@ import torch
 from medcf.core.causal import CausalGraph
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.engine import CounterfactualEngine
+from medcf.core.guidance_plan import CalibratedPlan
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.core.interventions import parse_intervention
 from medcf.core.network import CounterfactualUNet, load_checkpoint
@@ -66,7 +67,18 @@ GUIDANCE = {
     "cfg": {"mode": "cfg", "weight": 2.0},
     # the guidance study's interval setting: guided only at noise levels sigma in (0.3, 5], one row per image outside
     "dcfg_interval": {"mode": "dcfg", "w_aff": 3.0, "w_inv": 1.0, "interval": (0.3, 5.0)},
+    # the bundle's default: its calibrated plan (models/guidance_plan.json): a weight and a band per attribute
+    "calibrated": {"mode": "calibrated"},
 }
+
+
+def engine_settings(name: str, steps: int, precision: str) -> GuidanceSettings:
+    """The engine's settings of the guidance ``name`` of :data:`GUIDANCE`; ``calibrated`` reads the chest bundle's
+    plan (not checked against the fresh network, whose cost does not depend on its weights)."""
+    if GUIDANCE[name]["mode"] != "calibrated":
+        return GuidanceSettings(**GUIDANCE[name], steps=steps, precision=precision)
+    plan = Path(bundle_root("cxr_counterfactual")) / "models" / "guidance_plan.json"
+    return CalibratedPlan.load(plan, CXR_SCHEMA).settings(steps=steps, precision=precision)
 
 
 class UtilisationSampler:
@@ -165,7 +177,7 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
             continue
         for guidance in args.guidance:
             for precision in args.precisions:
-                settings = GuidanceSettings(**GUIDANCE[guidance], steps=args.steps, precision=precision)
+                settings = engine_settings(guidance, args.steps, precision)
                 engine = CounterfactualEngine(network, diffusion, graph, settings)  # type: ignore[arg-type]
                 for size in args.sizes:
                     for batch in args.batches:

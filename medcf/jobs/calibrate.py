@@ -19,10 +19,12 @@ whose values the real images do not tell apart in either space (e.g. race in the
 to match: it gets the weight among ``no_effect_weights`` that changes the images least. A weight that does not
 move the matched ratio (``insensitive``) is left at 1, the conditional prediction.
 
-With several candidate guidance ``intervals`` each is searched; the one whose counterfactuals keep fine texture
+With several candidate guidance ``intervals`` each is searched; the ones whose counterfactuals keep fine texture
 as real images with the new value have it (texture score closest to 1: HF(c) / HF(r) over the real images' HF
-ratio of the two values, HF the standard deviation of an image minus its 1-pixel Gaussian blur inside the field)
-wins. One candidate (the default, no interval) costs one search per attribute.
+ratio of the two values, HF the standard deviation of an image minus its 1-pixel Gaussian blur inside the field;
+within ``texture_tolerance`` of the best count as equal) are kept, and of those the cheapest wins: the band that
+guides the fewest steps (outside it a step costs one network row per image instead of M + 1). One candidate (no
+interval) costs one search per attribute.
 """
 
 from __future__ import annotations
@@ -86,6 +88,8 @@ class CalibrationRun:
         min_correlation: split-half correlation the data's effect map needs to be used.
         no_effect_weights: the weights tried for an attribute the data show no effect of.
         intervals: candidate guidance intervals (None: every step, or [low, high] noise levels), see the module.
+        texture_tolerance: how much further from 1 a band's texture score may be than the best band's and still
+            count as equal, so that the cheaper band is kept (see :func:`~medcf.jobs.calibrator.choose_band`).
         schema: the bundle's attributes; device: ``auto``, ``cpu`` or ``cuda[:N]``.
         experiment: MLflow experiment name.
         progress: show a progress bar (one step per attribute).
@@ -117,6 +121,7 @@ class CalibrationRun:
     min_correlation: float = 0.3
     no_effect_weights: Sequence[float] = (0.0, 1.0)
     intervals: Sequence[Sequence[float] | None] = (None,)
+    texture_tolerance: float = 0.02
     schema: AttributeSchema | None = None
     experiment: str = "medcf-calibrate"
     device: str | torch.device = "auto"
@@ -131,6 +136,8 @@ class CalibrationRun:
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
         if self.match not in ("pixels", "predictors"):
             raise ValueError(f"match: {self.match!r} must be pixels or predictors")
+        if not (isinstance(self.texture_tolerance, int | float) and 0 <= self.texture_tolerance < math.inf):
+            raise ValueError(f"texture_tolerance: {self.texture_tolerance!r} must be a number >= 0")
         if not list(self.intervals):
             raise ValueError("intervals: give at least one candidate (null: guide at every step)")
         for band in self.intervals:  # w_inv, steps and the bands checked as everywhere

@@ -148,13 +148,14 @@ class Calibrator:
         predictors read."""
         engine = self._engine({**self.weights, name: weight}, {**self.bands, name: band})
         measured, expected, changes, hits, textures, moved = [], [], [], [], [], 0
-        along, squared = [], []
+        along, squared, evaluations = [], [], []
         for move in self._moves(name):
             factual = [self.chosen.factual[p] for p in move.positions]
             batch = engine.predict(self.latents[move.positions], factual, move.intervention)
             if not batch.made:
                 continue
             positions = [move.positions[j] for j in batch.made]
+            evaluations.append(batch.network_evaluations)
             images = batch.images.cpu()
             readings = raw_readings(self.predictor, images)[name]
             hf = high_frequency(images, self.field[positions]).numpy()
@@ -187,6 +188,7 @@ class Calibrator:
             "mean_abs_change": change,
             "texture_score": float(np.mean(finite_textures)) if finite_textures else math.nan,
             "target_preferred": float(np.mean(hits)) if hits else math.nan,
+            "network_evaluations": max(evaluations, default=0),
             "images": moved,
         }
 
@@ -232,11 +234,10 @@ class Calibrator:
             if len(self.run.intervals) > 1:  # the texture at the chosen weight decides between the bands
                 ratio_at(search.weight, measure)
             closest = min(tried[first:], key=lambda row: abs(row["weight"] - search.weight))
-            outcomes.append((band, search, closest["texture_score"], measure))
-        matched = [o for o in outcomes if o[1].status == "matched"] or outcomes
-        band, search, texture_score, measure = min(
-            matched, key=lambda o: abs(o[2] - 1) if math.isfinite(o[2]) else math.inf
-        )
+            cost = closest["network_evaluations"]
+            outcomes.append(BandOutcome(band, search, closest["texture_score"], measure, cost))
+        chosen = choose_band(outcomes, self.run.texture_tolerance)
+        band, search, texture_score, measure = chosen.band, chosen.search, chosen.texture_score, chosen.measure
         ratios = list(search.tried.values())
         if max(ratios) - min(ratios) < self.run.tolerance:  # the weight does not move what is matched
             search = WeightSearch(1.0, "insensitive", search.tried)
@@ -250,6 +251,47 @@ class Calibrator:
             "tried": rounded_rows(tried),
         }
         return AttributeGuidance(search.weight, band, search.status, figures), tried
+
+
+@dataclass(frozen=True)
+class BandOutcome:
+    """One candidate guidance interval of an attribute, searched.
+
+    Attributes:
+        band: the interval (None: every step).
+        search: the weight search in it.
+        texture_score: the texture score at the weight found (1: real images' fine texture; NaN: not measured).
+        measure: the ratio the search matched (``pixel_ratio`` or ``shift_ratio``).
+        evaluations: network evaluations per image of a decode at that weight (its cost).
+    """
+
+    band: tuple[float, float] | None
+    search: WeightSearch
+    texture_score: float
+    measure: str
+    evaluations: int
+
+
+def choose_band(outcomes: Sequence[BandOutcome], texture_tolerance: float) -> BandOutcome:
+    """The guidance interval an attribute keeps: of the bands whose search matched (all, if none did), those whose
+    texture score is within ``texture_tolerance`` of the best one's distance from 1; of those the cheapest (fewest
+    network evaluations per decode), then the one with the better texture.
+
+    Args:
+        outcomes: the searched candidates, in the order tried.
+        texture_tolerance: how much further from 1 a texture score may be and still count as equal.
+
+    Returns:
+        The chosen outcome.
+    """
+
+    def distance(outcome: BandOutcome) -> float:
+        return abs(outcome.texture_score - 1) if math.isfinite(outcome.texture_score) else math.inf
+
+    matched = [o for o in outcomes if o.search.status == "matched"] or list(outcomes)
+    best = min(distance(o) for o in matched)
+    equal = [o for o in matched if distance(o) <= best + texture_tolerance] if math.isfinite(best) else matched
+    return min(equal, key=lambda o: (o.evaluations, distance(o)))
 
 
 def rounded(value: float | None) -> float | None:

@@ -50,6 +50,9 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
         assert len(set(decoded)) == len(decoded), "one decode per weight"
         assert recorded <= set(decoded) and len(decoded) - len(recorded) <= 1  # + the choice, where new
         assert guidance.figures["texture_score"] is not None
+        # a decode guided at sigma_t <= 2 (2 of the 4 steps) costs fewer network rows than one guided at every step
+        cost = rows.groupby("interval")["network_evaluations"].max()
+        assert cost["0-2"] < cost["none"], cost
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     client = mlflow.MlflowClient()
