@@ -11,6 +11,9 @@
 #   3. OUT/<kind>/ gets model.pt and graph.json (11 MB: carry them back in as START for the next session),
 #      the checks as JSON / CSV and the MLflow metrics of the training (loss, val_loss per step) as CSV.
 #   WORK=/tmp/train OUT=/tmp/out START=runs/gpu_start SESSION=1 MINUTES=6 bash benchmarks/gpu_training.sh
+# MINUTES covers the epochs only: making the phantom sets (before) and the export and checks (after) come on top, so
+# leave a few minutes of the call for them; the first validation and sample grid are inside the budget because
+# --val_interval 1 makes every epoch validate (the longest epoch so far decides when to stop).
 # Smoke settings on a CPU: DEVICE=cpu MINUTES=0.2 N=60 HELDOUT=8 IMAGES=2 SEEDS="[0]" STEPS=2 COUNT=4 EFFECT_SEEDS=1 \
 #   CHECK_STEPS=2 SUBJECTS=4
 # The GPU image needs the wheels of benchmarks/gpu_env.sh in .whl (carried in beside START).
@@ -19,7 +22,9 @@ WORK=${WORK:-/tmp/train}; OUT=${OUT:-/tmp/out}; START=${START:-runs/gpu_start}; 
 MINUTES=${MINUTES:-6}; N=${N:-20000}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}
 HELDOUT=${HELDOUT:-48}; IMAGES=${IMAGES:-8}; SEEDS=${SEEDS:-"[0, 1, 2]"}; STEPS=${STEPS:-20}; COUNT=${COUNT:-64}
 EFFECT_SEEDS=${EFFECT_SEEDS:-16}; CHECK_STEPS=${CHECK_STEPS:-25}; SUBJECTS=${SUBJECTS:-48}
-case "$START" in /*) ;; *) START="$PWD/$START" ;; esac
+cd "$(dirname "$0")/.."   # the repository root: bundles/, .whl and START are read from there
+absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
+WORK=$(absolute "$WORK"); OUT=$(absolute "$OUT"); START=$(absolute "$START")
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4} PYTHONUNBUFFERED=1
 mkdir -p "$WORK/logs" "$OUT"
 started=$(date +%s)

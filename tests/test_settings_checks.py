@@ -2,6 +2,7 @@
 
 import pytest
 
+from medcf.jobs.calibrate import CalibrationRun
 from medcf.jobs.inference import InferenceRun
 from medcf.prepare import ChestPreparer
 from medcf.runtime.settings import require_integer
@@ -23,4 +24,14 @@ def test_the_inference_job_refuses_a_bad_number_when_it_is_made(tmp_path, key, v
     )  # fmt: skip
     with pytest.raises(ValueError, match=rf"^{key}: {value} must be an integer >= {minimum}$"):
         InferenceRun(**settings, **{key: value})
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("tolerance", [-0.01, float("inf"), True, "0.02"])
+def test_the_calibrate_job_refuses_a_bad_texture_tolerance_when_it_is_made(tmp_path, tolerance):
+    with pytest.raises(ValueError, match=r"^texture_tolerance: .* must be a number >= 0$"):
+        CalibrationRun(
+            tmp_path / "out", tmp_path / "model.pt", tmp_path / "graph.json", tmp_path / "predictors.pt",
+            ChestPreparer(64), "cxr", texture_tolerance=tolerance,
+        )  # fmt: skip
     assert not (tmp_path / "out").exists()

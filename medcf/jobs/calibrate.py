@@ -136,7 +136,8 @@ class CalibrationRun:
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
         if self.match not in ("pixels", "predictors"):
             raise ValueError(f"match: {self.match!r} must be pixels or predictors")
-        if not (isinstance(self.texture_tolerance, int | float) and 0 <= self.texture_tolerance < math.inf):
+        tolerance = self.texture_tolerance
+        if isinstance(tolerance, bool) or not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
             raise ValueError(f"texture_tolerance: {self.texture_tolerance!r} must be a number >= 0")
         if not list(self.intervals):
             raise ValueError("intervals: give at least one candidate (null: guide at every step)")

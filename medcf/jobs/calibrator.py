@@ -262,7 +262,7 @@ class BandOutcome:
         search: the weight search in it.
         texture_score: the texture score at the weight found (1: real images' fine texture; NaN: not measured).
         measure: the ratio the search matched (``pixel_ratio`` or ``shift_ratio``).
-        evaluations: network evaluations per image of a decode at that weight (its cost).
+        evaluations: network evaluations per image of a decode at that weight (its cost; 0 when it made no image).
     """
 
     band: tuple[float, float] | None
@@ -291,7 +291,7 @@ def choose_band(outcomes: Sequence[BandOutcome], texture_tolerance: float) -> Ba
     matched = [o for o in outcomes if o.search.status == "matched"] or list(outcomes)
     best = min(distance(o) for o in matched)
     equal = [o for o in matched if distance(o) <= best + texture_tolerance] if math.isfinite(best) else matched
-    return min(equal, key=lambda o: (o.evaluations, distance(o)))
+    return min(equal, key=lambda o: (o.evaluations or math.inf, distance(o)))  # 0: nothing was decoded
 
 
 def rounded(value: float | None) -> float | None:

@@ -38,3 +38,8 @@ def test_unmeasured_texture_leaves_the_choice_to_cost():
     every, middle = outcome(EVERY_STEP, math.nan, 150), outcome(MIDDLE, math.nan, 84)
     assert choose_band([every, middle], 0.02) is middle
     assert choose_band([outcome(EVERY_STEP, 1.0, 150), middle], 0.02).band is EVERY_STEP
+
+
+def test_a_band_that_decoded_nothing_does_not_win_on_cost():
+    empty = outcome(MIDDLE, math.nan, 0)  # no image could be moved: no cost measured
+    assert choose_band([outcome(EVERY_STEP, math.nan, 150), empty], 0.02).band is EVERY_STEP

@@ -144,7 +144,8 @@ def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, man
     the whole split), draws from its own items (with --balance: weighted by the values among its own items) and
     runs half the iterations of an epoch."""
     out = tmp_path / "out"
-    common = ["--manifest", str(manifests["cxr"]), "--max_epochs", "1", "--val_interval", "1", "--output_dir", str(out)]
+    common = ["--manifest", str(manifests["cxr"]), "--val_interval", "1", "--output_dir", str(out)]
+    common += ["--max_epochs", "3", "--max_minutes", "0.0001"]  # the time budget stops both ranks after epoch 1
     balanced = ["--balance", balance if balance else "$None"]  # $None: the loader shuffles (the default balances)
     result = train("cxr_counterfactual", tmp_path, *common, *balanced, nproc=2, overlays=(RANK_ITEMS,))
     assert result.returncode == 0, result.stderr[-3000:]
@@ -168,7 +169,7 @@ def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, man
     per_rank = math.ceil(math.ceil(train_images / 2) / 8)
     iterations = {int(m) for m in re.findall(r"Iter: \d+/(\d+)", result.stdout + result.stderr)}
     assert iterations == {per_rank}
-    assert (out / "model.pt").is_file()
+    assert load_checkpoint(out / "model.pt")[1]["trained_epochs"] == 1
 
 
 def test_balance_switches_the_loader_from_shuffling_to_balanced_draws(manifests):
