@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/throughput.py [--device auto] [--stages engine end_to_end train]
         [--sizes 64 128 192] [--batches 1 8 64 256 512] [--precisions fp32 bf16] [--compile both]
-        [--guidance dcfg cfg dcfg_interval calibrated] [--steps 50] [--repeats 3] [--warmup 1] [--subjects 64]
-        [--out benchmarks/results/throughput.csv]
+        [--guidance dcfg cfg dcfg_interval calibrated] [--plan PLAN.json] [--steps 50] [--repeats 3] [--warmup 1]
+        [--subjects 64] [--out benchmarks/results/throughput.csv]
 
 Stages (the ``stage`` column):
 
@@ -72,13 +72,20 @@ GUIDANCE = {
 }
 
 
-def engine_settings(name: str, steps: int, precision: str) -> GuidanceSettings:
-    """The engine's settings of the guidance ``name`` of :data:`GUIDANCE`; ``calibrated`` reads the chest bundle's
-    plan (not checked against the fresh network, whose cost does not depend on its weights)."""
+BUNDLE_PLAN = Path(bundle_root("cxr_counterfactual")) / "models" / "guidance_plan.json"
+
+
+def engine_settings(name: str, steps: int, precision: str, plan: Path = BUNDLE_PLAN) -> GuidanceSettings:
+    """The engine's settings of the guidance ``name`` of :data:`GUIDANCE`; ``calibrated`` reads the chest guidance
+    ``plan`` (not checked against the fresh network, whose cost does not depend on its weights)."""
     if GUIDANCE[name]["mode"] != "calibrated":
         return GuidanceSettings(**GUIDANCE[name], steps=steps, precision=precision)
-    plan = Path(bundle_root("cxr_counterfactual")) / "models" / "guidance_plan.json"
     return CalibratedPlan.load(plan, CXR_SCHEMA).settings(steps=steps, precision=precision)
+
+
+def guidance_label(name: str, plan: Path) -> str:
+    """The table's ``guidance`` of ``name``: a calibrated row names its plan (file and SHA-256 prefix)."""
+    return f"{name} {CalibratedPlan.load(plan, CXR_SCHEMA).label}" if name == "calibrated" else name
 
 
 class UtilisationSampler:
@@ -177,7 +184,7 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
             continue
         for guidance in args.guidance:
             for precision in args.precisions:
-                settings = engine_settings(guidance, args.steps, precision)
+                settings = engine_settings(guidance, args.steps, precision, args.plan)
                 engine = CounterfactualEngine(network, diffusion, graph, settings)  # type: ignore[arg-type]
                 for size in args.sizes:
                     for batch in args.batches:
@@ -196,31 +203,34 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
                                 torch.cuda.empty_cache()
                             continue
                         rate = len(interventions) * batch / seconds
-                        rows.append(row(device, "engine", size, batch, precision, compiled, guidance, rate, sampler))
+                        label = guidance_label(guidance, args.plan)
+                        rows.append(row(device, "engine", size, batch, precision, compiled, label, rate, sampler))
                         append_rows(args.out, rows[-1:])
                         print(f"engine {guidance} {precision} compiled={compiled} {size}px batch {batch}: "
                               f"{rate:.3g} counterfactuals/s, peak {peak_memory(device)}", flush=True)  # fmt: skip
     return rows
 
 
-def guidance_arguments(name: str) -> list[str]:
-    """The inference bundle's command-line settings of the guidance ``name`` of :data:`GUIDANCE`."""
+def guidance_arguments(name: str, plan: Path = BUNDLE_PLAN) -> list[str]:
+    """The inference bundle's command-line settings of the guidance ``name`` of :data:`GUIDANCE` (``calibrated``: the
+    guidance ``plan``)."""
     settings = GUIDANCE[name]
     keys = {"mode": "--guidance", "weight": "--w", "w_aff": "--w_aff", "w_inv": "--w_inv", "interval": "--interval"}
-    return [
+    arguments = [
         text
         for key, value in settings.items()
         for text in (keys[key], str(list(value) if key == "interval" else value))
     ]
+    return arguments + (["--guidance_plan", str(plan)] if settings["mode"] == "calibrated" else [])
 
 
 def run_inference_bundle(
     export: Path, cohort: Path, out: Path, guidance: str, steps: int, batch: int, device: str,
     precision: str = "fp32", processes: int = 1, environment: dict[str, str] | None = None,
-    extra: tuple[str, ...] = (),
+    extra: tuple[str, ...] = (), plan: Path = BUNDLE_PLAN,
 ) -> tuple[int, float]:  # fmt: skip
     """Run the chest inference bundle as a user does (over ``processes`` torchrun processes when more than one, with
-    ``multi_gpu_inference.yaml``), the MLflow store beside ``out``.
+    ``multi_gpu_inference.yaml``), the MLflow store beside ``out``; ``calibrated`` guidance decodes with ``plan``.
 
     Returns:
         (counterfactuals made, seconds of the job's own clock).
@@ -237,8 +247,8 @@ def run_inference_bundle(
     command = [
         *launcher, "monai.bundle", "run", "--config_file", config,
         "--dataset_dir", str(export), "--labels", str(cohort), "--output_dir", str(out),
-        *guidance_arguments(guidance), "--steps", str(steps), "--batch_size", str(batch), "--precision", precision,
-        "--device", device, "--interventions", str(list(INTERVENTIONS)), *extra,
+        *guidance_arguments(guidance, plan), "--steps", str(steps), "--batch_size", str(batch),
+        "--precision", precision, "--device", device, "--interventions", str(list(INTERVENTIONS)), *extra,
     ]  # fmt: skip
     store = {"MLFLOW_TRACKING_URI": f"sqlite:///{out.parent / 'mlflow.db'}"}
     done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **store, **(environment or {})})
@@ -260,13 +270,14 @@ def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict
                     try:
                         with UtilisationSampler(device) as sampler:
                             made, seconds = run_inference_bundle(
-                                export, cohort, out, guidance, args.steps, batch, str(device), precision
+                                export, cohort, out, guidance, args.steps, batch, str(device), precision, plan=args.plan
                             )
                     except RuntimeError as error:
                         print(f"end_to_end batch {batch}: failed ({error}); skipped")
                         continue
                     rate = made / seconds
-                    rows.append(row(device, "end_to_end", 64, batch, precision, False, guidance, rate, sampler))
+                    label = guidance_label(guidance, args.plan)
+                    rows.append(row(device, "end_to_end", 64, batch, precision, False, label, rate, sampler))
                     append_rows(args.out, rows[-1:])
                     print(f"end_to_end {guidance} {precision} batch {batch}: {made} counterfactuals in "
                           f"{seconds} s = {rate:.3g}/s", flush=True)  # fmt: skip
@@ -346,6 +357,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
     parser.add_argument("--compile", default="both", choices=["no", "yes", "both"])
     parser.add_argument("--guidance", nargs="+", default=["dcfg", "cfg"], choices=sorted(GUIDANCE))
+    parser.add_argument("--plan", type=Path, default=BUNDLE_PLAN, help="guidance plan of --guidance calibrated")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (0 is fine on a CPU, uncompiled)")
