@@ -43,7 +43,7 @@ STEPS = 10
 #: change them: measure again and update them with the weights.
 MEAN_CHANGE = {
     "cxr_counterfactual": {"do(sex=F)": 0.121614, "do(age=+20)": 0.115449, "do(race=Black)": 0.130432},
-    "mammo_counterfactual": {"do(density=D)": 0.101383, "do(age=+15)": 0.064091},
+    "mammo_counterfactual": {"do(density=D)": 0.104638, "do(age=+15)": 0.060936},
 }
 
 

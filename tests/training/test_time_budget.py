@@ -1,16 +1,11 @@
 """The training's wall-clock budget: it stops at the end of the last epoch that fits (fake clock), lets a run
-without a budget go to max_epochs, refuses a bad setting, and ends a bundle training cleanly (checkpoint and model
-at the epoch it stopped, resumable)."""
-
-import re
+without a budget go to max_epochs and refuses a bad setting. The bundles' trainings stopped by it:
+tests/training/test_train_bundles.py (resumed, and under torchrun)."""
 
 import pytest
 from ignite.engine import Engine, Events
 
-from medcf.core.network import load_checkpoint
-from medcf.jobs.phantom_sets import phantom_training_set
 from medcf.training.time_budget import TimeBudget
-from tests.training.test_train_bundles import runs, train
 
 
 class FakeClock:
@@ -59,19 +54,3 @@ def test_no_budget_runs_to_max_epochs_and_bad_settings_are_refused():
     for bad in (0, -1, float("inf"), float("nan"), "5", True):
         with pytest.raises(ValueError, match="max_minutes: .* must be a number > 0, or null"):
             TimeBudget(bad)
-
-
-def test_bundle_training_stops_cleanly_and_resumes(tmp_path):
-    manifest = phantom_training_set("cxr", tmp_path / "phantom", 48, 32, seed=2, workers=1)
-    out = tmp_path / "out"
-    common = ["--manifest", str(manifest), "--output_dir", str(out), "--val_interval", "5"]
-    first = train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "6", "--max_minutes", "0.0001")
-    assert first.returncode == 0, first.stderr[-3000:]
-    assert "time budget: stopping after epoch 1" in first.stdout + first.stderr
-    assert load_checkpoint(out / "model.pt")[1]["trained_epochs"] == 1
-    (run,) = runs(tmp_path, "medcf-cxr")
-    assert run.info.status == "FINISHED" and run.data.params["max_minutes"] == "0.0001"
-    again = train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "6", "--max_minutes", "0.0001")
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert re.search(r"resumed from .*checkpoint.pt at epoch 1,", again.stdout + again.stderr)
-    assert load_checkpoint(out / "model.pt")[1]["trained_epochs"] == 2

@@ -114,18 +114,21 @@ def test_short_training_run_lowers_the_loss_and_is_tracked(tmp_path, manifests, 
 
 
 def test_resume_continues_from_the_saved_step(tmp_path, manifests):
-    """A second run on the same output_dir continues at the saved epoch and iteration, not from zero, and in the
-    same MLflow run: one run, FINISHED, whose loss curve goes on after the saved step; the setting changed on
-    resuming is tagged (MLflow keeps a parameter's first value)."""
+    """A second run on the same output_dir continues at the saved epoch and iteration, not from zero (here stopped
+    by its time budget after one more epoch), and in the same MLflow run: one run, FINISHED, whose loss curve goes
+    on after the saved step; the setting changed on resuming is tagged (MLflow keeps a parameter's first value)."""
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--output_dir", str(out), "--val_interval", "5"]
     assert train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "2").returncode == 0
     first = torch.load(out / "checkpoint.pt", weights_only=True)
-    resumed = train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "3")
+    # resumed with a time budget shorter than any epoch: one more epoch, then it stops with checkpoint and model
+    resumed = train("cxr_counterfactual", tmp_path, *common, "--max_epochs", "6", "--max_minutes", "0.0001")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert re.search(
         rf"resumed from .*checkpoint.pt at epoch 2, iteration {first['iteration']}", resumed.stdout + resumed.stderr
     )
+    assert "time budget: stopping after epoch 3" in resumed.stdout + resumed.stderr
+    assert load_checkpoint(out / "model.pt")[1]["trained_epochs"] == 3
     second = torch.load(out / "checkpoint.pt", weights_only=True)
     assert (second["epoch"], second["iteration"]) == (3, first["iteration"] * 3 // 2)
     (run,) = runs(tmp_path, "medcf-cxr")
@@ -134,7 +137,7 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
     assert load_checkpoint(out / "model.pt")[1]["training_run_id"] == run.info.run_id
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(run.info.run_id, "train_loss")]
     assert sorted(steps) == list(range(1, second["iteration"] + 1))  # --log_every 1: every step once, in one run
-    assert run.data.params["max_epochs"] == "2" and run.data.tags["medcf.resumed.max_epochs"] == "3"
+    assert run.data.params["max_epochs"] == "2" and run.data.tags["medcf.resumed.max_epochs"] == "6"
 
 
 @pytest.mark.parametrize("balance", [None, "disease"])
