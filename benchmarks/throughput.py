@@ -185,6 +185,7 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
         for guidance in args.guidance:
             for precision in args.precisions:
                 settings = engine_settings(guidance, args.steps, precision, args.plan)
+                label = guidance_label(guidance, args.plan)
                 engine = CounterfactualEngine(network, diffusion, graph, settings)  # type: ignore[arg-type]
                 for size in args.sizes:
                     for batch in args.batches:
@@ -203,7 +204,6 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
                                 torch.cuda.empty_cache()
                             continue
                         rate = len(interventions) * batch / seconds
-                        label = guidance_label(guidance, args.plan)
                         rows.append(row(device, "engine", size, batch, precision, compiled, label, rate, sampler))
                         append_rows(args.out, rows[-1:])
                         print(f"engine {guidance} {precision} compiled={compiled} {size}px batch {batch}: "
@@ -264,6 +264,7 @@ def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict
     with tempfile.TemporaryDirectory() as folder:
         export, cohort = phantom_export_with_cohort("cxr", Path(folder) / "data", args.subjects, 128, 4242)
         for guidance in args.guidance:
+            label = guidance_label(guidance, args.plan)
             for precision in args.precisions:
                 for batch in args.batches:
                     out = Path(folder) / f"out_{guidance}_{precision}_{batch}"
@@ -276,7 +277,6 @@ def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict
                         print(f"end_to_end batch {batch}: failed ({error}); skipped")
                         continue
                     rate = made / seconds
-                    label = guidance_label(guidance, args.plan)
                     rows.append(row(device, "end_to_end", 64, batch, precision, False, label, rate, sampler))
                     append_rows(args.out, rows[-1:])
                     print(f"end_to_end {guidance} {precision} batch {batch}: {made} counterfactuals in "

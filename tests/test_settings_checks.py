@@ -1,11 +1,13 @@
 """A job's plain settings are checked once, when the job is made from its YAML keys, in one line naming the key."""
 
+import re
+
 import pytest
 
 from medcf.jobs.calibrate import CalibrationRun
 from medcf.jobs.inference import InferenceRun
 from medcf.prepare import ChestPreparer
-from medcf.runtime.settings import require_integer
+from medcf.runtime.settings import require_integer, require_number
 
 
 def test_an_integer_setting_is_refused_below_its_minimum_or_as_another_type():
@@ -13,6 +15,16 @@ def test_an_integer_setting_is_refused_below_its_minimum_or_as_another_type():
     for value in (0, 2.0, True, "3", None):
         with pytest.raises(ValueError, match=rf"^steps: {value!r} must be an integer >= 1$"):
             require_integer("steps", value, 1)
+
+
+def test_a_number_setting_is_refused_outside_its_bound_or_as_another_type():
+    assert require_number("tolerance", 0, 0) == 0 and require_number("tolerance", 0.5, 0) == 0.5
+    assert require_number("minutes", None, 0, exclusive=True, allow_none=True) is None
+    for value in (-0.1, float("inf"), float("nan"), True, "1", None):
+        with pytest.raises(ValueError, match=rf"^tolerance: {re.escape(repr(value))} must be a number >= 0$"):
+            require_number("tolerance", value, 0)
+    with pytest.raises(ValueError, match=r"^minutes: 0 must be a number > 0, or null$"):
+        require_number("minutes", 0, 0, exclusive=True, allow_none=True)
 
 
 @pytest.mark.parametrize(("key", "value", "minimum"), [("batch_size", 0, 1), ("workers", -1, 0)])

@@ -53,7 +53,7 @@ from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
 from medcf.measure.predictors import load_predictors
 from medcf.prepare.base import Preparer
 from medcf.runtime.files import file_sha256, write_csv_atomic
-from medcf.runtime.settings import require_integer
+from medcf.runtime.settings import require_integer, require_number
 from medcf.runtime.tracking import flatten
 
 PLAN_FILE, CALIBRATION_CSV = "guidance_plan.json", "calibration.csv"
@@ -136,9 +136,7 @@ class CalibrationRun:
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
         if self.match not in ("pixels", "predictors"):
             raise ValueError(f"match: {self.match!r} must be pixels or predictors")
-        tolerance = self.texture_tolerance
-        if isinstance(tolerance, bool) or not (isinstance(tolerance, int | float) and 0 <= tolerance < math.inf):
-            raise ValueError(f"texture_tolerance: {self.texture_tolerance!r} must be a number >= 0")
+        require_number("texture_tolerance", self.texture_tolerance, 0)
         if not list(self.intervals):
             raise ValueError("intervals: give at least one candidate (null: guide at every step)")
         for band in self.intervals:  # w_inv, steps and the bands checked as everywhere

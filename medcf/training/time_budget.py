@@ -10,13 +10,14 @@ Under torchrun every process stops at the same epoch: the decision is the maximu
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 
 import ignite.distributed as idist
 import torch
 from ignite.engine import Engine, Events
+
+from medcf.runtime.settings import require_number
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +34,9 @@ class TimeBudget:
     """
 
     def __init__(self, minutes: float | None, clock: Callable[[], float] = time.monotonic) -> None:
-        if minutes is not None and not (
-            isinstance(minutes, int | float) and not isinstance(minutes, bool) and 0 < minutes < math.inf
-        ):
-            raise ValueError(f"max_minutes: {minutes!r} must be a number > 0, or null for no time budget")
-        self.minutes, self.clock = minutes, clock
-        self.started = self.last_epoch_end = 0.0
-        self.longest_epoch = 0.0
+        self.minutes = require_number("max_minutes", minutes, 0, exclusive=True, allow_none=True)
+        self.clock = clock
+        self.started = self.last_epoch_end = self.longest_epoch = 0.0
 
     def attach(self, trainer: Engine) -> None:
         """Start the clock at STARTED and check the budget at every EPOCH_COMPLETED (nothing without a budget).
@@ -74,7 +71,7 @@ class TimeBudget:
         self.longest_epoch = max(self.longest_epoch, now - self.last_epoch_end)
         self.last_epoch_end = now
         spent = now - self.started
-        stop = spent + self.longest_epoch > 60.0 * float(self.minutes or 0.0)
+        stop = spent + self.longest_epoch > 60.0 * self.minutes  # attached only with a budget
         if idist.get_world_size() > 1:  # every rank stops at the same epoch, or the others wait forever
             stop = bool(idist.all_reduce(torch.tensor(float(stop)), op="MAX").item())
         if stop:
