@@ -14,12 +14,13 @@
 # MINUTES covers the epochs only: making the phantom sets (before) and the export and checks (after) come on top, so
 # leave a few minutes of the call for them; the first validation and sample grid are inside the budget because
 # --val_interval 1 makes every epoch validate (the longest epoch so far decides when to stop).
+# A CPU session (no GPU lent; one torch thread per bundle): DEVICE=cpu OMP_NUM_THREADS=1 N=6000 BATCH=8 LR=0.0001
 # Smoke settings on a CPU: DEVICE=cpu MINUTES=0.2 N=60 HELDOUT=8 IMAGES=2 SEEDS="[0]" STEPS=2 COUNT=4 EFFECT_SEEDS=1 \
 #   CHECK_STEPS=2 SUBJECTS=4
 # The GPU image needs the wheels of benchmarks/gpu_env.sh in .whl (carried in beside START).
 set -u
 WORK=${WORK:-/tmp/train}; OUT=${OUT:-/tmp/out}; START=${START:-runs/gpu_start}; SESSION=${SESSION:-1}
-MINUTES=${MINUTES:-6}; N=${N:-20000}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}
+MINUTES=${MINUTES:-6}; N=${N:-20000}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}; LR=${LR:-}  # LR empty: train.yaml's
 HELDOUT=${HELDOUT:-48}; IMAGES=${IMAGES:-8}; SEEDS=${SEEDS:-"[0, 1, 2]"}; STEPS=${STEPS:-20}; COUNT=${COUNT:-64}
 EFFECT_SEEDS=${EFFECT_SEEDS:-16}; CHECK_STEPS=${CHECK_STEPS:-25}; SUBJECTS=${SUBJECTS:-48}
 cd "$(dirname "$0")/.."   # the repository root: bundles/, .whl and START are read from there
@@ -47,7 +48,7 @@ train() {  # train KIND: one bundle's training, its own MLflow store
   ( cd "$WORK/$kind" && MLFLOW_TRACKING_URI="sqlite:///$WORK/$kind/mlflow.db" python3 -m monai.bundle run \
       --config_file "$OLDPWD/bundles/${BUNDLE[$kind]}/configs/train.yaml" --output_dir "$WORK/$kind/run" \
       --phantom_dir "$WORK/$kind/phantom" --phantom_n "$N" --phantom_seed $(( 100 + SESSION )) \
-      --init_weights "$from/model.pt" --max_minutes "$MINUTES" --max_epochs 1000 --batch_size "$BATCH" \
+      --init_weights "$from/model.pt" --max_minutes "$MINUTES" --max_epochs 1000 --batch_size "$BATCH" ${LR:+--learning_rate "$LR"} \
       --val_interval 1 --log_every 20 ) > "$WORK/logs/train_$kind.log" 2>&1
   event "train $kind finished with $? (from $from)"
 }

@@ -25,6 +25,7 @@ from scipy.optimize import minimize
 from scipy.special import expit, logit
 
 from medcf.core.attributes import AttributeSchema, AttributeValue, SchemaError
+from medcf.core.manifest_labels import allowed_rows, read_manifest
 from medcf.runtime.files import write_text_atomic
 
 
@@ -238,7 +239,7 @@ class CausalGraph:
 
         Args:
             schema: the attributes and their parents.
-            manifest: the manifest CSV; only rows with ``status`` ``ok`` are used.
+            manifest: the manifest CSV; only rows with ``status`` ``ok`` and labels ``schema`` allows are used.
             split: keep only the rows of this split (when the manifest has a ``split`` column); None keeps all.
 
         Returns:
@@ -247,11 +248,7 @@ class CausalGraph:
         Raises:
             SchemaError: as :meth:`fit`.
         """
-        table = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
-        table = table[table["status"] == "ok"]
-        if split is not None and "split" in table.columns:
-            table = table[table["split"] == split]
-        return cls.fit(schema, table)
+        return cls.fit(schema, allowed_rows(read_manifest(manifest, split), schema, manifest))
 
     def affected(self, intervened: Iterable[str]) -> set[str]:
         """Intervened attributes and their causal descendants: the DCFG affected group.

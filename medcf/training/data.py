@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
-import pandas as pd
 import torch
 from monai.data import CacheDataset, partition_dataset
 from monai.transforms import LoadImaged
@@ -17,6 +16,7 @@ from torch.utils.data import DistributedSampler, Sampler, WeightedRandomSampler
 
 from medcf.core.attributes import AttributeSchema, SchemaError
 from medcf.core.conditioning import encode_attributes
+from medcf.core.manifest_labels import allowed_rows, read_manifest
 from medcf.runtime.distributed import Shard
 
 logger = logging.getLogger("medcf.training")
@@ -37,11 +37,11 @@ def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | N
 
     Raises:
         SchemaError: when an attribute column is missing, ``split`` is given without a ``split`` column, or an
-            image lacks attribute values.
+            image lacks attribute values. Rows with values outside ``schema`` are left out with a warning
+            (:func:`~medcf.core.manifest_labels.allowed_rows`).
     """
     manifest = Path(manifest)
-    table = pd.read_csv(manifest, keep_default_na=False, na_values=[""])
-    table = table[table["status"] == "ok"]
+    table = read_manifest(manifest)
     missing = [name for name in schema.names if name not in table.columns]
     if missing:
         raise SchemaError(
@@ -56,8 +56,9 @@ def manifest_items(manifest: str | Path, schema: AttributeSchema, split: str | N
     if len(unlabelled):
         raise SchemaError(
             f"{manifest}: {len(unlabelled)} prepared images lack attribute values "
-            f"(first: {unlabelled['source'].iloc[0]})"
+            f"(first: line {unlabelled.index[0] + 2})"
         )
+    table = allowed_rows(table, schema, manifest)
     codes = encode_attributes(schema, table[list(schema.names)].to_dict("records")).numpy()
     root = manifest.parent
     return [

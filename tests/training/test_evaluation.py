@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from medcf.core.attributes import SchemaError
+from medcf.core.causal import CausalGraph
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.network import CounterfactualUNet, ModelConfig, save_checkpoint
 from medcf.measure.reconstruction import main, reconstruction_errors
@@ -86,5 +87,26 @@ class TestManifestItems:
             manifest_items(tmp_path / "no_race.csv", CXR_SCHEMA)
         table.loc[0, "disease"] = None
         table.to_csv(tmp_path / "gap.csv", index=False)
-        with pytest.raises(SchemaError, match="1 prepared images lack attribute values \\(first: 0.dcm\\)"):
+        with pytest.raises(SchemaError, match="1 prepared images lack attribute values \\(first: line 2\\)"):
             manifest_items(tmp_path / "gap.csv", CXR_SCHEMA)
+
+    def test_a_row_outside_the_models_attributes_is_left_out_with_one_warning(self, prepared, tmp_path, caplog):
+        """MIMIC-CXR's age at the study can pass the model's 95: that image is left out (the file, count, line
+        and reason in one warning, never its path), the others train, and the fitted graph skips it too."""
+        table = pd.read_csv(prepared)
+        table.loc[1, "age"] = 96
+        table.loc[2, "race"] = "Other"
+        table.to_csv(tmp_path / "old.csv", index=False)
+        with caplog.at_level("WARNING", logger="medcf"):
+            items = manifest_items(tmp_path / "old.csv", CXR_SCHEMA)
+        assert len(items) == 2
+        assert [r.getMessage() for r in caplog.records] == [
+            f"{tmp_path / 'old.csv'}: 2 of 4 rows left out, their labels are outside the model's attributes "
+            "(first, line 3: age: 96 is outside the allowed range [18, 95])"
+        ]
+        assert "1.dcm" not in caplog.text
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="medcf"):
+            assert len(manifest_items(tmp_path / "old.csv", CXR_SCHEMA, "test")) == 1
+            CausalGraph.fit_manifest(CXR_SCHEMA, tmp_path / "old.csv")
+        assert [r.getMessage().split(": ", 1)[1][:30] for r in caplog.records] == ["1 of 2 rows left out, their la"] * 2
