@@ -2,7 +2,8 @@
 
     .venv/bin/python benchmarks/throughput.py [--device auto] [--stages engine end_to_end train]
         [--sizes 64 128 192] [--batches 1 8 64 256 512] [--precisions fp32 bf16] [--compile both]
-        [--guidance dcfg cfg dcfg_interval calibrated] [--plan PLAN.json] [--steps 50] [--repeats 3] [--warmup 1]
+        [--guidance dcfg dcfg_nested cfg dcfg_interval calibrated calibrated_nested] [--plan PLAN.json]
+        [--steps 50] [--repeats 3] [--warmup 1]
         [--subjects 64] [--out benchmarks/results/throughput.csv]
 
 Stages (the ``stage`` column):
@@ -64,11 +65,14 @@ INTERVENTIONS = ("do(sex=F)", "do(age=+20)", "do(race=Black)")
 FACTUAL = {"age": 50.0, "sex": "M", "race": "White", "disease": "No Finding"}
 GUIDANCE = {
     "dcfg": {"mode": "dcfg", "w_aff": 2.0, "w_inv": 1.0},
+    # the same groups chained (rule nested): at w_inv = 1 two rows per image and step, as CFG
+    "dcfg_nested": {"mode": "dcfg", "w_aff": 2.0, "w_inv": 1.0, "rule": "nested"},
     "cfg": {"mode": "cfg", "weight": 2.0},
     # the guidance study's interval setting: guided only at noise levels sigma in (0.3, 5], one row per image outside
     "dcfg_interval": {"mode": "dcfg", "w_aff": 3.0, "w_inv": 1.0, "interval": (0.3, 5.0)},
     # the bundle's default: its calibrated plan (models/guidance_plan.json): a weight and a band per attribute
     "calibrated": {"mode": "calibrated"},
+    "calibrated_nested": {"mode": "calibrated", "rule": "nested"},
 }
 
 
@@ -80,12 +84,12 @@ def engine_settings(name: str, steps: int, precision: str, plan: Path = BUNDLE_P
     ``plan`` (not checked against the fresh network, whose cost does not depend on its weights)."""
     if GUIDANCE[name]["mode"] != "calibrated":
         return GuidanceSettings(**GUIDANCE[name], steps=steps, precision=precision)
-    return CalibratedPlan.load(plan, CXR_SCHEMA).settings(steps=steps, precision=precision)
+    return CalibratedPlan.load(plan, CXR_SCHEMA).settings(**GUIDANCE[name], steps=steps, precision=precision)
 
 
 def guidance_label(name: str, plan: Path) -> str:
     """The table's ``guidance`` of ``name``: a calibrated row names its plan (file and SHA-256 prefix)."""
-    return f"{name} {CalibratedPlan.load(plan, CXR_SCHEMA).label}" if name == "calibrated" else name
+    return f"{name} {CalibratedPlan.load(plan, CXR_SCHEMA).label}" if name.startswith("calibrated") else name
 
 
 class UtilisationSampler:
@@ -215,7 +219,10 @@ def guidance_arguments(name: str, plan: Path = BUNDLE_PLAN) -> list[str]:
     """The inference bundle's command-line settings of the guidance ``name`` of :data:`GUIDANCE` (``calibrated``: the
     guidance ``plan``)."""
     settings = GUIDANCE[name]
-    keys = {"mode": "--guidance", "weight": "--w", "w_aff": "--w_aff", "w_inv": "--w_inv", "interval": "--interval"}
+    keys = {
+        "mode": "--guidance", "weight": "--w", "w_aff": "--w_aff", "w_inv": "--w_inv", "interval": "--interval",
+        "rule": "--rule",
+    }  # fmt: skip
     arguments = [
         text
         for key, value in settings.items()

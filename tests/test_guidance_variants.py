@@ -1,4 +1,4 @@
-"""Guidance beyond the paper: factored CFG++, factored APG and the guidance interval.
+"""Guidance beyond the paper: factored CFG++, factored APG, nested groups and the guidance interval.
 
 Expected values are worked out by hand (in the comments) on two-pixel "images", not by the functions under test.
 """
@@ -19,6 +19,7 @@ from medcf.core.guidance import (
     guidance_plan,
     in_interval,
     limit_norm,
+    nested,
     project,
 )
 from medcf.core.sampling import (
@@ -286,7 +287,7 @@ class TestInterval:
         assert model.kept[0].all() and model.kept[-1].all()
         assert torch.equal(model.kept[2], plan.keep.repeat_interleave(3, dim=0))
 
-    @pytest.mark.parametrize("rule", ["linear", "cfg++", "apg"])
+    @pytest.mark.parametrize("rule", ["linear", "cfg++", "apg", "nested"])
     def test_interval_covering_every_step_equals_no_interval(self, rule):
         """(0, inf) holds every sigma_t of the schedule: the decode is bit for bit the one without an interval."""
         sampler = _sampler(steps=8)
@@ -296,7 +297,7 @@ class TestInterval:
         always = sampler.decode(_denoiser(guidance_plan(CXR_SCHEMA, "dcfg", **common), sampler), x_T)
         assert torch.equal(sampler.decode(_denoiser(everywhere, sampler), x_T), always)
 
-    @pytest.mark.parametrize("rule", ["linear", "cfg++", "apg"])
+    @pytest.mark.parametrize("rule", ["linear", "cfg++", "apg", "nested"])
     def test_interval_outside_every_step_equals_mode_none(self, rule):
         """A band above every sigma_t: conditional decoding, bit for bit, with one evaluation per step."""
         sampler = _sampler(steps=8)
@@ -313,6 +314,53 @@ class TestInterval:
             guidance_plan(CXR_SCHEMA, "cfg", interval=interval)
 
 
+class TestNested:
+    def test_combination_by_hand(self):
+        """Chain r0 = (0, 0), r1 = (1, 2), r2 = (4, 0), weights (1.5, 2): (0, 0) + 1.5 (1, 2) + 2 (3, -2) =
+        (7.5, -1); from r1 with weights (1, 2): (1, 2) + 2 (3, -2) = (7, -2)."""
+        r0, r1, r2 = t64([0.0, 0.0]), t64([1.0, 2.0]), t64([4.0, 0.0])
+        assert torch.equal(nested([r0, r1, r2], [1.5, 2.0]), t64([7.5, -1.0]))
+        assert torch.equal(nested([r1, r2], [1.0, 2.0], from_null=False), t64([7.0, -2.0]))
+        with pytest.raises(ValueError, match="first weight of 1, not 1.5"):
+            nested([r1, r2], [1.5, 2.0], from_null=False)
+        with pytest.raises(ValueError, match="one prediction per group: 2 for 2 groups"):
+            nested([r1, r2], [1.0, 2.0])
+
+    def test_rows_chain_the_groups_unaffected_first_and_drop_the_null_row_at_w_inv_1(self):
+        """do(sex=F) under DCFG: two rows (age+race+disease, then everything) where the linear rule needs three; a
+        first weight other than 1 keeps the null row; CFG at w = 1 is the conditional row alone."""
+        names = list(CXR_SCHEMA.names)  # age, sex, race, disease
+        plan = guidance_plan(CXR_SCHEMA, "dcfg", affected={"sex"}, w_aff=2.0, w_inv=1.0, rule="nested")
+        assert plan.keep.tolist() == [[True, False, True, True], [True, True, True, True]]
+        assert plan.groups == (("age", "race", "disease"), ("sex",)) and plan.weights == (1.0, 2.0)
+        assert plan.evaluations == 2 and guidance_plan(CXR_SCHEMA, "dcfg", affected={"sex"}).evaluations == 3
+        assert plan.describe() == "age+race+disease w=1, sex w=2; rule nested"
+        half = guidance_plan(CXR_SCHEMA, "dcfg", affected={"sex"}, w_aff=2.0, w_inv=0.5, rule="nested")
+        assert half.keep.tolist() == [[False] * 4, [True, False, True, True], [True] * 4]
+        calibrated = guidance_plan(
+            CXR_SCHEMA, "calibrated", affected={"age", "disease"}, per_attribute={"age": 3.0, "disease": 2.0},
+            rule="nested",
+        )  # fmt: skip
+        assert [[names[k] for k in range(4) if row[k]] for row in calibrated.keep.tolist()] == [
+            ["sex", "race"],
+            ["age", "sex", "race"],
+            ["age", "sex", "race", "disease"],
+        ]
+        assert guidance_plan(CXR_SCHEMA, "cfg", weight=1.0, rule="nested").keep.tolist() == [[True] * 4]
+
+    @pytest.mark.parametrize("w_inv", [1.0, 0.5])
+    def test_additive_conditions_decode_like_linear_dcfg(self, w_inv):
+        """LinearModel's output is additive in the kept attributes, so the chained sum equals the DCFG sum: the
+        decodes agree (to float rounding) with 2 rows per step at w_inv = 1 against 3."""
+        sampler = _sampler(steps=6)
+        common = dict(affected={"age", "disease"}, w_aff=2.5, w_inv=w_inv)
+        x_T = torch.randn(3, 1, 4, 4, generator=torch.Generator().manual_seed(6))
+        linear = _denoiser(guidance_plan(CXR_SCHEMA, "dcfg", **common), sampler)
+        chained = _denoiser(guidance_plan(CXR_SCHEMA, "dcfg", **common, rule="nested"), sampler)
+        assert torch.allclose(sampler.decode(chained, x_T), sampler.decode(linear, x_T), rtol=1e-6, atol=1e-6)
+        assert (linear.evaluations, chained.evaluations) == (18, 12 if w_inv == 1.0 else 18)
+
+
 class TestPlans:
     def test_describe_names_the_rule_and_the_interval(self):
         """Defaults read as before; the variants say what they are (this text goes into the DICOM description)."""
@@ -327,7 +375,7 @@ class TestPlans:
 
     def test_bad_rule_and_cfgpp_weights_raise(self):
         """Unknown rules are named; cfg++ refuses weights above 1."""
-        with pytest.raises(ValueError, match="guidance rule 'cfgpp' is not one of linear, cfg\\+\\+, apg"):
+        with pytest.raises(ValueError, match="guidance rule 'cfgpp' is not one of linear, cfg\\+\\+, apg, nested"):
             guidance_plan(CXR_SCHEMA, "cfg", rule="cfgpp")
         with pytest.raises(ValueError, match=r"rule cfg\+\+ needs guidance weights in \[0, 1\]: got 2, 1"):
             guidance_plan(CXR_SCHEMA, "dcfg", affected={"sex"}, w_aff=2.0, w_inv=1.0, rule="cfg++")

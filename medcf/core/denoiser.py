@@ -1,9 +1,9 @@
 """The guided denoiser: ``predict(x, t)`` for the DDIM sampler, every guidance term of a step in ONE batched forward
 of the network, combined by the plan's rule (:mod:`medcf.core.guidance`).
 
-A plan with M groups needs M + 1 network rows per image and step (null first); outside the plan's guidance interval
-one conditional row. The rows of a batch are stacked into one call (or calls of ``max_rows`` rows on a CPU), so the
-launch and memory cost of a guided step is one forward, not M + 1.
+A plan with M groups needs M + 1 network rows per image and step (null first; rule "nested" with a first weight of 1:
+M rows); outside the plan's guidance interval one conditional row. The rows of a batch are stacked into one call (or
+calls of ``max_rows`` rows on a CPU), so the launch and memory cost of a guided step is one forward, not M + 1.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class GuidedDenoiser:
                     keep.repeat_interleave(n, dim=0),
                 )
             predictions = predictions.to(x.dtype).reshape(rows, n, *x.shape[1:])
-            if rule == "linear":
+            if rule in ("linear", "nested"):
                 outputs.append(self.plan.combine(predictions) if guided else predictions[0])
             elif rule == "cfg++":
                 outputs.append(cfg_plus_plus(predictions[0], list(predictions[1:]), self.plan.weights))

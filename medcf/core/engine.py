@@ -9,7 +9,7 @@ attributes, in memory (no files, no MLflow), shared by the inference, evaluation
    apply to (a shift past the attribute's range) is left out with the reason.
 3. Prediction: DDIM decoding from the same latent under the counterfactual attributes with the chosen
    guidance (none, cfg, dcfg, dcfg_per_attribute, calibrated), every guidance term of a step in one batched
-   forward, combined by the chosen rule (linear, cfg++, apg), optionally only inside a band of noise levels.
+   forward, combined by the chosen rule (linear, cfg++, apg, nested), optionally only inside a band of noise levels.
 
 Settings (:class:`~medcf.core.guidance_settings.GuidanceSettings`) are checked when made and against the model's
 schema when the engine is built, before any image is inverted.

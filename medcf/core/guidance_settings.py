@@ -87,8 +87,10 @@ class GuidanceSettings:
         max_rows: rows per forward call; -1: the whole batch on a GPU, about 9 rows on a CPU; None: all.
         rule: how the mode's terms combine at a decoding step: ``linear`` (the weighted sum, CFG / DCFG),
             ``cfg++`` (factored CFG++: the clean image from the weighted sum, re-noised with the null prediction;
-            the mode's weights must lie in [0, 1]) or ``apg`` (factored adaptive projected guidance, in the
-            clean-image space, with ``apg_eta``, ``apg_momentum``, ``apg_norm_limit``). Inversion is never guided.
+            the mode's weights must lie in [0, 1]), ``apg`` (factored adaptive projected guidance, in the
+            clean-image space, with ``apg_eta``, ``apg_momentum``, ``apg_norm_limit``) or ``nested`` (the groups
+            chained, unaffected first: at w_inv = 1 one row fewer per step; :func:`medcf.core.guidance.nested`).
+            Inversion is never guided.
         apg_eta: apg: weight of the part of a group's guidance difference parallel to the group's conditional
             clean-image estimate, in [0, 1] (0: dropped; 1: kept as in DCFG).
         apg_momentum: apg: beta of the running average of a group's guidance difference over the guided steps,
