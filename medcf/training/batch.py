@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from ignite.engine import Engine, Events
 from monai.engines.utils import PrepareBatch
 from monai.inferers import Inferer
 from torch import nn
@@ -26,8 +27,9 @@ class NoisingPrepareBatch(PrepareBatch):
         diffusion: schedule and prediction target.
         schema: attribute order of the ``attributes`` tensors.
         dropout: condition dropout policy (validation passes ``ConditionDropout(whole=0)``).
-        seed: seed the noise, timesteps and dropout (validation uses a fixed seed to be comparable).
-        reseed_every_call: draw the same noise at every call (validation).
+        seed: seed the noise, timesteps and dropout (validation uses a fixed seed to be comparable, and
+            :class:`SameNoiseEachPass` restarts the draws at every validation pass).
+        reseed_every_call: draw the same noise at every call.
         loss_weighting: ``none`` (every sample weighs 1: the plain MSE of the target) or ``min_snr``
             (:meth:`~medcf.core.diffusion.DiffusionConfig.min_snr_weight` with ``snr_gamma``). The weight w reaches the
             loss as sqrt(w) on the target here and on the prediction in :class:`LossWeightedInferer`, so that
@@ -60,6 +62,11 @@ class NoisingPrepareBatch(PrepareBatch):
         if seed is not None:
             self.generator.manual_seed(seed)
 
+    def restart(self) -> None:
+        """Draw from the start of the seeded sequence again (nothing to restart without a seed)."""
+        if self.seed is not None:
+            self.generator.manual_seed(self.seed)
+
     def __call__(
         self,
         batchdata: dict[str, torch.Tensor],
@@ -67,8 +74,8 @@ class NoisingPrepareBatch(PrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple:
-        if self.reseed_every_call and self.seed is not None:
-            self.generator.manual_seed(self.seed)
+        if self.reseed_every_call:
+            self.restart()
         x0 = torch.as_tensor(batchdata["image"]).float()
         attributes = torch.as_tensor(batchdata["attributes"]).float()
         batch = x0.shape[0]
@@ -85,6 +92,31 @@ class NoisingPrepareBatch(PrepareBatch):
             target = target * scale
             extra["loss_scale"] = scale.to(**move)
         return x_t.to(**move), target.to(**move), (), extra
+
+
+class SameNoiseEachPass:
+    """Ignite handler of a validation engine: at the start of every pass it restarts the seeded draws of its
+    :class:`NoisingPrepareBatch`, so every validation sees the same noise, timesteps and dropout per image and the
+    validation loss compares between epochs (otherwise each pass draws new timesteps, and a loss that varies by
+    orders of magnitude over t moves by chance from one epoch to the next).
+
+    Args:
+        prepare_batch: the validation's batch preparation (with a ``seed``).
+    """
+
+    def __init__(self, prepare_batch: NoisingPrepareBatch) -> None:
+        self.prepare_batch = prepare_batch
+
+    def attach(self, engine: Engine) -> None:
+        """Restart the draws when each of ``engine``'s passes starts.
+
+        Args:
+            engine: the validation engine (MONAI's SupervisedEvaluator).
+        """
+        engine.add_event_handler(Events.EPOCH_STARTED, self)
+
+    def __call__(self, engine: Engine) -> None:
+        self.prepare_batch.restart()
 
 
 class LossWeightedInferer(Inferer):

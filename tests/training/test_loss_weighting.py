@@ -2,11 +2,12 @@
 
 import pytest
 import torch
+from ignite.engine import Engine
 
 from medcf.core.conditioning import ConditionDropout
 from medcf.core.diffusion import DiffusionConfig
 from medcf.phantoms.cxr import CXR_SCHEMA
-from medcf.training.batch import LossWeightedInferer, NoisingPrepareBatch
+from medcf.training.batch import LossWeightedInferer, NoisingPrepareBatch, SameNoiseEachPass
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
@@ -48,3 +49,19 @@ def test_weighted_batch_and_inferer_give_the_weighted_mse():
     assert torch.equal(inferer(x_t, network, **kwargs), network(x_t, None, None, None))  # no weight: SimpleInferer
     with pytest.raises(ValueError, match="loss_weighting"):
         NoisingPrepareBatch(diffusion, CXR_SCHEMA, dropout, loss_weighting="snr")
+
+
+def test_every_validation_pass_draws_the_same_noise_and_its_batches_differ():
+    """SameNoiseEachPass restarts the validation draws when a pass starts: two passes over three batches see the
+    same timesteps and noise batch for batch, while the batches of one pass differ from each other."""
+    images = {"image": torch.randn(4, 1, 8, 8), "attributes": torch.zeros(4, len(CXR_SCHEMA.names))}
+    prepare = NoisingPrepareBatch(DiffusionConfig(), CXR_SCHEMA, ConditionDropout(whole=0.0), seed=7)
+    drawn = []
+    validation = Engine(lambda engine, batch: drawn.append(prepare(batch)[3]["timesteps"]))
+    SameNoiseEachPass(prepare).attach(validation)
+    for _ in range(2):
+        validation.run([images] * 3, max_epochs=1)
+    assert all(torch.equal(a, b) for a, b in zip(drawn[:3], drawn[3:], strict=True))
+    assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
+    unseeded = NoisingPrepareBatch(DiffusionConfig(), CXR_SCHEMA, ConditionDropout(whole=0.0))
+    unseeded.restart()  # no seed: nothing to restart, and no error
