@@ -195,6 +195,27 @@ def test_each_rule_runs_end_to_end(parts, variant):
     assert result.network_evaluations == (16 if "interval" in variant else 24)
 
 
+def test_nested_rule_costs_cfg_rows_and_names_itself(parts):
+    """Through the engine, rule nested decodes do(sex=F) with CFG's row count (2 x 8 steps) where the linear rule
+    needs 3 x 8, do(age=+10) (age and disease per attribute, one invariant group) with 3 rows per step
+    against 4, and do() as the conditional decode; the outputs' description names the rule."""
+    sex, age, null = (parse_intervention(CXR_SCHEMA, t) for t in ("do(sex=F)", "do(age=+10)", "do()"))
+    nested = engine(parts, mode="dcfg", w_aff=2.5, rule="nested").run(images(), FACTUAL, [sex, null])
+    cfg = engine(parts, mode="cfg", weight=2.5).run(images(), FACTUAL, [sex])[0]
+    assert nested[0].network_evaluations == cfg.network_evaluations == 16
+    assert nested[0].plan.describe() == "age+race+disease w=1, sex w=2.5; rule nested"
+    (plain,) = engine(parts, mode="none").run(images(), FACTUAL, [null])
+    assert nested[1].network_evaluations == 8 and torch.allclose(nested[1].images, plain.images, rtol=1e-3, atol=1e-3)
+    per_attribute = {"age": 3.0, "disease": 2.0}
+    rows = {
+        rule: engine(parts, mode="calibrated", per_attribute=per_attribute, rule=rule, plan="test plan")
+        .run(images(), FACTUAL, [age])[0]
+        .network_evaluations
+        for rule in ("linear", "nested")
+    }
+    assert rows == {"linear": 4 * 8, "nested": 3 * 8}
+
+
 def test_apg_without_projection_momentum_or_limit_is_dcfg(parts):
     """APG with eta = 1, beta = 0, r = inf decodes like DCFG (combined in the clean-image space instead)."""
     intervention = parse_intervention(CXR_SCHEMA, "do(age=+10)")
