@@ -326,9 +326,9 @@ class GuidancePlan:
     "nested": row m keeps groups 1..m (:func:`nested`), and the null row is left out when the first weight is 1.
     Mode "none" has a single row (every attribute kept) and no weights: its prediction is used as is (the rule and
     the interval then change nothing).
-    ``rule``: "linear" (DCFG / CFG), "cfg++" or "apg" (with ``apg``); ``interval``: the noise levels sigma_t in
-    (low, high] at which the guidance terms are evaluated (None: every step); at the other steps the conditional
-    prediction (every attribute kept) is the step's only evaluation.
+    ``rule``: "linear" (DCFG / CFG), "cfg++", "apg" (with ``apg``) or "nested"; ``interval``: the noise levels
+    sigma_t in (low, high] at which the guidance terms are evaluated (None: every step); at the other steps the
+    conditional prediction (every attribute kept) is the step's only evaluation.
 
     Attributes:
         keep: (R, K) bool keep-masks, one row per network evaluation of a guided step.
