@@ -44,15 +44,15 @@ def allowed_rows(table: pd.DataFrame, schema: AttributeSchema, manifest: str | P
     Returns:
         ``table`` without the rows holding a value outside the schema (one warning when there are any).
     """
-    names = [name for name in schema.names if name in table.columns]
-    refused: dict[int, str] = {}
-    for index, row in zip(table.index, table[names].to_dict("records"), strict=True):
-        try:
-            schema.validate({name: value for name, value in row.items() if not pd.isna(value)})
-        except SchemaError as error:
-            refused[index] = str(error)
-    if refused:
-        first = next(iter(refused))
+    refused = pd.Series("", index=table.index)  # the reason of each refused row: its first value not allowed
+    for name in reversed([name for name in schema.names if name in table.columns]):  # the earliest attribute wins
+        column = table[name]
+        reasons = {value: _refusal(schema, name, value) for value in column.dropna().unique()}  # once per value
+        reason = column.map(reasons).fillna("")
+        refused = refused.where(reason == "", reason)
+    refused = refused[refused != ""]
+    if len(refused):
+        first = refused.index[0]
         logger.warning(
             "%s: %d of %d rows left out, their labels are outside the model's attributes (first, line %d: %s)",
             manifest,
@@ -61,4 +61,13 @@ def allowed_rows(table: pd.DataFrame, schema: AttributeSchema, manifest: str | P
             first + 2,
             refused[first],
         )
-    return table.drop(index=list(refused))
+    return table.drop(index=refused.index)
+
+
+def _refusal(schema: AttributeSchema, name: str, value: object) -> str:
+    """Why ``schema`` does not allow ``value`` for ``name``; empty when it does."""
+    try:
+        schema[name].parse(value)
+    except SchemaError as error:
+        return str(error)
+    return ""

@@ -29,7 +29,6 @@ class NoisingPrepareBatch(PrepareBatch):
         dropout: condition dropout policy (validation passes ``ConditionDropout(whole=0)``).
         seed: seed the noise, timesteps and dropout (validation uses a fixed seed to be comparable, and
             :class:`SameNoiseEachPass` restarts the draws at every validation pass).
-        reseed_every_call: draw the same noise at every call.
         loss_weighting: ``none`` (every sample weighs 1: the plain MSE of the target) or ``min_snr``
             (:meth:`~medcf.core.diffusion.DiffusionConfig.min_snr_weight` with ``snr_gamma``). The weight w reaches the
             loss as sqrt(w) on the target here and on the prediction in :class:`LossWeightedInferer`, so that
@@ -46,7 +45,6 @@ class NoisingPrepareBatch(PrepareBatch):
         schema: AttributeSchema,
         dropout: ConditionDropout,
         seed: int | None = None,
-        reseed_every_call: bool = False,
         loss_weighting: str = "none",
         snr_gamma: float = 5.0,
     ) -> None:
@@ -57,10 +55,9 @@ class NoisingPrepareBatch(PrepareBatch):
         self.loss_weighting, self.snr_gamma = loss_weighting, float(snr_gamma)
         self.diffusion, self.schema, self.dropout = diffusion, schema, dropout
         self.alphas_cumprod = diffusion.alphas_cumprod()
-        self.seed, self.reseed_every_call = seed, reseed_every_call
+        self.seed = seed
         self.generator = torch.Generator()
-        if seed is not None:
-            self.generator.manual_seed(seed)
+        self.restart()
 
     def restart(self) -> None:
         """Draw from the start of the seeded sequence again (nothing to restart without a seed)."""
@@ -74,8 +71,6 @@ class NoisingPrepareBatch(PrepareBatch):
         non_blocking: bool = False,
         **kwargs: Any,
     ) -> tuple:
-        if self.reseed_every_call:
-            self.restart()
         x0 = torch.as_tensor(batchdata["image"]).float()
         attributes = torch.as_tensor(batchdata["attributes"]).float()
         batch = x0.shape[0]

@@ -64,4 +64,6 @@ def test_every_validation_pass_draws_the_same_noise_and_its_batches_differ():
     assert all(torch.equal(a, b) for a, b in zip(drawn[:3], drawn[3:], strict=True))
     assert not torch.equal(drawn[0], drawn[1]) and not torch.equal(drawn[1], drawn[2])
     unseeded = NoisingPrepareBatch(DiffusionConfig(), CXR_SCHEMA, ConditionDropout(whole=0.0))
-    unseeded.restart()  # no seed: nothing to restart, and no error
+    state = unseeded.generator.get_state()
+    unseeded.restart()  # no seed: nothing to restart, the draws go on
+    assert torch.equal(unseeded.generator.get_state(), state)
