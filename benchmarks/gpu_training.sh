@@ -15,6 +15,7 @@
 # leave a few minutes of the call for them; the first validation and sample grid are inside the budget because
 # --val_interval 1 makes every epoch validate (the longest epoch so far decides when to stop).
 # A CPU session (no GPU lent; one torch thread per bundle): DEVICE=cpu OMP_NUM_THREADS=1 N=6000 BATCH=8 LR=0.0001
+#   (KINDS=mammo trains one generator only and leaves the other core free)
 # Smoke settings on a CPU: DEVICE=cpu MINUTES=0.2 N=60 HELDOUT=8 IMAGES=2 SEEDS="[0]" STEPS=2 COUNT=4 EFFECT_SEEDS=1 \
 #   CHECK_STEPS=2 SUBJECTS=4
 # The GPU image needs the wheels of benchmarks/gpu_env.sh in .whl (carried in beside START).
@@ -23,6 +24,7 @@ WORK=${WORK:-/tmp/train}; OUT=${OUT:-/tmp/out}; START=${START:-runs/gpu_start}; 
 MINUTES=${MINUTES:-6}; N=${N:-20000}; BATCH=${BATCH:-64}; DEVICE=${DEVICE:-cuda}; LR=${LR:-}  # LR empty: train.yaml's
 HELDOUT=${HELDOUT:-48}; IMAGES=${IMAGES:-8}; SEEDS=${SEEDS:-"[0, 1, 2]"}; STEPS=${STEPS:-20}; COUNT=${COUNT:-64}
 EFFECT_SEEDS=${EFFECT_SEEDS:-16}; CHECK_STEPS=${CHECK_STEPS:-25}; SUBJECTS=${SUBJECTS:-48}
+KINDS=${KINDS:-"cxr mammo"}  # the generators this session trains: both by default, or one ("mammo")
 cd "$(dirname "$0")/.."   # the repository root: bundles/, .whl and START are read from there
 absolute() { case "$1" in /*) echo "$1" ;; *) echo "$PWD/$1" ;; esac; }
 WORK=$(absolute "$WORK"); OUT=$(absolute "$OUT"); START=$(absolute "$START")
@@ -62,7 +64,7 @@ check() {  # check KIND NAME FOLDER: the held-out checks of the weights in FOLDE
   [ "$kind" = mammo ] && python3 -m medcf.measure.marker_presence --model "$folder/model.pt" --device "$DEVICE" \
     --subjects "$SUBJECTS" --steps "$CHECK_STEPS" \
     > "$into/marker_presence_$name.json" 2>> "$WORK/logs/check_$kind.log"
-  ( cd "$WORK/$kind" && MLFLOW_TRACKING_URI="sqlite:///$WORK/$kind/evaluate.db" python3 -m monai.bundle run \
+  ( cd "$WORK/$kind" && MLFLOW_TRACKING_URI="sqlite:///$WORK/$kind/evaluate_$name.db" python3 -m monai.bundle run \
       --config_file "$OLDPWD/bundles/${BUNDLE[$kind]}/configs/evaluate.yaml" --output_dir "$WORK/$kind/evaluate_$name" \
       --model_path "$folder/model.pt" --graph_path "$folder/graph.json" --heldout_subjects "$HELDOUT" \
       --seeds "$SEEDS" --images_per_seed "$IMAGES" --steps "$STEPS" --composition_images 0 --reversibility false \
@@ -72,13 +74,13 @@ check() {  # check KIND NAME FOLDER: the held-out checks of the weights in FOLDE
   event "checks $kind $name finished"
 }
 
-for kind in cxr mammo; do train "$kind" & done; wait
-for kind in cxr mammo; do
+for kind in $KINDS; do train "$kind" & done; wait
+for kind in $KINDS; do  # the new and the starting weights' checks side by side, each in its own process
   mkdir -p "$OUT/$kind"
   cp "$WORK/$kind/run/model.pt" "$WORK/$kind/run/graph.json" "$OUT/$kind/" 2>/dev/null
-  ( check "$kind" new "$WORK/$kind/run"; check "$kind" start "$(starting_model "$kind")" ) &
+  check "$kind" new "$WORK/$kind/run" & check "$kind" start "$(starting_model "$kind")" &
 done; wait
-for kind in cxr mammo; do  # the training curve: every logged metric of the MLflow run, one row per step
+for kind in $KINDS; do  # the training curve: every logged metric of the MLflow run, one row per step
   MLFLOW_TRACKING_URI="sqlite:///$WORK/$kind/mlflow.db" python3 - "$kind" "$OUT/$kind/training_curve.csv" <<'EOF'
 import sys
 
