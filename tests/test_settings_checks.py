@@ -39,6 +39,15 @@ def test_the_inference_job_refuses_a_bad_number_when_it_is_made(tmp_path, key, v
     assert not (tmp_path / "out").exists()
 
 
+def test_the_calibrate_job_refuses_a_rule_whose_weights_are_not_group_weights(tmp_path):
+    with pytest.raises(ValueError, match=r"^rule: 'apg' must be one of linear, nested$"):
+        CalibrationRun(
+            tmp_path / "out", tmp_path / "model.pt", tmp_path / "graph.json", tmp_path / "predictors.pt",
+            ChestPreparer(64), "cxr", rule="apg",
+        )  # fmt: skip
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("tolerance", [-0.01, float("inf"), True, "0.02"])
 def test_the_calibrate_job_refuses_a_bad_texture_tolerance_when_it_is_made(tmp_path, tolerance):
     with pytest.raises(ValueError, match=r"^texture_tolerance: .* must be a number >= 0$"):

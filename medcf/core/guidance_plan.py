@@ -5,7 +5,7 @@ The file (``models/guidance_plan.json`` of a bundle) is JSON, read as data only:
 :data:`MAX_PLAN_BYTES`, of another format, made for another model, or naming attributes, weights or bands the
 schema and the guidance rules do not allow. Example (abridged)::
 
-    {"format": "medcf-guidance-plan/1", "w_inv": 1.0, "steps": 50,
+    {"format": "medcf-guidance-plan/1", "w_inv": 1.0, "steps": 50, "rule": "linear",
      "model_sha256": "...", "predictors_sha256": "...",
      "data": {"fingerprint": "...", "images": 32, "description": "held-out phantom set, seed 2000"},
      "attributes": {"sex": {"weight": 1.4, "interval": null, "status": "matched", "figures": {...}}, ...}}
@@ -31,6 +31,7 @@ from medcf.runtime.settings import require_integer
 PLAN_FORMAT = "medcf-guidance-plan/1"
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kB; anything larger is not one
 STATUSES = ("matched", "bound", "insensitive", "no_effect", "unmeasured")
+PLAN_RULES = ("linear", "nested")  # the rules whose weights are DCFG group weights (see medcf.core.guidance)
 
 
 class PlanError(ValueError):
@@ -84,6 +85,9 @@ class CalibratedPlan:
         attributes: attribute name -> its guidance.
         w_inv: the weight of the invariant group (every attribute neither intervened nor affected).
         steps: the DDIM steps it was calibrated at (decoding at other steps uses it as well; recorded).
+        rule: how its groups combine at a step (:data:`PLAN_RULES`): ``linear`` (each group against the null
+            condition) or ``nested`` (the groups chained, CFG's row count at w_inv 1); its weights were matched
+            under this rule, so decoding uses it unless a job names another.
         model_sha256, predictors_sha256: the model it was calibrated for and the predictors that judged.
         data: fingerprint, image and patient counts and a PHI-free description of the calibration data.
         created: ISO time of the calibration; medcf: medcf's version.
@@ -93,6 +97,7 @@ class CalibratedPlan:
     attributes: Mapping[str, AttributeGuidance]
     w_inv: float = 1.0
     steps: int = 50
+    rule: str = "linear"
     model_sha256: str = ""
     predictors_sha256: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -134,14 +139,16 @@ class CalibratedPlan:
 
     def settings(self, **options: Any) -> GuidanceSettings:
         """The GuidanceSettings of mode ``calibrated`` (``options``: steps, rule, precision, ...; a
-        ``per_attribute`` mapping overrides the plan's weights of the attributes it names).
+        ``per_attribute`` mapping overrides the plan's weights of the attributes it names; ``rule`` None or absent
+        is the plan's).
 
         Args:
             **options: other GuidanceSettings fields; ``mode``, ``weight``, ``w_inv``, ``intervals`` and ``plan``
                 are ignored (the plan sets them).
 
         Returns:
-            The settings, with the plan's weights, bands, ``w_inv`` and :attr:`label`.
+            The settings, with the plan's weights, bands, ``w_inv``, rule (unless ``options`` names one) and
+            :attr:`label`.
 
         Raises:
             ValueError: if an option is not allowed (see :class:`~medcf.core.guidance_settings.GuidanceSettings`).
@@ -150,12 +157,14 @@ class CalibratedPlan:
         intervals = {name: guidance.interval for name, guidance in self.attributes.items()}
         for ignored in ("mode", "weight", "w_inv", "intervals", "plan"):
             options.pop(ignored, None)
+        rule = options.pop("rule", None) or self.rule
         return GuidanceSettings(
             mode="calibrated",
             per_attribute=weights,
             w_inv=self.w_inv,
             intervals=intervals,
             plan=self.label,
+            rule=rule,
             **options,
         )
 
@@ -170,6 +179,7 @@ class CalibratedPlan:
             "format": PLAN_FORMAT,
             "w_inv": self.w_inv,
             "steps": self.steps,
+            "rule": self.rule,
             "model_sha256": self.model_sha256,
             "predictors_sha256": self.predictors_sha256,
             "data": dict(self.data),
@@ -234,12 +244,16 @@ class CalibratedPlan:
             attributes = _attributes(content.get("attributes"), schema)
             w_inv = _weight(content.get("w_inv", 1.0), "w_inv")
             steps = require_integer("steps", content.get("steps", 50), 1)
+            rule = content.get("rule", "linear")  # plans written before the rule was recorded are linear
+            if rule not in PLAN_RULES:
+                raise ValueError(f"rule: {rule!r} must be one of {', '.join(PLAN_RULES)}")
         except ValueError as error:
             raise PlanError(f"guidance_plan: {path}: {error}") from None
         return cls(
             attributes=attributes,
             w_inv=w_inv,
             steps=steps,
+            rule=rule,
             model_sha256=str(content.get("model_sha256", "")),
             predictors_sha256=str(content.get("predictors_sha256", "")),
             data=dict(content.get("data") or {}),
@@ -349,6 +363,8 @@ def guidance_settings(
         ValueError: if a setting is not allowed.
     """
     if mode != "calibrated":
+        if options.get("rule", "linear") is None:  # None: the plan's rule, and without a plan the default
+            options.pop("rule")
         return GuidanceSettings(mode=mode, **options)
     if plan_path is None:
         raise PlanError("guidance_plan: mode calibrated needs a plan file (or choose --guidance dcfg)")

@@ -43,7 +43,7 @@ import torch
 
 import medcf
 from medcf.core.attributes import AttributeSchema
-from medcf.core.guidance_plan import CalibratedPlan
+from medcf.core.guidance_plan import PLAN_RULES, CalibratedPlan
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.jobs.calibrator import Calibrator, descendants_first
 from medcf.jobs.context import JobContext
@@ -80,6 +80,8 @@ class CalibrationRun:
         images: at most this many calibration images (drawn by ``seed``); every held-out image is the real
             reference the counterfactuals are compared with.
         steps: DDIM steps; w_inv: the invariant group's weight.
+        rule: how the groups combine at a step while calibrating, recorded in the plan and used by its decodes:
+            ``linear`` or ``nested`` (:data:`~medcf.core.guidance_plan.PLAN_RULES`).
         bounds, start, tolerance, max_evaluations: the weight search
             (:func:`~medcf.measure.weight_search.search_weight`).
         min_z: standard errors a real effect must exceed to be matched (predictor readings).
@@ -112,6 +114,7 @@ class CalibrationRun:
     seed: int = 0
     steps: int = 50
     w_inv: float = 1.0
+    rule: str = "linear"
     bounds: Sequence[float] = (0.0, 8.0)
     start: Sequence[float] = (1.0, 2.0)
     tolerance: float = 0.05
@@ -134,6 +137,8 @@ class CalibrationRun:
         low, high = (float(b) for b in self.bounds)
         if not (0 <= low < high and math.isfinite(high)):
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
+        if self.rule not in PLAN_RULES:
+            raise ValueError(f"rule: {self.rule!r} must be one of {', '.join(PLAN_RULES)}")
         if self.match not in ("pixels", "predictors"):
             raise ValueError(f"match: {self.match!r} must be pixels or predictors")
         require_number("texture_tolerance", self.texture_tolerance, 0)
@@ -171,6 +176,7 @@ class CalibrationRun:
                     attributes=attributes,
                     w_inv=float(self.w_inv),
                     steps=self.steps,
+                    rule=self.rule,
                     model_sha256=loaded.sha256,
                     predictors_sha256=file_sha256(self.predictors_path),
                     data={
@@ -223,6 +229,7 @@ class CalibrationRun:
                     "images": plan.data["images"],
                     "steps": self.steps,
                     "w_inv": self.w_inv,
+                    "rule": self.rule,
                     "bounds": list(self.bounds),
                     "shifts": dict(self.shifts),
                     "model_sha256": plan.model_sha256,

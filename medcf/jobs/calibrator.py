@@ -98,6 +98,7 @@ class Calibrator:
             w_aff=1.0,  # an attribute not calibrated yet is decoded conditionally
             w_inv=self.run.w_inv,
             steps=self.run.steps,
+            rule=self.run.rule,
             plan="calibrating",
         )
         return CounterfactualEngine(self.loaded.model, self.loaded.diffusion, self.loaded.graph, settings)

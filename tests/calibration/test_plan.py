@@ -69,6 +69,7 @@ def test_a_plan_is_refused_with_one_line_naming_the_file(tmp_path):
         ({**content, "attributes": {"sex": {"weight": 1, "interval": [3, 1]}}}, "must satisfy 0 <= low < high"),
         ({**content, "attributes": {"sex": {"weight": 1, "status": "guessed"}}}, "status: 'guessed' is not one of"),
         ({**content, "w_inv": "1"}, "w_inv: '1' must be a finite number"),
+        ({**content, "rule": "apg"}, "rule: 'apg' must be one of linear, nested"),
     ]
     for bad, message in cases:
         path.write_text(json.dumps(bad))
@@ -93,6 +94,20 @@ def test_jobs_read_the_plan_only_for_mode_calibrated(tmp_path):
     assert guidance_settings("calibrated", path, CXR_SCHEMA, steps=10).per_attribute["disease"] == 5.5
     with pytest.raises(PlanError, match="needs a plan file"):
         guidance_settings("calibrated", None, CXR_SCHEMA)
+
+
+def test_the_plan_decodes_under_the_rule_it_was_calibrated_with_unless_a_job_names_another(tmp_path):
+    content = json.loads(a_plan().save(tmp_path / "p.json").read_text())
+    assert content["rule"] == "linear"
+    del content["rule"]  # a plan written before the rule was recorded
+    (tmp_path / "old.json").write_text(json.dumps(content))
+    assert CalibratedPlan.load(tmp_path / "old.json", CXR_SCHEMA).settings().rule == "linear"
+    nested = CalibratedPlan(**{**a_plan().__dict__, "rule": "nested"}).save(tmp_path / "nested.json")
+    plan = CalibratedPlan.load(nested, CXR_SCHEMA)
+    assert plan.rule == "nested" and plan.settings().rule == "nested" and plan.settings(rule=None).rule == "nested"
+    assert plan.settings(rule="linear").rule == "linear"  # a job's explicit rule wins
+    assert guidance_settings("calibrated", nested, CXR_SCHEMA, rule=None).rule == "nested"
+    assert guidance_settings("dcfg", None, CXR_SCHEMA, rule=None).rule == "linear"  # no plan: the default rule
 
 
 def test_calibrated_settings_need_the_plan_name_and_valid_bands():
