@@ -43,11 +43,10 @@ from medcf.jobs.phantom_sets import cohort_table, job_data
 from medcf.measure.audit_summary import subgroup_rates, summarize, verdict_line
 from medcf.measure.audited_moves import age_band, changes_image, recognised_moves, refuse_inapplicable, row_direction
 from medcf.measure.classifier import AuditedClassifier, ClassifierSettings
-from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set, patient_ids
 from medcf.measure.predictors import AttributePredictor, load_predictors, predict_all
 from medcf.outputs.pseudonyms import Pseudonyms
 from medcf.prepare.base import Preparer
-from medcf.prepare.cohort import CohortIndex
 from medcf.runtime.distributed import Shard
 from medcf.runtime.files import file_sha256, write_csv_atomic, write_json_atomic, write_text_atomic
 from medcf.runtime.settings import require_integer
@@ -193,17 +192,7 @@ class AuditRun:
 
     def _patients(self, pool: EvaluationSet, labels: Path, pseudonyms: Pseudonyms | None) -> list[str]:
         """The keyed pseudonym of each image's patient (the bootstrap resamples patients)."""
-        cohort = CohortIndex.from_csv(labels)
-        patients = []
-        for source in pool.sources:
-            row = cohort.labels_for(source)
-            patient = str(row.get("patient") or "").strip()
-            if not patient or patient.lower() == "nan":
-                raise ValueError(
-                    f"labels: the cohort table has no patient for an image ({labels} needs a patient column)"
-                )
-            patients.append(pseudonyms.patient(patient))
-        return patients
+        return [pseudonyms.patient(patient) for patient in patient_ids(pool.sources, labels)]
 
     def _measure(
         self,

@@ -49,7 +49,7 @@ from medcf.jobs.calibrator import Calibrator, descendants_first
 from medcf.jobs.context import JobContext
 from medcf.jobs.loading import load_model
 from medcf.jobs.phantom_sets import job_data
-from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set
+from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set, patient_ids
 from medcf.measure.predictors import load_predictors
 from medcf.prepare.base import Preparer
 from medcf.runtime.files import file_sha256, write_csv_atomic
@@ -68,8 +68,8 @@ class CalibrationRun:
         model_path, graph_path, predictors_path: the model, its causal graph and the attribute predictors.
         preparer: the preparation the model was trained with.
         phantom_kind: ``cxr`` or ``mammo`` (the held-out phantom set made when ``dataset_dir`` is None).
-        dataset_dir, labels: held-out DICOM files and their cohort table (default ``DATASET_DIR/cohort.csv``;
-            never the training images); None: a
+        dataset_dir, labels: held-out DICOM files and their cohort table (default ``DATASET_DIR/cohort.csv``,
+            with a ``patient`` column; never the training images); None: a
             held-out phantom export of ``heldout_subjects`` subjects (seed ``heldout_seed``, which neither the
             training sets nor the evaluate job use) made once in ``output_dir/calibration_data``. Its ground
             truth is never read.
@@ -168,9 +168,10 @@ class CalibrationRun:
         with job.folder():
             data = job_data(self, output_dir / "calibration_data")
             pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
+            patients = patient_ids(pool.sources, data.labels)  # in memory only: the maps' halves split patients
             chosen = pool.draw(self.images, self.seed)
             with job.tracked("calibrate", loaded.device, loaded.lineage_tags()):
-                calibrator = Calibrator(self, loaded, predictor, pool, chosen)
+                calibrator = Calibrator(self, loaded, predictor, pool, chosen, patients)
                 attributes, rows = calibrator.calibrate(names)
                 plan = CalibratedPlan(
                     attributes=attributes,

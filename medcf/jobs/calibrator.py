@@ -65,6 +65,7 @@ class Calibrator:
         predictor: the attribute predictors.
         pool: every held-out image (the data's effects are estimated on them).
         chosen: the images that are moved and decoded.
+        patients: each pool image's patient (the pixel maps' halves split patients); None: one per image.
     """
 
     def __init__(
@@ -74,8 +75,10 @@ class Calibrator:
         predictor: AttributePredictor,
         pool: EvaluationSet,
         chosen: EvaluationSet,
+        patients: Sequence[str] | None = None,
     ) -> None:
         self.run, self.loaded, self.predictor, self.pool, self.chosen = run, loaded, predictor, pool, chosen
+        self.patients = patients
         self.schema = loaded.model.schema
         self.weights: dict[str, float] = {}
         self.bands: dict[str, tuple[float, float] | None] = {}
@@ -196,7 +199,9 @@ class Calibrator:
     def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
         labels = [f[name] for f in self.pool.factual]
         effect = expected_effect(self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z)
-        pixels = pixel_effect(self.schema, name, self.pool.images, self.pool.factual, self.run.min_correlation)
+        pixels = pixel_effect(
+            self.schema, name, self.pool.images, self.pool.factual, self.run.min_correlation, patients=self.patients
+        )
         texture = texture_expectation(self.schema, name, self.real_hf, labels)
         space = "pixel_ratio" if self.run.match == "pixels" and pixels.detected else "shift_ratio"
         tried: list[dict[str, Any]] = []

@@ -3,6 +3,8 @@ phantom data set, the true change of any intervention.
 
 - :func:`load_evaluation_set` prepares every DICOM file under a folder with the bundle's preparer and the
   cohort table, exactly as inference does; files the preparation refuses are listed with their reason.
+- :func:`patient_ids` gives each image's patient from the cohort table (statistics resample or split patients,
+  not images).
 - :class:`TrueChanges` renders, for the images of a phantom data set, the true change of an intervention
   (true counterfactual minus factual, both rendered and prepared the same way) and each attribute's own
   direction (its controlled effect: only that attribute changed, first against last value of its sweep),
@@ -135,6 +137,30 @@ def load_evaluation_set(
             f"(first refusal: {first[1]})"
         )
     return EvaluationSet(torch.stack(images).float(), factual, kept, headers, rejected)
+
+
+def patient_ids(sources: Sequence[str], labels: str | Path) -> list[str]:
+    """The patient of each image, from the cohort table's ``patient`` column (the raw identifier: keep it in
+    memory, or pseudonymise it before it is written anywhere).
+
+    Args:
+        sources: the images' paths relative to the data set folder (:attr:`EvaluationSet.sources`).
+        labels: the cohort table.
+
+    Returns:
+        One patient identifier per source, in order.
+
+    Raises:
+        ValueError: when the table has no patient for an image (one line naming the table).
+    """
+    cohort = CohortIndex.from_csv(labels)
+    patients = []
+    for source in sources:
+        patient = str(cohort.labels_for(source).get("patient") or "").strip()
+        if not patient or patient.lower() == "nan":
+            raise ValueError(f"labels: the cohort table has no patient for an image ({labels} needs a patient column)")
+        patients.append(patient)
+    return patients
 
 
 class TrueChanges:
