@@ -65,7 +65,8 @@ class Calibrator:
         predictor: the attribute predictors.
         pool: every held-out image (the data's effects are estimated on them).
         chosen: the images that are moved and decoded.
-        patients: each pool image's patient (the pixel maps' halves split patients); None: one per image.
+        patients: each pool image's patient (the pixel maps' halves split patients, the predictors' standard
+            errors are clustered by patient); None: one per image.
     """
 
     def __init__(
@@ -198,7 +199,9 @@ class Calibrator:
 
     def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
         labels = [f[name] for f in self.pool.factual]
-        effect = expected_effect(self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z)
+        effect = expected_effect(
+            self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z, patients=self.patients
+        )
         pixels = pixel_effect(
             self.schema, name, self.pool.images, self.pool.factual, self.run.min_correlation, patients=self.patients
         )

@@ -172,15 +172,28 @@ def adjusted_covariates(schema: AttributeSchema, rows: Sequence[Mapping[str, Att
     return np.stack(columns, axis=1) if columns else np.zeros((len(rows), 0))
 
 
-def _coefficient(y: np.ndarray, treatment: np.ndarray, covariates: np.ndarray) -> tuple[float, float]:
-    """OLS of y on [1, treatment, covariates]: the treatment's coefficient and its standard error."""
+def _coefficient(
+    y: np.ndarray, treatment: np.ndarray, covariates: np.ndarray, clusters: np.ndarray | None = None
+) -> tuple[float, float]:
+    """OLS of y on [1, treatment, covariates]: the treatment's coefficient and its standard error, clustered by
+    ``clusters`` (the sandwich estimator with the CR1 small-sample factor; None: images independent)."""
     design = np.column_stack([np.ones(len(y)), treatment, covariates])
     beta, *_ = np.linalg.lstsq(design, y, rcond=None)
     residual = y - design @ beta
     dof = len(y) - np.linalg.matrix_rank(design)
     if dof < 1:
         return float(beta[1]), math.inf
-    covariance = np.linalg.pinv(design.T @ design) * float(residual @ residual) / dof
+    bread = np.linalg.pinv(design.T @ design)
+    if clusters is None:
+        covariance = bread * float(residual @ residual) / dof
+        return float(beta[1]), math.sqrt(max(float(covariance[1, 1]), 0.0))
+    names, index = np.unique(clusters, return_inverse=True)
+    if len(names) < 2:
+        return float(beta[1]), math.inf
+    scores = np.zeros((len(names), design.shape[1]))
+    np.add.at(scores, index, design * residual[:, None])  # each cluster's summed score
+    factor = len(names) / (len(names) - 1) * (len(y) - 1) / dof
+    covariance = bread @ (scores.T @ scores) @ bread * factor
     return float(beta[1]), math.sqrt(max(float(covariance[1, 1]), 0.0))
 
 
@@ -190,6 +203,7 @@ def expected_effect(
     readings: torch.Tensor,
     rows: Sequence[Mapping[str, AttributeValue]],
     min_z: float = 3.0,
+    patients: Sequence[str] | None = None,
 ) -> ExpectedEffect:
     """The attribute's effect on the predictor's reading over real images (see the module docstring), adjusted
     for the attributes that are not its causal descendants.
@@ -206,17 +220,20 @@ def expected_effect(
         readings: its raw readings of the real images (:func:`raw_readings`).
         rows: the real images' attribute values (every attribute of the schema).
         min_z: standard errors the effect must exceed to count as detected.
+        patients: each image's patient: the standard errors are clustered by patient, whose images are not
+            independent evidence (None: every image independent).
 
     Returns:
         The expected shifts (or slope) and whether the data show an effect.
     """
     attribute = schema[name]
     covariates = adjusted_covariates(schema, rows, name)
+    clusters = None if patients is None else np.asarray([str(p) for p in patients])
     if attribute.kind == "continuous":
         x = np.asarray([float(row[name]) for row in rows])
         if len(x) < 3 or np.ptp(x) == 0:
             return ExpectedEffect(slope=math.nan, z=math.nan, detected=False)
-        slope, se = _coefficient(readings.numpy(), x, covariates)
+        slope, se = _coefficient(readings.numpy(), x, covariates, clusters)
         z = abs(slope) / se if se > 0 else math.inf
         return ExpectedEffect(slope=slope, z=float(z), detected=bool(z >= min_z))
     labels = [str(row[name]) for row in rows]
@@ -229,7 +246,7 @@ def expected_effect(
             pair = [k for k, v in enumerate(labels) if v in (source, target)]
             contrast = reading(schema, name, readings[pair], source, target).numpy()
             treated = np.asarray([labels[k] == target for k in pair], dtype=float)
-            shift, se = _coefficient(contrast, treated, covariates[pair])
+            shift, se = _coefficient(contrast, treated, covariates[pair], None if clusters is None else clusters[pair])
             shifts[(source, target)] = shift
             z_best = max(z_best, abs(shift) / se if se > 0 else math.inf)
     detected = bool(shifts) and z_best >= min_z
