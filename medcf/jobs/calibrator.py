@@ -66,7 +66,7 @@ class Calibrator:
         pool: every held-out image (the data's effects are estimated on them).
         chosen: the images that are moved and decoded.
         patients: each pool image's patient (the pixel maps' halves split patients, the predictors' standard
-            errors are clustered by patient); None: one per image.
+            errors are clustered by patient).
     """
 
     def __init__(
@@ -76,7 +76,7 @@ class Calibrator:
         predictor: AttributePredictor,
         pool: EvaluationSet,
         chosen: EvaluationSet,
-        patients: Sequence[str] | None = None,
+        patients: Sequence[str],
     ) -> None:
         self.run, self.loaded, self.predictor, self.pool, self.chosen = run, loaded, predictor, pool, chosen
         self.patients = patients

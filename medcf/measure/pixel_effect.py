@@ -157,8 +157,7 @@ def _patient_halves(owners: np.ndarray, splits: int, rng: np.random.Generator) -
         return []
     halves = []
     for _ in range(splits):
-        first = set(rng.permutation(distinct)[: len(distinct) // 2])
-        in_first = np.asarray([owner in first for owner in owners])
+        in_first = np.isin(owners, rng.permutation(distinct)[: len(distinct) // 2])
         halves.append((np.flatnonzero(in_first), np.flatnonzero(~in_first)))
     return halves
 
