@@ -83,6 +83,22 @@ def test_network_evaluations_per_step_follow_the_guidance_mode(parts):
     assert half.network_evaluations == 8
 
 
+def test_each_inversion_refinement_is_one_more_network_row_per_image_and_step(parts):
+    """Abduction runs one conditional row per image and step, and one more per refinement (the default is one);
+    decoding is not refined."""
+    model, _ = parts
+    rows: list[int] = []
+    hook = model.register_forward_hook(lambda module, inputs, output: rows.append(inputs[0].shape[0]))
+    try:
+        for refinements in (0, 1, 2):
+            rows.clear()
+            engine(parts, mode="none", inversion_refinements=refinements).abduct(images(), FACTUAL)
+            assert sum(rows) == 2 * 8 * (1 + refinements)
+    finally:
+        hook.remove()
+    assert GuidanceSettings().inversion_refinements == 1
+
+
 def test_action_updates_descendants_and_names_the_affected_group(parts):
     """do(age=95) recomputes disease with each image's abducted noise; do(sex) touches sex only."""
     older = engine(parts).run(images(), FACTUAL, [parse_intervention(CXR_SCHEMA, "do(age=95)")])[0]

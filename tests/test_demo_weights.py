@@ -1,5 +1,6 @@
-"""The shipped demo weights: abduction then the null intervention do() (no guidance, 50 DDIM steps) gives back
-the bundle's first 8 sample images within the reconstruction bar (mean absolute error <= 0.03 on a [0, 1] scale)."""
+"""The shipped demo weights: abduction then the null intervention do() (no guidance, 50 DDIM steps, the default one
+inversion refinement) gives back the bundle's first 8 sample images within the reconstruction bar: mean absolute
+error <= 0.01 on a [0, 1] scale, issue 23's 0.02 on the model's [-1, 1] scale (plain DDIM inversion: about 0.023)."""
 
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from medcf.prepare.cohort import CohortIndex
 from medcf.prepare.inputs import discover_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-RECONSTRUCTION_BAR = 0.03
+RECONSTRUCTION_BAR = 0.01  # [0, 1] scale
 RECONSTRUCTED = 8  # sample images reconstructed (the first, in file order)
 
 

@@ -381,6 +381,8 @@ def test_settings_are_checked_before_any_image_is_read(setup, tmp_path, monkeypa
         (dict(mode="dcgf"), r"guidance: 'dcgf' is not allowed: must be one of none, cfg, dcfg"),
         (dict(steps=0), r"steps: 0 is not allowed"),
         (dict(inversion_depth=1.5), r"inversion_depth: 1\.5 is not allowed"),
+        (dict(inversion_refinements=-1), r"inversion_refinements: -1 is not allowed: must be an integer >= 0"),
+        (dict(inversion_refinements=True), r"inversion_refinements: True is not allowed"),
         (dict(mode="dcfg_per_attribute", per_attribute={"colour": 2.0}), r"unknown attributes \['colour'\]"),
         (dict(size=64), r"image_size: prepared images are 64x64, the model was trained at 32x32"),
         (dict(interventions=("do(colour=red)",)), r"unknown attribute 'colour'"),

@@ -2,8 +2,9 @@
 attributes, in memory (no files, no MLflow), shared by the inference, evaluation and audit jobs.
 
 1. Abduction: DDIM inversion of the factual image under its factual attributes (conditional, no guidance)
-   on explicit timestep pairs, over the whole schedule or the least noisy ``inversion_depth`` of it; once per
-   image, whatever the number of interventions.
+   on explicit timestep pairs, over the whole schedule or the least noisy ``inversion_depth`` of it, each step
+   refined ``inversion_refinements`` times (fixed-point iteration); once per image, whatever the number of
+   interventions.
 2. Action: the intervention is applied to each image's factual attributes, once; the causal graph recomputes
    descendants and names the affected group (intervened + descendants). An image the intervention cannot
    apply to (a shift past the attribute's range) is left out with the reason.
@@ -155,7 +156,7 @@ class CounterfactualEngine:
         """
         codes = encode_attributes(self.model.schema, factual).to(self.model_device)
         denoiser = self._denoiser(codes, guidance_plan(self.model.schema, "none"))
-        return self.sampler.invert(denoiser, images.to(self.model_device))
+        return self.sampler.invert(denoiser, images.to(self.model_device), self.settings.inversion_refinements)
 
     @torch.no_grad()
     def predict(

@@ -21,6 +21,10 @@ if TYPE_CHECKING:  # the plan module imports these settings
     from medcf.core.guidance_plan import CalibratedPlan
 
 
+SHARED_DECODING = ("steps", "inversion_depth", "inversion_refinements")
+"""Settings a job gives every guidance setting alike (one abduction serves them all); not part of a setting's label."""
+
+
 def _require(ok: bool, setting: str, value: object, allowed: str) -> None:
     if not ok:
         raise ValueError(f"{setting}: {value!r} is not allowed: must be {allowed}")
@@ -84,6 +88,10 @@ class GuidanceSettings:
         per_attribute: ``dcfg_per_attribute`` / ``calibrated`` weights by attribute name (others get w_aff / w_inv).
         steps: DDIM steps (>= 1).
         inversion_depth: fraction of the schedule inverted, in (0, 1].
+        inversion_refinements: fixed-point refinements of each inversion step (an integer >= 0; each costs one
+            network evaluation per image and step of the abduction, shared by all interventions of a batch): 0 is
+            plain DDIM inversion; the default 1 makes the ``do()`` output retrace its source (see
+            :meth:`medcf.core.sampling.DDIMSampler.invert`).
         max_rows: rows per forward call; -1: the whole batch on a GPU, about 9 rows on a CPU; None: all.
         rule: how the mode's terms combine at a decoding step: ``linear`` (the weighted sum, CFG / DCFG),
             ``cfg++`` (factored CFG++: the clean image from the weighted sum, re-noised with the null prediction;
@@ -116,6 +124,7 @@ class GuidanceSettings:
     per_attribute: Mapping[str, float] = field(default_factory=dict)
     steps: int = 50
     inversion_depth: float = 1.0
+    inversion_refinements: int = 1
     max_rows: int | None = -1
     rule: str = "linear"
     apg_eta: float = 0.0
@@ -175,6 +184,14 @@ class GuidanceSettings:
             "a number in (0, 1]",
         )
         _require(
+            isinstance(self.inversion_refinements, int)
+            and not isinstance(self.inversion_refinements, bool)
+            and self.inversion_refinements >= 0,
+            "inversion_refinements",
+            self.inversion_refinements,
+            "an integer >= 0",
+        )
+        _require(
             self.max_rows is None or (isinstance(self.max_rows, int) and (self.max_rows == -1 or self.max_rows >= 1)),
             "max_rows",
             self.max_rows,
@@ -185,8 +202,8 @@ class GuidanceSettings:
 def guidance_label(settings: GuidanceSettings) -> str:
     """A short name of a guidance setting, e.g. ``cfg w=3``, ``dcfg w_aff=3 w_inv=1``, ``none``.
 
-    Settings other than the mode's weights, steps, inversion depth, max_rows and the calibrated plan's are
-    appended as ``name=value`` where they differ from the defaults (e.g. ``rule=apg``).
+    Settings other than the mode's weights, steps, the inversion's depth and refinements, max_rows and the
+    calibrated plan's are appended as ``name=value`` where they differ from the defaults (e.g. ``rule=apg``).
 
     Args:
         settings: the settings to name.
@@ -212,11 +229,10 @@ def guidance_label(settings: GuidanceSettings) -> str:
             "w_aff",
             "w_inv",
             "per_attribute",
-            "steps",
-            "inversion_depth",
             "max_rows",
             "intervals",
             "plan",
+            *SHARED_DECODING,
         }:
             continue
         value = getattr(settings, extra.name)
@@ -246,15 +262,18 @@ def guidance_settings_from(
     steps: int,
     inversion_depth: float = 1.0,
     plan: CalibratedPlan | None = None,
+    inversion_refinements: int = 1,
 ) -> list[GuidanceSettings]:
     """GuidanceSettings from config entries like ``{mode: cfg, weight: 3}`` or ``{mode: calibrated}`` (the
     ``plan``'s weights; other keys of the entry, e.g. ``per_attribute``, override it); one line per bad entry.
 
     Args:
-        entries: a non-empty list of mappings of GuidanceSettings fields (not ``steps`` or ``inversion_depth``).
+        entries: a non-empty list of mappings of GuidanceSettings fields (not ``steps`` or the inversion's).
         steps: the DDIM steps of every setting.
         inversion_depth: the inverted fraction of the schedule, for every setting.
         plan: the calibrated plan, needed by an entry with mode ``calibrated``.
+        inversion_refinements: the fixed-point refinements per inversion step, for every setting (one abduction
+            serves them all).
 
     Returns:
         One GuidanceSettings per entry, in order.
@@ -265,7 +284,8 @@ def guidance_settings_from(
     """
     if isinstance(entries, Mapping) or not entries:
         raise ValueError("guidance_settings: give a list of settings, e.g. [{mode: cfg, weight: 3}]")
-    known = {f.name for f in fields(GuidanceSettings)} - {"steps", "inversion_depth"}
+    shared = dict(zip(SHARED_DECODING, (steps, inversion_depth, inversion_refinements), strict=True))
+    known = {f.name for f in fields(GuidanceSettings)} - set(shared)
     settings = []
     for k, entry in enumerate(entries):
         if not isinstance(entry, Mapping):
@@ -277,9 +297,9 @@ def guidance_settings_from(
             if entry.get("mode") == "calibrated":
                 if plan is None:
                     raise ValueError("mode calibrated needs a guidance plan (guidance_plan: the bundle's plan file)")
-                settings.append(plan.settings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
+                settings.append(plan.settings(**dict(entry), **shared))
             else:
-                settings.append(GuidanceSettings(**dict(entry), steps=steps, inversion_depth=inversion_depth))
+                settings.append(GuidanceSettings(**dict(entry), **shared))
         except ValueError as error:
             raise ValueError(f"guidance_settings[{k}]: {error}") from None
     labels = [guidance_label(s) for s in settings]

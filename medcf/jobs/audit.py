@@ -74,6 +74,8 @@ class AuditRun:
         interventions: e.g. ``["do(sex=F)", "do(sex=M)", "do(age=+20)"]``.
         guidance: one guidance setting, e.g. ``{mode: dcfg, w_aff: 2, w_inv: 1}``, or ``{mode: calibrated}``: the
             plan at ``guidance_plan`` (the bundle's default); ``steps`` DDIM steps.
+        inversion_refinements: fixed-point refinements per inversion step (0: plain DDIM inversion; see
+            :class:`~medcf.core.guidance_settings.GuidanceSettings`).
         label_attribute, positive_value: the attribute the classifier predicts, for per-subgroup AUC / TPR / FPR
             (None: no labels).
         gate: the least effectiveness (predictors recognising the intervened value) for a verdict.
@@ -102,6 +104,7 @@ class AuditRun:
     guidance: Mapping[str, Any]
     guidance_plan: str | Path | None = None
     steps: int = 50
+    inversion_refinements: int = 1
     label_attribute: str | None = None
     positive_value: str | None = None
     gate: float = 0.8
@@ -126,6 +129,7 @@ class AuditRun:
             raise ValueError(f"gate: {self.gate!r} must lie in (0, 1]")
         for name in ("resamples", "batch_size", "steps"):
             require_integer(name, getattr(self, name), 1)
+        require_integer("inversion_refinements", self.inversion_refinements, 0)
 
     def run(self) -> dict[str, Any]:
         """Audit the classifier: every intervention's counterfactuals against the ``do()`` control, per patient.
@@ -151,7 +155,9 @@ class AuditRun:
         if any(i.is_null for i in interventions):
             raise ValueError("interventions: do() is the control the audit adds itself; name attributes to change")
         plan = plan_if_used(self.guidance, self.guidance_plan, schema, loaded.sha256)
-        (settings,) = guidance_settings_from([self.guidance], self.steps, plan=plan)
+        (settings,) = guidance_settings_from(
+            [self.guidance], self.steps, plan=plan, inversion_refinements=self.inversion_refinements
+        )
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
         self._check_settings(schema)
         with job.folder():
@@ -341,6 +347,7 @@ class AuditRun:
             "interventions": [self.interventions] if isinstance(self.interventions, str) else list(self.interventions),
             "guidance": guidance,
             "steps": self.steps,
+            "inversion_refinements": self.inversion_refinements,
             "threshold": self.classifier_settings.threshold,
             "gate": self.gate,
             "resamples": self.resamples,

@@ -46,6 +46,7 @@ COMMON_KEYS = (
     "phantom_training_set",
     "guidance",
     "steps",
+    "inversion_refinements",
     "max_pixel_bytes",
     "defaults",
 )

@@ -80,6 +80,8 @@ class CalibrationRun:
         images: at most this many calibration images (drawn by ``seed``); every held-out image is the real
             reference the counterfactuals are compared with.
         steps: DDIM steps; w_inv: the invariant group's weight.
+        inversion_refinements: fixed-point refinements per inversion step (0: plain DDIM inversion; see
+            :class:`~medcf.core.guidance_settings.GuidanceSettings`).
         rule: how the groups combine at a step while calibrating, recorded in the plan and used by its decodes:
             ``linear`` or ``nested`` (:data:`~medcf.core.guidance_plan.PLAN_RULES`).
         bounds, start, tolerance, max_evaluations: the weight search
@@ -113,6 +115,7 @@ class CalibrationRun:
     images: int = 24
     seed: int = 0
     steps: int = 50
+    inversion_refinements: int = 1
     w_inv: float = 1.0
     rule: str = "linear"
     bounds: Sequence[float] = (0.0, 8.0)
@@ -134,6 +137,7 @@ class CalibrationRun:
         for setting in ("images", "steps", "heldout_subjects"):
             require_integer(setting, getattr(self, setting), 1)
         require_integer("max_evaluations", self.max_evaluations, 2)
+        require_integer("inversion_refinements", self.inversion_refinements, 0)
         low, high = (float(b) for b in self.bounds)
         if not (0 <= low < high and math.isfinite(high)):
             raise ValueError(f"bounds: {list(self.bounds)!r} must be [low, high] with 0 <= low < high")
@@ -229,6 +233,7 @@ class CalibrationRun:
                 {
                     "images": plan.data["images"],
                     "steps": self.steps,
+                    "inversion_refinements": self.inversion_refinements,
                     "w_inv": self.w_inv,
                     "rule": self.rule,
                     "bounds": list(self.bounds),

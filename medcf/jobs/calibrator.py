@@ -102,6 +102,7 @@ class Calibrator:
             w_aff=1.0,  # an attribute not calibrated yet is decoded conditionally
             w_inv=self.run.w_inv,
             steps=self.run.steps,
+            inversion_refinements=self.run.inversion_refinements,
             rule=self.run.rule,
             plan="calibrating",
         )

@@ -59,7 +59,13 @@ from tqdm import tqdm
 from medcf.core.attributes import AttributeSchema
 from medcf.core.engine import CounterfactualBatch, CounterfactualEngine
 from medcf.core.guidance_plan import plan_if_used
-from medcf.core.guidance_settings import GuidanceSettings, guidance_label, guidance_settings_from, short_value
+from medcf.core.guidance_settings import (
+    SHARED_DECODING,
+    GuidanceSettings,
+    guidance_label,
+    guidance_settings_from,
+    short_value,
+)
 from medcf.core.interventions import Intervention
 from medcf.jobs.context import JobContext
 from medcf.jobs.evaluation_plots import save_study_plots
@@ -99,6 +105,8 @@ class EvaluationRun:
             ``{mode: calibrated}``: the guidance plan at ``guidance_plan``.
         guidance_plan: the bundle's calibrated guidance plan (read when an entry has mode calibrated).
         steps: DDIM steps of every setting.
+        inversion_refinements: fixed-point refinements per inversion step (0: plain DDIM inversion; see
+            :class:`~medcf.core.guidance_settings.GuidanceSettings`).
         seeds: one row per seed; each seed draws its own ``images_per_seed`` images.
         composition_images, composition_cycles: the null-intervention cycles (0 images: skipped).
         reversibility: also decode each counterfactual back to its factual attributes.
@@ -123,6 +131,7 @@ class EvaluationRun:
     heldout_seed: int = 1000
     guidance_plan: str | Path | None = None
     steps: int = 25
+    inversion_refinements: int = 1
     seeds: Sequence[int] = (0,)
     images_per_seed: int = 16
     composition_images: int = 4
@@ -138,6 +147,7 @@ class EvaluationRun:
         for name in ("steps", "images_per_seed", "composition_cycles", "heldout_subjects"):
             require_integer(name, getattr(self, name), 1)
         require_integer("composition_images", self.composition_images, 0)
+        require_integer("inversion_refinements", self.inversion_refinements, 0)
         seeds = [self.seeds] if isinstance(self.seeds, int) else list(self.seeds)
         if not seeds or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds):
             raise ValueError(f"seeds: {self.seeds!r} must be a list of integers >= 0")
@@ -168,7 +178,9 @@ class EvaluationRun:
         predictor = load_predictors(self.predictors_path, expected_schema=schema).to(device).eval()
         interventions = parse_interventions(schema, self.interventions)
         plan = plan_if_used(self.guidance_settings, self.guidance_plan, schema, loaded.sha256)
-        settings = guidance_settings_from(self.guidance_settings, self.steps, plan=plan)
+        settings = guidance_settings_from(
+            self.guidance_settings, self.steps, plan=plan, inversion_refinements=self.inversion_refinements
+        )
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
         with job.folder():
             data = shard.once(lambda: job_data(self, output_dir / "heldout_data"))  # a held-out set is written once
@@ -352,6 +364,7 @@ class EvaluationRun:
                 else [self.interventions],
                 "guidance_settings": [dict(entry) for entry in self.guidance_settings],
                 "steps": self.steps,
+                "inversion_refinements": self.inversion_refinements,
                 "seeds": list(self.seeds),
                 "images_per_seed": self.images_per_seed,
                 "composition_images": self.composition_images,
@@ -393,7 +406,7 @@ def _setting_columns(settings: GuidanceSettings) -> dict[str, Any]:
     values = asdict(settings)
     columns = {"mode": settings.mode, "w": settings.weight, "w_aff": settings.w_aff, "w_inv": settings.w_inv}
     for name, value in values.items():
-        if name in ("mode", "weight", "w_aff", "w_inv", "steps", "inversion_depth", "max_rows"):
+        if name in ("mode", "weight", "w_aff", "w_inv", "max_rows") or name in SHARED_DECODING:
             continue
         columns[name] = short_value(value) if isinstance(value, tuple | list | dict) else value
     if isinstance(values.get("per_attribute"), dict):

@@ -169,6 +169,44 @@ class TestGaussianDenoiserRoundTrip:
         assert torch.allclose(sampler.decode(lambda x, t: fixed, latent), x0, atol=1e-8)
 
 
+class TestRefinedInversion:
+    @pytest.mark.parametrize(("schedule", "prediction_type"), SETTINGS)
+    def test_each_refinement_brings_the_round_trip_closer(self, schedule, prediction_type):
+        """Fixed-point refinements of the inversion steps shrink the invert-then-decode error of an x-dependent
+        model (measured at 20 steps: 0.029 -> 0.0059 -> 0.0012 -> 0.00005 at 0, 1, 2, 4 refinements, linear;
+        0.018 -> 0.0036 -> 0.0013 -> 0.0008, cosine)."""
+        config = DiffusionConfig(schedule=schedule, prediction_type=prediction_type)
+        sampler = DDIMSampler(config.alphas_cumprod(), prediction_type, 20)
+        predict, x0 = gaussian_denoiser(config), images(7)
+
+        def error(refinements: int) -> float:
+            return ((sampler.decode(predict, sampler.invert(predict, x0, refinements)) - x0).abs().mean() / 2).item()
+
+        errors = [error(k) for k in (0, 1, 2, 4)]
+        assert errors == sorted(errors, reverse=True)
+        assert errors[1] < 0.25 * errors[0]
+        assert errors[3] < 0.1 * errors[0]
+
+    def test_a_refinement_is_one_more_prediction_at_the_same_timestep(self):
+        """With two refinements each inversion step asks for three predictions at its timestep, in order."""
+        config = DiffusionConfig()
+        sampler = DDIMSampler(config.alphas_cumprod(), "epsilon", 3)
+        seen: list[int] = []
+
+        def predict(x: torch.Tensor, t: int) -> torch.Tensor:
+            seen.append(t)
+            return torch.zeros_like(x)
+
+        sampler.invert(predict, torch.zeros(1, 1, 4, 4), refinements=2)
+        assert seen == [0, 0, 0, 500, 500, 500, 999, 999, 999]
+
+    def test_negative_refinements_are_refused(self):
+        config = DiffusionConfig()
+        sampler = DDIMSampler(config.alphas_cumprod(), "epsilon", 3)
+        with pytest.raises(ValueError, match="inversion refinements: -1 must be >= 0"):
+            sampler.invert(lambda x, t: x, torch.zeros(1, 1, 4, 4), refinements=-1)
+
+
 class TestDeterminism:
     def test_invert_and_decode_are_deterministic_and_pure(self):
         """invert and decode give identical results on repeat, keep the dtype and leave their inputs untouched."""
