@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/throughput.py [--device auto] [--stages engine end_to_end train]
         [--sizes 64 128 192] [--batches 1 8 64 256 512] [--precisions fp32 bf16] [--compile both]
         [--guidance dcfg dcfg_nested cfg dcfg_interval calibrated calibrated_nested] [--plan PLAN.json]
-        [--steps 50] [--repeats 3] [--warmup 1]
+        [--steps 50] [--inversion_refinements 1] [--repeats 3] [--warmup 1]
         [--subjects 64] [--out benchmarks/results/throughput.csv]
 
 Stages (the ``stage`` column):
@@ -17,6 +17,9 @@ Stages (the ``stage`` column):
   the bundle's 64 px only (its model file).
 - ``train``: training steps of the same network (forward, backward, AdamW) on random images; images per second in
   the ``counterfactuals_per_s`` column.
+
+``--inversion_refinements``: fixed-point refinements per inversion step (the jobs' default is 1); a row measured
+with another count says so in its ``guidance`` (e.g. ``cfg refinements=0``).
 
 ``compiled``: the network wrapped by ``torch.compile`` (``--compile both`` measures with and without; a compiler
 failure is reported and the row skipped). ``gpu_utilisation``: the mean of ``nvidia-smi`` samples over the
@@ -79,17 +82,23 @@ GUIDANCE = {
 BUNDLE_PLAN = Path(bundle_root("cxr_counterfactual")) / "models" / "guidance_plan.json"
 
 
-def engine_settings(name: str, steps: int, precision: str, plan: Path = BUNDLE_PLAN) -> GuidanceSettings:
-    """The engine's settings of the guidance ``name`` of :data:`GUIDANCE`; ``calibrated`` reads the chest guidance
-    ``plan`` (not checked against the fresh network, whose cost does not depend on its weights)."""
+def engine_settings(
+    name: str, steps: int, precision: str, plan: Path = BUNDLE_PLAN, refinements: int = 1
+) -> GuidanceSettings:
+    """The engine's settings of the guidance ``name`` of :data:`GUIDANCE` with ``refinements`` per inversion step;
+    ``calibrated`` reads the chest guidance ``plan`` (not checked against the fresh network, whose cost does not
+    depend on its weights)."""
+    options = {**GUIDANCE[name], "steps": steps, "precision": precision, "inversion_refinements": refinements}
     if GUIDANCE[name]["mode"] != "calibrated":
-        return GuidanceSettings(**GUIDANCE[name], steps=steps, precision=precision)
-    return CalibratedPlan.load(plan, CXR_SCHEMA).settings(**GUIDANCE[name], steps=steps, precision=precision)
+        return GuidanceSettings(**options)
+    return CalibratedPlan.load(plan, CXR_SCHEMA).settings(**options)
 
 
-def guidance_label(name: str, plan: Path) -> str:
-    """The table's ``guidance`` of ``name``: a calibrated row names its plan (file and SHA-256 prefix)."""
-    return f"{name} {CalibratedPlan.load(plan, CXR_SCHEMA).label}" if name.startswith("calibrated") else name
+def guidance_label(name: str, plan: Path, refinements: int = 1) -> str:
+    """The table's ``guidance`` of ``name``: a calibrated row names its plan (file and SHA-256 prefix), a row with
+    other than the default one inversion refinement its count."""
+    label = f"{name} {CalibratedPlan.load(plan, CXR_SCHEMA).label}" if name.startswith("calibrated") else name
+    return label if refinements == 1 else f"{label} refinements={refinements}"
 
 
 class UtilisationSampler:
@@ -188,8 +197,8 @@ def engine_rows(args: argparse.Namespace, device: torch.device) -> list[dict]:
             continue
         for guidance in args.guidance:
             for precision in args.precisions:
-                settings = engine_settings(guidance, args.steps, precision, args.plan)
-                label = guidance_label(guidance, args.plan)
+                settings = engine_settings(guidance, args.steps, precision, args.plan, args.inversion_refinements)
+                label = guidance_label(guidance, args.plan, args.inversion_refinements)
                 engine = CounterfactualEngine(network, diffusion, graph, settings)  # type: ignore[arg-type]
                 for size in args.sizes:
                     for batch in args.batches:
@@ -271,15 +280,17 @@ def end_to_end_rows(args: argparse.Namespace, device: torch.device) -> list[dict
     with tempfile.TemporaryDirectory() as folder:
         export, cohort = phantom_export_with_cohort("cxr", Path(folder) / "data", args.subjects, 128, 4242)
         for guidance in args.guidance:
-            label = guidance_label(guidance, args.plan)
+            label = guidance_label(guidance, args.plan, args.inversion_refinements)
+            refine = ("--inversion_refinements", str(args.inversion_refinements))
             for precision in args.precisions:
                 for batch in args.batches:
                     out = Path(folder) / f"out_{guidance}_{precision}_{batch}"
                     try:
                         with UtilisationSampler(device) as sampler:
                             made, seconds = run_inference_bundle(
-                                export, cohort, out, guidance, args.steps, batch, str(device), precision, plan=args.plan
-                            )
+                                export, cohort, out, guidance, args.steps, batch, str(device), precision,
+                                extra=refine, plan=args.plan,
+                            )  # fmt: skip
                     except RuntimeError as error:
                         print(f"end_to_end batch {batch}: failed ({error}); skipped")
                         continue
@@ -366,6 +377,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", nargs="+", default=["dcfg", "cfg"], choices=sorted(GUIDANCE))
     parser.add_argument("--plan", type=Path, default=BUNDLE_PLAN, help="guidance plan of --guidance calibrated")
     parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--inversion_refinements", type=int, default=1, help="per inversion step (jobs' default: 1)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls first (0 is fine on a CPU, uncompiled)")
     parser.add_argument("--subjects", type=int, default=64, help="phantom subjects of the end-to-end export")

@@ -143,8 +143,8 @@ class CalibratedPlan:
         is the plan's).
 
         Args:
-            **options: other GuidanceSettings fields; ``mode``, ``weight``, ``w_inv``, ``intervals`` and ``plan``
-                are ignored (the plan sets them).
+            **options: other GuidanceSettings fields; ``mode``, ``weight``, ``w_inv``, ``intervals``, ``plan`` and
+                ``overrides`` are ignored (the plan sets them; ``per_attribute`` becomes ``overrides``).
 
         Returns:
             The settings, with the plan's weights, bands, ``w_inv``, rule (unless ``options`` names one) and
@@ -153,9 +153,10 @@ class CalibratedPlan:
         Raises:
             ValueError: if an option is not allowed (see :class:`~medcf.core.guidance_settings.GuidanceSettings`).
         """
-        weights = {**self.weights(), **dict(options.pop("per_attribute", None) or {})}
+        overrides = dict(options.pop("per_attribute", None) or {})
+        weights = {**self.weights(), **overrides}
         intervals = {name: guidance.interval for name, guidance in self.attributes.items()}
-        for ignored in ("mode", "weight", "w_inv", "intervals", "plan"):
+        for ignored in ("mode", "weight", "w_inv", "intervals", "plan", "overrides"):
             options.pop(ignored, None)
         rule = options.pop("rule", None) or self.rule
         return GuidanceSettings(
@@ -164,6 +165,7 @@ class CalibratedPlan:
             w_inv=self.w_inv,
             intervals=intervals,
             plan=self.label,
+            overrides=overrides,
             rule=rule,
             **options,
         )

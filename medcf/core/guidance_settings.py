@@ -113,6 +113,8 @@ class GuidanceSettings:
         intervals: ``calibrated``: a band (or None) per attribute; a decode is guided inside the smallest band
             holding every affected attribute's band (None when one of them has none; ``interval`` for ``do()``).
         plan: ``calibrated``: the plan's identity (file name and SHA-256 prefix), recorded with every output.
+        overrides: ``calibrated``: the weights given in place of the plan's (they are in ``per_attribute`` too); they
+            name the setting (``calibrated age=1``), so that a plan and its variants can be compared in one run.
 
     The defaults (rule linear, no interval) are plain CFG / DCFG; the APG values are then unused.
     """
@@ -134,6 +136,7 @@ class GuidanceSettings:
     precision: str = "fp32"
     intervals: Mapping[str, tuple[float, float] | None] = field(default_factory=dict)
     plan: str | None = None
+    overrides: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _require(self.mode in GUIDANCE_MODES, "guidance", self.mode, f"one of {', '.join(GUIDANCE_MODES)}")
@@ -167,6 +170,13 @@ class GuidanceSettings:
         _require(isinstance(self.intervals, Mapping), "intervals", self.intervals, "a mapping")
         bands = {name: _band(f"intervals.{name}", band) for name, band in self.intervals.items()}
         object.__setattr__(self, "intervals", bands)
+        _require(
+            isinstance(self.overrides, Mapping) and (not self.overrides or self.mode == "calibrated"),
+            "overrides",
+            self.overrides,
+            "a mapping, for mode calibrated only",
+        )
+        object.__setattr__(self, "overrides", dict(self.overrides))
         if self.mode == "calibrated":
             _require(
                 isinstance(self.plan, str) and bool(self.plan), "plan", self.plan, "the plan's name for mode calibrated"
@@ -215,6 +225,8 @@ def guidance_label(settings: GuidanceSettings) -> str:
         label = "none"
     elif settings.mode == "calibrated":
         label = "calibrated"
+        if settings.overrides:
+            label += " " + ",".join(f"{k}={v:g}" for k, v in sorted(settings.overrides.items()))
     elif settings.mode == "cfg":
         label = f"cfg w={settings.weight:g}"
     else:
@@ -232,6 +244,7 @@ def guidance_label(settings: GuidanceSettings) -> str:
             "max_rows",
             "intervals",
             "plan",
+            "overrides",
             *SHARED_DECODING,
         }:
             continue

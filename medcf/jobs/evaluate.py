@@ -406,7 +406,7 @@ def _setting_columns(settings: GuidanceSettings) -> dict[str, Any]:
     values = asdict(settings)
     columns = {"mode": settings.mode, "w": settings.weight, "w_aff": settings.w_aff, "w_inv": settings.w_inv}
     for name, value in values.items():
-        if name in ("mode", "weight", "w_aff", "w_inv", "max_rows") or name in SHARED_DECODING:
+        if name in ("mode", "weight", "w_aff", "w_inv", "max_rows", "overrides") or name in SHARED_DECODING:
             continue
         columns[name] = short_value(value) if isinstance(value, tuple | list | dict) else value
     if isinstance(values.get("per_attribute"), dict):

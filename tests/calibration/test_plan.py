@@ -16,7 +16,7 @@ from medcf.core.guidance_plan import (
     guidance_settings,
     plan_if_used,
 )
-from medcf.core.guidance_settings import GuidanceSettings, calibrated_interval
+from medcf.core.guidance_settings import GuidanceSettings, calibrated_interval, guidance_label, guidance_settings_from
 from medcf.phantoms.cxr import CXR_SCHEMA
 
 
@@ -49,12 +49,26 @@ def test_the_plan_becomes_calibrated_settings_and_one_group_per_affected_attribu
     settings = plan.settings(steps=20, per_attribute={"sex": 3.0}, weight=9.0)
     assert settings.mode == "calibrated" and settings.steps == 20 and settings.plan == plan.label
     assert settings.per_attribute == {"age": 0.8, "sex": 3.0, "disease": 5.5}  # the override wins
+    assert settings.overrides == {"sex": 3.0} and plan.settings().overrides == {}
     made = guidance_plan(CXR_SCHEMA, "calibrated", {"age", "disease"}, w_inv=1.0, per_attribute=settings.per_attribute)
     assert made.groups == (("age",), ("disease",), ("sex", "race")) and made.weights == (0.8, 5.5, 1.0)
     assert made.keep.shape == (4, 4) and not made.keep[0].any()
     assert calibrated_interval(settings, {"age", "disease"}) == (0.0, math.inf)  # the band holding both
     assert calibrated_interval(settings, {"age", "sex"}) is None  # sex is guided at every step
     assert calibrated_interval(settings, set()) is None
+
+
+def test_a_plan_and_its_variants_have_their_own_labels(tmp_path):
+    """Weights given in place of the plan's name the setting, so one evaluation can compare a plan with its
+    variants; overrides belong to mode calibrated only."""
+    plan = CalibratedPlan.load(a_plan().save(tmp_path / "p.json"), CXR_SCHEMA)
+    entries = [{"mode": "calibrated"}, {"mode": "calibrated", "per_attribute": {"sex": 1, "age": 2.5}}]
+    labels = [guidance_label(s) for s in guidance_settings_from(entries, steps=5, plan=plan)]
+    assert labels == ["calibrated", "calibrated age=2.5,sex=1"]
+    with pytest.raises(ValueError, match="guidance_settings: calibrated given more than once"):
+        guidance_settings_from([{"mode": "calibrated"}, {"mode": "calibrated", "per_attribute": {}}], 5, plan=plan)
+    with pytest.raises(ValueError, match="overrides: .* must be a mapping, for mode calibrated only"):
+        GuidanceSettings(mode="dcfg", overrides={"sex": 1.0})
 
 
 def test_a_plan_is_refused_with_one_line_naming_the_file(tmp_path):
