@@ -388,7 +388,7 @@ class _Job:
         mode = f"{g.mode} (plan {g.plan})" if g.plan else g.mode
         return (
             f"medcf {result.intervention.text}; guidance {mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
-            f"inversion depth {g.inversion_depth:g}, {g.inversion_refinements} refinements; "
+            f"inversion depth {g.inversion_depth:g}, inversion refinements {g.inversion_refinements}; "
             f"affected {','.join(sorted(result.affected)) or 'none'}"
         )
 

@@ -187,19 +187,6 @@ class TestRefinedInversion:
         assert errors[1] < 0.25 * errors[0]
         assert errors[3] < 0.1 * errors[0]
 
-    def test_a_refinement_is_one_more_prediction_at_the_same_timestep(self):
-        """With two refinements each inversion step asks for three predictions at its timestep, in order."""
-        config = DiffusionConfig()
-        sampler = DDIMSampler(config.alphas_cumprod(), "epsilon", 3)
-        seen: list[int] = []
-
-        def predict(x: torch.Tensor, t: int) -> torch.Tensor:
-            seen.append(t)
-            return torch.zeros_like(x)
-
-        sampler.invert(predict, torch.zeros(1, 1, 4, 4), refinements=2)
-        assert seen == [0, 0, 0, 500, 500, 500, 999, 999, 999]
-
     def test_negative_refinements_are_refused(self):
         config = DiffusionConfig()
         sampler = DDIMSampler(config.alphas_cumprod(), "epsilon", 3)
@@ -226,7 +213,8 @@ class TestDeterminism:
         assert not torch.equal(latent, x0)
 
     def test_predict_sees_the_schedule(self):
-        """decode calls predict once per schedule step in descending order; invert in ascending order."""
+        """decode calls predict once per schedule step in descending order; invert in ascending order, once more per
+        refinement."""
         config = DiffusionConfig()
         sampler = DDIMSampler(config.alphas_cumprod(), "epsilon", 5)
         seen: list[int] = []
@@ -240,6 +228,9 @@ class TestDeterminism:
         seen.clear()
         sampler.invert(predict, torch.zeros(1, 1, 4, 4))
         assert seen == [0, 250, 500, 749, 999]
+        seen.clear()  # each refinement is one more prediction at the step's own timestep
+        sampler.invert(predict, torch.zeros(1, 1, 4, 4), refinements=2)
+        assert seen == [t for t in (0, 250, 500, 749, 999) for _ in range(3)]
 
 
 def test_clip_x0_keeps_samples_of_an_overconfident_model_in_the_image_range():
