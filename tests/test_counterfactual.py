@@ -99,6 +99,33 @@ def test_each_inversion_refinement_is_one_more_network_row_per_image_and_step(pa
     assert GuidanceSettings().inversion_refinements == 1
 
 
+def test_descendants_are_guided_only_where_their_value_changes_when_asked(parts):
+    """affected_descendants changed: an image whose disease an age shift leaves as it was is decoded with age alone
+    as the affected group (disease stays invariant); all (the default) guides the graph's whole set everywhere. An
+    intervention without descendants decodes the same either way, and each image's reference follows its plan."""
+    older = parse_intervention(CXR_SCHEMA, "do(age=+10)")
+    everywhere = engine(parts, mode="dcfg", w_aff=2.5)
+    where_changed = engine(parts, mode="dcfg", w_aff=2.5, affected_descendants="changed")
+    latents = everywhere.abduct(images(), FACTUAL)
+    full = everywhere.predict(latents, FACTUAL, older)
+    per_image = where_changed.predict(latents, FACTUAL, older)
+    assert full.image_affected == [frozenset({"age", "disease"})] * 2
+    for j, row in enumerate(per_image.attributes):
+        changed = {"disease"} if row["disease"] != FACTUAL[j]["disease"] else set()
+        assert per_image.image_affected[j] == {"age"} | changed
+        assert per_image.image_plans[j].describe() == where_changed.plan_for({"age"} | changed).describe()
+    assert per_image.image_affected != full.image_affected, "no age shift here changes the disease"
+    assert not torch.equal(per_image.images, full.images)
+    references = where_changed.references(latents, FACTUAL).of(per_image)
+    assert torch.equal(references[0], where_changed.reconstruct(latents, FACTUAL, per_image.image_affected[0])[0].cpu())
+    sex = parse_intervention(CXR_SCHEMA, "do(sex=F)")
+    assert torch.equal(
+        where_changed.predict(latents, FACTUAL, sex).images, everywhere.predict(latents, FACTUAL, sex).images
+    )
+    with pytest.raises(ValueError, match="affected_descendants: 'some' is not allowed"):
+        GuidanceSettings(affected_descendants="some")
+
+
 def test_action_updates_descendants_and_names_the_affected_group(parts):
     """do(age=95) recomputes disease with each image's abducted noise; do(sex) touches sex only."""
     older = engine(parts).run(images(), FACTUAL, [parse_intervention(CXR_SCHEMA, "do(age=95)")])[0]

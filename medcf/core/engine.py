@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -54,7 +54,10 @@ class CounterfactualBatch:
         images: the counterfactual images (len(made), C, H, W), on the model's scale [-1, 1].
         rejected: position -> reason, for images the intervention could not apply to.
         network_evaluations: network evaluations per image of the decoding (counted: a step outside the guidance
-            interval costs one, a guided step ``plan.evaluations``).
+            interval costs one, a guided step ``plan.evaluations``), the mean over the made images.
+        image_affected: per made image, the affected set its guidance was planned for: ``affected``, or with
+            ``affected_descendants: changed`` the intervened attributes and the descendants whose value changed.
+        image_plans: per made image, the guidance plan it was decoded with.
     """
 
     intervention: Intervention
@@ -64,7 +67,9 @@ class CounterfactualBatch:
     attributes: list[dict[str, AttributeValue]]
     images: torch.Tensor
     rejected: dict[int, str]
-    network_evaluations: int
+    network_evaluations: float
+    image_affected: list[frozenset[str]] = field(default_factory=list)
+    image_plans: list[GuidancePlan] = field(default_factory=list)
 
 
 class CounterfactualEngine:
@@ -185,10 +190,43 @@ class CounterfactualEngine:
         if not made:
             empty = latents[:0]
             return CounterfactualBatch(intervention, affected, plan, [], [], empty, rejected, 0)
-        denoiser = self._denoiser(encode_attributes(schema, rows).to(self.model_device), plan)
-        images = self.sampler.decode(denoiser, latents[made])
-        evaluations = denoiser.evaluations
-        return CounterfactualBatch(intervention, affected, plan, made, rows, images, rejected, evaluations)
+        sets = [self.image_affected(affected, intervention, factual[p], row) for p, row in zip(made, rows, strict=True)]
+        images = latents.new_empty((len(made), *latents.shape[1:]))
+        plans: list[GuidancePlan] = [plan] * len(made)
+        evaluations = 0.0
+        for chosen in dict.fromkeys(sets):  # one decode per distinct affected set, in first-seen order
+            part = [j for j, s in enumerate(sets) if s == chosen]
+            part_plan = plan if chosen == affected else self.plan_for(set(chosen))
+            codes = encode_attributes(schema, [rows[j] for j in part]).to(self.model_device)
+            denoiser = self._denoiser(codes, part_plan)
+            images[part] = self.sampler.decode(denoiser, latents[[made[j] for j in part]])
+            evaluations += denoiser.evaluations * len(part) / len(made)
+            for j in part:
+                plans[j] = part_plan
+        return CounterfactualBatch(intervention, affected, plan, made, rows, images, rejected, evaluations, sets, plans)
+
+    def image_affected(
+        self,
+        affected: frozenset[str] | set[str],
+        intervention: Intervention,
+        factual: Mapping[str, AttributeValue],
+        counterfactual: Mapping[str, AttributeValue],
+    ) -> frozenset[str]:
+        """The affected set one image's guidance is planned for (see ``affected_descendants``).
+
+        Args:
+            affected: the intervened attributes and all their descendants.
+            intervention: the intervention.
+            factual: the image's factual attributes.
+            counterfactual: its counterfactual attributes.
+
+        Returns:
+            ``affected`` (``all``), or the intervened attributes and the descendants whose value changed (``changed``).
+        """
+        if self.settings.affected_descendants == "all":
+            return frozenset(affected)
+        intervened = set(intervention.names)
+        return frozenset(n for n in affected if n in intervened or counterfactual[n] != factual[n])
 
     @torch.no_grad()
     def reconstruct(
@@ -276,6 +314,25 @@ class NullReferences:
         if key not in self._decoded:
             self._decoded[key] = self.engine.reconstruct(self.latents, self.factual, affected).cpu()
         return self._decoded[key]
+
+    def of(self, batch: CounterfactualBatch, positions: Sequence[int] | None = None) -> torch.Tensor:
+        """Each made image's reference under the plan it was decoded with (``batch.image_affected``).
+
+        Args:
+            batch: counterfactuals predicted from (a subset of) this cache's latents.
+            positions: the made images' positions among this cache's latents; None: ``batch.made`` (the batch was
+                predicted from all of them).
+
+        Returns:
+            (len(batch.made), 1, H, W) on the CPU.
+        """
+        positions = list(batch.made if positions is None else positions)
+        references = self(batch.affected)[positions]
+        for chosen in dict.fromkeys(batch.image_affected):
+            if chosen != batch.affected:
+                part = [j for j, s in enumerate(batch.image_affected) if s == chosen]
+                references[part] = self(set(chosen))[[positions[j] for j in part]]
+        return references
 
     @property
     def decodes(self) -> int:

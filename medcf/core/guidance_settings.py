@@ -21,6 +21,9 @@ if TYPE_CHECKING:  # the plan module imports these settings
     from medcf.core.guidance_plan import CalibratedPlan
 
 
+AFFECTED_DESCENDANTS = ("all", "changed")
+"""Which descendants of the intervened attributes a decode guides as affected (see GuidanceSettings)."""
+
 SHARED_DECODING = ("steps", "inversion_depth", "inversion_refinements")
 """Settings a job gives every guidance setting alike (one abduction serves them all); not part of a setting's label."""
 
@@ -113,6 +116,10 @@ class GuidanceSettings:
         intervals: ``calibrated``: a band (or None) per attribute; a decode is guided inside the smallest band
             holding every affected attribute's band (None when one of them has none; ``interval`` for ``do()``).
         plan: ``calibrated``: the plan's identity (file name and SHA-256 prefix), recorded with every output.
+        affected_descendants: ``all`` (every descendant the causal graph names is guided with the intervened
+            attributes, in every image) or ``changed`` (per image, only the descendants whose value the intervention
+            changes there; the others stay in the invariant group, so a descendant's weight does not amplify the
+            image's own, unchanged value).
         overrides: ``calibrated``: the weights given in place of the plan's (they are in ``per_attribute`` too); they
             name the setting (``calibrated age=1``), so that a plan and its variants can be compared in one run.
 
@@ -136,6 +143,7 @@ class GuidanceSettings:
     precision: str = "fp32"
     intervals: Mapping[str, tuple[float, float] | None] = field(default_factory=dict)
     plan: str | None = None
+    affected_descendants: str = "all"
     overrides: Mapping[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -170,6 +178,12 @@ class GuidanceSettings:
         _require(isinstance(self.intervals, Mapping), "intervals", self.intervals, "a mapping")
         bands = {name: _band(f"intervals.{name}", band) for name, band in self.intervals.items()}
         object.__setattr__(self, "intervals", bands)
+        _require(
+            self.affected_descendants in AFFECTED_DESCENDANTS,
+            "affected_descendants",
+            self.affected_descendants,
+            f"one of {', '.join(AFFECTED_DESCENDANTS)}",
+        )
         _require(
             isinstance(self.overrides, Mapping) and (not self.overrides or self.mode == "calibrated"),
             "overrides",

@@ -272,9 +272,10 @@ class AuditRun:
             for decoded, positions in self._holding_the_label(engine, intervention, chunk, changed):
                 batch = engine.predict(latents[positions], [chunk.factual[k] for k in positions], decoded)
                 made = [positions[k] for k in batch.made]
-                key = batch.plan.describe()
-                if key not in p_null:  # one null reconstruction per guidance plan and chunk
-                    p_null[key] = classifier.probabilities(references(batch.affected))
+                keys = [plan.describe() for plan in batch.image_plans]
+                for key, chosen in zip(keys, batch.image_affected, strict=True):
+                    if key not in p_null:  # one null reconstruction per guidance plan and chunk
+                        p_null[key] = classifier.probabilities(references(set(chosen)))
                 p_cf = classifier.probabilities(batch.images.cpu())
                 after = predict_all(predictor, batch.images.cpu())
                 before = {name: values[made] for name, values in predicted_factual.items()}
@@ -292,7 +293,7 @@ class AuditRun:
                     rows.append({
                         "source": chunk.sources[k], "patient": patients[start + k], "attribute": name,
                         "from": source_value, "to": target_value, "p_factual": float(p_factual[start + k]),
-                        "p_counterfactual": float(p_cf[j]), "p_null": float(p_null[key][k]),
+                        "p_counterfactual": float(p_cf[j]), "p_null": float(p_null[keys[j]][k]),
                         "recognised": bool(recognised[j]),
                     })  # fmt: skip
             bar.update()

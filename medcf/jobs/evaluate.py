@@ -271,7 +271,7 @@ class EvaluationRun:
             )
             if batch.made:
                 found.images = batch.images
-                found.reference = references(batch.affected)[batch.made]  # the same guidance's reference
+                found.reference = references.of(batch)  # each image's reference under its own guidance
                 found.null_output = references(set())[batch.made]  # the do() output, as inference makes it
                 found.back = self._reversed(engine, batch, mine) if self.reversibility else None
                 found.after = predict_all(predictor, batch.images)

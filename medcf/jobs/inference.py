@@ -338,10 +338,10 @@ class _Job:
                 rejected.append(self._row(p.item.image, p.item.source, intervention, "rejected", reason))
                 shown_reason = reason.removeprefix(f"{intervention.text}: ")  # the column's title says it
                 not_made[members[position]][intervention.text] = f"not made: {shown_reason}"
-            description = self._describe(result)
             for j, position in enumerate(result.made):
                 display = to_unit_scale(result.images[j, 0].cpu().numpy())
-                drawn[members[position]].append((Drawn(intervention, display, description), self._extra(result, j)))
+                shown = Drawn(intervention, display, self._describe(result, j))
+                drawn[members[position]].append((shown, self._extra(result, j)))
         self.totals["seconds"] += time.perf_counter() - started
         self.output.submit(self._write, batch, factual_displays, drawn, not_made, rejected)
 
@@ -383,19 +383,19 @@ class _Job:
             grid = self.grid_folder / f"{self.grid_prefix}{len(self.grids):03d}.png"
             self.grids.append(counterfactual_grid(factual_shown, shown, grid, labels))
 
-    def _describe(self, result: CounterfactualBatch) -> str:
+    def _describe(self, result: CounterfactualBatch, j: int) -> str:
         g = self.config.guidance
         mode = f"{g.mode} (plan {g.plan})" if g.plan else g.mode
         return (
-            f"medcf {result.intervention.text}; guidance {mode}: {result.plan.describe()}; {g.steps} DDIM steps, "
-            f"inversion depth {g.inversion_depth:g}, inversion refinements {g.inversion_refinements}; "
-            f"affected {','.join(sorted(result.affected)) or 'none'}"
+            f"medcf {result.intervention.text}; guidance {mode}: {result.image_plans[j].describe()}; {g.steps} DDIM "
+            f"steps, inversion depth {g.inversion_depth:g}, inversion refinements {g.inversion_refinements}; "
+            f"affected {','.join(sorted(result.image_affected[j])) or 'none'}"
         )
 
     @staticmethod
     def _extra(result: CounterfactualBatch, j: int) -> dict[str, Any]:
         return {
-            "affected": ",".join(sorted(result.affected)),
+            "affected": ",".join(sorted(result.image_affected[j])),
             **{f"cf_{name}": value for name, value in result.attributes[j].items()},
         }
 
