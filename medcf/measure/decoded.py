@@ -57,7 +57,7 @@ class MadeCounterfactuals:
         positions: positions in the seed's images of the images that have a counterfactual.
         attributes: the counterfactual attributes, one per position.
         rejected: how many images the intervention could not apply to.
-        network_evaluations: network evaluations per image of the decoding.
+        network_evaluations: network evaluations per image of the decoding (the mean over the images).
         images: the counterfactuals (N, 1, H, W) on [-1, 1]; None when none was made.
         reference: the null-intervention outputs under the same guidance, one per counterfactual.
         null_output: the null intervention's ``do()`` output, as inference makes it, one per counterfactual.
@@ -71,7 +71,7 @@ class MadeCounterfactuals:
     positions: list[int]
     attributes: list[dict[str, AttributeValue]]
     rejected: int
-    network_evaluations: int
+    network_evaluations: float
     images: torch.Tensor | None = None
     reference: torch.Tensor | None = None
     null_output: torch.Tensor | None = None
