@@ -48,7 +48,7 @@ class CounterfactualBatch:
     Attributes:
         intervention: the intervention.
         affected: intervened attributes and their causal descendants.
-        plan: the guidance plan used for decoding.
+        plan: the guidance plan of ``affected`` (every image's with ``affected_descendants: all``; see ``image_plans``).
         made: positions (in the input batch) of the images that have a counterfactual.
         attributes: the counterfactual attributes, one per made image.
         images: the counterfactual images (len(made), C, H, W), on the model's scale [-1, 1].
@@ -70,6 +70,21 @@ class CounterfactualBatch:
     network_evaluations: float
     image_affected: list[frozenset[str]] = field(default_factory=list)
     image_plans: list[GuidancePlan] = field(default_factory=list)
+
+
+def parts_by_set(sets: Sequence[frozenset[str]]) -> dict[frozenset[str], list[int]]:
+    """The positions of each distinct affected set, in first-seen order (one decode per part).
+
+    Args:
+        sets: one affected set per image.
+
+    Returns:
+        set -> the positions (into ``sets``) that have it.
+    """
+    parts: dict[frozenset[str], list[int]] = {}
+    for j, chosen in enumerate(sets):
+        parts.setdefault(chosen, []).append(j)
+    return parts
 
 
 class CounterfactualEngine:
@@ -192,17 +207,15 @@ class CounterfactualEngine:
             return CounterfactualBatch(intervention, affected, plan, [], [], empty, rejected, 0)
         sets = [self.image_affected(affected, intervention, factual[p], row) for p, row in zip(made, rows, strict=True)]
         images = latents.new_empty((len(made), *latents.shape[1:]))
-        plans: list[GuidancePlan] = [plan] * len(made)
+        part_plans: dict[frozenset[str], GuidancePlan] = {}
         evaluations = 0.0
-        for chosen in dict.fromkeys(sets):  # one decode per distinct affected set, in first-seen order
-            part = [j for j, s in enumerate(sets) if s == chosen]
-            part_plan = plan if chosen == affected else self.plan_for(set(chosen))
+        for chosen, part in parts_by_set(sets).items():
+            part_plans[chosen] = plan if chosen == affected else self.plan_for(set(chosen))
             codes = encode_attributes(schema, [rows[j] for j in part]).to(self.model_device)
-            denoiser = self._denoiser(codes, part_plan)
+            denoiser = self._denoiser(codes, part_plans[chosen])
             images[part] = self.sampler.decode(denoiser, latents[[made[j] for j in part]])
             evaluations += denoiser.evaluations * len(part) / len(made)
-            for j in part:
-                plans[j] = part_plan
+        plans = [part_plans[chosen] for chosen in sets]
         return CounterfactualBatch(intervention, affected, plan, made, rows, images, rejected, evaluations, sets, plans)
 
     def image_affected(
@@ -327,11 +340,9 @@ class NullReferences:
             (len(batch.made), 1, H, W) on the CPU.
         """
         positions = list(batch.made if positions is None else positions)
-        references = self(batch.affected)[positions]
-        for chosen in dict.fromkeys(batch.image_affected):
-            if chosen != batch.affected:
-                part = [j for j, s in enumerate(batch.image_affected) if s == chosen]
-                references[part] = self(set(chosen))[[positions[j] for j in part]]
+        references = self.latents.new_empty((len(positions), *self.latents.shape[1:]), device="cpu")
+        for chosen, part in parts_by_set(batch.image_affected).items():  # only the plans the images were decoded with
+            references[part] = self(set(chosen))[[positions[j] for j in part]]
         return references
 
     @property
