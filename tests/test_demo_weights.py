@@ -1,5 +1,5 @@
 """The shipped demo weights: abduction then the null intervention do() (no guidance, 50 DDIM steps, the default one
-inversion refinement) gives back the bundle's first 8 sample images within the reconstruction bar: mean absolute
+inversion refinement) gives back the bundle's first 4 sample images within the reconstruction bar: mean absolute
 error <= 0.01 on a [0, 1] scale, issue 23's 0.02 on the model's [-1, 1] scale (plain DDIM inversion: about 0.023)."""
 
 from pathlib import Path
@@ -22,7 +22,8 @@ from medcf.prepare.inputs import discover_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 RECONSTRUCTION_BAR = 0.01  # [0, 1] scale
-RECONSTRUCTED = 8  # sample images reconstructed (the first, in file order)
+# sample images reconstructed, the first in file order (all 8 chest and 12 mammogram images: 0.0055, 0.0052 on [-1, 1])
+RECONSTRUCTED = 4
 
 
 def sample_images(bundle: str, model) -> tuple[torch.Tensor, list[dict]]:
@@ -49,7 +50,7 @@ def test_demo_weights_reconstruct_held_out_images(bundle):
     graph = CausalGraph.load(model.schema, models / "graph.json")
     images, factual = sample_images(bundle, model)
     assert len(images) >= RECONSTRUCTED
-    images, factual = images[:RECONSTRUCTED], factual[:RECONSTRUCTED]  # the suite's time: 8 of the mammograms' 12
+    images, factual = images[:RECONSTRUCTED], factual[:RECONSTRUCTED]  # the suite's time: 150 network rows per image
     assert tuple(images.shape[-2:]) == tuple(payload["image_size"])
     engine = CounterfactualEngine(
         model, DiffusionConfig(**payload["diffusion"]), graph, GuidanceSettings(mode="none", steps=50)
