@@ -6,6 +6,7 @@ The file (``models/guidance_plan.json`` of a bundle) is JSON, read as data only:
 schema and the guidance rules do not allow. Example (abridged)::
 
     {"format": "medcf-guidance-plan/1", "w_inv": 1.0, "steps": 50, "rule": "linear",
+     "affected_descendants": "changed",
      "model_sha256": "...", "predictors_sha256": "...",
      "data": {"fingerprint": "...", "images": 32, "description": "held-out phantom set, seed 2000"},
      "attributes": {"sex": {"weight": 1.4, "interval": null, "status": "matched", "figures": {...}}, ...}}
@@ -24,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from medcf.core.attributes import AttributeSchema
-from medcf.core.guidance_settings import GuidanceSettings
+from medcf.core.guidance_settings import AFFECTED_DESCENDANTS, GuidanceSettings
 from medcf.runtime.files import file_sha256, write_json_atomic
 from medcf.runtime.settings import require_integer
 
@@ -88,6 +89,9 @@ class CalibratedPlan:
         rule: how its groups combine at a step (:data:`PLAN_RULES`): ``linear`` (each group against the null
             condition) or ``nested`` (the groups chained, CFG's row count at w_inv 1); its weights were matched
             under this rule, so decoding uses it unless a job names another.
+        affected_descendants: which descendants of an intervened attribute were guided while calibrating (``all``
+            or ``changed``, see :class:`~medcf.core.guidance_settings.GuidanceSettings`); an intervention's weight
+            was matched with its descendants guided this way, so decoding does the same unless a job names another.
         model_sha256, predictors_sha256: the model it was calibrated for and the predictors that judged.
         data: fingerprint, image and patient counts and a PHI-free description of the calibration data.
         created: ISO time of the calibration; medcf: medcf's version.
@@ -98,6 +102,7 @@ class CalibratedPlan:
     w_inv: float = 1.0
     steps: int = 50
     rule: str = "linear"
+    affected_descendants: str = "all"
     model_sha256: str = ""
     predictors_sha256: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -139,16 +144,16 @@ class CalibratedPlan:
 
     def settings(self, **options: Any) -> GuidanceSettings:
         """The GuidanceSettings of mode ``calibrated`` (``options``: steps, rule, precision, ...; a
-        ``per_attribute`` mapping overrides the plan's weights of the attributes it names; ``rule`` None or absent
-        is the plan's).
+        ``per_attribute`` mapping overrides the plan's weights of the attributes it names; ``rule`` or
+        ``affected_descendants`` None or absent is the plan's).
 
         Args:
             **options: other GuidanceSettings fields; ``mode``, ``weight``, ``w_inv``, ``intervals``, ``plan`` and
                 ``overrides`` are ignored (the plan sets them; ``per_attribute`` becomes ``overrides``).
 
         Returns:
-            The settings, with the plan's weights, bands, ``w_inv``, rule (unless ``options`` names one) and
-            :attr:`label`.
+            The settings, with the plan's weights, bands, ``w_inv``, rule and affected descendants (unless
+            ``options`` names them) and :attr:`label`.
 
         Raises:
             ValueError: if an option is not allowed (see :class:`~medcf.core.guidance_settings.GuidanceSettings`).
@@ -159,6 +164,7 @@ class CalibratedPlan:
         for ignored in ("mode", "weight", "w_inv", "intervals", "plan", "overrides"):
             options.pop(ignored, None)
         rule = options.pop("rule", None) or self.rule
+        affected = options.pop("affected_descendants", None) or self.affected_descendants
         return GuidanceSettings(
             mode="calibrated",
             per_attribute=weights,
@@ -167,6 +173,7 @@ class CalibratedPlan:
             plan=self.label,
             overrides=overrides,
             rule=rule,
+            affected_descendants=affected,
             **options,
         )
 
@@ -182,6 +189,7 @@ class CalibratedPlan:
             "w_inv": self.w_inv,
             "steps": self.steps,
             "rule": self.rule,
+            "affected_descendants": self.affected_descendants,
             "model_sha256": self.model_sha256,
             "predictors_sha256": self.predictors_sha256,
             "data": dict(self.data),
@@ -249,6 +257,9 @@ class CalibratedPlan:
             rule = content.get("rule", "linear")  # plans written before the rule was recorded are linear
             if rule not in PLAN_RULES:
                 raise ValueError(f"rule: {rule!r} must be one of {', '.join(PLAN_RULES)}")
+            affected = content.get("affected_descendants", "all")  # plans written before it was recorded: all
+            if affected not in AFFECTED_DESCENDANTS:
+                raise ValueError(f"affected_descendants: {affected!r} must be one of {', '.join(AFFECTED_DESCENDANTS)}")
         except ValueError as error:
             raise PlanError(f"guidance_plan: {path}: {error}") from None
         return cls(
@@ -256,6 +267,7 @@ class CalibratedPlan:
             w_inv=w_inv,
             steps=steps,
             rule=rule,
+            affected_descendants=affected,
             model_sha256=str(content.get("model_sha256", "")),
             predictors_sha256=str(content.get("predictors_sha256", "")),
             data=dict(content.get("data") or {}),
@@ -365,8 +377,9 @@ def guidance_settings(
         ValueError: if a setting is not allowed.
     """
     if mode != "calibrated":
-        if options.get("rule", "linear") is None:  # None: the plan's rule, and without a plan the default
-            options.pop("rule")
+        for plans_own in ("rule", "affected_descendants"):  # None: the plan's, and without a plan the default
+            if plans_own in options and options[plans_own] is None:
+                options.pop(plans_own)
         return GuidanceSettings(mode=mode, **options)
     if plan_path is None:
         raise PlanError("guidance_plan: mode calibrated needs a plan file (or choose --guidance dcfg)")

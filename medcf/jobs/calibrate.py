@@ -84,6 +84,10 @@ class CalibrationRun:
             :class:`~medcf.core.guidance_settings.GuidanceSettings`).
         rule: how the groups combine at a step while calibrating, recorded in the plan and used by its decodes:
             ``linear`` or ``nested`` (:data:`~medcf.core.guidance_plan.PLAN_RULES`).
+        affected_descendants: ``all`` or ``changed``: which descendants of an intervened attribute its decodes
+            guide (:class:`~medcf.core.guidance_settings.GuidanceSettings`), recorded in the plan and used by its
+            decodes. ``changed`` matches an intervention's weight on its own effect, not on its effect plus the
+            unchanged descendants' values amplified.
         bounds, start, tolerance, max_evaluations: the weight search
             (:func:`~medcf.measure.weight_search.search_weight`).
         min_z: standard errors a real effect must exceed to be matched (predictor readings).
@@ -118,6 +122,7 @@ class CalibrationRun:
     inversion_refinements: int = 1
     w_inv: float = 1.0
     rule: str = "linear"
+    affected_descendants: str = "changed"
     bounds: Sequence[float] = (0.0, 8.0)
     start: Sequence[float] = (1.0, 2.0)
     tolerance: float = 0.05
@@ -148,8 +153,14 @@ class CalibrationRun:
         require_number("texture_tolerance", self.texture_tolerance, 0)
         if not list(self.intervals):
             raise ValueError("intervals: give at least one candidate (null: guide at every step)")
-        for band in self.intervals:  # w_inv, steps and the bands checked as everywhere
-            GuidanceSettings(mode="dcfg", w_inv=self.w_inv, steps=self.steps, interval=band)
+        for band in self.intervals:  # w_inv, steps, the bands and affected_descendants checked as everywhere
+            GuidanceSettings(
+                mode="dcfg",
+                w_inv=self.w_inv,
+                steps=self.steps,
+                interval=band,
+                affected_descendants=self.affected_descendants,
+            )
 
     def run(self) -> CalibratedPlan:
         """Calibrate, write the plan and the table, and return the plan.
@@ -182,6 +193,7 @@ class CalibrationRun:
                     w_inv=float(self.w_inv),
                     steps=self.steps,
                     rule=self.rule,
+                    affected_descendants=self.affected_descendants,
                     model_sha256=loaded.sha256,
                     predictors_sha256=file_sha256(self.predictors_path),
                     data={
@@ -236,6 +248,7 @@ class CalibrationRun:
                     "inversion_refinements": self.inversion_refinements,
                     "w_inv": self.w_inv,
                     "rule": self.rule,
+                    "affected_descendants": self.affected_descendants,
                     "bounds": list(self.bounds),
                     "shifts": dict(self.shifts),
                     "model_sha256": plan.model_sha256,

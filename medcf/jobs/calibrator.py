@@ -104,6 +104,7 @@ class Calibrator:
             steps=self.run.steps,
             inversion_refinements=self.run.inversion_refinements,
             rule=self.run.rule,
+            affected_descendants=self.run.affected_descendants,
             plan="calibrating",
         )
         return CounterfactualEngine(self.loaded.model, self.loaded.diffusion, self.loaded.graph, settings)

@@ -35,6 +35,7 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
         assert guidance.status in STATUSES and 0.0 <= guidance.weight <= 8.0, name
         assert f"{name}: w = {guidance.weight:g} ({guidance.status}" in result.stdout
     assert plan.data["images"] == 4 and len(plan.data["fingerprint"]) == 64
+    assert plan.affected_descendants == "changed"  # calibrate.yaml's: descendants guided where their value changes
     assert "calibration_data" not in json.dumps(plan.to_dict()), "no paths in the plan"
     tried = pd.read_csv(tmp_path / "cal" / "calibration.csv")
     assert set(tried["attribute"]) == set(CXR_SCHEMA.names)
@@ -60,6 +61,7 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["weight.sex"] == plan.attributes["sex"].weight
     assert run.data.params["model_sha256"] == file_sha256(model)
+    assert run.data.params["affected_descendants"] == "changed"
 
     made = bundle(
         "inference.yaml",
@@ -84,6 +86,7 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
     (run,) = client.search_runs([client.get_experiment_by_name("medcf-cxr-inference").experiment_id])
     assert run.data.params["guidance.plan"] == plan.label
     assert run.data.params["guidance.mode"] == "calibrated"
+    assert run.data.params["guidance.affected_descendants"] == "changed"  # inference.yaml's null: the plan's
 
     content = json.loads(plan_path.read_text())
     plan_path.write_text(json.dumps({**content, "model_sha256": "0" * 64}))

@@ -83,7 +83,6 @@ def test_a_plan_is_refused_with_one_line_naming_the_file(tmp_path):
         ({**content, "attributes": {"sex": {"weight": 1, "interval": [3, 1]}}}, "must satisfy 0 <= low < high"),
         ({**content, "attributes": {"sex": {"weight": 1, "status": "guessed"}}}, "status: 'guessed' is not one of"),
         ({**content, "w_inv": "1"}, "w_inv: '1' must be a finite number"),
-        ({**content, "rule": "apg"}, "rule: 'apg' must be one of linear, nested"),
     ]
     for bad, message in cases:
         path.write_text(json.dumps(bad))
@@ -110,18 +109,26 @@ def test_jobs_read_the_plan_only_for_mode_calibrated(tmp_path):
         guidance_settings("calibrated", None, CXR_SCHEMA)
 
 
-def test_the_plan_decodes_under_the_rule_it_was_calibrated_with_unless_a_job_names_another(tmp_path):
+@pytest.mark.parametrize(
+    ("setting", "default", "other"), [("rule", "linear", "nested"), ("affected_descendants", "all", "changed")]
+)
+def test_the_plan_decodes_as_it_was_calibrated_unless_a_job_names_another(tmp_path, setting, default, other):
     content = json.loads(a_plan().save(tmp_path / "p.json").read_text())
-    assert content["rule"] == "linear"
-    del content["rule"]  # a plan written before the rule was recorded
+    assert content[setting] == default
+    del content[setting]  # a plan written before the setting was recorded
     (tmp_path / "old.json").write_text(json.dumps(content))
-    assert CalibratedPlan.load(tmp_path / "old.json", CXR_SCHEMA).settings().rule == "linear"
-    nested = CalibratedPlan(**{**a_plan().__dict__, "rule": "nested"}).save(tmp_path / "nested.json")
-    plan = CalibratedPlan.load(nested, CXR_SCHEMA)
-    assert plan.rule == "nested" and plan.settings().rule == "nested" and plan.settings(rule=None).rule == "nested"
-    assert plan.settings(rule="linear").rule == "linear"  # a job's explicit rule wins
-    assert guidance_settings("calibrated", nested, CXR_SCHEMA, rule=None).rule == "nested"
-    assert guidance_settings("dcfg", None, CXR_SCHEMA, rule=None).rule == "linear"  # no plan: the default rule
+    assert getattr(CalibratedPlan.load(tmp_path / "old.json", CXR_SCHEMA).settings(), setting) == default
+    calibrated = CalibratedPlan(**{**a_plan().__dict__, setting: other}).save(tmp_path / "other.json")
+    plan = CalibratedPlan.load(calibrated, CXR_SCHEMA)
+    assert getattr(plan, setting) == other and getattr(plan.settings(), setting) == other
+    assert getattr(plan.settings(**{setting: None}), setting) == other
+    assert getattr(plan.settings(**{setting: default}), setting) == default  # a job's explicit choice wins
+    assert getattr(guidance_settings("calibrated", calibrated, CXR_SCHEMA, **{setting: None}), setting) == other
+    no_plan = guidance_settings("dcfg", None, CXR_SCHEMA, **{setting: None})
+    assert getattr(no_plan, setting) == default  # no plan: the default
+    (tmp_path / "bad.json").write_text(json.dumps({**content, setting: "sometimes"}))
+    with pytest.raises(PlanError, match=f"{setting}: 'sometimes' must be one of {default}, {other}"):
+        CalibratedPlan.load(tmp_path / "bad.json", CXR_SCHEMA)
 
 
 def test_calibrated_settings_need_the_plan_name_and_valid_bands():
