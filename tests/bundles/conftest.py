@@ -41,9 +41,10 @@ STEPS = 10
 #: Regression figures: per default intervention, the mean |counterfactual - do() output| over the sample images
 #: made with the shipped weights and guidance plan at STEPS steps, one inversion refinement (measured 2026-12-07,
 #: third session: the refinement lowers them, 0.12 -> 0.045 for chest do(sex=F), at 10 steps, where plain inversion's
-#: do() output drifted far from its source). New weights, a new plan or another inversion change them: measure again.
+#: do() output drifted far from its source; the chest plan recalibrated under affected_descendants changed, fourth
+#: session). New weights, a new plan or another inversion change them: measure again.
 MEAN_CHANGE = {
-    "cxr_counterfactual": {"do(sex=F)": 0.044796, "do(age=+20)": 0.054516, "do(race=Black)": 0.053777},
+    "cxr_counterfactual": {"do(sex=F)": 0.043149, "do(age=+20)": 0.044733, "do(race=Black)": 0.05148},
     "mammo_counterfactual": {"do(density=D)": 0.068976, "do(age=+15)": 0.031383},
 }
 
