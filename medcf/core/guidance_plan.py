@@ -92,6 +92,9 @@ class CalibratedPlan:
         affected_descendants: which descendants of an intervened attribute were guided while calibrating (``all``
             or ``changed``, see :class:`~medcf.core.guidance_settings.GuidanceSettings`); an intervention's weight
             was matched with its descendants guided this way, so decoding does the same unless a job names another.
+        inversion_refinements: the fixed-point refinements per inversion step of its abductions (None: a plan
+            written before they were recorded, plain inversion); recorded only: decoding uses the job's own
+            ``inversion_refinements``.
         model_sha256, predictors_sha256: the model it was calibrated for and the predictors that judged.
         data: fingerprint, image and patient counts and a PHI-free description of the calibration data.
         created: ISO time of the calibration; medcf: medcf's version.
@@ -103,6 +106,7 @@ class CalibratedPlan:
     steps: int = 50
     rule: str = "linear"
     affected_descendants: str = "all"
+    inversion_refinements: int | None = None
     model_sha256: str = ""
     predictors_sha256: str = ""
     data: Mapping[str, Any] = field(default_factory=dict)
@@ -190,6 +194,7 @@ class CalibratedPlan:
             "steps": self.steps,
             "rule": self.rule,
             "affected_descendants": self.affected_descendants,
+            "inversion_refinements": self.inversion_refinements,
             "model_sha256": self.model_sha256,
             "predictors_sha256": self.predictors_sha256,
             "data": dict(self.data),
@@ -260,6 +265,9 @@ class CalibratedPlan:
             affected = content.get("affected_descendants", "all")  # plans written before it was recorded: all
             if affected not in AFFECTED_DESCENDANTS:
                 raise ValueError(f"affected_descendants: {affected!r} must be one of {', '.join(AFFECTED_DESCENDANTS)}")
+            refinements = content.get("inversion_refinements")
+            if refinements is not None:
+                refinements = require_integer("inversion_refinements", refinements, 0)
         except ValueError as error:
             raise PlanError(f"guidance_plan: {path}: {error}") from None
         return cls(
@@ -268,6 +276,7 @@ class CalibratedPlan:
             steps=steps,
             rule=rule,
             affected_descendants=affected,
+            inversion_refinements=refinements,
             model_sha256=str(content.get("model_sha256", "")),
             predictors_sha256=str(content.get("predictors_sha256", "")),
             data=dict(content.get("data") or {}),

@@ -194,6 +194,7 @@ class CalibrationRun:
                     steps=self.steps,
                     rule=self.rule,
                     affected_descendants=self.affected_descendants,
+                    inversion_refinements=self.inversion_refinements,
                     model_sha256=loaded.sha256,
                     predictors_sha256=file_sha256(self.predictors_path),
                     data={

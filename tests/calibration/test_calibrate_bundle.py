@@ -36,6 +36,7 @@ def test_calibrate_writes_a_plan_that_inference_uses_and_records(tmp_path):
         assert f"{name}: w = {guidance.weight:g} ({guidance.status}" in result.stdout
     assert plan.data["images"] == 4 and len(plan.data["fingerprint"]) == 64
     assert plan.affected_descendants == "changed"  # calibrate.yaml's: descendants guided where their value changes
+    assert plan.inversion_refinements == 1  # common.yaml's, recorded
     assert "calibration_data" not in json.dumps(plan.to_dict()), "no paths in the plan"
     tried = pd.read_csv(tmp_path / "cal" / "calibration.csv")
     assert set(tried["attribute"]) == set(CXR_SCHEMA.names)

@@ -42,6 +42,9 @@ def test_a_saved_plan_reads_back_in_schema_order_with_its_identity(tmp_path):
     assert plan.attributes["disease"].interval == (0.5, math.inf) and plan.attributes["disease"].status == "bound"
     assert plan.label.startswith("guidance_plan.json sha256:") and len(plan.label.split(":")[1]) == 12
     assert plan.describe() == "age w=0.8 at sigma in (0, 3], sex w=1.4, disease w=5.5 at sigma in (0.5, inf]; w_inv=1"
+    assert plan.inversion_refinements is None  # not recorded: a plan calibrated before the refinement existed
+    refined = CalibratedPlan(**{**a_plan().__dict__, "inversion_refinements": 1}).save(tmp_path / "refined.json")
+    assert CalibratedPlan.load(refined, CXR_SCHEMA).inversion_refinements == 1
 
 
 def test_the_plan_becomes_calibrated_settings_and_one_group_per_affected_attribute(tmp_path):
@@ -83,6 +86,7 @@ def test_a_plan_is_refused_with_one_line_naming_the_file(tmp_path):
         ({**content, "attributes": {"sex": {"weight": 1, "interval": [3, 1]}}}, "must satisfy 0 <= low < high"),
         ({**content, "attributes": {"sex": {"weight": 1, "status": "guessed"}}}, "status: 'guessed' is not one of"),
         ({**content, "w_inv": "1"}, "w_inv: '1' must be a finite number"),
+        ({**content, "inversion_refinements": -1}, "inversion_refinements: -1 must be an integer >= 0"),
     ]
     for bad, message in cases:
         path.write_text(json.dumps(bad))
