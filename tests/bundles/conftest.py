@@ -41,11 +41,11 @@ STEPS = 10
 #: Regression figures: per default intervention, the mean |counterfactual - do() output| over the sample images
 #: made with the shipped weights and guidance plan at STEPS steps, one inversion refinement (measured 2026-12-07,
 #: third session: the refinement lowers them, 0.12 -> 0.045 for chest do(sex=F), at 10 steps, where plain inversion's
-#: do() output drifted far from its source; the chest plan recalibrated under affected_descendants changed, fourth
+#: do() output drifted far from its source; both plans recalibrated under affected_descendants changed, fourth
 #: session). New weights, a new plan or another inversion change them: measure again.
 MEAN_CHANGE = {
     "cxr_counterfactual": {"do(sex=F)": 0.043149, "do(age=+20)": 0.044733, "do(race=Black)": 0.05148},
-    "mammo_counterfactual": {"do(density=D)": 0.068976, "do(age=+15)": 0.031383},
+    "mammo_counterfactual": {"do(density=D)": 0.068976, "do(age=+15)": 0.030918},
 }
 
 
