@@ -33,6 +33,8 @@ PLAN_FORMAT = "medcf-guidance-plan/1"
 MAX_PLAN_BYTES = 1 << 20  # a plan is a few kB; anything larger is not one
 STATUSES = ("matched", "bound", "insensitive", "no_effect", "unmeasured")
 PLAN_RULES = ("linear", "nested")  # the rules whose weights are DCFG group weights (see medcf.core.guidance)
+PLANS_OWN = ("rule", "affected_descendants")
+"""Settings a plan was calibrated under and decodes with unless a job names another (None or absent: the plan's)."""
 
 
 class PlanError(ValueError):
@@ -167,8 +169,7 @@ class CalibratedPlan:
         intervals = {name: guidance.interval for name, guidance in self.attributes.items()}
         for ignored in ("mode", "weight", "w_inv", "intervals", "plan", "overrides"):
             options.pop(ignored, None)
-        rule = options.pop("rule", None) or self.rule
-        affected = options.pop("affected_descendants", None) or self.affected_descendants
+        own = {name: options.pop(name, None) or getattr(self, name) for name in PLANS_OWN}
         return GuidanceSettings(
             mode="calibrated",
             per_attribute=weights,
@@ -176,8 +177,7 @@ class CalibratedPlan:
             intervals=intervals,
             plan=self.label,
             overrides=overrides,
-            rule=rule,
-            affected_descendants=affected,
+            **own,
             **options,
         )
 
@@ -259,12 +259,9 @@ class CalibratedPlan:
             attributes = _attributes(content.get("attributes"), schema)
             w_inv = _weight(content.get("w_inv", 1.0), "w_inv")
             steps = require_integer("steps", content.get("steps", 50), 1)
-            rule = content.get("rule", "linear")  # plans written before the rule was recorded are linear
-            if rule not in PLAN_RULES:
-                raise ValueError(f"rule: {rule!r} must be one of {', '.join(PLAN_RULES)}")
-            affected = content.get("affected_descendants", "all")  # plans written before it was recorded: all
-            if affected not in AFFECTED_DESCENDANTS:
-                raise ValueError(f"affected_descendants: {affected!r} must be one of {', '.join(AFFECTED_DESCENDANTS)}")
+            # plans written before these were recorded: linear, all
+            rule = _one_of(content.get("rule", "linear"), "rule", PLAN_RULES)
+            affected = _one_of(content.get("affected_descendants", "all"), "affected_descendants", AFFECTED_DESCENDANTS)
             refinements = content.get("inversion_refinements")
             if refinements is not None:
                 refinements = require_integer("inversion_refinements", refinements, 0)
@@ -285,6 +282,12 @@ class CalibratedPlan:
             source=path,
             sha256=file_sha256(path),
         )
+
+
+def _one_of(value: Any, setting: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{setting}: {value!r} must be one of {', '.join(allowed)}")
+    return value
 
 
 def _weight(value: Any, setting: str) -> float:
@@ -386,9 +389,9 @@ def guidance_settings(
         ValueError: if a setting is not allowed.
     """
     if mode != "calibrated":
-        for plans_own in ("rule", "affected_descendants"):  # None: the plan's, and without a plan the default
-            if plans_own in options and options[plans_own] is None:
-                options.pop(plans_own)
+        for name in PLANS_OWN:  # None: the plan's, and without a plan the default
+            if name in options and options[name] is None:
+                options.pop(name)
         return GuidanceSettings(mode=mode, **options)
     if plan_path is None:
         raise PlanError("guidance_plan: mode calibrated needs a plan file (or choose --guidance dcfg)")
