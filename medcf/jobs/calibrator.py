@@ -83,7 +83,7 @@ class Calibrator:
         self.schema = loaded.model.schema
         self.weights: dict[str, float] = {}
         self.bands: dict[str, tuple[float, float] | None] = {}
-        engine = self._engine({}, {})
+        engine = self.engine({}, {})
         self.latents = engine.abduct(chosen.images, chosen.factual)
         reference = engine.predict(self.latents, chosen.factual, Intervention(())).images.cpu()
         self.reference = reference
@@ -94,7 +94,17 @@ class Calibrator:
         self.reference_hf = high_frequency(reference, self.field).numpy()
         self.real_hf = high_frequency(pool.images, field_mask(pool.images)).numpy()
 
-    def _engine(self, weights: Mapping[str, float], bands: Mapping[str, Any]) -> CounterfactualEngine:
+    def engine(self, weights: Mapping[str, float], bands: Mapping[str, Any]) -> CounterfactualEngine:
+        """The engine that decodes with ``weights`` and ``bands`` for the attributes they name (the others
+        conditionally), under the job's w_inv, rule, affected descendants, steps and inversion refinements.
+
+        Args:
+            weights: attribute -> DCFG weight.
+            bands: attribute -> guidance interval (None: every step).
+
+        Returns:
+            The engine.
+        """
         settings = GuidanceSettings(
             mode="calibrated",
             per_attribute=dict(weights),
@@ -128,7 +138,16 @@ class Calibrator:
                 rows.extend({"attribute": name, **row} for row in tried)
         return {name: attributes[name] for name in self.schema.names if name in attributes}, rows
 
-    def _moves(self, name: str) -> list[Move]:
+    def moves(self, name: str) -> list[Move]:
+        """How the calibration images are moved along ``name``: a continuous attribute by the job's shift (every
+        image), a categorical one each image to one of its other values, in turn.
+
+        Args:
+            name: the attribute.
+
+        Returns:
+            One move per target value (or one shift).
+        """
         attribute = self.schema[name]
         if attribute.kind == "continuous":
             shift = float(self.run.shifts[name])
@@ -140,8 +159,17 @@ class Calibrator:
         return [Move(Intervention((Assignment(name, value),)), positions) for value, positions in targets.items()]
 
     @functools.cache  # noqa: B019  (one calibrator per job; the slope of a move is the same at every weight)
-    def _slope(self, name: str, source: AttributeValue, target: AttributeValue) -> float:
-        """The rendering slope of the reading a move is judged on (:func:`rendering_slope`), over the images."""
+    def slope(self, name: str, source: AttributeValue, target: AttributeValue) -> float:
+        """The rendering slope of the reading a move is judged on (:func:`rendering_slope`), over the images.
+
+        Args:
+            name: the attribute moved.
+            source: the value moved from.
+            target: the value moved to.
+
+        Returns:
+            The slope (NaN where the images cannot give one).
+        """
         real = reading(self.schema, name, self.source_readings[name], source, target)
         rendered = reading(self.schema, name, self.reference_readings[name], source, target)
         return rendering_slope(real.tolist(), rendered.tolist())
@@ -153,10 +181,10 @@ class Calibrator:
         data's effect map), the predictors' shift ratio (against the real shift times the rendering slope), mean
         |change|, texture score (``texture``: the real images' expected HF ratio of a move) and what the
         predictors read."""
-        engine = self._engine({**self.weights, name: weight}, {**self.bands, name: band})
+        engine = self.engine({**self.weights, name: weight}, {**self.bands, name: band})
         measured, expected, changes, hits, textures, moved = [], [], [], [], [], 0
         along, squared, evaluations = [], [], []
-        for move in self._moves(name):
+        for move in self.moves(name):
             factual = [self.chosen.factual[p] for p in move.positions]
             batch = engine.predict(self.latents[move.positions], factual, move.intervention)
             if not batch.made:
@@ -172,7 +200,7 @@ class Calibrator:
                 after_j = reading(self.schema, name, readings[j : j + 1], source, target)
                 before_j = reading(self.schema, name, before[j : j + 1], source, target)
                 measured.append(float(after_j - before_j))
-                expected.append(effect.of(source, target) * self._slope(name, source, target))
+                expected.append(effect.of(source, target) * self.slope(name, source, target))
                 found = pixels.of(source, target)
                 if found is not None:
                     change_j = (images[j] - self.reference[position]).double()
@@ -199,11 +227,24 @@ class Calibrator:
             "images": moved,
         }
 
-    def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
-        labels = [f[name] for f in self.pool.factual]
-        effect = expected_effect(
+    @functools.cache  # noqa: B019  (one calibrator per job)
+    def expected(self, name: str) -> ExpectedEffect:
+        """How the real images with the attribute's values differ in the predictors' reading (held-out pool,
+        adjusted for the non-descendant attributes, errors clustered by patient; :func:`expected_effect`).
+
+        Args:
+            name: the attribute.
+
+        Returns:
+            The expected effect.
+        """
+        return expected_effect(
             self.schema, name, self.real_readings[name], self.pool.factual, self.run.min_z, patients=self.patients
         )
+
+    def _attribute(self, name: str) -> tuple[AttributeGuidance, list[dict[str, Any]]]:
+        labels = [f[name] for f in self.pool.factual]
+        effect = self.expected(name)
         pixels = pixel_effect(
             self.schema, name, self.pool.images, self.pool.factual, self.run.min_correlation, patients=self.patients
         )

@@ -199,18 +199,32 @@ class TrueChanges:
         Returns:
             The true changes (len(positions), 1, H, W) on [-1, 1], in the order of ``positions``.
         """
-        schema = self.truth.phantom.schema
         changes = []
         for position in positions:
-            subject = self.subjects[position]
-            try:
-                intervened = intervention.apply(schema, subject.attributes)
-            except InterventionError:
+            counterfactual = self.counterfactual_subject(intervention, position)
+            if counterfactual is None:
                 changes.append(torch.zeros_like(self.factual[position]))
                 continue
-            counterfactual = self.truth.counterfactual(subject, intervened)
             changes.append(self._prepared(position, counterfactual) - self.factual[position])
         return torch.stack(changes)
+
+    def counterfactual_subject(self, intervention: Intervention, position: int) -> Any:
+        """The subject of the image at ``position`` under ``intervention`` (descendants by the phantom's true
+        mechanisms), or None where its exact value cannot take the intervention (a shift past the range).
+
+        Args:
+            intervention: the intervention, applied to the subject's exact attributes.
+            position: index into the evaluation set.
+
+        Returns:
+            The counterfactual subject, or None.
+        """
+        subject = self.subjects[position]
+        try:
+            intervened = intervention.apply(self.truth.phantom.schema, subject.attributes)
+        except InterventionError:
+            return None
+        return self.truth.counterfactual(subject, intervened)
 
     def controlled_effects(self) -> dict[str, torch.Tensor]:
         """Attribute -> its controlled effect on each image (N, 1, H, W): the subject with only that attribute
