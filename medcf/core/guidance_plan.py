@@ -285,6 +285,7 @@ class CalibratedPlan:
 
 
 def _one_of(value: Any, setting: str, allowed: tuple[str, ...]) -> str:
+    """``value`` when it is one of ``allowed``, else a one-line ValueError naming ``setting``."""
     if value not in allowed:
         raise ValueError(f"{setting}: {value!r} must be one of {', '.join(allowed)}")
     return value

@@ -47,10 +47,10 @@ from medcf.core.guidance_plan import PLAN_RULES, CalibratedPlan
 from medcf.core.guidance_settings import GuidanceSettings
 from medcf.jobs.calibrator import Calibrator, descendants_first
 from medcf.jobs.context import JobContext
-from medcf.jobs.loading import load_model
-from medcf.jobs.phantom_sets import job_data
+from medcf.jobs.loading import LoadedModel, load_model
+from medcf.jobs.phantom_sets import MeasuredData, job_data
 from medcf.measure.evaluation_set import EvaluationSet, load_evaluation_set, patient_ids
-from medcf.measure.predictors import load_predictors
+from medcf.measure.predictors import AttributePredictor, load_predictors
 from medcf.prepare.base import Preparer
 from medcf.runtime.files import file_sha256, write_csv_atomic
 from medcf.runtime.settings import require_integer, require_number
@@ -175,16 +175,12 @@ class CalibrationRun:
         """
         job = JobContext("calibrate", self.output_dir, self.experiment)
         output_dir = job.output_dir
-        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, job.device(self.device))
+        loaded, predictor = self.load(job.device(self.device))
         schema = loaded.model.schema
-        predictor = load_predictors(self.predictors_path, expected_schema=schema).to(loaded.device).eval()
         names = self._check(schema)
         plan_path = Path(self.plan_path) if self.plan_path is not None else output_dir / PLAN_FILE
         with job.folder():
-            data = job_data(self, output_dir / "calibration_data")
-            pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
-            patients = patient_ids(pool.sources, data.labels)  # in memory only: the maps' halves split patients
-            chosen = pool.draw(self.images, self.seed)
+            data, pool, chosen, patients = self.held_out(schema, output_dir / "calibration_data")
             with job.tracked("calibrate", loaded.device, loaded.lineage_tags()):
                 calibrator = Calibrator(self, loaded, predictor, pool, chosen, patients)
                 attributes, rows = calibrator.calibrate(names)
@@ -216,6 +212,36 @@ class CalibrationRun:
             print(line)
         print(f"guidance plan -> {plan_path} ({seconds:.0f} s)")
         return plan
+
+    def load(self, device: torch.device) -> tuple[LoadedModel, AttributePredictor]:
+        """The model (with its diffusion and causal graph) and the attribute predictors the job calibrates with.
+
+        Args:
+            device: where they run.
+
+        Returns:
+            (model, predictors in eval mode on the model's device).
+        """
+        loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
+        predictor = load_predictors(self.predictors_path, expected_schema=loaded.model.schema)
+        return loaded, predictor.to(loaded.device).eval()
+
+    def held_out(
+        self, schema: AttributeSchema, folder: Path
+    ) -> tuple[MeasuredData, EvaluationSet, EvaluationSet, list[str]]:
+        """The held-out images: the user's folder, or the held-out phantom set made once in ``folder``.
+
+        Args:
+            schema: the model's attributes.
+            folder: where the held-out phantom set is made (used without ``dataset_dir``).
+
+        Returns:
+            (the data, every prepared image (the pool the data's effects are estimated on), the ``images`` drawn
+            from it to be moved, each pool image's patient (in memory only: the maps' halves split patients)).
+        """
+        data = job_data(self, folder)
+        pool = load_evaluation_set(data.dataset_dir, data.labels, self.preparer, schema)
+        return data, pool, pool.draw(self.images, self.seed), patient_ids(pool.sources, data.labels)
 
     def _check(self, schema: AttributeSchema) -> list[str]:
         """The attributes to calibrate, descendants first, and their shifts: what needs the model's attributes

@@ -40,13 +40,10 @@ from medcf.core.guidance_plan import CalibratedPlan
 from medcf.core.interventions import Intervention
 from medcf.jobs.bundles import bundle_root
 from medcf.jobs.calibrator import Calibrator
-from medcf.jobs.loading import load_model
-from medcf.jobs.phantom_sets import job_data
-from medcf.measure.evaluation_set import TrueChanges, load_evaluation_set, patient_ids
+from medcf.measure.evaluation_set import TrueChanges
 from medcf.measure.ground_truth import changed_images, exact_target_ratio
 from medcf.measure.matching import raw_readings, reading, shift_ratio
 from medcf.measure.phantom_truth import PhantomTruth
-from medcf.measure.predictors import load_predictors
 from medcf.runtime.files import file_sha256
 
 COLUMNS = ["attribute", "moves", "exact", "round_trip", "model", "target_ratio"]
@@ -67,11 +64,13 @@ def predictor_truth(
     Returns:
         One row per attribute: ``attribute, moves, exact, round_trip, model, target_ratio``.
     """
+    factual_readings = raw_readings(calibrator.predictor, truth.factual)  # the truth's factual renders, read once
     null = calibrator.engine({}, {})
     model = calibrator.engine(
         {n: g.weight for n, g in plan.attributes.items()}, {n: g.interval for n, g in plan.attributes.items()}
     )
-    return pd.DataFrame([_attribute_row(calibrator, truth, null, model, name) for name in names], columns=COLUMNS)
+    rows = [_attribute_row(calibrator, truth, factual_readings, null, model, name) for name in names]
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 @dataclass
@@ -107,9 +106,15 @@ class _Shifts:
 
 
 def _attribute_row(
-    calibrator: Calibrator, truth: TrueChanges, null: CounterfactualEngine, model: CounterfactualEngine, name: str
+    calibrator: Calibrator,
+    truth: TrueChanges,
+    factual_readings: dict[str, torch.Tensor],
+    null: CounterfactualEngine,
+    model: CounterfactualEngine,
+    name: str,
 ) -> dict[str, Any]:
-    """One attribute's row of :func:`predictor_truth` (``null`` decodes without guidance, ``model`` with the plan)."""
+    """One attribute's row of :func:`predictor_truth` (``factual_readings``: the predictors' raw readings of the
+    truth's factual renders; ``null`` decodes without guidance, ``model`` with the plan)."""
     schema, chosen, predictor = calibrator.schema, calibrator.chosen, calibrator.predictor
     effect, before = calibrator.expected(name), calibrator.reference_readings[name]
     shifts = {kind: _Shifts() for kind in ("exact", "round_trip", "model")}
@@ -123,7 +128,7 @@ def _attribute_row(
         exact = (truth.factual[positions] + true[moved]).clamp(-1, 1)
         labels = [_labels(calibrator, truth, move.intervention, p) for p in positions]
         round_trip = null.predict(null.abduct(exact, labels), labels, Intervention(())).images.cpu()
-        factual_read = raw_readings(predictor, truth.factual[positions])[name]
+        factual_read = factual_readings[name][positions]
         exact_read = raw_readings(predictor, exact)[name]
         round_trip_read = raw_readings(predictor, round_trip)[name]
         for j, position in enumerate(positions):
@@ -143,7 +148,8 @@ def _attribute_row(
             target = effect.of(*pair) * calibrator.slope(name, *pair)
             shifts["model"].add(schema, name, before[position : position + 1], after[j : j + 1], pair, target)
         model_changes.append(images - calibrator.reference[made])
-        true_changes.append(true[[move.positions.index(p) for p in made]])
+        index = {p: k for k, p in enumerate(move.positions)}
+        true_changes.append(true[[index[p] for p in made]])
     size = exact_target_ratio(torch.cat(model_changes), torch.cat(true_changes)) if model_changes else math.nan
     return {
         "attribute": name,
@@ -200,15 +206,12 @@ def main(argv: Sequence[str] | None = None) -> pd.DataFrame:
             if getattr(args, key) is not None:
                 config[key] = getattr(args, key)
         run = config.get_parsed_content("calibration")
-        loaded = load_model(run.model_path, run.graph_path, run.preparer, run.schema, torch.device("cpu"))
-        predictor = load_predictors(run.predictors_path, expected_schema=loaded.model.schema).eval()
-        data = job_data(run, work / "calibration_data")
-        truth = PhantomTruth.find(data.dataset_dir, loaded.model.schema, config.get_parsed_content("common")["kind"])
+        loaded, predictor = run.load(torch.device("cpu"))
+        data, pool, chosen, patients = run.held_out(loaded.model.schema, work / "calibration_data")
+        truth = PhantomTruth.find(data.dataset_dir, loaded.model.schema, run.phantom_kind)
         if truth is None:
             raise SystemExit(f"medcf: {data.dataset_dir} has no phantom truth (phantom_truth.csv)")
-        pool = load_evaluation_set(data.dataset_dir, data.labels, run.preparer, loaded.model.schema)
-        chosen = pool.draw(run.images, run.seed)
-        calibrator = Calibrator(run, loaded, predictor, pool, chosen, patient_ids(pool.sources, data.labels))
+        calibrator = Calibrator(run, loaded, predictor, pool, chosen, patients)
         names = args.attributes or [n for n, g in plan.attributes.items() if g.status != "no_effect"]
         table = predictor_truth(calibrator, TrueChanges(truth, chosen, run.preparer), plan, names)
     print(table.to_string(index=False))
