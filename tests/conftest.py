@@ -221,6 +221,34 @@ def run_bundle(
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
+def bundle_refusal(configs: str | Path | Sequence[str | Path], cwd: Path, monkeypatch, **settings: object) -> str:
+    """Run a bundle in this process, as :func:`run_bundle` does in a fresh one, and return the line its refusal ends
+    with (:func:`medcf.jobs.bundles.one_line`: what the user's terminal shows). For the checks of bad settings: a
+    fresh interpreter spends most of such a run importing MONAI. That a real run prints this line and nothing
+    more is checked once, in a subprocess (tests/bundles/test_bundle_errors.py).
+
+    ``settings``: values as the command line's parser gives them (``w_aff=-1``; ``**{"guidance#mode": ...}``).
+    Fails the test when the run does not fail, or fails with an error that is not a refusal for the user."""
+    from monai.bundle import run
+
+    from medcf.jobs.bundles import one_line
+
+    files = [str(configs)] if isinstance(configs, str | Path) else [str(c) for c in configs]
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the bundle installs its one-line hook: put it back
+    try:
+        run(config_file=files if len(files) > 1 else files[0], **settings)
+    except Exception as error:  # noqa: BLE001 - any failure: the refusal's line, or the test fails below
+        line = one_line(error)
+        assert line is not None, f"not a refusal for the user: {error!r}"
+        return line
+    finally:
+        if mlflow.active_run() is not None:
+            mlflow.end_run("FAILED")
+    pytest.fail(f"{files[-1]} with {settings} ran instead of refusing")
+
+
 def mlflow_runs(folder: Path, experiment: str) -> list:
     """The runs of ``experiment`` in ``folder/mlflow.db``, oldest first (none when it has no such experiment)."""
     mlflow.set_tracking_uri(f"sqlite:///{folder / 'mlflow.db'}")

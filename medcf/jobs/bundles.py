@@ -162,15 +162,31 @@ def one_line_errors() -> None:
     default = sys.excepthook
 
     def hook(kind: type[BaseException], error: BaseException, trace: TracebackType | None) -> None:
-        cause = _user_error(error)
-        if cause is None:
+        line = one_line(error)
+        if line is None:
             default(kind, error, trace)
             return
-        message = " ".join(str(cause).split()) or type(cause).__name__
-        print(f"medcf: {message}  (full traceback: MEDCF_TRACEBACK=1)", file=sys.stderr)
+        print(line, file=sys.stderr)
 
     hook.medcf = True  # type: ignore[attr-defined]
     sys.excepthook = hook
+
+
+def one_line(error: BaseException) -> str | None:
+    """The one line a bundle run that failed with ``error`` ends with.
+
+    Args:
+        error: what the run raised (MONAI wraps a setting's error in its own; the chain is searched).
+
+    Returns:
+        ``medcf: <the refusal's message>  (full traceback: MEDCF_TRACEBACK=1)``, or None when no error of the chain
+        is a refusal for the user (the run then keeps its full traceback).
+    """
+    cause = _user_error(error)
+    if cause is None:
+        return None
+    message = " ".join(str(cause).split()) or type(cause).__name__
+    return f"medcf: {message}  (full traceback: MEDCF_TRACEBACK=1)"
 
 
 def _user_error(error: BaseException) -> BaseException | None:

@@ -13,7 +13,7 @@ import torch
 from medcf.core.attributes import AttributeSchema
 from medcf.core.causal import CausalGraph
 from medcf.core.diffusion import DiffusionConfig
-from medcf.core.interventions import Intervention, parse_intervention
+from medcf.core.interventions import Intervention, InterventionError, parse_intervention
 from medcf.core.network import CHECKPOINT_FORMAT, CounterfactualUNet, load_checkpoint, read_medcf_file
 from medcf.prepare.base import Preparer
 from medcf.runtime.devices import resolve_device
@@ -141,7 +141,10 @@ def parse_interventions(schema: AttributeSchema, texts: Sequence[str] | str) -> 
         ValueError: when none is given, or one is given more than once.
     """
     texts = [texts] if isinstance(texts, str) else list(texts)
-    interventions = [parse_intervention(schema, text) for text in texts]
+    try:
+        interventions = [parse_intervention(schema, text) for text in texts]
+    except InterventionError as error:  # the setting's name first, as every other setting's refusal
+        raise InterventionError(f"interventions: {error}") from None
     if not interventions:
         raise ValueError("interventions: none given; e.g. ['do(sex=F)'] (do() is the null intervention)")
     repeated = sorted(text for text, count in Counter(i.text for i in interventions).items() if count > 1)

@@ -1,6 +1,6 @@
-"""The main job as a user types it: `python -m monai.bundle run --config_file .../inference.yaml --steps 10`, on
+"""The main job as a user types it: `python -m monai.bundle run --config_file .../inference.yaml --steps 5`, on
 the bundle's own sample DICOMs and demo weights, tracked in a real MLflow store in the working directory. Every
-other setting is the default; 10 DDIM steps instead of 50 keep the run to about a minute on two CPU cores (the
+other setting is the default; 5 DDIM steps instead of 50 keep the run to about half a minute on two CPU cores (the
 structure of what it writes does not depend on the steps; `make demo` runs the full default). Each bundle has
 its own test file (the suite's workers take whole files) and this conftest holds the one check both use."""
 
@@ -35,17 +35,18 @@ def load_schema(bundle: str):
     return parser.get_parsed_content("schema")
 
 
-#: The one setting the suite changes from the defaults: DDIM steps (inference's default is 50).
-STEPS = 10
+#: The one setting the suite changes from the defaults: DDIM steps (inference's default is 50). Five steps make
+#: rough counterfactuals (the do() output of so coarse an inversion is far from its source) but the same files,
+#: rows, DICOM tags and MLflow records as fifty, in half the time of ten.
+STEPS = 5
 
 #: Regression figures: per default intervention, the mean |counterfactual - do() output| over the sample images
 #: made with the shipped weights and guidance plan at STEPS steps, one inversion refinement (measured 2026-12-07,
-#: third session: the refinement lowers them, 0.12 -> 0.045 for chest do(sex=F), at 10 steps, where plain inversion's
-#: do() output drifted far from its source; both plans recalibrated under affected_descendants changed, fourth
-#: session). New weights, a new plan or another inversion change them: measure again.
+#: fifth session; at 10 steps they were 0.043 / 0.045 / 0.051 and 0.069 / 0.031: coarser steps, larger changes).
+#: New weights, a new plan or another inversion change them: measure again.
 MEAN_CHANGE = {
-    "cxr_counterfactual": {"do(sex=F)": 0.043149, "do(age=+20)": 0.044733, "do(race=Black)": 0.05148},
-    "mammo_counterfactual": {"do(density=D)": 0.068976, "do(age=+15)": 0.030918},
+    "cxr_counterfactual": {"do(sex=F)": 0.120472, "do(age=+20)": 0.114623, "do(race=Black)": 0.12756},
+    "mammo_counterfactual": {"do(density=D)": 0.103045, "do(age=+15)": 0.082078},
 }
 
 

@@ -1,4 +1,4 @@
-"""`python -m monai.bundle run --config_file bundles/cxr_counterfactual/configs/inference.yaml --steps 10`,
+"""`python -m monai.bundle run --config_file bundles/cxr_counterfactual/configs/inference.yaml --steps 5`,
 every other setting the default (see conftest.py for what is checked)."""
 
 

@@ -140,17 +140,17 @@ def test_resume_continues_from_the_saved_step(tmp_path, manifests):
     assert run.data.params["max_epochs"] == "2" and run.data.tags["medcf.resumed.max_epochs"] == "6"
 
 
-@pytest.mark.parametrize("balance", [None, "disease"])
-def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, manifests, balance):
+def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, manifests):
     """`torchrun --nproc_per_node=2` (gloo on CPU): each rank caches only its half of the train split (both
     halves the same size, together the whole split) and of the val split (each image once; val_loss is over
     the whole split), draws from its own items (with --balance: weighted by the values among its own items) and
-    runs half the iterations of an epoch."""
+    runs half the iterations of an epoch. Unbalanced draws of a shard (a shuffle of its own items):
+    tests/training/test_training_sampler.py, in one process."""
+    balance = "disease"
     out = tmp_path / "out"
     common = ["--manifest", str(manifests["cxr"]), "--val_interval", "1", "--output_dir", str(out)]
     common += ["--max_epochs", "3", "--max_minutes", "0.0001"]  # the time budget stops both ranks after epoch 1
-    balanced = ["--balance", balance if balance else "$None"]  # $None: the loader shuffles (the default balances)
-    result = train("cxr_counterfactual", tmp_path, *common, *balanced, nproc=2, overlays=(RANK_ITEMS,))
+    result = train("cxr_counterfactual", tmp_path, *common, "--balance", balance, nproc=2, overlays=(RANK_ITEMS,))
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(manifests["cxr"]).query("status == 'ok'")
     table.index = [str(manifests["cxr"].parent / output) for output in table["output"]]
@@ -163,12 +163,9 @@ def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, man
     assert sorted(cached[0]["val"] + cached[1]["val"]) == sorted(split["val"])
     assert [rank["val_scored"] for rank in cached] == [len(split["val"])] * 2  # val_loss gathered from both ranks
     for rank in cached:
-        if balance is None:
-            assert sorted(rank["draws"]) == list(range(len(rank["train"])))  # a shuffle of the rank's own items
-        else:
-            values = table.loc[rank["train"], balance].tolist()
-            assert rank["weights"] == pytest.approx([1 / values.count(value) for value in values])
-            assert len(rank["draws"]) == len(rank["train"]) and set(rank["draws"]) <= set(range(len(rank["train"])))
+        values = table.loc[rank["train"], balance].tolist()
+        assert rank["weights"] == pytest.approx([1 / values.count(value) for value in values])
+        assert len(rank["draws"]) == len(rank["train"]) and set(rank["draws"]) <= set(range(len(rank["train"])))
     per_rank = math.ceil(math.ceil(train_images / 2) / 8)
     iterations = {int(m) for m in re.findall(r"Iter: \d+/(\d+)", result.stdout + result.stderr)}
     assert iterations == {per_rank}
