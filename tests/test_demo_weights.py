@@ -75,7 +75,7 @@ def test_demo_weights_draw_the_phantom_effects_of_their_main_attributes(bundle):
     if not (models / "model.pt").is_file():
         pytest.skip(f"{bundle} has no demo weights (models/model.pt) yet")
     kind, attributes = LEARNT_ATTRIBUTES[bundle]
-    result = evaluate_effects(models / "model.pt", kind, seeds=4, steps=10)["attributes"]
+    result = evaluate_effects(models / "model.pt", kind, seeds=4, steps=10, attributes=attributes)["attributes"]
     for name in attributes:
         assert result[name]["correlation"] > 0.4, f"{name}: {result[name]}"
 

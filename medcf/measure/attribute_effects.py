@@ -1,7 +1,8 @@
 """Attribute effect maps: does the model change the image where, and the way, the phantom does?
 
     python -m medcf.measure.attribute_effects --model MODEL.pt --phantom cxr|mammo [--seeds 16]
-        [--steps 25] [--subjects 64] [--guidance-weight 1] [--figure effects.png] [--device auto]
+        [--steps 25] [--subjects 64] [--guidance-weight 1] [--attributes NAME ...] [--figure effects.png]
+        [--device auto]
 
 For each attribute, the contrast is its sweep's first value against its last (age 18 -> 95, sex M -> F,
 density A -> D, ...) with every other attribute at the sweep base of
@@ -40,16 +41,30 @@ from medcf.runtime.devices import resolve_device
 from medcf.training.samples import attribute_sweeps, conditional_samples
 
 
-def effect_contrasts(schema: AttributeSchema) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
+def effect_contrasts(
+    schema: AttributeSchema, attributes: Sequence[str] | None = None
+) -> dict[str, tuple[dict[str, Any], dict[str, Any]]]:
     """attribute -> (first, last) rows of its sweep: the two attribute settings an effect map compares.
 
     Args:
         schema: the attributes to contrast; each is swept with :func:`medcf.training.samples.attribute_sweeps`.
+        attributes: the attributes to contrast, in this order; None (default) for all of the schema's.
 
     Returns:
         attribute name -> (first row, last row), each a full row of attribute values.
+
+    Raises:
+        SchemaError: when ``attributes`` names an attribute the schema does not have.
     """
-    return {name: (rows[0], rows[-1]) for name, rows in attribute_sweeps(schema).items()}
+    sweeps = attribute_sweeps(schema)
+    if attributes is not None:
+        unknown = [name for name in attributes if name not in sweeps]
+        if unknown or not attributes:
+            raise SchemaError(
+                f"attributes: {', '.join(map(repr, unknown)) or 'none given'}; choose from {', '.join(sweeps)}"
+            )
+        sweeps = {name: sweeps[name] for name in attributes}
+    return {name: (rows[0], rows[-1]) for name, rows in sweeps.items()}
 
 
 @torch.no_grad()
@@ -60,6 +75,7 @@ def model_effect_maps(
     steps: int = 25,
     size: tuple[int, int] = (64, 64),
     guidance_weight: float = 1.0,
+    attributes: Sequence[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """attribute -> mean over ``seeds`` noises of sample(last) - sample(first), shape (H, W).
 
@@ -70,11 +86,12 @@ def model_effect_maps(
         steps: DDIM steps per sample (default 25).
         size: (H, W) of the samples (default (64, 64)).
         guidance_weight: classifier-free guidance weight; 1 (default) samples plain conditional.
+        attributes: the attributes to map (None, the default: every attribute of the model's schema).
 
     Returns:
         attribute name -> mean difference map, float (H, W) on the model's [-1, 1] scale.
     """
-    contrasts = effect_contrasts(model.schema)
+    contrasts = effect_contrasts(model.schema, attributes)
     rows = [row for pair in contrasts.values() for row in pair]
     alphas_cumprod, total = diffusion.alphas_cumprod(), torch.zeros((len(rows), *size))
     for seed in range(seeds):  # every contrast of a seed in one batch: all rows share that seed's noise
@@ -86,7 +103,9 @@ def model_effect_maps(
     return {name: mean[2 * k + 1] - mean[2 * k] for k, name in enumerate(contrasts)}
 
 
-def true_effect_maps(phantom: Phantom, subjects: int = 64, size: int = 64, seed: int = 0) -> dict[str, np.ndarray]:
+def true_effect_maps(
+    phantom: Phantom, subjects: int = 64, size: int = 64, seed: int = 0, attributes: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """attribute -> mean over ``subjects`` phantom subjects of the exact counterfactual difference
     render(do(last)) - render(do(first)) on the [-1, 1] scale, shape (size, size).
 
@@ -95,13 +114,14 @@ def true_effect_maps(phantom: Phantom, subjects: int = 64, size: int = 64, seed:
         subjects: phantom subjects to average over (default 64).
         size: side of the square renders in pixels (default 64).
         seed: seed of the random generator that draws the subjects (default 0).
+        attributes: the attributes to map (None, the default: every attribute of the phantom's schema).
 
     Returns:
         attribute name -> mean difference map, (size, size).
     """
     drawn = phantom.sample(subjects, np.random.default_rng(seed))
     maps = {}
-    for name, (first, last) in effect_contrasts(phantom.schema).items():
+    for name, (first, last) in effect_contrasts(phantom.schema, attributes).items():
         differences = [
             phantom.true_counterfactual(subject, last, size)[1] - phantom.true_counterfactual(subject, first, size)[1]
             for subject in drawn
@@ -207,6 +227,7 @@ def evaluate(
     figure: str | Path | None = None,
     subjects: int = 64,
     device: str = "auto",
+    attributes: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Effect maps of a medcf model file (sampled on ``device``: auto = CUDA when present) against its phantom;
     optionally saves the figure.
@@ -220,12 +241,13 @@ def evaluate(
         figure: PNG to write the phantom and model maps to; None (default) writes none.
         subjects: phantom subjects to average the truth over (default 64).
         device: ``auto`` (default), ``cpu``, ``cuda`` or ``cuda:N``.
+        attributes: the attributes to compare (None, the default: all of the phantom's); fewer cost less.
 
     Returns:
         The settings, the device used and ``attributes``: the agreement of :func:`effect_agreement`.
 
     Raises:
-        SchemaError: when the model's image size is not square.
+        SchemaError: when the model's image size is not square, or ``attributes`` names an unknown attribute.
     """
     phantom = make_phantom(phantom_kind)
     chosen = resolve_device(device)
@@ -233,11 +255,11 @@ def evaluate(
     model = model.to(chosen)
     size = square_image_size(payload)
     diffusion = DiffusionConfig(**payload["diffusion"])
-    model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight)
-    true_maps = true_effect_maps(phantom, subjects, size[0])
+    model_maps = model_effect_maps(model, diffusion, seeds, steps, size, guidance_weight, attributes)
+    true_maps = true_effect_maps(phantom, subjects, size[0], attributes=attributes)
     agreement = effect_agreement(model_maps, true_maps)
     if figure is not None:
-        contrasts = effect_contrasts(phantom.schema)
+        contrasts = effect_contrasts(phantom.schema, attributes)
         labels = {name: f"{name}: {first[name]} -> {last[name]}" for name, (first, last) in contrasts.items()}
         save_effect_grid(true_maps, model_maps, agreement, labels, figure)
     settings = {"seeds": seeds, "steps": steps, "subjects": subjects, "guidance_weight": guidance_weight}
@@ -260,6 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=25, help="DDIM steps per sample")
     parser.add_argument("--subjects", type=int, default=64, help="phantom subjects to average the truth over")
     parser.add_argument("--guidance-weight", type=float, default=1.0, help="CFG weight (1: plain conditional)")
+    parser.add_argument("--attributes", nargs="+", metavar="NAME", help="the attributes to compare (default: all)")
     parser.add_argument("--figure", help="PNG to write the phantom and model maps to")
     args = parser.parse_args(argv)
     if min(args.seeds, args.steps, args.subjects) < 1:
@@ -275,6 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.figure,
             args.subjects,
             args.device,
+            args.attributes,
         ),
     )
 

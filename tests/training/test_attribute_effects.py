@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from medcf.core.attributes import SchemaError
 from medcf.core.diffusion import DiffusionConfig
 from medcf.core.network import save_checkpoint
 from medcf.measure.attribute_effects import (
@@ -28,6 +29,15 @@ def test_contrasts_compare_the_ends_of_each_sweep():
     first, last = contrasts["disease"]
     assert (first["disease"], last["disease"]) == ("No Finding", "Pleural Effusion")
     assert contrasts["disease"][0]["sex"] == contrasts["disease"][1]["sex"] == "M"
+
+
+def test_a_subset_of_contrasts_keeps_the_given_order_and_unknown_names_are_refused():
+    assert list(effect_contrasts(CXR_SCHEMA, ["race", "sex"])) == ["race", "sex"]
+    assert effect_contrasts(CXR_SCHEMA, ["sex"])["sex"] == effect_contrasts(CXR_SCHEMA)["sex"]
+    with pytest.raises(SchemaError, match=r"attributes: 'height'; choose from age, sex, race, disease"):
+        effect_contrasts(CXR_SCHEMA, ["sex", "height"])
+    with pytest.raises(SchemaError, match=r"attributes: none given"):
+        effect_contrasts(CXR_SCHEMA, [])
 
 
 def test_phantom_truth_is_local_for_effusion_and_zero_for_a_mechanism_free_attribute():
@@ -62,6 +72,9 @@ def test_model_maps_vanish_without_a_condition_and_average_over_seeds(conditione
     assert np.abs(two["sex"]).max() > 1e-3
     second_only = 2 * two["sex"] - one["sex"]  # the seed-1 map implied by the average
     assert not np.allclose(second_only, one["sex"]), "both seeds drew the same noise"
+    only_sex = model_effect_maps(model, diffusion, seeds=2, steps=3, size=(16, 16), attributes=["sex"])
+    assert list(only_sex) == ["sex"]  # the same noise per seed: the map of a subset is the map of the whole
+    np.testing.assert_allclose(only_sex["sex"], two["sex"], atol=1e-5)
 
 
 def test_command_line_writes_json_and_figure_and_refuses_a_foreign_schema(conditioned_tiny_model, tmp_path, capsys):
@@ -76,6 +89,8 @@ def test_command_line_writes_json_and_figure_and_refuses_a_foreign_schema(condit
     assert set(result["attributes"]) == set(CXR_SCHEMA.names) and result["seeds"] == 1
     assert result["device"] == ("cuda" if torch.cuda.is_available() else "cpu"), "--device auto"
     assert Image.open(figure).size[0] > Image.open(figure).size[1], "four attribute columns, two rows"
+    assert main([*args, "--phantom", "cxr", "--attributes", "disease", "sex"]) == 0
+    assert list(json.loads(capsys.readouterr().out)["attributes"]) == ["disease", "sex"]
     assert main([*args, "--phantom", "mammo"]) == 2
     assert "schema" in capsys.readouterr().err
     if not torch.cuda.is_available():
