@@ -239,7 +239,7 @@ def bundle_refusal(configs: str | Path | Sequence[str | Path], cwd: Path, monkey
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the bundle installs its one-line hook: put it back
     try:
         run(config_file=files if len(files) > 1 else files[0], **settings)
-    except Exception as error:  # noqa: BLE001 - any failure: the refusal's line, or the test fails below
+    except Exception as error:  # any failure: the refusal's line, or the test fails below
         line = one_line(error)
         assert line is not None, f"not a refusal for the user: {error!r}"
         return line

@@ -18,7 +18,7 @@ from medcf.core.network import CounterfactualUNet
 from medcf.jobs.bundles import bundle_root
 from medcf.jobs.loading import load_model
 from medcf.prepare import ChestPreparer
-from medcf.runtime.devices import resolve_device
+from medcf.runtime.devices import cpu_bf16_instructions, precision_hint, resolve_device
 from medcf.runtime.distributed import Shard, destroy_process_group, init_process_group
 
 
@@ -92,6 +92,34 @@ def test_an_unknown_precision_is_refused_in_one_line():
     with pytest.raises(ValueError, match=r"precision: 'fp16' .* one of fp32, bf16") as caught:
         GuidanceSettings(precision="fp16")
     assert "\n" not in str(caught.value)
+
+
+CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+flags\t\t: fpu sse2 avx2 avx512f {extra}
+bogomips\t: 4792.80
+"""
+
+
+@pytest.mark.parametrize(
+    ("extra", "found"),
+    [("avx512_bf16", ("avx512_bf16",)), ("amx_bf16 avx512_bf16 amx_tile", ("amx_bf16", "avx512_bf16")), ("", ())],
+)
+def test_the_cpus_bf16_instructions_are_read_from_its_flags(tmp_path, extra, found):
+    (tmp_path / "cpuinfo").write_text(CPUINFO.format(extra=extra))
+    assert cpu_bf16_instructions(tmp_path / "cpuinfo") == found
+
+
+def test_an_fp32_job_on_a_cpu_with_bf16_instructions_is_told_of_bf16_and_no_other(tmp_path):
+    with_bf16, without = tmp_path / "with", tmp_path / "without"
+    with_bf16.write_text(CPUINFO.format(extra="avx512_bf16"))
+    without.write_text(CPUINFO.format(extra=""))
+    cpu = torch.device("cpu")
+    hint = precision_hint(cpu, "fp32", with_bf16)
+    assert hint.startswith("this CPU has bfloat16 instructions (avx512_bf16): --precision bf16 runs the network")
+    assert precision_hint(cpu, "bf16", with_bf16) is None and precision_hint(cpu, "fp32", without) is None
+    assert precision_hint(torch.device("cuda"), "fp32", with_bf16) is None  # a GPU: bf16 gains little at 64 px
+    assert cpu_bf16_instructions(tmp_path / "missing") == ()  # not Linux: no hint
 
 
 def test_a_single_process_is_the_whole_job():

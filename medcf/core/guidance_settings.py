@@ -109,7 +109,7 @@ class GuidanceSettings:
         apg_norm_limit: apg: the largest L2 norm of a group's (averaged) guidance difference per image, over its
             pixels on the model's [-1, 1] clean-image scale, > 0; inf: no limit.
         precision: ``fp32``, or ``bf16``: the network runs under bfloat16 autocast (guidance sums and sampler in
-            float32); faster on GPUs and on CPUs with bf16 instructions, see benchmarks/precision.py.
+            float32); faster on GPUs and on CPUs with bf16 instructions (benchmarks/throughput.py --precisions).
         interval: None (guide at every step) or (low, high): guide only at the steps whose DDIM noise level
             sigma_t = sqrt((1 - abar_t) / abar_t) lies in (low, high], 0 <= low < high (high may be inf); the
             other steps decode with the conditional prediction alone (w = 1), one network evaluation per image.

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+from pathlib import Path
+
 import torch
+
+#: CPU instruction sets that run bfloat16 matrix products natively, as Linux's /proc/cpuinfo names them.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -33,3 +39,44 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif chosen.type != "cpu":
         raise ValueError(f"device: {device!r} is not supported; use auto, cpu, cuda or cuda:N")
     return chosen
+
+
+@functools.cache
+def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, ...]:
+    """The bfloat16 instruction sets of this machine's CPU (of :data:`CPU_BF16_FLAGS`); () where ``cpuinfo`` cannot be
+    read (not Linux) or lists none.
+
+    Args:
+        cpuinfo: the file listing the CPU's flags (default: Linux's /proc/cpuinfo).
+
+    Returns:
+        The flags found, in the order of :data:`CPU_BF16_FLAGS`.
+    """
+    try:
+        text = Path(cpuinfo).read_text(errors="replace")
+    except OSError:
+        return ()
+    flags = next((line.partition(":")[2].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
+
+
+def precision_hint(device: torch.device, precision: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+    """A line for a job's log where ``fp32`` runs on a CPU that has bfloat16 instructions: there ``bf16`` ran the
+    network 1.5-1.6x faster with the same reconstruction error (README, "GPUs, many processes and bf16"). fp32 stays
+    the default because outputs then do not depend on the machine.
+
+    Args:
+        device: the device the network runs on.
+        precision: the job's ``precision`` setting (``fp32`` or ``bf16``).
+        cpuinfo: the file listing the CPU's flags (see :func:`cpu_bf16_instructions`).
+
+    Returns:
+        The line, or None (a GPU, ``bf16`` already, or a CPU without bfloat16 instructions).
+    """
+    found = cpu_bf16_instructions(cpuinfo) if device.type == "cpu" and precision == "fp32" else ()
+    if not found:
+        return None
+    return (
+        f"this CPU has bfloat16 instructions ({', '.join(found)}): --precision bf16 runs the network about 1.5x faster "
+        "here, with the same reconstruction error (README: GPUs, many processes and bf16)"
+    )
