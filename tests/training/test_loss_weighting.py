@@ -51,6 +51,22 @@ def test_weighted_batch_and_inferer_give_the_weighted_mse():
         NoisingPrepareBatch(diffusion, CXR_SCHEMA, dropout, loss_weighting="snr")
 
 
+def test_a_bf16_inferer_runs_the_network_in_bfloat16_and_returns_float32(conditioned_tiny_model):
+    """The prediction comes back in float32 (the loss and optimiser stay there), within bfloat16's rounding of the
+    fp32 one and not equal to it (the autocast ran); another precision is refused in one line."""
+    torch.manual_seed(0)
+    x, scale = torch.randn(4, 1, 16, 16), torch.rand(4, 1, 1, 1)
+    kwargs = {"timesteps": torch.tensor([10, 200, 500, 900]), "attributes": torch.zeros(4, len(CXR_SCHEMA.names))}
+    kwargs["keep"] = torch.ones(4, len(CXR_SCHEMA.names), dtype=torch.bool)
+    fp32 = LossWeightedInferer()(x, conditioned_tiny_model, **kwargs, loss_scale=scale)
+    bf16 = LossWeightedInferer("bf16")(x, conditioned_tiny_model, **kwargs, loss_scale=scale)
+    assert fp32.dtype == bf16.dtype == torch.float32
+    relative = float((bf16 - fp32).abs().mean() / fp32.abs().mean())
+    assert 0 < relative < 0.02
+    with pytest.raises(ValueError, match=r"^precision: 'fp16' is not one of fp32, bf16$"):
+        LossWeightedInferer("fp16")
+
+
 def test_every_validation_pass_draws_the_same_noise_and_its_batches_differ():
     """SameNoiseEachPass restarts the validation draws when a pass starts: two passes over three batches see the
     same timesteps and noise batch for batch, while the batches of one pass differ from each other."""
