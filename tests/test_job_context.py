@@ -2,6 +2,7 @@
 
 import mlflow
 import pytest
+import torch
 
 from medcf.jobs.context import JobContext
 from medcf.outputs.lock import OutputFolderInUse
@@ -71,3 +72,16 @@ def test_a_job_without_an_experiment_cannot_open_a_run(tmp_path):
 def test_the_clock_runs_from_the_jobs_start(tmp_path):
     job = JobContext("calibrate", tmp_path, "medcf-test", started=0.0)
     assert job.seconds > 0 and JobContext("calibrate", tmp_path).seconds < job.seconds
+
+
+def test_rank_0_says_once_that_bf16_would_run_faster_where_the_cpu_has_its_instructions(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("medcf.runtime.devices.cpu_bf16_instructions", lambda cpuinfo: ("avx512_bf16",))
+    cpu = torch.device("cpu")
+    JobContext("evaluate", tmp_path).note_precision(cpu, ["fp32", "bf16", "fp32"], "--precision bf16")
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line.startswith("this CPU has bfloat16 instructions (avx512_bf16): --precision bf16")
+    JobContext("evaluate", tmp_path).note_precision(cpu, ["bf16"], "--precision bf16")
+    JobContext("evaluate", tmp_path, shard=Shard(rank=1, world=2, local_rank=1)).note_precision(
+        cpu, ["fp32"], "--precision bf16"
+    )
+    assert capsys.readouterr().out == ""

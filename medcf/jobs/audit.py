@@ -158,6 +158,7 @@ class AuditRun:
         (settings,) = guidance_settings_from(
             [self.guidance], self.steps, plan=plan, inversion_refinements=self.inversion_refinements
         )
+        job.note_precision(device, [settings.precision], "--guidance#precision bf16")
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, settings)
         self._check_settings(schema)
         with job.folder():

@@ -17,7 +17,7 @@ the other ranks share both. A single process is rank 0 of one.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from medcf.outputs.lock import OutputFolderLock
+from medcf.runtime.devices import precision_hint
 from medcf.runtime.distributed import Shard
 from medcf.runtime.tracking import job_run
 
@@ -73,6 +74,19 @@ class JobContext:
             The device this process's model and batches go to.
         """
         return self.shard.device(setting)
+
+    def note_precision(self, device: torch.device, precisions: Iterable[str], setting: str) -> None:
+        """On rank 0, print :func:`~medcf.runtime.devices.precision_hint`'s line where a network of the job runs in
+        fp32 on a CPU with bfloat16 instructions (bf16 would run it faster there).
+
+        Args:
+            device: the device the job's network runs on.
+            precisions: the precision of each of the job's guidance settings.
+            setting: how the job's user asks for bf16 (e.g. ``--precision bf16``).
+        """
+        hint = next(filter(None, (precision_hint(device, p, setting) for p in sorted(set(precisions)))), None)
+        if hint and self.main:
+            print(hint)
 
     @contextmanager
     def folder(self) -> Iterator[Path]:

@@ -181,6 +181,7 @@ class EvaluationRun:
         settings = guidance_settings_from(
             self.guidance_settings, self.steps, plan=plan, inversion_refinements=self.inversion_refinements
         )
+        job.note_precision(device, [s.precision for s in settings], "precision: bf16 in each guidance setting")
         engines = [CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, s) for s in settings]
         with job.folder():
             data = shard.once(lambda: job_data(self, output_dir / "heldout_data"))  # a held-out set is written once

@@ -61,7 +61,6 @@ from medcf.outputs.writers import CounterfactualWriter, Drawn, SourceImage, outp
 from medcf.prepare.base import PreparedImage, Preparer
 from medcf.prepare.cohort import CohortIndex
 from medcf.prepare.inputs import discover_inputs
-from medcf.runtime.devices import precision_hint
 from medcf.runtime.settings import require_integer
 from medcf.runtime.tracking import flatten
 
@@ -228,9 +227,7 @@ class InferenceRun:
     def _checked_engine(self, job: JobContext) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
         """Model, graph, interventions and settings, all checked before any image is read."""
         device = job.device(self.device)
-        hint = precision_hint(device, self.guidance.precision)
-        if hint and job.main:
-            print(hint)
+        job.note_precision(device, [self.guidance.precision], "--precision bf16")
         loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, self.guidance)
         interventions = parse_interventions(loaded.model.schema, self.interventions)

@@ -60,7 +60,9 @@ def cpu_bf16_instructions(cpuinfo: str | Path = "/proc/cpuinfo") -> tuple[str, .
     return tuple(flag for flag in CPU_BF16_FLAGS if flag in flags)
 
 
-def precision_hint(device: torch.device, precision: str, cpuinfo: str | Path = "/proc/cpuinfo") -> str | None:
+def precision_hint(
+    device: torch.device, precision: str, setting: str = "--precision bf16", cpuinfo: str | Path = "/proc/cpuinfo"
+) -> str | None:
     """A line for a job's log where ``fp32`` runs on a CPU that has bfloat16 instructions: there ``bf16`` ran the
     network 1.5-1.6x faster with the same reconstruction error (README, "GPUs, many processes and bf16"). fp32 stays
     the default because outputs then do not depend on the machine.
@@ -68,6 +70,7 @@ def precision_hint(device: torch.device, precision: str, cpuinfo: str | Path = "
     Args:
         device: the device the network runs on.
         precision: the job's ``precision`` setting (``fp32`` or ``bf16``).
+        setting: how the job's user asks for bf16 (default: ``--precision bf16``, the inference bundle's).
         cpuinfo: the file listing the CPU's flags (see :func:`cpu_bf16_instructions`).
 
     Returns:
@@ -77,6 +80,6 @@ def precision_hint(device: torch.device, precision: str, cpuinfo: str | Path = "
     if not found:
         return None
     return (
-        f"this CPU has bfloat16 instructions ({', '.join(found)}): --precision bf16 runs the network about 1.5x faster "
-        "here, with the same reconstruction error (README: GPUs, many processes and bf16)"
+        f"this CPU has bfloat16 instructions ({', '.join(found)}): {setting} runs the network about 1.5x faster here, "
+        "with the same reconstruction error (README: GPUs, many processes and bf16)"
     )
