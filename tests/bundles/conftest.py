@@ -42,7 +42,7 @@ STEPS = 5
 
 #: Regression figures: per default intervention, the mean |counterfactual - do() output| over the sample images
 #: made with the shipped weights and guidance plan at STEPS steps, one inversion refinement (measured 2026-12-07,
-#: fifth session; at 10 steps they were 0.043 / 0.045 / 0.051 and 0.069 / 0.031: coarser steps, larger changes).
+#: sixth session; at 10 steps they were 0.043 / 0.045 / 0.051 and 0.069 / 0.031: coarser steps, larger changes).
 #: New weights, a new plan or another inversion change them: measure again.
 MEAN_CHANGE = {
     "cxr_counterfactual": {"do(sex=F)": 0.120472, "do(age=+20)": 0.114623, "do(race=Black)": 0.12756},
