@@ -11,13 +11,11 @@ import pandas as pd
 import pydicom
 import pytest
 
-from medcf.core.network import ModelConfig
 from medcf.outputs.manifest import RunManifest
 from tests.conftest import chest_export_with_cohort, mlflow_runs, run_bundle, save_tiny_chest_model
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
-TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
 #: columns computed from pixels: equal up to float rounding (the shards batch the images differently)
 MEASURED = ("mean_abs_change",)
 

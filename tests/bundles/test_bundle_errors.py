@@ -7,13 +7,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medcf.core.network import ModelConfig
 from tests.conftest import bundle_refusal, run_bundle, save_tiny_chest_model
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "cxr_counterfactual" / "configs"
 TRACEBACK_HINT = "(full traceback: MEDCF_TRACEBACK=1)"
-TINY = ModelConfig(channels=(32, 64), attention_levels=(False, False), num_head_channels=8, block_dim=8, hidden_dim=16)
 
 
 @pytest.fixture(scope="module")
