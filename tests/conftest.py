@@ -237,13 +237,16 @@ def bundle_refusal(configs: str | Path | Sequence[str | Path], cwd: Path, monkey
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{cwd / 'mlflow.db'}")
     monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # the bundle installs its one-line hook: put it back
-    try:
-        run(config_file=files if len(files) > 1 else files[0], **settings)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # monai.bundle.run puts the bundle folder on it
+    random_state = torch.get_rng_state()  # a model built before the refusal draws from torch's generator
+    try:  # logging_file=False: the bundle's logging.conf would replace pytest's log handlers for the whole worker
+        run(config_file=files if len(files) > 1 else files[0], logging_file=False, **settings)
     except Exception as error:  # any failure: the refusal's line, or the test fails below
         line = one_line(error)
         assert line is not None, f"not a refusal for the user: {error!r}"
         return line
     finally:
+        torch.set_rng_state(random_state)
         if mlflow.active_run() is not None:
             mlflow.end_run("FAILED")
     pytest.fail(f"{files[-1]} with {settings} ran instead of refusing")

@@ -116,7 +116,9 @@ def test_an_fp32_job_on_a_cpu_with_bf16_instructions_is_told_of_bf16_and_no_othe
     without.write_text(CPUINFO.format(extra=""))
     cpu = torch.device("cpu")
     hint = precision_hint(cpu, "fp32", cpuinfo=with_bf16)
-    assert hint.startswith("this CPU has bfloat16 instructions (avx512_bf16): --precision bf16 runs the network")
+    assert hint.startswith(
+        "this CPU has bfloat16 instructions (avx512_bf16): --precision bf16 may run the network faster"
+    )
     assert precision_hint(cpu, "bf16", cpuinfo=with_bf16) is None
     assert precision_hint(cpu, "fp32", cpuinfo=without) is None
     assert precision_hint(torch.device("cuda"), "fp32", cpuinfo=with_bf16) is None  # a GPU: bf16 gains little at 64 px

@@ -227,10 +227,10 @@ class InferenceRun:
     def _checked_engine(self, job: JobContext) -> tuple[CounterfactualEngine, list[Intervention], LoadedModel]:
         """Model, graph, interventions and settings, all checked before any image is read."""
         device = job.device(self.device)
-        job.note_precision(device, [self.guidance.precision], "--precision bf16")
         loaded = load_model(self.model_path, self.graph_path, self.preparer, self.schema, device)
         engine = CounterfactualEngine(loaded.model, loaded.diffusion, loaded.graph, self.guidance)
         interventions = parse_interventions(loaded.model.schema, self.interventions)
+        job.note_precision(device, [self.guidance.precision], "--precision bf16")  # once the settings passed
         return engine, interventions, loaded
 
 

@@ -177,12 +177,18 @@ def test_torchrun_two_processes_cache_and_train_on_disjoint_shards(tmp_path, man
 def test_precision_bf16_runs_the_training_network_in_bf16_and_validates_in_fp32(bundle):
     """--precision bf16 reaches the training inferer; validation stays fp32 (val_loss comparable across runs). Not
     trained here: on a CPU without bfloat16 instructions bf16 runs many times slower (README, bf16 on a CPU)."""
-    for precision in ("fp32", "bf16"):
-        parser = ConfigParser()
-        parser.read_config(config(bundle, "train.yaml"))
-        parser["precision"] = precision
-        assert parser.get_parsed_content("train#inferer").precision == precision
-        assert parser.get_parsed_content("validate#inferer").precision == "fp32"
+    for files in (
+        [config(bundle, "train.yaml")],
+        [config(bundle, "train.yaml"), config(bundle, "multi_gpu_train.yaml")],
+    ):
+        for precision in ("fp32", "bf16"):
+            parser = ConfigParser()
+            parser.read_config(files)
+            parser["precision"] = precision
+            assert parser.get("train#trainer#inferer") == "@train#inferer"
+            assert parser.get("validate#evaluator#inferer") == "@validate#inferer"
+            assert parser.get_parsed_content("train#inferer").precision == precision
+            assert parser.get_parsed_content("validate#inferer").precision == "fp32"
 
 
 def test_balance_switches_the_loader_from_shuffling_to_balanced_draws(manifests):
