@@ -132,6 +132,14 @@ class CalibratedPlan:
         """
         return {name: guidance.weight for name, guidance in self.attributes.items()}
 
+    def intervals(self) -> dict[str, tuple[float, float] | None]:
+        """The plan's guidance intervals.
+
+        Returns:
+            Attribute name -> the noise levels (low, high] its decodes are guided at; None: every step.
+        """
+        return {name: guidance.interval for name, guidance in self.attributes.items()}
+
     def describe(self) -> str:
         """e.g. ``age w=1.8, sex w=1.2, ...; w_inv=1`` (plus each band, where one is set).
 
@@ -166,7 +174,7 @@ class CalibratedPlan:
         """
         overrides = dict(options.pop("per_attribute", None) or {})
         weights = {**self.weights(), **overrides}
-        intervals = {name: guidance.interval for name, guidance in self.attributes.items()}
+        intervals = self.intervals()
         for ignored in ("mode", "weight", "w_inv", "intervals", "plan", "overrides"):
             options.pop(ignored, None)
         own = {name: options.pop(name, None) or getattr(self, name) for name in PLANS_OWN}

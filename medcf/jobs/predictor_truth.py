@@ -66,9 +66,7 @@ def predictor_truth(
     """
     factual_readings = raw_readings(calibrator.predictor, truth.factual)  # the truth's factual renders, read once
     null = calibrator.engine({}, {})
-    model = calibrator.engine(
-        {n: g.weight for n, g in plan.attributes.items()}, {n: g.interval for n, g in plan.attributes.items()}
-    )
+    model = calibrator.engine(plan.weights(), plan.intervals())
     rows = [_attribute_row(calibrator, truth, factual_readings, null, model, name) for name in names]
     return pd.DataFrame(rows, columns=COLUMNS)
 
