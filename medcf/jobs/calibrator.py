@@ -55,6 +55,30 @@ class Move:
     positions: list[int]
 
 
+@dataclass
+class MoveReading:
+    """One move decoded and read by the attribute predictors, image by image.
+
+    Attributes:
+        positions: the positions of the images the engine moved (an image already at the target is not).
+        images: their counterfactuals (n, C, H, W), on the CPU.
+        targets: the value each image was moved to.
+        after: the predictors' reading of each counterfactual, from its source value towards its target
+            (:func:`reading`; above 0: the target is preferred).
+        measured: the reading's shift from the image's ``do()`` output.
+        expected: the shift it should show: the real images' expected effect times the rendering slope.
+        network_evaluations: the network rows the decoding cost per image.
+    """
+
+    positions: list[int]
+    images: torch.Tensor
+    targets: list[AttributeValue]
+    after: list[float]
+    measured: list[float]
+    expected: list[float]
+    network_evaluations: int
+
+
 class Calibrator:
     """The decoding and measuring of one calibration: one abduction and one do() output per image, made at
     construction; then :meth:`calibrate` searches each attribute's weight.
@@ -174,9 +198,38 @@ class Calibrator:
         rendered = reading(self.schema, name, self.reference_readings[name], source, target)
         return rendering_slope(real.tolist(), rendered.tolist())
 
-    def _decode(
-        self, name: str, weight: float, band: Any, effect: ExpectedEffect, pixels: PixelEffect, texture: Any
-    ) -> dict[str, Any]:
+    def read_move(self, engine: CounterfactualEngine, name: str, move: Move) -> MoveReading | None:
+        """Decode one move with ``engine`` and read its images' shift of ``name`` as the calibration judges it.
+
+        Args:
+            engine: the engine that decodes (its weights and intervals).
+            name: the attribute moved.
+            move: the intervention and the images it moves.
+
+        Returns:
+            The reading, or None when the engine moved none of the images.
+        """
+        factual = [self.chosen.factual[p] for p in move.positions]
+        batch = engine.predict(self.latents[move.positions], factual, move.intervention)
+        if not batch.made:
+            return None
+        positions = [move.positions[j] for j in batch.made]
+        images = batch.images.cpu()
+        readings = raw_readings(self.predictor, images)[name]
+        before = self.reference_readings[name][positions]
+        effect = self.expected(name)
+        targets, after, measured, expected = [], [], [], []
+        for j, position in enumerate(positions):
+            source, target = self.chosen.factual[position][name], batch.attributes[j][name]
+            after_j = reading(self.schema, name, readings[j : j + 1], source, target)
+            before_j = reading(self.schema, name, before[j : j + 1], source, target)
+            targets.append(target)
+            after.append(float(after_j))
+            measured.append(float(after_j - before_j))
+            expected.append(effect.of(source, target) * self.slope(name, source, target))
+        return MoveReading(positions, images, targets, after, measured, expected, batch.network_evaluations)
+
+    def _decode(self, name: str, weight: float, band: Any, pixels: PixelEffect, texture: Any) -> dict[str, Any]:
         """The moves of ``name`` decoded at ``weight`` (guided in ``band``): the pixel ratio (change projected on the
         data's effect map), the predictors' shift ratio (against the real shift times the rendering slope), mean
         |change|, texture score (``texture``: the real images' expected HF ratio of a move) and what the
@@ -185,22 +238,16 @@ class Calibrator:
         measured, expected, changes, hits, textures, moved = [], [], [], [], [], 0
         along, squared, evaluations = [], [], []
         for move in self.moves(name):
-            factual = [self.chosen.factual[p] for p in move.positions]
-            batch = engine.predict(self.latents[move.positions], factual, move.intervention)
-            if not batch.made:
+            read = self.read_move(engine, name, move)
+            if read is None:
                 continue
-            positions = [move.positions[j] for j in batch.made]
-            evaluations.append(batch.network_evaluations)
-            images = batch.images.cpu()
-            readings = raw_readings(self.predictor, images)[name]
+            positions, images = read.positions, read.images
+            evaluations.append(read.network_evaluations)
+            measured += read.measured
+            expected += read.expected
             hf = high_frequency(images, self.field[positions]).numpy()
-            before = self.reference_readings[name][positions]
             for j, position in enumerate(positions):
-                source, target = self.chosen.factual[position][name], batch.attributes[j][name]
-                after_j = reading(self.schema, name, readings[j : j + 1], source, target)
-                before_j = reading(self.schema, name, before[j : j + 1], source, target)
-                measured.append(float(after_j - before_j))
-                expected.append(effect.of(source, target) * self.slope(name, source, target))
+                source, target = self.chosen.factual[position][name], read.targets[j]
                 found = pixels.of(source, target)
                 if found is not None:
                     change_j = (images[j] - self.reference[position]).double()
@@ -208,7 +255,7 @@ class Calibrator:
                     squared.append(found[1])
                 textures.append(hf[j] / self.reference_hf[position] / texture(source, target))
                 if self.schema[name].kind == "categorical":
-                    hits.append(float(after_j) > 0)  # the predictor prefers the target value over the source
+                    hits.append(read.after[j] > 0)  # the predictor prefers the target value over the source
             changes.append((images - self.reference[positions]).abs().flatten(1).mean(1))
             moved += len(positions)
         change = float(torch.cat(changes).mean()) if changes else math.nan
@@ -253,7 +300,7 @@ class Calibrator:
         tried: list[dict[str, Any]] = []
         if not (effect.detected or pixels.detected):
             for weight in self.run.no_effect_weights:
-                tried.append(self._decode(name, float(weight), None, effect, pixels, texture))
+                tried.append(self._decode(name, float(weight), None, pixels, texture))
             best = min(tried, key=lambda row: row["mean_abs_change"])
             figures = {
                 "expected": effect.to_dict(),
@@ -270,7 +317,7 @@ class Calibrator:
 
             def ratio_at(weight: float, measure: str, band: Any = band, decoded: dict = decoded) -> float:
                 if weight not in decoded:
-                    decoded[weight] = self._decode(name, weight, band, effect, pixels, texture)
+                    decoded[weight] = self._decode(name, weight, band, pixels, texture)
                     tried.append(decoded[weight])
                 return decoded[weight][measure]
 

@@ -39,7 +39,7 @@ from medcf.core.engine import CounterfactualEngine
 from medcf.core.guidance_plan import CalibratedPlan
 from medcf.core.interventions import Intervention
 from medcf.jobs.bundles import bundle_root
-from medcf.jobs.calibrator import Calibrator
+from medcf.jobs.calibrator import Calibrator, Move
 from medcf.measure.evaluation_set import TrueChanges
 from medcf.measure.ground_truth import changed_images, exact_target_ratio
 from medcf.measure.matching import raw_readings, reading, shift_ratio
@@ -136,18 +136,14 @@ def _attribute_row(
             shifts["exact"].add(schema, name, factual_read[one], exact_read[one], pair, expected)
             target = expected * calibrator.slope(name, *pair)
             shifts["round_trip"].add(schema, name, before[position : position + 1], round_trip_read[one], pair, target)
-        factual = [chosen.factual[p] for p in positions]
-        batch = model.predict(calibrator.latents[positions], factual, move.intervention)
-        made = [positions[j] for j in batch.made]
-        images = batch.images.cpu()
-        after = raw_readings(predictor, images)[name]
-        for j, position in enumerate(made):
-            pair = (chosen.factual[position][name], batch.attributes[j][name])
-            target = effect.of(*pair) * calibrator.slope(name, *pair)
-            shifts["model"].add(schema, name, before[position : position + 1], after[j : j + 1], pair, target)
-        model_changes.append(images - calibrator.reference[made])
+        read = calibrator.read_move(model, name, Move(move.intervention, positions))
+        if read is None:
+            continue
+        shifts["model"].measured += read.measured
+        shifts["model"].expected += read.expected
+        model_changes.append(read.images - calibrator.reference[read.positions])
         index = {p: k for k, p in enumerate(move.positions)}
-        true_changes.append(true[[index[p] for p in made]])
+        true_changes.append(true[[index[p] for p in read.positions]])
     size = exact_target_ratio(torch.cat(model_changes), torch.cat(true_changes)) if model_changes else math.nan
     return {
         "attribute": name,
