@@ -191,6 +191,16 @@ def test_precision_bf16_runs_the_training_network_in_bf16_and_validates_in_fp32(
             assert parser.get_parsed_content("validate#inferer").precision == "fp32"
 
 
+@pytest.mark.parametrize("bundle", ["cxr_counterfactual", "mammo_counterfactual"])
+def test_validation_counts_a_lower_val_loss_as_the_best(bundle):
+    """MONAI's evaluator keeps the highest key metric as the best by default; val_loss is a loss, so its
+    "Got new best metric" line and best_metric must follow the lowest."""
+    parser = ConfigParser()
+    parser.read_config(config(bundle, "train.yaml"))
+    better = parser.get_parsed_content("validate#evaluator#metric_cmp_fn")
+    assert better(0.0164, 0.0165) and not better(0.0165, 0.0164)
+
+
 def test_balance_switches_the_loader_from_shuffling_to_balanced_draws(manifests):
     """--balance marker makes the loader draw through a weighted sampler (the loader no longer shuffles);
     the default keeps plain shuffling. The sampler itself: tests/training/test_training_sampler.py."""
