@@ -14,8 +14,39 @@ from torch import nn
 from medcf.core.guidance import GuidancePlan, cfg_plus_plus, factored_apg, in_interval
 from medcf.core.sampling import GuidedPrediction, noise_level, prediction_from_x0, split_prediction
 
-#: How the network runs inside a :class:`GuidedDenoiser`.
+#: How a network runs: in float32, or under bfloat16 autocast (:func:`precision_autocast`).
 PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str) -> str:
+    """Refuse, in one line, a precision that is not one of :data:`PRECISIONS`.
+
+    Args:
+        precision: the setting.
+
+    Returns:
+        ``precision``, unchanged.
+
+    Raises:
+        ValueError: naming the setting and the allowed values.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def precision_autocast(device_type: str, precision: str) -> torch.autocast:
+    """The autocast a network's forward runs under at ``precision``: bfloat16 for ``bf16`` (on any device type),
+    none for ``fp32``. The caller casts the output back to its working dtype.
+
+    Args:
+        device_type: the inputs' device type (``cpu``, ``cuda``).
+        precision: one of :data:`PRECISIONS`.
+
+    Returns:
+        The context manager.
+    """
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 class GuidedDenoiser:
@@ -52,10 +83,8 @@ class GuidedDenoiser:
         prediction_type: str | None = None,
         precision: str = "fp32",
     ) -> None:
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
         self.model, self.attributes, self.plan, self.max_rows = model, attributes, plan, max_rows
-        self.precision = precision
+        self.precision = check_precision(precision)
         needs_schedule = bool(plan.weights) and (plan.rule == "apg" or plan.interval is not None)
         if needs_schedule and (alphas_cumprod is None or prediction_type is None):
             raise ValueError("GuidedDenoiser needs alphas_cumprod and prediction_type for rule apg or an interval")
@@ -93,7 +122,7 @@ class GuidedDenoiser:
         for start in range(0, batch, images_per_call):
             images = x[start : start + images_per_call]
             n = images.shape[0]
-            with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with precision_autocast(x.device.type, self.precision):
                 predictions = self.model(
                     images.repeat(rows, *([1] * (x.ndim - 1))),
                     torch.full((rows * n,), t, device=x.device, dtype=torch.long),

@@ -13,7 +13,7 @@ from torch import nn
 
 from medcf.core.attributes import AttributeSchema
 from medcf.core.conditioning import ConditionDropout
-from medcf.core.denoiser import PRECISIONS
+from medcf.core.denoiser import check_precision, precision_autocast
 from medcf.core.diffusion import DiffusionConfig
 
 #: Per-sample loss weightings of :class:`NoisingPrepareBatch`.
@@ -137,16 +137,12 @@ class LossWeightedInferer(Inferer):
 
     def __init__(self, precision: str = "fp32") -> None:
         super().__init__()
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision: {precision!r} is not one of {', '.join(PRECISIONS)}")
-        self.precision = precision
+        self.precision = check_precision(precision)
 
     def __call__(self, inputs: torch.Tensor, network: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
         scale = kwargs.pop("loss_scale", None)
-        if self.precision == "bf16":
-            with torch.autocast(inputs.device.type, dtype=torch.bfloat16):
-                prediction = network(inputs, *args, **kwargs)
-            prediction = prediction.float()
-        else:
+        with precision_autocast(inputs.device.type, self.precision):
             prediction = network(inputs, *args, **kwargs)
+        if self.precision == "bf16":
+            prediction = prediction.float()  # the loss and the optimiser stay in float32
         return prediction if scale is None else prediction * scale.to(prediction.dtype)
